@@ -1,0 +1,148 @@
+"""Typed model configuration, with named presets for the published checkpoints.
+
+A config fully determines the state-dict layout of the model it builds, so a checkpoint and the
+preset it was trained with always travel together.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+PatchEmbedKind = Literal[
+    "dinov2_vits14_reg", "dinov2_vitb14_reg", "dinov2_vitl14_reg", "dinov2_vitg2_reg", "conv"
+]
+
+
+class TTTConfig(BaseModel):
+    """The fast-weight SwiGLU MLP that replaces global attention."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    head_dim: int = 1024
+    inter_multi: float = 2.0
+    base_lr: float = 0.01
+    muon_steps: int = 5
+    bias: bool = True
+    use_gate: bool = True
+
+
+class DPTConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    features: int = 256
+    out_channels: tuple[int, int, int, int] = (256, 512, 1024, 1024)
+    layers: tuple[int, int, int, int] = (4, 11, 17, 23)
+    hidden: int = 32  # channels of the last 3x3 conv before the output 1x1 conv
+    pos_embed: bool = True
+
+
+class ModelConfig(BaseModel):
+    """Everything that shapes a ZipMap network.
+
+    `global_block="attention"` builds the same network with full global attention (the VGGT
+    architecture), which is the quadratic baseline.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = "custom"
+    img_size: int = 518
+    patch_size: int = 14
+    embed_dim: int = 1024
+    depth: int = 24
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    num_register_tokens: int = 4
+    patch_embed: PatchEmbedKind = "dinov2_vitl14_reg"
+    rope_freq: float = 100.0
+    qk_norm: bool = True
+    layer_scale_init: float = 0.01
+    global_block: Literal["ttt", "attention"] = "ttt"
+    ttt: TTTConfig = Field(default_factory=TTTConfig)
+    affine_invariant: bool = False
+    camera_head: Literal["transformer", "mlp"] = "transformer"
+    camera_trunk_depth: int = 4
+    camera_num_heads: int = 16
+    camera_iterations: int = 4
+    dpt: DPTConfig = Field(default_factory=DPTConfig)
+    enable_depth: bool = True
+    enable_local_points: bool = True
+    streaming_window: int | None = None  # frames per TTT window for streaming models
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelConfig":
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        if self.global_block == "ttt" and self.embed_dim % self.ttt.head_dim:
+            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by ttt.head_dim {self.ttt.head_dim}")
+        if max(self.dpt.layers) >= self.depth:
+            raise ValueError(f"dpt.layers {self.dpt.layers} must be < depth {self.depth}")
+        if self.patch_embed != "conv" and self.patch_size != 14:
+            raise ValueError("DINOv2 patch embeds use patch_size 14")
+        if self.streaming_window is not None and self.streaming_window < 1:
+            raise ValueError("streaming_window must be >= 1")
+        return self
+
+    @property
+    def patch_start_idx(self) -> int:
+        """Index of the first patch token: one camera token, then the register tokens."""
+        return 1 + self.num_register_tokens
+
+    @classmethod
+    def preset(cls, name: str) -> "ModelConfig":
+        try:
+            return PRESETS[name]
+        except KeyError:
+            raise ValueError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}") from None
+
+    @staticmethod
+    def preset_names() -> list[str]:
+        return sorted(PRESETS)
+
+
+_FULL = dict(embed_dim=1024, depth=24, num_heads=16, patch_embed="dinov2_vitl14_reg")
+
+PRESETS: dict[str, ModelConfig] = {
+    # checkpoint_with_ref_view.pt: the first frame is the reference view
+    "offline_ref_view": ModelConfig(name="offline_ref_view", **_FULL),
+    # checkpoint_aff_inv.pt: one camera/register token for every frame
+    "offline_affine": ModelConfig(name="offline_affine", affine_invariant=True, **_FULL),
+    # checkpoint_online.pt: MLP camera head, windowed TTT updates
+    "streaming": ModelConfig(
+        name="streaming", affine_invariant=True, camera_head="mlp", streaming_window=8, **_FULL
+    ),
+    # the small model of ../shared/reference (ViT-S patch embed, single-head TTT of 384)
+    "reference_dev": ModelConfig(
+        name="reference_dev",
+        embed_dim=384,
+        num_heads=6,
+        patch_embed="dinov2_vits14_reg",
+        ttt=TTTConfig(head_dim=384),
+        affine_invariant=True,
+    ),
+    "reference_dev_streaming": ModelConfig(
+        name="reference_dev_streaming",
+        embed_dim=384,
+        num_heads=6,
+        patch_embed="dinov2_vits14_reg",
+        ttt=TTTConfig(head_dim=384),
+        affine_invariant=True,
+        camera_head="mlp",
+        streaming_window=2,
+    ),
+    # a few-MB network for CPU tests and the pipeline's own tests
+    "tiny": ModelConfig(
+        name="tiny",
+        img_size=112,
+        embed_dim=32,
+        depth=4,
+        num_heads=2,
+        patch_embed="conv",
+        ttt=TTTConfig(head_dim=32),
+        camera_trunk_depth=1,
+        camera_num_heads=2,
+        dpt=DPTConfig(features=16, out_channels=(8, 16, 32, 32), layers=(0, 1, 2, 3), hidden=8),
+    ),
+}

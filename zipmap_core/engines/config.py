@@ -1,0 +1,26 @@
+"""How to run a model over a sequence."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class EngineConfig(BaseModel):
+    """Choice of inference engine.
+
+    - offline: one bidirectional TTT update over all frames, then apply (the published method).
+    - chunked: the same result as offline, computed layer by layer over chunks of `chunk_size`
+      frames so that GPU memory does not grow with the sequence length.
+    - streaming: windows of `window` frames; each window updates the fast weights, then is read.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["offline", "chunked", "streaming"] = "offline"
+    chunk_size: int = Field(default=16, ge=1)
+    window: int | None = Field(default=None, ge=1)  # None: the model config's streaming_window
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    host_memory_budget_gb: float = Field(default=32.0, gt=0)  # chunked: spill to scratch past this
+    scratch_dir: str | None = None  # chunked: where spilled activations go (a temp dir by default)
