@@ -1,0 +1,219 @@
+"""Test-time training layer: a SwiGLU fast-weight MLP trained on the fly on the tokens it mixes.
+
+For every head, the fast weights (w0, w1, w2) define f(x) = (silu(x @ w0) * (x @ w2)) @ w1. An
+*update* over a span of tokens takes one gradient step on the inner loss -sum_t lr_t <f(k_t), v_t>
+(per-token learning rates), orthogonalises each step with Newton-Schulz (Muon) and renormalises
+every column to its norm before the update (weight norm). An *apply* reads the span's queries
+through the current fast weights. A schedule of (start, end, update, apply) operations over the
+token sequence defines the mode: update-all-then-apply-all is bidirectional reconstruction;
+alternating per window is streaming.
+
+The gradient of a span is a plain sum over its tokens, so it can be accumulated chunk by chunk
+(`fast_weight_gradients` + `TTTState.step`): this is what the chunked engine relies on.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NS_COEFFS = (3.4445, -4.7750, 2.0315)  # quintic Newton-Schulz coefficients (Muon)
+WEIGHT_NORM_EPS = 1e-5
+QK_NORM_EPS = 1e-5
+
+
+@dataclass(frozen=True)
+class TTTOp:
+    """One step of a schedule over token indices [start, end); end=None means the last token."""
+
+    start: int
+    end: int | None
+    update: bool
+    apply: bool
+
+
+def bidirectional_schedule() -> list[TTTOp]:
+    return [TTTOp(0, None, update=True, apply=False), TTTOp(0, None, update=False, apply=True)]
+
+
+def windowed_schedule(num_tokens: int, window_tokens: int) -> list[TTTOp]:
+    """Streaming: each window first updates the fast weights, then is read with them."""
+    ops = []
+    for start in range(0, num_tokens, window_tokens):
+        end = min(start + window_tokens, num_tokens)
+        ops += [TTTOp(start, end, update=True, apply=False), TTTOp(start, end, update=False, apply=True)]
+    return ops
+
+
+class TTTInputs(NamedTuple):
+    """Per-head projections of a span of tokens; heads are folded into the batch: [B*h, L, d]."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    lr: torch.Tensor  # [B*h, L, 3] float32: learning rates of w0, w1, w2
+
+
+def inverse_softplus(x: float) -> float:
+    return x + math.log(-math.expm1(-x))
+
+
+def swiglu(w0: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return (F.silu(x @ w0) * (x @ w2)) @ w1
+
+
+def newton_schulz(g: torch.Tensor, steps: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Approximately orthogonalise each matrix of a batch [b, m, n] (U S' V^T with S' ~ 1)."""
+    x = g.to(dtype or g.dtype)
+    tall = x.shape[-2] > x.shape[-1]
+    if tall:
+        x = x.transpose(-1, -2)
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)
+    a, b, c = NS_COEFFS
+    for _ in range(steps):
+        gram = x @ x.transpose(-1, -2)
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    if tall:
+        x = x.transpose(-1, -2)
+    return x
+
+
+def fast_weight_gradients(
+    w0: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lr: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Learning-rate-weighted descent directions of the negative-dot-product loss, summed over tokens.
+
+    Returns (d_w0 [b, d, dh], d_w1 [b, dh, d], d_w2 [b, d, dh]) in float32.
+    """
+    gate = k @ w0
+    up = k @ w2
+    silu_gate = F.silu(gate)
+    hidden = silu_gate * up
+    d_hidden = v @ w1.transpose(-1, -2)
+    d_up = d_hidden * silu_gate
+    sig = torch.sigmoid(gate)
+    d_gate = d_hidden * up * sig * (1 + gate * (1 - sig))
+    lr = lr.to(k.dtype)
+    d_w1 = (hidden * lr[..., 1:2]).transpose(-1, -2) @ v
+    d_w0 = (k * lr[..., 0:1]).transpose(-1, -2) @ d_gate
+    d_w2 = (k * lr[..., 2:3]).transpose(-1, -2) @ d_up
+    return d_w0.float(), d_w1.float(), d_w2.float()
+
+
+@dataclass
+class TTTState:
+    """Fast weights of every (batch, head): w0 [B*h, d, dh], w1 [B*h, dh, d], w2 [B*h, d, dh]."""
+
+    w0: torch.Tensor
+    w1: torch.Tensor
+    w2: torch.Tensor
+
+    def column_norms(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return tuple(w.detach().norm(dim=1, keepdim=True) for w in (self.w0, self.w1, self.w2))
+
+    def step(
+        self,
+        grads: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        norms: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        ns_steps: int,
+        ns_dtype: torch.dtype | None = None,
+    ) -> "TTTState":
+        """Apply one orthogonalised update, then pull every column back to its norm in `norms`."""
+        new = []
+        for w, g, n in zip((self.w0, self.w1, self.w2), grads, norms):
+            w = w + newton_schulz(g, ns_steps, ns_dtype).to(w.dtype)
+            new.append(w / (w.norm(dim=1, keepdim=True) + WEIGHT_NORM_EPS) * n)
+        return TTTState(*new)
+
+    def to(self, *args, **kwargs) -> "TTTState":
+        return TTTState(self.w0.to(*args, **kwargs), self.w1.to(*args, **kwargs), self.w2.to(*args, **kwargs))
+
+
+class FastWeightSwiGLU(nn.Module):
+    """The TTT token mixer (state-dict names follow the published checkpoints)."""
+
+    def __init__(
+        self,
+        dim: int,
+        head_dim: int,
+        inter_multi: float = 2.0,
+        bias: bool = True,
+        base_lr: float = 0.01,
+        muon_steps: int = 5,
+        use_gate: bool = True,
+    ):
+        super().__init__()
+        self.num_heads = dim // head_dim
+        self.head_dim = head_dim
+        self.muon_steps = muon_steps
+        self.ns_dtype: torch.dtype | None = None  # None: orthogonalise in the gradients' float32
+        hidden = int(head_dim * inter_multi)
+        gain = math.sqrt(2.0)
+        self.w0 = nn.Parameter(torch.randn(self.num_heads, head_dim, hidden) * gain / math.sqrt(head_dim))
+        self.w1 = nn.Parameter(torch.randn(self.num_heads, hidden, head_dim) * gain / math.sqrt(hidden))
+        self.w2 = nn.Parameter(torch.randn(self.num_heads, head_dim, hidden) * gain / math.sqrt(head_dim))
+        self.to_qkv = nn.Linear(dim, 3 * dim, bias=bias)
+        self.c_proj = nn.Linear(dim, dim, bias=bias)
+        self.lr_fc = nn.Linear(dim, 3 * self.num_heads)
+        self.base_lr_inv = inverse_softplus(base_lr)
+        self.gate_fn = nn.Sequential(nn.Linear(dim, dim, bias=bias), nn.SiLU()) if use_gate else None
+        self.o_norm = nn.RMSNorm(head_dim, eps=1e-5)
+
+    def initial_state(self, batch: int) -> TTTState:
+        return TTTState(self.w0.repeat(batch, 1, 1), self.w1.repeat(batch, 1, 1), self.w2.repeat(batch, 1, 1))
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        """[B, L, h*d] -> [B*h, L, d]"""
+        B, L, _ = t.shape
+        return t.reshape(B, L, self.num_heads, -1).transpose(1, 2).reshape(B * self.num_heads, L, -1)
+
+    def project(self, x: torch.Tensor) -> TTTInputs:
+        """x: normalised block input [B, L, dim]."""
+        q, k, v = F.silu(self.to_qkv(x)).chunk(3, dim=-1)
+        q, k, v = self._heads(q), self._heads(k), self._heads(v)
+        q = q / (q.norm(dim=-1, keepdim=True) + QK_NORM_EPS)
+        k = k / (k.norm(dim=-1, keepdim=True) + QK_NORM_EPS)
+        lr = F.softplus(self.lr_fc(x).float() + self.base_lr_inv)  # [B, L, 3h], ordered (which, head)
+        B, L, _ = lr.shape
+        lr = lr.reshape(B, L, 3, self.num_heads).permute(0, 3, 1, 2).reshape(B * self.num_heads, L, 3)
+        return TTTInputs(q, k, v, lr)
+
+    def gradients(self, state: TTTState, inputs: TTTInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return fast_weight_gradients(state.w0, state.w1, state.w2, inputs.k, inputs.v, inputs.lr)
+
+    def step(self, state: TTTState, grads, norms) -> TTTState:
+        return state.step(grads, norms, self.muon_steps, self.ns_dtype)
+
+    def read(self, state: TTTState, q: torch.Tensor) -> torch.Tensor:
+        return swiglu(state.w0, state.w1, state.w2, q)
+
+    def output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Fast-weight read-out [B*h, L, d] -> block output [B, L, dim]."""
+        o = self.o_norm(o)
+        Bh, L, d = o.shape
+        o = o.reshape(Bh // self.num_heads, self.num_heads, L, d).transpose(1, 2).reshape(-1, L, self.num_heads * d)
+        if self.gate_fn is not None:
+            o = o * self.gate_fn(x)
+        return self.c_proj(o)
+
+    def forward(
+        self, x: torch.Tensor, schedule: list[TTTOp], state: TTTState | None = None
+    ) -> tuple[torch.Tensor, TTTState]:
+        inputs = self.project(x)
+        if state is None:
+            state = self.initial_state(x.shape[0])
+        norms = state.column_norms()
+        outputs = []
+        for op in schedule:
+            span = slice(op.start, op.end)
+            if op.update:
+                span_inputs = TTTInputs(*(t[:, span] for t in inputs))
+                state = self.step(state, self.gradients(state, span_inputs), norms)
+            if op.apply:
+                outputs.append(self.read(state, inputs.q[:, span]))
+        return self.output(torch.cat(outputs, dim=1), x), state

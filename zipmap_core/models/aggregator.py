@@ -1,0 +1,140 @@
+"""The aggregator: per-frame patch embedding, then alternating frame and global blocks.
+
+Frame blocks attend within each frame; global blocks mix all frames, either by full attention
+(VGGT) or by a TTT fast-weight layer (ZipMap). Each frame carries a camera token and register
+tokens ahead of its patch tokens. The per-step methods (`embed`, `frame_block`, ...) let engines
+drive the network layer by layer over chunks of frames.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from zipmap_core.config import ModelConfig
+from zipmap_core.layers.block import Block, TTTBlock
+from zipmap_core.layers.patch_embed import PatchEmbed
+from zipmap_core.layers.rope import RotaryPositionEmbedding2D, patch_positions
+from zipmap_core.layers.ttt import FastWeightSwiGLU, TTTOp, TTTState, bidirectional_schedule
+from zipmap_core.layers.vision_transformer import DinoVisionTransformer
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Aggregator(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        C = cfg.embed_dim
+        if cfg.patch_embed == "conv":
+            self.patch_embed = PatchEmbed(cfg.patch_size, 3, C)
+        else:
+            self.patch_embed = DinoVisionTransformer.from_name(
+                cfg.patch_embed, cfg.img_size, cfg.patch_size, cfg.num_register_tokens
+            )
+        self.rope = RotaryPositionEmbedding2D(cfg.rope_freq) if cfg.rope_freq > 0 else None
+        block_args = dict(dim=C, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, init_values=cfg.layer_scale_init)
+        self.frame_blocks = nn.ModuleList(
+            Block(**block_args, qk_norm=cfg.qk_norm, rope=self.rope) for _ in range(cfg.depth)
+        )
+        if cfg.global_block == "ttt":
+            t = cfg.ttt
+            self.global_blocks = nn.ModuleList(
+                TTTBlock(
+                    C, cfg.mlp_ratio, True, cfg.layer_scale_init,
+                    FastWeightSwiGLU(C, t.head_dim, t.inter_multi, t.bias, t.base_lr, t.muon_steps, t.use_gate),
+                )
+                for _ in range(cfg.depth)
+            )
+        else:
+            self.global_blocks = nn.ModuleList(
+                Block(**block_args, qk_norm=cfg.qk_norm, rope=self.rope) for _ in range(cfg.depth)
+            )
+        # index 0: the first (reference) frame; index 1: every other frame
+        self.camera_token = nn.Parameter(torch.randn(1, 2, 1, C) * 1e-6)
+        self.register_token = nn.Parameter(torch.randn(1, 2, cfg.num_register_tokens, C) * 1e-6)
+        self.register_buffer("_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def is_ttt(self) -> bool:
+        return self.cfg.global_block == "ttt"
+
+    @property
+    def patch_start_idx(self) -> int:
+        return self.cfg.patch_start_idx
+
+    def _special_tokens(self, param: torch.Tensor, B: int, S: int, first_frame: int) -> torch.Tensor:
+        """[B, S, n, C]: the reference token for global frame 0, the other token elsewhere."""
+        is_ref = (torch.arange(S, device=param.device) + first_frame == 0) & (not self.cfg.affine_invariant)
+        tokens = torch.where(is_ref.view(S, 1, 1), param[0, 0], param[0, 1])
+        return tokens.unsqueeze(0).expand(B, -1, -1, -1)
+
+    def embed(self, images: torch.Tensor, first_frame: int = 0) -> torch.Tensor:
+        """images [B, S, 3, H, W] in [0, 1] -> tokens [B, S, P, C].
+
+        `first_frame` is the global index of images[:, 0], so that a chunk knows whether it holds
+        the reference frame.
+        """
+        B, S, _, H, W = images.shape
+        x = ((images.reshape(B * S, 3, H, W) - self._mean) / self._std).to(images.dtype)
+        patches = self.patch_embed(x).reshape(B, S, -1, self.cfg.embed_dim)
+        cam = self._special_tokens(self.camera_token, B, S, first_frame).to(patches.dtype)
+        reg = self._special_tokens(self.register_token, B, S, first_frame).to(patches.dtype)
+        return torch.cat([cam, reg, patches], dim=2)
+
+    def positions(self, image_hw: tuple[int, int], device) -> torch.Tensor | None:
+        """RoPE positions of one frame's tokens [1, P, 2], or None without RoPE."""
+        if self.rope is None:
+            return None
+        p = self.cfg.patch_size
+        return patch_positions(1, image_hw[0] // p, image_hw[1] // p, self.patch_start_idx, device)
+
+    def frame_block(self, i: int, tokens: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
+        B, S, P, C = tokens.shape
+        x = tokens.reshape(B * S, P, C)
+        pos = None if pos is None else pos.expand(B * S, -1, -1)
+        return self.frame_blocks[i](x, pos).reshape(B, S, P, C)
+
+    def global_block(
+        self,
+        i: int,
+        tokens: torch.Tensor,
+        pos: torch.Tensor | None,
+        schedule: list[TTTOp],
+        state: TTTState | None = None,
+    ) -> tuple[torch.Tensor, TTTState | None]:
+        B, S, P, C = tokens.shape
+        x = tokens.reshape(B, S * P, C)
+        block = self.global_blocks[i]
+        if self.is_ttt:
+            x, state = block(x, schedule, state)
+        else:
+            x = block(x, None if pos is None else pos.repeat(B, S, 1))
+        return x.reshape(B, S, P, C), state
+
+    def output_layers(self) -> list[int]:
+        """Layers whose outputs the heads read: the DPT layers and the last one (camera)."""
+        return sorted(set(self.cfg.dpt.layers) | {self.cfg.depth - 1})
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        schedule: list[TTTOp] | None = None,
+        states: list[TTTState] | None = None,
+        first_frame: int = 0,
+    ) -> tuple[dict[int, torch.Tensor], list[TTTState | None]]:
+        """-> ({layer: [B, S, P, 2C] frame+global outputs}, fast-weight state per global block)."""
+        schedule = schedule or bidirectional_schedule()
+        tokens = self.embed(images, first_frame)
+        pos = self.positions(images.shape[-2:], images.device)
+        keep = set(self.output_layers())
+        outputs, new_states = {}, []
+        for i in range(self.cfg.depth):
+            frame_out = self.frame_block(i, tokens, pos)
+            tokens, state = self.global_block(i, frame_out, pos, schedule, states[i] if states else None)
+            new_states.append(state)
+            if i in keep:
+                outputs[i] = torch.cat([frame_out, tokens], dim=-1)
+        return outputs, new_states
