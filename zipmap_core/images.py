@@ -120,7 +120,9 @@ def _as_list(sources: Any) -> list[Any]:
     if isinstance(sources, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image)):
         return [sources]
     if torch.is_tensor(sources):
-        raise ImageLoadError("load_images takes encoded images, paths, PIL images or uint8 arrays, not tensors")
+        raise ImageLoadError(
+            "load_images takes encoded images, paths, PIL images or uint8 arrays, not tensors"
+        )
     return list(sources)
 
 
