@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+MIN_FOV = 1e-4  # radians
+
 
 def quaternion_to_matrix(q: torch.Tensor) -> torch.Tensor:
     """(x, y, z, w) quaternions [..., 4] (any norm) -> rotation matrices [..., 3, 3]."""
@@ -51,8 +53,9 @@ def pose_encoding_to_cameras(enc: torch.Tensor, image_hw: tuple[int, int]) -> tu
     H, W = image_hw
     R = quaternion_to_matrix(enc[..., 3:7])
     extrinsics = torch.cat([R, enc[..., :3, None]], dim=-1)
-    fy = (H / 2.0) / torch.tan(enc[..., 7] / 2.0)
-    fx = (W / 2.0) / torch.tan(enc[..., 8] / 2.0)
+    fov = enc[..., 7:9].clamp(min=MIN_FOV)  # a zero field of view (ReLU output) has no finite focal
+    fy = (H / 2.0) / torch.tan(fov[..., 0] / 2.0)
+    fx = (W / 2.0) / torch.tan(fov[..., 1] / 2.0)
     K = torch.zeros(enc.shape[:-1] + (3, 3), dtype=enc.dtype, device=enc.device)
     K[..., 0, 0], K[..., 1, 1] = fx, fy
     K[..., 0, 2], K[..., 1, 2], K[..., 2, 2] = W / 2.0, H / 2.0, 1.0

@@ -53,10 +53,10 @@ class ResidualConvUnit(nn.Module):
 class FusionBlock(nn.Module):
     def __init__(self, features: int, has_skip: bool = True):
         super().__init__()
+        self.out_conv = nn.Conv2d(features, features, 1)
         if has_skip:
             self.resConfUnit1 = ResidualConvUnit(features)
         self.resConfUnit2 = ResidualConvUnit(features)
-        self.out_conv = nn.Conv2d(features, features, 1)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None, size=None) -> torch.Tensor:
         if skip is not None:

@@ -183,6 +183,14 @@ class FastWeightSwiGLU(nn.Module):
         lr = lr.reshape(B, L, 3, self.num_heads).permute(0, 3, 1, 2).reshape(B * self.num_heads, L, 3)
         return TTTInputs(q, k, v, lr)
 
+    def query(self, x: torch.Tensor) -> torch.Tensor:
+        """Only the normalised queries of `project` (the chunked engine recomputes them cheaply
+        instead of keeping them for every frame)."""
+        dim = x.shape[-1]
+        bias = None if self.to_qkv.bias is None else self.to_qkv.bias[:dim]
+        q = self._heads(F.silu(F.linear(x, self.to_qkv.weight[:dim], bias)))
+        return q / (q.norm(dim=-1, keepdim=True) + QK_NORM_EPS)
+
     def gradients(self, state: TTTState, inputs: TTTInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return fast_weight_gradients(state.w0, state.w1, state.w2, inputs.k, inputs.v, inputs.lr)
 

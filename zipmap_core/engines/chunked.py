@@ -1,0 +1,122 @@
+"""Chunked bidirectional reconstruction: the offline result with GPU memory bounded by the chunk.
+
+A TTT layer's fast-weight update is a sum over tokens, so the network can run layer by layer:
+pass 1 accumulates the update of global block i over all chunks of frames (float32), the update
+is orthogonalised once, and pass 2 applies it chunk by chunk. Pass 2 of block i is fused with
+frame block i+1 and pass 1 of block i+1, so every layer reads and writes each chunk's tokens once.
+Tokens of frames off the GPU live in an `ActivationStore` (pinned host memory, then scratch
+files). The outputs the heads read (DPT layers, camera tokens of the last layer) are kept there
+too; the camera head then runs over all frames' camera tokens, and the dense heads per chunk, so
+frames stream out while later chunks are still being decoded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from zipmap_core.engines.config import EngineConfig
+from zipmap_core.engines.frames import align_to_reference, frame_predictions
+from zipmap_core.engines.precision import autocast
+from zipmap_core.engines.results import FramePrediction
+from zipmap_core.engines.store import ActivationStore
+from zipmap_core.geometry import pose_encoding_to_cameras
+from zipmap_core.layers.block import TTTBlock
+from zipmap_core.layers.ttt import TTTState
+from zipmap_core.models.zipmap import ZipMap
+
+
+def _zeros_like_state(state: TTTState) -> list[torch.Tensor]:
+    return [torch.zeros_like(w, dtype=torch.float32) for w in (state.w0, state.w1, state.w2)]
+
+
+class _GlobalLayer:
+    """Chunk-wise access to one TTT global block."""
+
+    def __init__(self, block: TTTBlock):
+        self.block = block
+        self.ttt = block.ttt_block
+        self.initial = self.ttt.initial_state(1)
+        self.norms = self.initial.column_norms()
+        self.grads = _zeros_like_state(self.initial)
+        self.state: TTTState | None = None
+
+    def accumulate(self, tokens: torch.Tensor) -> None:
+        """Pass 1 on one chunk: add its tokens' contribution to the fast-weight update."""
+        B, S, P, C = tokens.shape
+        inputs = self.ttt.project(self.block.norm1(tokens.reshape(B, S * P, C)))
+        for acc, g in zip(self.grads, self.ttt.gradients(self.initial, inputs)):
+            acc += g
+
+    def finalize(self) -> None:
+        self.state = self.ttt.step(self.initial, tuple(self.grads), self.norms)
+        self.grads = None
+
+    def apply(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Pass 2 on one chunk: read the trained fast weights, finish the block."""
+        B, S, P, C = tokens.shape
+        x = tokens.reshape(B, S * P, C)
+        xn = self.block.norm1(x)
+        mixed = self.ttt.output(self.ttt.read(self.state, self.ttt.query(xn)), xn)
+        return self.block.finish(x, mixed).reshape(B, S, P, C)
+
+
+@torch.inference_mode()
+def reconstruct_chunked(
+    model: ZipMap, images: torch.Tensor, engine: EngineConfig, device: torch.device
+) -> Iterator[FramePrediction]:
+    agg, cfg = model.aggregator, model.config
+    if not agg.is_ttt:
+        raise ValueError("the chunked engine needs a TTT model: global attention does not decompose over chunks")
+    S = images.shape[0]
+    image_hw = tuple(images.shape[-2:])
+    chunks = [(s, min(s + engine.chunk_size, S)) for s in range(0, S, engine.chunk_size)]
+    dpt_layers, last = set(cfg.dpt.layers), cfg.depth - 1
+    pos = agg.positions(image_hw, device)
+    budget = int(engine.host_memory_budget_gb * 2**30)
+    if images.device.type == "cpu" and device.type == "cuda":
+        images = images.pin_memory()
+
+    with ActivationStore(device, budget, engine.scratch_dir) as store, autocast(device, engine.dtype):
+        # layer 0: embed, frame block 0, pass 1 of global block 0
+        layer = _GlobalLayer(agg.global_blocks[0])
+        for c in chunks:
+            tokens = agg.embed(images[c[0] : c[1]].to(device, non_blocking=True).unsqueeze(0), first_frame=c[0])
+            frame_out = agg.frame_block(0, tokens, pos)
+            layer.accumulate(frame_out)
+            store.put(("frame", c), frame_out)
+
+        for i in range(cfg.depth):
+            layer.finalize()
+            next_layer = _GlobalLayer(agg.global_blocks[i + 1]) if i < last else None
+            pending = store.fetch(("frame", chunks[0]))
+            for j, c in enumerate(chunks):
+                frame_out = pending.wait()
+                if j + 1 < len(chunks):
+                    pending = store.fetch(("frame", chunks[j + 1]))
+                tokens = layer.apply(frame_out)
+                if i in dpt_layers:
+                    store.put(("layer", i, c), torch.cat([frame_out, tokens], dim=-1))
+                if i == last:
+                    store.put(("camera", c), torch.cat([frame_out[:, :, 0], tokens[:, :, 0]], dim=-1))
+                    store.drop(("frame", c))
+                else:
+                    frame_out = agg.frame_block(i + 1, tokens, pos)
+                    next_layer.accumulate(frame_out)
+                    store.put(("frame", c), frame_out)
+            layer = next_layer
+
+        camera_tokens = torch.cat([store.get(("camera", c)) for c in chunks], dim=1)
+        pose_enc = model.predict_cameras(camera_tokens.unsqueeze(2))
+        extrinsics, intrinsics = pose_encoding_to_cameras(pose_enc[0], image_hw)
+        extrinsics = align_to_reference(extrinsics, extrinsics[0])
+
+        for c in chunks:
+            layers = {i: store.get(("layer", i, c)) for i in cfg.dpt.layers}
+            dense = model.predict_dense(layers, image_hw)
+            for i in cfg.dpt.layers:
+                store.drop(("layer", i, c))
+            yield from frame_predictions(
+                c[0], images[c[0] : c[1]], extrinsics[c[0] : c[1]], intrinsics[c[0] : c[1]], dense
+            )

@@ -1,0 +1,116 @@
+"""Where the chunked engine keeps activations of the frames that are not on the GPU.
+
+Host memory (pinned, so copies run asynchronously on a side CUDA stream and overlap with
+compute) up to a byte budget, then files in a scratch directory. `fetch` starts a host-to-device
+copy and returns a handle, so the next chunk can be in flight while the current one computes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Pending:
+    """A tensor whose copy to the device may still be running."""
+
+    tensor: torch.Tensor
+    event: torch.cuda.Event | None = None
+
+    def wait(self) -> torch.Tensor:
+        if self.event is not None:
+            stream = torch.cuda.current_stream(self.tensor.device)
+            stream.wait_event(self.event)
+            self.tensor.record_stream(stream)
+        return self.tensor
+
+
+class ActivationStore:
+    def __init__(self, device: torch.device, budget_bytes: int, scratch_dir: str | None = None):
+        self.device = device
+        self.budget_bytes = budget_bytes
+        self._cuda = device.type == "cuda"
+        self._copy_stream = torch.cuda.Stream(device) if self._cuda else None
+        self._host: dict[Hashable, tuple[torch.Tensor, torch.cuda.Event | None]] = {}
+        self._files: dict[Hashable, str] = {}
+        self._scratch_parent = scratch_dir
+        self._scratch: str | None = None
+        self.host_bytes = 0
+        self.peak_host_bytes = 0
+        self.spilled_bytes = 0
+
+    def __enter__(self) -> "ActivationStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._host.clear()
+        self._files.clear()
+        self.host_bytes = 0
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
+
+    def _spill_path(self, key: Hashable) -> str:
+        if self._scratch is None:
+            if self._scratch_parent:
+                os.makedirs(self._scratch_parent, exist_ok=True)
+            self._scratch = tempfile.mkdtemp(prefix="zipmap-chunks-", dir=self._scratch_parent)
+        return os.path.join(self._scratch, f"{abs(hash(key)):x}.pt")
+
+    def put(self, key: Hashable, tensor: torch.Tensor) -> None:
+        self.drop(key)
+        nbytes = tensor.numel() * tensor.element_size()
+        if self.host_bytes + nbytes > self.budget_bytes:
+            path = self._spill_path(key)
+            torch.save(tensor.detach().cpu(), path)
+            self._files[key] = path
+            self.spilled_bytes += nbytes
+            return
+        if self._cuda:
+            host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            ready = torch.cuda.Event()
+            ready.record()
+            with torch.cuda.stream(self._copy_stream):
+                self._copy_stream.wait_event(ready)
+                host.copy_(tensor, non_blocking=True)
+                tensor.record_stream(self._copy_stream)
+                done = torch.cuda.Event()
+                done.record()
+            self._host[key] = (host, done)
+        else:
+            self._host[key] = (tensor.detach().to("cpu", copy=tensor.device.type == "cpu"), None)
+        self.host_bytes += nbytes
+        self.peak_host_bytes = max(self.peak_host_bytes, self.host_bytes)
+
+    def fetch(self, key: Hashable) -> Pending:
+        if key in self._files:
+            return Pending(torch.load(self._files[key]).to(self.device))
+        host, done = self._host[key]
+        if not self._cuda:
+            return Pending(host.to(self.device))
+        with torch.cuda.stream(self._copy_stream):
+            self._copy_stream.wait_event(done)
+            tensor = host.to(self.device, non_blocking=True)
+            arrived = torch.cuda.Event()
+            arrived.record()
+        return Pending(tensor, arrived)
+
+    def get(self, key: Hashable) -> torch.Tensor:
+        return self.fetch(key).wait()
+
+    def drop(self, key: Hashable) -> None:
+        entry = self._host.pop(key, None)
+        if entry is not None:
+            self.host_bytes -= entry[0].numel() * entry[0].element_size()
+        path = self._files.pop(key, None)
+        if path is not None and os.path.exists(path):
+            os.remove(path)
