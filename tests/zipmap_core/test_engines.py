@@ -1,0 +1,161 @@
+"""The engines agree with each other: chunked == offline, chained streaming == one call."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.zipmap_core.reference_data import filled_state_dict, load_arrays
+from zipmap_core.config import ModelConfig
+from zipmap_core.engines import EngineConfig, StreamingSession, reconstruct
+from zipmap_core.geometry import align_to_first_view, local_to_world
+from zipmap_core.layers.ttt import windowed_schedule
+from zipmap_core.models.zipmap import ZipMap
+
+FIELDS = ("extrinsic", "intrinsic", "depth", "depth_conf", "world_points", "local_points")
+
+
+def tiny(**overrides) -> ZipMap:
+    torch.manual_seed(0)
+    cfg = ModelConfig.preset("tiny").model_copy(update=overrides)
+    return ZipMap(cfg).eval()
+
+
+def max_rel_error(a_frames, b_frames) -> dict[str, float]:
+    assert [f.index for f in a_frames] == [f.index for f in b_frames]
+    errors = {}
+    for field in FIELDS:
+        a = np.stack([getattr(f, field) for f in a_frames])
+        b = np.stack([getattr(f, field) for f in b_frames])
+        errors[field] = float(np.abs(a - b).max() / np.abs(a).max())
+    return errors
+
+
+@pytest.fixture(scope="module")
+def images():
+    return torch.rand(7, 3, 56, 84, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("chunk_size", [1, 3, 4, 7, 16])
+def test_chunked_equals_offline_tiny(images, chunk_size, affine):
+    model = tiny(affine_invariant=affine)
+    offline = list(reconstruct(model, images))
+    chunked = list(reconstruct(model, images, EngineConfig(mode="chunked", chunk_size=chunk_size)))
+    for field, err in max_rel_error(offline, chunked).items():
+        assert err <= 1e-4, (field, err)
+
+
+def test_chunked_spills_to_scratch_and_stays_exact(images, tmp_path):
+    model = tiny()
+    offline = list(reconstruct(model, images))
+    engine = EngineConfig(mode="chunked", chunk_size=2, host_memory_budget_gb=1e-5, scratch_dir=str(tmp_path))
+    chunked = list(reconstruct(model, images, engine))
+    assert max(max_rel_error(offline, chunked).values()) <= 1e-4
+    assert list(tmp_path.iterdir()) == []  # scratch cleaned up
+
+
+def test_chunked_streams_frames_before_the_end(images):
+    model = tiny()
+    frames = reconstruct(model, images, EngineConfig(mode="chunked", chunk_size=2))
+    first = next(frames)
+    assert first.index == 0 and first.depth.shape == (56, 84)
+    assert [f.index for f in frames] == list(range(1, 7))
+
+
+@pytest.mark.slow
+def test_chunked_matches_reference_offline_outputs():
+    """Chunks of 2 over 5 frames (the last chunk is short) against the published model's outputs."""
+    model = ZipMap(ModelConfig.preset("reference_dev")).eval()
+    model.load_state_dict(filled_state_dict(model))
+    ref = load_arrays()
+    images = torch.from_numpy(ref["images"])[0]
+    frames = list(reconstruct(model, images, EngineConfig(mode="chunked", chunk_size=2)))
+    extrinsics = align_to_first_view(torch.from_numpy(ref["offline/extrinsic"][0]))
+    expected = {
+        "extrinsic": extrinsics.numpy(),
+        "intrinsic": ref["offline/intrinsic"][0],
+        "depth": ref["offline/depth"][0, ..., 0],
+        "depth_conf": ref["offline/depth_conf"][0],
+        "local_points": local_to_world(torch.from_numpy(ref["offline/local_points"][0]), extrinsics).numpy(),
+    }
+    for field, want in expected.items():
+        got = np.stack([getattr(f, field) for f in frames])
+        err = np.abs(got - want).max() / np.abs(want).max()
+        assert err <= 1e-4, (field, err)
+
+
+def test_streaming_session_chained_equals_one_call(images):
+    model = tiny(camera_head="mlp", streaming_window=2)
+    per_frame = model.config.patch_start_idx + 4 * 6
+    with torch.inference_mode():
+        one_call = model(images, schedule=windowed_schedule(7 * per_frame, 2 * per_frame))
+    session = StreamingSession(model, window=2, device=torch.device("cpu"))
+    chained = [session.feed(images[s : s + 2]) for s in range(0, 7, 2)]
+    depth = torch.cat([c["depth"] for c in chained], dim=1)
+    assert torch.allclose(depth, one_call["depth"], rtol=1e-4, atol=1e-6)
+    pose = torch.cat([c["pose_enc"] for c in chained], dim=1)
+    assert torch.allclose(pose, one_call["pose_enc"], rtol=1e-4, atol=1e-5)
+
+
+def test_streaming_engine_yields_every_frame_aligned_to_the_first(images):
+    model = tiny(camera_head="mlp", streaming_window=3)
+    frames = list(reconstruct(model, images, EngineConfig(mode="streaming")))
+    assert [f.index for f in frames] == list(range(7))
+    np.testing.assert_allclose(frames[0].extrinsic, np.eye(3, 4), atol=1e-5)
+
+
+def test_streaming_differs_from_offline(images):
+    """Windows see only the past: a sanity check that the schedule is really used."""
+    model = tiny()
+    offline = list(reconstruct(model, images))
+    streaming = list(reconstruct(model, images, EngineConfig(mode="streaming", window=2)))
+    assert max_rel_error(offline, streaming)["depth"] > 1e-6
+
+
+def test_offline_frames_are_consistent(images):
+    model = tiny()
+    frames = list(reconstruct(model, images))
+    assert len(frames) == 7
+    f = frames[0]
+    np.testing.assert_allclose(f.extrinsic, np.eye(3, 4), atol=1e-5)
+    assert f.image.dtype == np.uint8 and f.image.shape == (56, 84, 3)
+    assert f.world_points.shape == (56, 84, 3) and np.isfinite(f.world_points).all()
+    assert np.all(f.depth > 0) and np.all(f.depth_conf > 1)
+    # frame 0 is the world frame: its world points are its depth unprojected with its intrinsics
+    K = f.intrinsic
+    u = np.arange(84)[None, :].repeat(56, 0)
+    np.testing.assert_allclose(f.world_points[..., 0], (u - K[0, 2]) / K[0, 0] * f.depth, rtol=1e-4, atol=1e-5)
+    assert f.camera_conf == pytest.approx(float(f.depth_conf.mean()), rel=1e-6)
+
+
+def test_bfloat16_autocast_runs_on_cpu(images):
+    model = tiny()
+    frames = list(reconstruct(model, images, EngineConfig(dtype="bfloat16")))
+    exact = list(reconstruct(model, images))
+    assert all(np.isfinite(f.depth).all() for f in frames)
+    assert max_rel_error(exact, frames)["depth"] < 0.1
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (torch.rand(0, 3, 56, 84), "no frames"),
+        (torch.rand(2, 1, 56, 84), "expected images"),
+        (torch.rand(2, 3, 50, 84), "multiple of the patch size"),
+    ],
+)
+def test_bad_input_is_rejected(bad, message):
+    with pytest.raises(ValueError, match=message):
+        list(reconstruct(tiny(), bad))
+
+
+def test_chunked_needs_ttt(images):
+    with pytest.raises(ValueError, match="TTT"):
+        list(reconstruct(tiny(global_block="attention"), images, EngineConfig(mode="chunked")))
+
+
+def test_streaming_needs_a_window(images):
+    with pytest.raises(ValueError, match="window"):
+        list(reconstruct(tiny(), images, EngineConfig(mode="streaming")))
