@@ -1,0 +1,48 @@
+"""Ray job entrypoint: `python -m jobs.reconstruct --spec SPEC.yaml [--set k=v ...]`.
+
+Run by `ray job submit` (or `zipmap-pipeline submit`) on the cluster's head node, where
+RAY_ADDRESS is set, so the pipeline joins the cluster instead of starting a local Ray. The exit
+code follows `zipmap-pipeline run` (0 done, 1 some failed, 2 bad spec, 3 infrastructure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from pipeline.cli import guarded
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs.reconstruct", description=__doc__.split("\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--spec", help="job spec file (YAML or JSON; path or URL)")
+    source.add_argument("--spec-json", help="the job spec itself, as JSON")
+    source.add_argument("--resume", metavar="RUN_URI", help="continue this run from its stored spec")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--retry-failed", action="store_true")
+    parser.add_argument("--progress", action="store_true", help="show a progress bar (off: job logs)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return guarded(lambda: _reconstruct(args))
+
+
+def _reconstruct(args: argparse.Namespace) -> int:
+    from pipeline.api import resume_job, run_job
+    from pipeline.spec import load_spec
+
+    options = {"progress": args.progress, "retry_failed": args.retry_failed}
+    if args.resume:
+        summary = resume_job(args.resume, overrides=args.overrides, **options)
+    else:
+        source = json.loads(args.spec_json) if args.spec_json else args.spec
+        summary = run_job(load_spec(source, args.overrides).with_run_id(), **options)
+    print(json.dumps(summary.model_dump(mode="json"), indent=2))
+    return summary.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

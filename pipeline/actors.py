@@ -1,0 +1,143 @@
+"""The long-lived model worker: one per GPU (or one CPU worker on a machine without GPUs).
+
+The model is built and its checkpoint loaded once, in `__init__`; each `process` call then
+runs one decoded sequence through the engine and writes the sequence's staged outputs. Calls
+may overlap (a threaded Ray actor) but inference is serialised by a lock, so one sequence's
+upload overlaps the next one's inference without two sequences sharing the accelerator.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .decode import DecodedSequence
+from .discovery import SequenceSource
+from .errors import ActorInitError
+from .layout import RunLayout
+from .outputs import SequenceWriter, StagedOutputs
+from .spec import JobSpec
+from .storage import Store
+
+RANDOM_WEIGHTS_SEED = 0  # every worker must hold the same weights, or retries would differ
+
+
+@dataclass
+class AttemptResult:
+    """What a finished attempt reports back to the coordinator."""
+
+    sequence_id: str
+    attempt_id: str
+    staged: StagedOutputs
+    timings: dict[str, float] = field(default_factory=dict)  # decode_s, infer_s, write_s
+    worker: dict[str, Any] = field(default_factory=dict)
+
+
+class ModelWorker:
+    """Holds one model on one device. Wrapped with `ray.remote` by pipeline.execution."""
+
+    def __init__(self, spec: JobSpec):
+        self._spec = spec
+        self._lock = threading.Lock()
+        self._init_error: str | None = None
+        self._info: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid()}
+        try:
+            self._model, self._device = self._build()
+            self._info["device"] = str(self._device)
+        except Exception as exc:  # reported by ready(): a broken checkpoint must stop the run
+            self._init_error = f"{type(exc).__name__}: {exc}"
+
+    def _build(self):
+        import torch
+
+        from zipmap_core.checkpoint import load_checkpoint
+        from zipmap_core.models.zipmap import ZipMap
+
+        model_spec = self._spec.model
+        device = self._pick_device(torch)
+        if model_spec.checkpoint is None:
+            torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        model = ZipMap(model_spec.config())
+        if model_spec.checkpoint is not None:
+            load_checkpoint(
+                model,
+                model_spec.checkpoint,
+                storage_options=self._spec.storage.for_uri(model_spec.checkpoint),
+                use_ema=model_spec.use_ema,
+            )
+        return model.to(device).eval(), device
+
+    def _pick_device(self, torch):
+        wanted = self._spec.resources.device
+        if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()):
+            if not torch.cuda.is_available():
+                raise RuntimeError("resources.device is 'cuda' but this worker sees no CUDA device")
+            return torch.device("cuda")
+        return torch.device("cpu")
+
+    def ready(self) -> dict[str, Any]:
+        """Raises ActorInitError if the model could not be built; else describes the worker."""
+        if self._init_error is not None:
+            raise ActorInitError(f"model worker on {self._info['host']} failed to start: {self._init_error}")
+        return dict(self._info)
+
+    def process(self, source: SequenceSource, decoded: DecodedSequence, attempt_id: str) -> AttemptResult:
+        """Reconstruct one sequence and write its outputs to this attempt's staging folder."""
+        import torch
+
+        from zipmap_core.engines import reconstruct
+
+        self.ready()
+        layout = RunLayout(self._spec.run_uri)
+        store = Store(self._spec.run_uri, self._spec.storage)
+        writer = SequenceWriter(self._spec, source.sequence_id, decoded.frame_uris, decoded.source_sizes)
+        infer_s = write_s = 0.0
+        try:
+            with self._lock, torch.inference_mode():
+                self._maybe_inject_faults(source)
+                images = decoded.images()
+                start = time.perf_counter()
+                frames = reconstruct(self._model, images, self._spec.engine, device=self._device)
+                for frame in frames:
+                    got = time.perf_counter()
+                    infer_s += got - start
+                    writer.add(frame)
+                    self._maybe_crash(source)
+                    start = time.perf_counter()
+                    write_s += start - got
+            start = time.perf_counter()
+            staged = writer.finish(store, layout, attempt_id)
+            write_s += time.perf_counter() - start
+        finally:
+            writer.close()
+        return AttemptResult(
+            sequence_id=source.sequence_id,
+            attempt_id=attempt_id,
+            staged=staged,
+            timings={"decode_s": decoded.decode_s, "infer_s": infer_s, "write_s": write_s},
+            worker=dict(self._info),
+        )
+
+    # -- test hooks (JobSpec.faults) ---------------------------------------------------------
+
+    def _maybe_inject_faults(self, source: SequenceSource) -> None:
+        faults = self._spec.faults
+        if faults is not None and faults.delay_s:
+            time.sleep(faults.delay_s)
+
+    def _maybe_crash(self, source: SequenceSource) -> None:
+        """Kill this worker process mid-sequence, once per marker file."""
+        faults = self._spec.faults
+        if faults is None or faults.crash_sequence != source.sequence_id:
+            return
+        marker = faults.crash_marker
+        if marker is not None and os.path.exists(marker):
+            return
+        if marker is not None:
+            with open(marker, "w") as f:
+                f.write(f"crashed pid {os.getpid()}\n")
+        os._exit(1)

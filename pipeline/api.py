@@ -1,0 +1,82 @@
+"""The Python entry points: run a job, resume a run, look at a run's state."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .commit import committed_sequences
+from .coordinator import Coordinator
+from .execution import connect
+from .layout import RunLayout
+from .manifest import RunSummary, SequenceRecord, read_manifest
+from .spec import JobSpec, StorageSpec, load_spec
+from .storage import Store
+
+
+def run_job(
+    spec: JobSpec | str | Mapping[str, Any],
+    *,
+    overrides: Sequence[str] = (),
+    progress: bool = False,
+    retry_failed: bool = False,
+    ray_address: str | None = None,
+) -> RunSummary:
+    """Run (or re-run: committed sequences are skipped) a job on the current/local Ray cluster."""
+    if not isinstance(spec, JobSpec) or overrides:
+        spec = load_spec(spec, overrides)
+    spec = spec.with_run_id()
+    started = connect(ray_address)
+    try:
+        return Coordinator(spec, progress=progress, retry_failed=retry_failed).run()
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def load_run_spec(run_uri: str, *, storage: StorageSpec | None = None, overrides: Sequence[str] = ()) -> JobSpec:
+    """The stored spec of a run, pointed at the run's current location, with overrides applied."""
+    run_uri = run_uri.rstrip("/")
+    storage = storage or StorageSpec()
+    layout = RunLayout(run_uri)
+    output, _, run_id = run_uri.rpartition("/")
+    spec = load_spec(layout.spec, overrides, storage_options=storage.for_uri(layout.spec))
+    changes: dict[str, Any] = {"output": output, "run_id": run_id}
+    if storage != StorageSpec() and spec.storage == StorageSpec():
+        changes["storage"] = storage.model_dump(mode="json")
+    return spec.updated(**changes)
+
+
+def resume_job(
+    run_uri: str,
+    *,
+    storage: StorageSpec | None = None,
+    overrides: Sequence[str] = (),
+    progress: bool = False,
+    retry_failed: bool = False,
+    ray_address: str | None = None,
+) -> RunSummary:
+    """Continue a run from its stored spec: committed sequences stay, the rest runs."""
+    spec = load_run_spec(run_uri, storage=storage, overrides=overrides)
+    return run_job(spec, progress=progress, retry_failed=retry_failed, ray_address=ray_address)
+
+
+def run_status(run_uri: str, *, storage: StorageSpec | None = None) -> RunSummary:
+    """The state of a run from its manifest and commit markers (no Ray needed)."""
+    run_uri = run_uri.rstrip("/")
+    store, layout = Store(run_uri, storage), RunLayout(run_uri)
+    records: dict[str, SequenceRecord] = read_manifest(store, layout)
+    for sid, marker in committed_sequences(store, layout).items():
+        records[sid] = SequenceRecord.from_marker(marker)
+    for record in records.values():
+        if record.status == "running":  # no driver is running it now (as far as we know)
+            record.status = "pending"
+    try:
+        stored = store.read_json(layout.summary)
+        elapsed = float(stored.get("elapsed_s", 0.0))
+    except (FileNotFoundError, ValueError):
+        elapsed = 0.0
+    frames = sum(r.num_frames or 0 for r in records.values() if r.status == "done")
+    return RunSummary.from_records(run_uri.rsplit("/", 1)[-1], run_uri, list(records.values()), elapsed, frames)

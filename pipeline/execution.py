@@ -1,0 +1,143 @@
+"""Ray plumbing: connecting to a cluster, sizing and starting model actors, submitting work.
+
+A sequence becomes two chained Ray calls: a CPU task decodes it, and the model actor's
+`process` takes the decoded object as its argument, so Ray starts decoding the next sequence
+while the actor is still busy with the previous one. Which failures mean what is decided in
+`classify`; what to do about them is the coordinator's business.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+
+from .actors import ModelWorker
+from .decode import decode_sequence
+from .discovery import SequenceSource
+from .errors import ActorInitError, InfrastructureError, InputError
+from .spec import JobSpec
+
+logger = logging.getLogger(__name__)
+
+FailureKind = Literal["input", "actor_lost", "init", "transient"]
+
+
+def connect(address: str | None = None) -> bool:
+    """Join the cluster named by `address` / RAY_ADDRESS, or start a local one.
+
+    Returns True when this call started Ray (so the caller should shut it down again).
+    """
+    if ray.is_initialized():
+        return False
+    try:
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
+    except Exception as exc:
+        raise InfrastructureError(f"cannot start or reach Ray ({address or os.environ.get('RAY_ADDRESS') or 'local'}): {exc}") from exc
+    return True
+
+
+@dataclass(frozen=True)
+class ActorPlan:
+    """How many model actors to run and what each one reserves."""
+
+    num_actors: int
+    num_gpus: float
+    num_cpus: float
+    resources: dict[str, float]
+
+    @property
+    def uses_gpu(self) -> bool:
+        return self.num_gpus > 0
+
+
+def plan_actors(spec: JobSpec, cluster_resources: dict[str, float]) -> ActorPlan:
+    """One actor per GPU (resources.gpus_per_actor each), or CPU actors when there is no GPU."""
+    res = spec.resources
+    gpus = float(cluster_resources.get("GPU", 0))
+    use_gpu = res.device == "cuda" or (res.device == "auto" and gpus > 0)
+    if use_gpu:
+        default = max(1, int(gpus // res.gpus_per_actor))
+        return ActorPlan(res.num_actors or default, res.gpus_per_actor, res.cpus_per_actor, dict(res.custom_resources))
+    return ActorPlan(res.num_actors or 1, 0.0, res.cpus_per_actor, dict(res.custom_resources))
+
+
+class RayExecutor:
+    """Starts actors and submits sequences; the only module that talks to Ray's task API."""
+
+    def __init__(self, spec: JobSpec, plan: ActorPlan):
+        self._spec = spec
+        self._plan = plan
+        self._actor_cls = ray.remote(ModelWorker).options(
+            num_gpus=plan.num_gpus,
+            num_cpus=plan.num_cpus,
+            resources=plan.resources or None,
+            max_concurrency=spec.resources.max_in_flight_per_actor,
+            max_restarts=0,  # a dead actor is replaced by the coordinator, with a fresh handle
+        )
+        self._decode = ray.remote(decode_sequence).options(
+            num_cpus=spec.resources.decode_cpus,
+            max_retries=0,  # the coordinator owns retries (with backoff and attempt counts)
+        )
+        self._spec_ref = ray.put(spec)
+
+    def start_actor(self) -> tuple[Any, ray.ObjectRef]:
+        """A new actor and the ref that resolves once its model is loaded."""
+        actor = self._actor_cls.remote(self._spec_ref)
+        return actor, actor.ready.remote()
+
+    def submit(self, actor: Any, source: SequenceSource, attempt_id: str) -> tuple[ray.ObjectRef, ray.ObjectRef]:
+        """Decode on a CPU task, then process on `actor`; returns (decode ref, result ref)."""
+        decoded = self._decode.remote(source, self._spec_ref)
+        return decoded, actor.process.remote(source, decoded, attempt_id)
+
+    @staticmethod
+    def wait(refs: list[ray.ObjectRef], timeout: float) -> list[ray.ObjectRef]:
+        """Refs among `refs` that are finished, waiting up to `timeout` for the first one."""
+        if not refs:
+            return []
+        ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
+        if ready:
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        return ready
+
+    @staticmethod
+    def get(ref: ray.ObjectRef) -> Any:
+        return ray.get(ref)
+
+    @staticmethod
+    def cancel(ref: ray.ObjectRef) -> None:
+        try:
+            ray.cancel(ref)
+        except Exception as exc:  # already finished
+            logger.debug("cancel: %s", exc)
+
+    @staticmethod
+    def kill(actor: Any) -> None:
+        try:
+            ray.kill(actor, no_restart=True)
+        except Exception as exc:  # already gone
+            logger.debug("kill actor: %s", exc)
+
+
+def classify(exc: BaseException) -> FailureKind:
+    """What a failure means for the sequence (see pipeline.errors)."""
+    cause = exc.cause if isinstance(exc, RayTaskError) and exc.cause is not None else exc
+    if isinstance(cause, InputError):
+        return "input"
+    if isinstance(cause, ActorInitError):
+        return "init"
+    if isinstance(exc, RayActorError):
+        return "actor_lost"
+    return "transient"  # lost nodes/objects, crashed workers, I/O errors: worth another try
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line error for the manifest (the cause, not Ray's wrapper and traceback)."""
+    cause = exc.cause if isinstance(exc, RayTaskError) and exc.cause is not None else exc
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    return f"{type(cause).__name__}: {lines[0] if lines else ''}"[:2000]

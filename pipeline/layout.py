@@ -1,0 +1,72 @@
+"""Where everything of a run lives, in one place, so writers and readers cannot disagree.
+
+    <output>/<run_id>/
+      spec.json                              resolved spec, secrets redacted (resume reads it)
+      manifest.parquet                       one row per sequence (status, attempts, timings, ...)
+      summary.json                           the run's final summary
+      frames/sequence_id=<id>/part-0.parquet per-frame cameras and depth statistics
+      depth/sequence_id=<id>/part-0.parquet  per-frame depth + confidence maps (save_depth)
+      points/<id>.ply                        the sequence's point cloud
+      _commits/<id>.json                     commit marker: the sequence's outputs are complete
+      _staging/<id>/<attempt_id>/...         an attempt's outputs before they are committed
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .storage import join
+
+FRAMES = "frames"
+DEPTH = "depth"
+POINTS = "points"
+STAGED_FILES = {FRAMES: "frames.parquet", DEPTH: "depth.parquet", POINTS: "points.ply"}
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    run_uri: str
+
+    @property
+    def spec(self) -> str:
+        return join(self.run_uri, "spec.json")
+
+    @property
+    def manifest(self) -> str:
+        return join(self.run_uri, "manifest.parquet")
+
+    @property
+    def summary(self) -> str:
+        return join(self.run_uri, "summary.json")
+
+    @property
+    def commits(self) -> str:
+        return join(self.run_uri, "_commits")
+
+    @property
+    def staging_root(self) -> str:
+        return join(self.run_uri, "_staging")
+
+    def commit_marker(self, sequence_id: str) -> str:
+        return join(self.commits, f"{sequence_id}.json")
+
+    def staging(self, sequence_id: str, attempt_id: str) -> str:
+        return join(self.staging_root, sequence_id, attempt_id)
+
+    def staged(self, sequence_id: str, attempt_id: str, kind: str) -> str:
+        return join(self.staging(sequence_id, attempt_id), STAGED_FILES[kind])
+
+    def dataset_dir(self, kind: str) -> str:
+        return join(self.run_uri, kind)
+
+    def final(self, sequence_id: str, kind: str) -> str:
+        """The committed location of one output of a sequence."""
+        if kind == POINTS:
+            return join(self.run_uri, POINTS, f"{sequence_id}.ply")
+        return join(self.run_uri, kind, f"sequence_id={sequence_id}", "part-0.parquet")
+
+    def final_owner(self, sequence_id: str, kind: str) -> str:
+        """What to delete to remove one output of a sequence (its partition folder, or file)."""
+        if kind == POINTS:
+            return self.final(sequence_id, kind)
+        return join(self.run_uri, kind, f"sequence_id={sequence_id}")

@@ -1,0 +1,161 @@
+"""The run's bookkeeping: one record per sequence, the Parquet manifest, and the summary.
+
+Commit markers are the truth about which sequences are done; the manifest adds what markers
+cannot say (failures, their errors, attempt counts) and is rewritten as the run goes, so a
+restarted driver knows which sequences already failed for good.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel
+
+from .layout import DEPTH, FRAMES, POINTS, RunLayout
+from .storage import Store
+
+Status = Literal["pending", "running", "done", "failed"]
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("sequence_id", pa.string()),
+        ("status", pa.string()),  # done | failed | pending | running (the driver stopped)
+        ("attempts", pa.int32()),
+        ("num_frames", pa.int32()),
+        ("num_points", pa.int64()),
+        ("decode_s", pa.float64()),
+        ("infer_s", pa.float64()),
+        ("write_s", pa.float64()),
+        ("total_s", pa.float64()),
+        ("error", pa.string()),
+        ("error_kind", pa.string()),  # input | transient | actor_lost
+        ("attempt_id", pa.string()),  # of the committed attempt
+        ("source_uri", pa.string()),
+        ("frames_path", pa.string()),
+        ("points_path", pa.string()),
+        ("depth_path", pa.string()),
+        ("committed_at", pa.string()),
+    ]
+)
+
+
+@dataclass
+class SequenceRecord:
+    """Everything the run knows about one sequence; one manifest row."""
+
+    sequence_id: str
+    source_uri: str | None = None
+    status: Status = "pending"
+    attempts: int = 0
+    num_frames: int | None = None
+    num_points: int | None = None
+    decode_s: float | None = None
+    infer_s: float | None = None
+    write_s: float | None = None
+    total_s: float | None = None
+    error: str | None = None
+    error_kind: str | None = None
+    attempt_id: str | None = None
+    frames_path: str | None = None
+    points_path: str | None = None
+    depth_path: str | None = None
+    committed_at: str | None = None
+
+    @classmethod
+    def from_marker(cls, marker: dict[str, Any]) -> "SequenceRecord":
+        timings = dict(marker.get("timings", {}))
+        commit_s = timings.get("commit_s") or 0.0  # moving files + writing the marker
+        for key in ("write_s", "total_s"):
+            if timings.get(key) is not None:
+                timings[key] += commit_s
+        outputs = marker.get("outputs", {})
+        return cls(
+            sequence_id=marker["sequence_id"],
+            source_uri=marker.get("source_uri"),
+            status="done",
+            attempts=int(marker.get("attempt", 1)),
+            num_frames=marker.get("num_frames"),
+            num_points=marker.get("num_points"),
+            attempt_id=marker.get("attempt_id"),
+            frames_path=outputs.get(FRAMES),
+            points_path=outputs.get(POINTS),
+            depth_path=outputs.get(DEPTH),
+            committed_at=marker.get("committed_at"),
+            **{k: timings.get(k) for k in ("decode_s", "infer_s", "write_s", "total_s")},
+        )
+
+
+def write_manifest(store: Store, layout: RunLayout, records: list[SequenceRecord]) -> None:
+    rows = [asdict(r) for r in sorted(records, key=lambda r: r.sequence_id)]
+    table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    store.write_bytes(layout.manifest, buf.getvalue())
+
+
+def read_manifest(store: Store, layout: RunLayout) -> dict[str, SequenceRecord]:
+    """The stored manifest's records by id (empty when there is none yet)."""
+    try:
+        data = store.read_bytes(layout.manifest)
+    except FileNotFoundError:
+        return {}
+    names = {f.name for f in fields(SequenceRecord)}
+    rows = pq.read_table(io.BytesIO(data)).to_pylist()
+    return {r["sequence_id"]: SequenceRecord(**{k: v for k, v in r.items() if k in names}) for r in rows}
+
+
+class RunSummary(BaseModel):
+    """The machine-readable result of a run (also stored as <run>/summary.json)."""
+
+    run_id: str
+    run_uri: str
+    status: Literal["succeeded", "partial", "failed", "incomplete"]
+    sequences: int
+    done: int
+    failed: int
+    pending: int
+    frames: int  # frames of sequences done
+    points: int
+    elapsed_s: float
+    frames_per_s: float
+    failures: list[dict[str, Any]]  # sequence_id, attempts, error
+
+    @property
+    def exit_code(self) -> int:
+        """0: every sequence done; 1: some failed or are still pending."""
+        return 0 if self.status == "succeeded" else 1
+
+    @classmethod
+    def from_records(
+        cls, run_id: str, run_uri: str, records: list[SequenceRecord], elapsed_s: float, frames_this_session: int
+    ) -> "RunSummary":
+        done = [r for r in records if r.status == "done"]
+        failed = [r for r in records if r.status == "failed"]
+        pending = len(records) - len(done) - len(failed)
+        if pending:
+            status = "incomplete"
+        elif not failed:
+            status = "succeeded"
+        else:
+            status = "partial" if done else "failed"
+        return cls(
+            run_id=run_id,
+            run_uri=run_uri,
+            status=status,
+            sequences=len(records),
+            done=len(done),
+            failed=len(failed),
+            pending=pending,
+            frames=sum(r.num_frames or 0 for r in done),
+            points=sum(r.num_points or 0 for r in done),
+            elapsed_s=round(elapsed_s, 3),
+            frames_per_s=round(frames_this_session / elapsed_s, 3) if elapsed_s > 0 else 0.0,
+            failures=[
+                {"sequence_id": r.sequence_id, "attempts": r.attempts, "error_kind": r.error_kind, "error": r.error}
+                for r in sorted(failed, key=lambda r: r.sequence_id)
+            ],
+        )

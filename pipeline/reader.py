@@ -1,0 +1,71 @@
+"""Reading a run back: only committed sequences count, whatever else lies in the folder."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from .commit import committed_sequences
+from .layout import DEPTH, FRAMES, POINTS, RunLayout
+from .manifest import MANIFEST_SCHEMA
+from .outputs import DEPTH_SCHEMA, FRAMES_SCHEMA
+from .pointcloud import read_ply
+from .spec import StorageSpec
+from .storage import Store
+
+
+@dataclass
+class RunOutputs:
+    """The committed results of a run, as Arrow tables (and Ray datasets on request)."""
+
+    run_uri: str
+    committed: dict[str, dict[str, Any]]  # commit marker records by sequence id
+    manifest: pa.Table
+    frames: pa.Table  # FRAMES_SCHEMA, sorted by (sequence_id, frame_index)
+    store: Store
+
+    def depth(self) -> pa.Table:
+        """Depth maps of all committed sequences (empty if the run did not save them)."""
+        return self._read(DEPTH, DEPTH_SCHEMA)
+
+    def point_cloud(self, sequence_id: str) -> np.ndarray:
+        """The sequence's PLY vertices (x y z red green blue confidence)."""
+        uri = self.committed[sequence_id]["outputs"][POINTS]
+        return read_ply(self.store.read_bytes(uri))
+
+    def frames_dataset(self):
+        """The frames of committed sequences as a ray.data Dataset (needs ray[data])."""
+        import ray.data
+
+        files = self._files(FRAMES)
+        return ray.data.read_parquet([self.store.path(u) for u in files], filesystem=self.store.fs)
+
+    def _files(self, kind: str) -> list[str]:
+        return sorted(r["outputs"][kind] for r in self.committed.values() if kind in r.get("outputs", {}))
+
+    def _read(self, kind: str, schema: pa.Schema) -> pa.Table:
+        files = self._files(kind)
+        if not files:
+            return schema.empty_table()
+        paths = [self.store.path(u) for u in files]
+        table = ds.dataset(paths, schema=schema, format="parquet", filesystem=self.store.fs).to_table()
+        return table.sort_by([("sequence_id", "ascending"), ("frame_index", "ascending")])
+
+
+def read_outputs(run_uri: str, storage: StorageSpec | None = None) -> RunOutputs:
+    store = Store(run_uri, storage)
+    layout = RunLayout(run_uri.rstrip("/"))
+    committed = committed_sequences(store, layout)
+    try:
+        manifest = pq.read_table(io.BytesIO(store.read_bytes(layout.manifest)))
+    except FileNotFoundError:
+        manifest = MANIFEST_SCHEMA.empty_table()
+    outputs = RunOutputs(run_uri=layout.run_uri, committed=committed, manifest=manifest, frames=FRAMES_SCHEMA.empty_table(), store=store)
+    outputs.frames = outputs._read(FRAMES, FRAMES_SCHEMA)
+    return outputs

@@ -1,0 +1,371 @@
+"""The job spec: everything a run needs, as one typed, validated, serialisable object.
+
+A spec is loaded from YAML/JSON, adjusted with dotted `key.sub=value` overrides from the command
+line, and stored (secrets redacted) next to the run's outputs so `resume` can continue it later.
+Credentials never live in a spec: the object store clients read them from the environment
+(AWS_ACCESS_KEY_ID, ...), and options that look like credentials are rejected.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import fsspec
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+
+from zipmap_core.config import ModelConfig
+from zipmap_core.engines.config import EngineConfig
+
+from .errors import SpecError
+
+REDACTED = "***"
+REVEAL_SECRETS = "reveal_secrets"  # serialisation context key for in-process, unredacted copies
+# Option names that carry credentials; such values must come from the environment instead.
+_SECRET_NAME = re.compile(r"secret|password|passwd|token|credential|access_key|signature|^key$", re.I)
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+PATCH = 14
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(_Section):
+    """Where the sequences come from: a prefix to scan, or a manifest table listing them."""
+
+    prefix: str | None = None  # sub-folders of images and video files directly under it
+    manifest: str | None = None  # parquet/csv with a `uri` column (and optional `sequence_id`)
+    min_frames: int = Field(default=2, ge=1)  # shorter sequences fail as bad input
+    max_frames: int | None = Field(default=None, ge=1)  # keep at most this many (after stride)
+    frame_stride: int = Field(default=1, ge=1)  # keep every k-th frame
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "InputSpec":
+        if (self.prefix is None) == (self.manifest is None):
+            raise ValueError("set exactly one of input.prefix and input.manifest")
+        return self
+
+
+class ModelSpec(_Section):
+    preset: str  # a name accepted by zipmap_core.config.ModelConfig.preset
+    checkpoint: str | None = None  # local path or fsspec URL (.pt/.pth/.safetensors)
+    use_ema: bool = False
+    allow_random_weights: bool = False  # tests only, and only with the "tiny" preset
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, name: str) -> str:
+        ModelConfig.preset(name)  # raises ValueError naming the known presets
+        return name
+
+    @model_validator(mode="after")
+    def _weights(self) -> "ModelSpec":
+        if self.checkpoint is None and not (self.preset == "tiny" and self.allow_random_weights):
+            raise ValueError(
+                "model.checkpoint is required; random weights are only allowed with "
+                "preset 'tiny' and model.allow_random_weights: true (for tests)"
+            )
+        return self
+
+    def config(self) -> ModelConfig:
+        return ModelConfig.preset(self.preset)
+
+
+class PreprocessSpec(_Section):
+    """The model input geometry (see zipmap_core.images.preprocess_images)."""
+
+    size: int = Field(default=518, gt=0)
+    mode: Literal["crop", "pad"] = "crop"
+
+    @field_validator("size")
+    @classmethod
+    def _patch_multiple(cls, size: int) -> int:
+        if size % PATCH:
+            raise ValueError(f"preprocess.size must be a multiple of {PATCH}, got {size}")
+        return size
+
+
+class PointCloudSpec(_Section):
+    enabled: bool = True
+    # The depth head's confidence is 1 + exp(x) >= 1, so 1.0 keeps every finite point.
+    conf_threshold: float = 1.0
+    voxel_size: float | None = Field(default=None, gt=0)  # average points per voxel when set
+
+
+class ResourcesSpec(_Section):
+    num_actors: int | None = Field(default=None, ge=1)  # None: one per GPU, or 1 CPU actor
+    gpus_per_actor: float = Field(default=1.0, gt=0)  # used when the cluster has GPUs
+    cpus_per_actor: float = Field(default=1.0, ge=0)
+    decode_cpus: float = Field(default=1.0, gt=0)  # per decode task
+    max_in_flight_per_actor: int = Field(default=2, ge=1)  # bounds decoded frames in memory
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    custom_resources: dict[str, float] = Field(default_factory=dict)  # extra Ray resources per actor
+    # Give up when no model actor has started after this long (autoscalers may need minutes).
+    actor_start_timeout_s: float = Field(default=1800.0, gt=0)
+
+
+class RetrySpec(_Section):
+    max_attempts: int = Field(default=3, ge=1)
+    backoff_s: float = Field(default=2.0, ge=0)  # delay before attempt 2; doubles each time
+    max_backoff_s: float = Field(default=120.0, ge=0)
+
+    def delay(self, failed_attempts: int) -> float:
+        return min(self.max_backoff_s, self.backoff_s * 2 ** max(0, failed_attempts - 1))
+
+
+class StorageSpec(_Section):
+    """fsspec options for every URI of the run. No credentials: those come from the environment."""
+
+    endpoint_url: str | None = None  # S3-compatible endpoint (MinIO, moto, ...)
+    region: str | None = None
+    anon: bool = False
+    options: dict[str, Any] = Field(default_factory=dict)  # extra fsspec/s3fs options
+
+    @field_validator("options")
+    @classmethod
+    def _no_credentials(cls, options: dict[str, Any]) -> dict[str, Any]:
+        found = _secret_keys(options)
+        if found:
+            raise ValueError(
+                f"storage.options must not hold credentials ({', '.join(found)}); "
+                "set them in the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, ...)"
+            )
+        return options
+
+    def for_uri(self, uri: str) -> dict[str, Any]:
+        """The storage_options to pass to fsspec for `uri`."""
+        protocol = fsspec.utils.get_protocol(uri)
+        opts = dict(self.options)
+        if protocol in ("s3", "s3a"):
+            if self.endpoint_url:
+                opts.setdefault("endpoint_url", self.endpoint_url)
+            if self.region:
+                client = dict(opts.get("client_kwargs", {}))
+                client.setdefault("region_name", self.region)
+                opts["client_kwargs"] = client
+            if self.anon:
+                opts.setdefault("anon", True)
+        return opts
+
+
+class FaultSpec(_Section):
+    """Test hooks that make failures happen on purpose. Never set these in production."""
+
+    crash_sequence: str | None = None  # the actor process exits while reconstructing this one
+    crash_marker: str | None = None  # local file: the crash happens only while it is absent
+    delay_s: float = Field(default=0.0, ge=0)  # sleep per sequence in the actor
+
+
+class JobSpec(_Section):
+    """A complete, validated job: inputs, model, engine, outputs, resources, retries, storage."""
+
+    input: InputSpec
+    output: str  # runs are written under <output>/<run_id>/
+    run_id: str | None = None  # None: a fresh time-stamped id
+    model: ModelSpec
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    preprocess: PreprocessSpec = Field(default_factory=PreprocessSpec)
+    point_cloud: PointCloudSpec = Field(default_factory=PointCloudSpec)
+    save_depth: bool = False  # per-frame depth + confidence maps as a Parquet table
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    retry: RetrySpec = Field(default_factory=RetrySpec)
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+    faults: FaultSpec | None = None
+
+    @field_validator("run_id")
+    @classmethod
+    def _safe_run_id(cls, run_id: str | None) -> str | None:
+        if run_id is not None and not _RUN_ID.fullmatch(run_id):
+            raise ValueError(f"run_id {run_id!r} must match {_RUN_ID.pattern}")
+        return run_id
+
+    @field_validator("output")
+    @classmethod
+    def _strip_slash(cls, output: str) -> str:
+        return output.rstrip("/") or output
+
+    @model_serializer(mode="wrap")
+    def _redacting(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        data = handler(self)
+        if isinstance(info.context, dict) and info.context.get(REVEAL_SECRETS):
+            return data  # in-process copies only; never written or logged
+        return redact(data)
+
+    def __repr__(self) -> str:
+        return f"JobSpec({json.dumps(self.model_dump(mode='json'), sort_keys=True)})"
+
+    __str__ = __repr__
+
+    def updated(self, **changes: Any) -> "JobSpec":
+        """A validated copy with top-level fields replaced (secrets preserved)."""
+        data = self.model_dump(mode="json", context={REVEAL_SECRETS: True})
+        data.update(changes)
+        try:
+            return JobSpec.model_validate(data)
+        except ValidationError as exc:
+            raise SpecError(_describe_validation(exc)) from None
+
+    def with_run_id(self, run_id: str | None = None) -> "JobSpec":
+        """A copy with a definite run id (the given one, the spec's own, or a fresh one)."""
+        return self.model_copy(update={"run_id": run_id or self.run_id or new_run_id()})
+
+    @property
+    def run_uri(self) -> str:
+        if self.run_id is None:
+            raise SpecError("the spec has no run_id yet; call with_run_id() first")
+        return f"{self.output}/{self.run_id}"
+
+    def to_json(self) -> str:
+        """The resolved spec with secrets redacted, as stored in <run>/spec.json."""
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)
+
+
+def new_run_id() -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:6]}"
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def load_spec(
+    source: "str | Mapping[str, Any] | JobSpec",
+    overrides: Sequence[str] = (),
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+) -> JobSpec:
+    """Build a JobSpec from a YAML/JSON file (path or fsspec URL) or a dict, plus overrides.
+
+    Raises SpecError with every validation problem listed, so the CLI can exit with code 2.
+    """
+    if isinstance(source, JobSpec):
+        data: Any = source.model_dump(mode="json", context={REVEAL_SECRETS: True})
+    elif isinstance(source, Mapping):
+        data = dict(source)
+    else:
+        data = _read_document(source, storage_options or {})
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: a spec must be a mapping, got {type(data).__name__}")
+    data = apply_overrides(data, overrides)
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(_describe_validation(exc)) from None
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides (value parsed as YAML: numbers, booleans, null, lists)."""
+    result = json.loads(json.dumps(data))  # deep copy of plain data
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise SpecError(f"override {item!r} is not of the form key.sub=value")
+        parts = [p.strip() for p in key.split(".")]
+        if any(not p for p in parts):
+            raise SpecError(f"override {item!r} has an empty key segment")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise SpecError(f"override {item!r}: cannot parse value: {exc}") from None
+        node = result
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise SpecError(f"override {item!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return result
+
+
+def _read_document(source: str, storage_options: Mapping[str, Any]) -> Any:
+    try:
+        with fsspec.open(source, "rt", encoding="utf-8", **storage_options) as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise SpecError(f"spec file not found: {redact_uri(source)}") from None
+    except OSError as exc:
+        raise SpecError(f"cannot read spec {redact_uri(source)}: {exc}") from None
+    try:
+        return json.loads(text) if source.endswith(".json") else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise SpecError(f"cannot parse spec {redact_uri(source)}: {exc}") from None
+
+
+def _describe_validation(exc: ValidationError) -> str:
+    lines = ["invalid job spec:"]
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(spec)"
+        lines.append(f"  {where}: {err['msg']}")
+    return "\n".join(lines)
+
+
+# --- redaction -------------------------------------------------------------------------------
+
+
+def redact(value: Any) -> Any:
+    """A copy of plain data with credentials in URIs and secret-named entries replaced."""
+    if isinstance(value, dict):
+        return {
+            k: (REDACTED if isinstance(k, str) and _SECRET_NAME.search(k) and v else redact(v))
+            for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact(v) for v in value)
+    if isinstance(value, str):
+        return redact_uri(value)
+    return value
+
+
+def redact_uri(uri: str) -> str:
+    """Hide a password in the authority and secret-named query parameters of a URL."""
+    if "://" not in uri:
+        return uri
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return uri
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{REDACTED if ':' in userinfo else user}@{host}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(_SECRET_NAME.search(k) or k.lower().startswith("x-amz-") for k, _ in pairs):
+            query = urlencode(
+                [(k, REDACTED if _SECRET_NAME.search(k) or k.lower().startswith("x-amz-") else v) for k, v in pairs],
+                safe="*",
+            )
+    if netloc == parts.netloc and query == parts.query:
+        return uri
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _secret_keys(options: Mapping[str, Any], prefix: str = "") -> list[str]:
+    found = []
+    for key, value in options.items():
+        name = f"{prefix}{key}"
+        if isinstance(key, str) and _SECRET_NAME.search(key):
+            found.append(name)
+        elif isinstance(value, Mapping):
+            found.extend(_secret_keys(value, f"{name}."))
+    return found

@@ -1,0 +1,153 @@
+"""A small layer over fsspec so the rest of the pipeline addresses files by URI on any store.
+
+It hides the three differences between a local disk and an object store that matter here:
+local writes need parent folders and a rename to be atomic (an object PUT is atomic by itself),
+object store listings are cached by the client and must be refreshed before they are trusted,
+and a "move" is a rename locally but a server-side copy + delete on S3.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO, Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from .spec import StorageSpec
+
+
+def join(base: str, *parts: str) -> str:
+    """Join URI segments with '/', whatever the store."""
+    out = base.rstrip("/")
+    for part in parts:
+        part = part.strip("/")
+        if part:
+            out = f"{out}/{part}"
+    return out
+
+
+class Store:
+    """One filesystem, reached through URIs (plain local paths or protocol://...)."""
+
+    def __init__(self, uri: str, storage: StorageSpec | None = None):
+        storage = storage or StorageSpec()
+        self.storage = storage
+        self.fs, _ = fsspec.core.url_to_fs(uri, **storage.for_uri(uri))
+        self.local = isinstance(self.fs, LocalFileSystem)
+        self._scheme = uri.split("://", 1)[0] + "://" if "://" in uri else ""
+
+    # -- addressing --------------------------------------------------------------------------
+
+    def path(self, uri: str) -> str:
+        """The filesystem path of a URI of this store."""
+        return self.fs._strip_protocol(uri)
+
+    def uri(self, path: str) -> str:
+        """The URI of a filesystem path, in the same form the store was opened with."""
+        if self._scheme and not self.local:
+            return self._scheme + path.lstrip("/") if "://" not in path else path
+        return path
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def exists(self, uri: str) -> bool:
+        return self.fs.exists(self.path(uri))
+
+    def isdir(self, uri: str) -> bool:
+        return self.fs.isdir(self.path(uri))
+
+    def read_bytes(self, uri: str) -> bytes:
+        return self.fs.cat_file(self.path(uri))
+
+    def read_many(self, uris: list[str]) -> list[bytes]:
+        """Read several files; object stores fetch them concurrently."""
+        if not uris:
+            return []
+        paths = [self.path(u) for u in uris]
+        data = self.fs.cat(paths, on_error="raise")
+        if isinstance(data, bytes):  # a single path comes back bare
+            return [data]
+        return [data[p] for p in paths]
+
+    def read_json(self, uri: str) -> Any:
+        return json.loads(self.read_bytes(uri))
+
+    def ls(self, uri: str, *, detail: bool = True) -> list[dict[str, Any]]:
+        """Immediate children of a folder, freshly listed (never from the client's cache)."""
+        path = self.path(uri)
+        self.fs.invalidate_cache(path)
+        if not self.fs.exists(path):
+            return []
+        return self.fs.ls(path, detail=True)
+
+    def find(self, uri: str) -> list[str]:
+        """URIs of all files below a folder, freshly listed."""
+        path = self.path(uri)
+        self.fs.invalidate_cache(path)
+        if not self.fs.exists(path):
+            return []
+        return [self.uri(p) for p in self.fs.find(path)]
+
+    @contextmanager
+    def open(self, uri: str, mode: str = "rb") -> Iterator[IO[Any]]:
+        if "w" in mode:
+            self._parent(uri)
+        with self.fs.open(self.path(uri), mode) as f:
+            yield f
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        """Write a whole file atomically: readers see the old file or the new one, never half."""
+        path = self.path(uri)
+        if self.local:
+            self._parent(uri)
+            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        else:
+            self.fs.pipe_file(path, data)  # one PUT: atomic on object stores
+
+    def write_json(self, uri: str, obj: Any) -> None:
+        self.write_bytes(uri, json.dumps(obj, indent=2, sort_keys=True).encode())
+
+    def upload(self, local_path: str, uri: str) -> None:
+        if self.local:
+            self._parent(uri)
+        self.fs.put_file(local_path, self.path(uri))
+
+    def move(self, src_uri: str, dst_uri: str) -> None:
+        """Move one file (a rename locally, a server-side copy then delete on object stores)."""
+        src, dst = self.path(src_uri), self.path(dst_uri)
+        if self.local:
+            self._parent(dst_uri)
+            os.replace(src, dst)
+        else:
+            self.fs.copy(src, dst)
+            self.fs.rm_file(src)
+
+    def delete(self, uri: str, *, missing_ok: bool = True) -> None:
+        """Delete a file or a whole folder."""
+        path = self.path(uri)
+        self.fs.invalidate_cache(path)
+        try:
+            if self.fs.isdir(path):
+                self.fs.rm(path, recursive=True)
+            else:
+                self.fs.rm_file(path)
+        except FileNotFoundError:
+            if not missing_ok:
+                raise
+
+    def _parent(self, uri: str) -> None:
+        if self.local:
+            self.fs.makedirs(posixpath.dirname(self.path(uri)), exist_ok=True)

@@ -1,0 +1,148 @@
+"""Shared fixtures of the pipeline tests: one Ray cluster, one tiny checkpoint, input builders.
+
+The Ray cluster is a `ray.cluster_utils.Cluster` (head with 2 CPUs) shared by the whole session,
+so node-loss tests can add and remove nodes and subprocess drivers can join it via RAY_ADDRESS.
+Fake AWS credentials are put in the environment before Ray starts, so workers inherit them
+(that is how real credentials reach workers too: from the environment, never from a spec).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.spec import JobSpec, load_spec
+from pipeline.testing.s3server import FAKE_CREDENTIALS
+
+IMAGE_W, IMAGE_H = 112, 84  # model input 112 wide (tiny preset), 84 = 6 patches high
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import ray
+    from ray.cluster_utils import Cluster
+
+    saved = {k: os.environ.get(k) for k in FAKE_CREDENTIALS}
+    os.environ.update(FAKE_CREDENTIALS)
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 2,
+            "include_dashboard": False,
+            # notice lost nodes within seconds, not the default tens of seconds
+            "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 3},
+        },
+    )
+    ray.init(address=cluster.address, log_to_driver=False)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """Seeded tiny-preset weights, saved the way a training script would."""
+    from zipmap_core.config import ModelConfig
+    from zipmap_core.models.zipmap import ZipMap
+
+    torch.manual_seed(1234)
+    model = ZipMap(ModelConfig.preset("tiny"))
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def write_sequence(folder: Path, num_frames: int, *, seed: int, size=(IMAGE_W, IMAGE_H), ext=".png") -> list[Path]:
+    """Smooth random images (a gradient plus noise), named frame1, frame2, ..., frame10."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    paths = []
+    for i in range(num_frames):
+        base = np.stack([xx * 255 / w, yy * 255 / h, np.full_like(xx, 40 * i % 255)], axis=-1)
+        img = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+        path = folder / f"frame{i + 1}{ext}"
+        Image.fromarray(img).save(path)
+        paths.append(path)
+    return paths
+
+
+def make_spec(input_prefix: str, output: str, checkpoint: str | os.PathLike | None, **fields) -> JobSpec:
+    """A tiny-model spec for tests; `fields` are dotted overrides (e.g. retry__backoff_s -> retry.backoff_s)."""
+    data = {
+        "input": {"prefix": str(input_prefix)},
+        "output": str(output),
+        "model": {"preset": "tiny", "checkpoint": str(checkpoint) if checkpoint else None},
+        "preprocess": {"size": IMAGE_W},
+        "retry": {"backoff_s": 0.2, "max_attempts": 3},
+        "resources": {"actor_start_timeout_s": 120},
+    }
+    overrides = [f"{k.replace('__', '.')}={v}" for k, v in fields.items()]
+    return load_spec(data, overrides)
+
+
+def reference_frames(checkpoint: Path, sources: list, *, size: int = IMAGE_W, storage_options=None):
+    """The engine run directly (no pipeline) on the same images: what the outputs must equal."""
+    from zipmap_core.checkpoint import load_checkpoint
+    from zipmap_core.config import ModelConfig
+    from zipmap_core.engines import reconstruct
+    from zipmap_core.images import load_images
+    from zipmap_core.models.zipmap import ZipMap
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a 1-CPU Ray actor (Ray sets OMP_NUM_THREADS=1)
+    try:
+        model = load_checkpoint(ZipMap(ModelConfig.preset("tiny")), str(checkpoint))
+        images = load_images([str(s) for s in sources], size=size, storage_options=storage_options)
+        with torch.inference_mode():
+            return list(reconstruct(model, images))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def parse_ply(data: bytes) -> dict[str, np.ndarray]:
+    """An independent reader for the pipeline's PLY files: header, then numpy frombuffer."""
+    end = data.index(b"end_header\n") + len(b"end_header\n")
+    header = data[:end].decode("ascii").split("\n")
+    assert header[0] == "ply" and header[1] == "format binary_little_endian 1.0", header[:2]
+    count, props = None, []
+    for line in header:
+        words = line.split()
+        if words[:2] == ["element", "vertex"]:
+            count = int(words[2])
+        elif words and words[0] == "property":
+            props.append((words[2], {"float": "<f4", "uchar": "u1"}[words[1]]))
+    dtype = np.dtype(props)
+    assert len(data) - end == count * dtype.itemsize, "body size does not match the header"
+    arr = np.frombuffer(data, dtype=dtype, count=count, offset=end)
+    return {name: arr[name] for name in dtype.names}
+
+
+def expected_points(frames, threshold: float) -> dict[str, np.ndarray]:
+    """The documented point filter, written out independently of pipeline.pointcloud."""
+    cols = {k: [] for k in ("x", "y", "z", "red", "green", "blue", "confidence")}
+    for f in frames:
+        keep = (
+            np.isfinite(f.world_points).all(-1)
+            & np.isfinite(f.depth)
+            & (f.depth > 0)
+            & np.isfinite(f.depth_conf)
+            & (f.depth_conf >= threshold)
+        )
+        for i, k in enumerate(("x", "y", "z")):
+            cols[k].append(f.world_points[..., i][keep])
+        for i, k in enumerate(("red", "green", "blue")):
+            cols[k].append(f.image[..., i][keep])
+        cols["confidence"].append(f.depth_conf[keep])
+    return {k: np.concatenate(v) for k, v in cols.items()}

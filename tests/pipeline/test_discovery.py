@@ -1,0 +1,123 @@
+"""Discovery: what counts as a sequence, frame order, and safe, stable ids."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.decode import decode_sequence
+from pipeline.discovery import discover, sanitize_id
+from pipeline.errors import InputError
+
+from .conftest import make_spec, write_sequence
+
+
+def _spec(prefix, **fields):
+    return make_spec(prefix, "/unused/out", "/unused/ckpt.pt", **fields)
+
+
+def test_folders_and_videos_are_sequences(tmp_path):
+    write_sequence(tmp_path / "scene_a", 3, seed=0)
+    write_sequence(tmp_path / "scene b", 2, seed=1, ext=".jpg")
+    (tmp_path / "walk.MP4").write_bytes(b"\x00")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("x")
+    (tmp_path / "stray.png").write_bytes(b"")  # files at the top level are not sequences
+    write_sequence(tmp_path / "deep" / "nested", 2, seed=2)  # only immediate sub-folders count
+    found = {s.sequence_id: s for s in discover(_spec(tmp_path))}
+    assert set(found) == {"scene_a", "scene_b", "walk"}
+    assert found["walk"].kind == "video" and found["walk"].num_frames is None
+    assert found["scene_b"].num_frames == 2 and found["scene_b"].frames[0].endswith("frame1.jpg")
+
+
+def test_frames_in_natural_order(tmp_path):
+    folder = tmp_path / "seq"
+    write_sequence(folder, 12, seed=0)  # frame1 ... frame12
+    (seq,) = discover(_spec(tmp_path))
+    names = [p.rsplit("/", 1)[-1] for p in seq.frames]
+    assert names == [f"frame{i}.png" for i in range(1, 13)]
+
+
+@pytest.mark.parametrize(
+    "rel, expected",
+    [
+        ("scene 1", "scene_1"),
+        ("a/b/c", "a_b_c"),
+        ("../../etc/passwd", "etc_passwd"),
+        ("/abs/path", "abs_path"),
+        ("..hidden", "hidden"),
+        ("x..y", "x.y"),
+        ("ünïcode✓", "_n_code_"),
+        ("007", "seq-007"),
+        ("0x1f", "seq-0x1f"),
+        ("", "seq"),
+    ],
+)
+def test_sanitize_id(rel, expected):
+    sid = sanitize_id(rel)
+    assert sid == expected
+    assert ".." not in sid and not sid.startswith((".", "/", "-"))
+
+
+def test_colliding_ids_get_a_stable_hash(tmp_path):
+    write_sequence(tmp_path / "scene 1", 2, seed=0)
+    write_sequence(tmp_path / "scene_1", 2, seed=1)
+    first = sorted(s.sequence_id for s in discover(_spec(tmp_path)))
+    second = sorted(s.sequence_id for s in discover(_spec(tmp_path)))
+    assert first == second and len(set(first)) == 2
+    assert all(sid.startswith("scene_1-") and len(sid) == len("scene_1-") + 8 for sid in first)
+
+
+def test_manifest_parquet_and_csv(tmp_path):
+    write_sequence(tmp_path / "data" / "one", 2, seed=0)
+    write_sequence(tmp_path / "data" / "two", 3, seed=1)
+    pq.write_table(
+        pa.table({"uri": ["data/one", str(tmp_path / "data" / "two")], "sequence_id": ["first", None]}),
+        tmp_path / "m.parquet",
+    )
+    (tmp_path / "m.csv").write_text("uri\ndata/one\n")
+    spec = make_spec(tmp_path, "/o", "/c.pt", input__prefix="null", input__manifest=str(tmp_path / "m.parquet"))
+    found = {s.sequence_id: s.num_frames for s in discover(spec)}
+    assert found == {"first": 2, str(tmp_path / "data" / "two").strip("/").replace("/", "_"): 3}
+    spec = make_spec(tmp_path, "/o", "/c.pt", input__prefix="null", input__manifest=str(tmp_path / "m.csv"))
+    assert [s.sequence_id for s in discover(spec)] == ["data_one"]
+
+
+def test_bad_sequences_raise_input_errors(tmp_path):
+    write_sequence(tmp_path / "short", 1, seed=0)
+    write_sequence(tmp_path / "mixed", 2, seed=0)
+    write_sequence(tmp_path / "mixed", 1, seed=1, size=(98, 70), ext=".jpg")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "0.png").write_bytes(b"not a png")
+    (tmp_path / "broken" / "1.png").write_bytes(b"")
+    (tmp_path / "clip.mp4").write_bytes(b"\x00" * 16)
+    spec = _spec(tmp_path)
+    errors = {}
+    for seq in discover(spec):
+        with pytest.raises(InputError) as exc:
+            decode_sequence(seq, spec)
+        errors[seq.sequence_id] = str(exc.value)
+    assert "fewer than min_frames=2" in errors["short"]
+    assert "one image size" in errors["mixed"]
+    assert "0.png" in errors["broken"]
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        assert "install av to read videos" in errors["clip"]
+
+
+def test_decode_matches_load_images_and_ships_uint8(tmp_path):
+    import torch
+
+    from zipmap_core.images import load_images
+
+    paths = write_sequence(tmp_path / "s", 4, seed=3)
+    spec = _spec(tmp_path, input__frame_stride=2)
+    (seq,) = discover(spec)
+    decoded = decode_sequence(seq, spec)
+    assert decoded.pixels.dtype.name == "uint8"  # lossless and 4x smaller than float32
+    expected = load_images([str(p) for p in paths[::2]], size=112)
+    assert torch.equal(decoded.images(), expected)
+    assert decoded.frame_uris == [str(p) for p in paths[::2]] and decoded.source_sizes == [(112, 84)] * 2

@@ -1,0 +1,114 @@
+"""Point clouds, PLY files and the commit protocol, on a local store (no Ray)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pyarrow.dataset as ds
+
+from pipeline.commit import clean_uncommitted, commit_sequence, committed_sequences
+from pipeline.layout import FRAMES, POINTS, RunLayout
+from pipeline.outputs import StagedOutputs, depth_statistics
+from pipeline.pointcloud import PointCloudBuilder, VoxelGrid, frame_points
+from pipeline.reader import read_outputs
+from pipeline.storage import Store
+
+from .conftest import parse_ply
+
+
+def _frame(rng, h=6, w=5):
+    depth = rng.uniform(0.5, 3, (h, w)).astype(np.float32)
+    depth[0, 0] = np.nan
+    depth[0, 1] = -1
+    conf = rng.uniform(1, 3, (h, w)).astype(np.float32)
+    pts = rng.normal(size=(h, w, 3)).astype(np.float32)
+    img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    return depth, conf, pts, img
+
+
+def test_ply_round_trip_and_filter():
+    rng = np.random.default_rng(0)
+    frames = [_frame(rng) for _ in range(3)]
+    builder = PointCloudBuilder(conf_threshold=2.0)
+    kept = [builder.add_frame(*f) for f in frames]
+    buf = io.BytesIO()
+    n = builder.write(buf, comment="test")
+    builder.close()
+    ply = parse_ply(buf.getvalue())
+    assert n == sum(kept) == len(ply["x"])
+    depth, conf, pts, img = frames[0]
+    mask = np.isfinite(depth) & (depth > 0) & (conf >= 2.0)
+    assert kept[0] == mask.sum()
+    np.testing.assert_array_equal(ply["x"][: kept[0]], pts[..., 0][mask])
+    np.testing.assert_array_equal(ply["green"][: kept[0]], img[..., 1][mask])
+    np.testing.assert_array_equal(ply["confidence"][: kept[0]], conf[mask])
+
+
+def test_voxel_grid_averages_per_voxel():
+    rng = np.random.default_rng(1)
+    depth, conf, pts, img = _frame(rng, 20, 20)
+    points = frame_points(depth, conf, pts, img, 0.0)
+    grid = VoxelGrid(0.5)
+    grid.add(points[: len(points) // 2])
+    grid._consolidate()  # merging in two rounds must equal one round
+    grid.add(points[len(points) // 2 :])
+    out = grid.result()
+    # naive reference: a dict of lists per voxel
+    groups: dict = {}
+    for p in points:
+        key = tuple(np.floor(np.array([p["x"], p["y"], p["z"]], np.float64) / 0.5).astype(int))
+        groups.setdefault(key, []).append(p)
+    assert len(out) == len(groups)
+    for v, key in zip(out, sorted(groups)):
+        members = groups[key]
+        np.testing.assert_allclose(v["x"], np.mean([m["x"] for m in members]), rtol=1e-5)
+        assert v["red"] == int(np.rint(np.mean([m["red"] for m in members])))
+        np.testing.assert_allclose(v["confidence"], np.mean([m["confidence"] for m in members]), rtol=1e-5)
+
+
+def test_depth_statistics_ignore_invalid():
+    depth = np.array([[np.nan, -1.0], [2.0, 4.0]], np.float32)
+    stats = depth_statistics(depth)
+    assert stats == {"depth_min": 2.0, "depth_max": 4.0, "depth_mean": 3.0, "depth_median": 3.0, "valid_depth_fraction": 0.5}
+    assert depth_statistics(np.full((2, 2), np.nan, np.float32))["depth_mean"] is None
+
+
+def _stage(store, layout, sid, attempt, content=b"x"):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"sequence_id": [sid], "frame_index": pa.array([0], pa.int32())}), buf)
+    store.write_bytes(layout.staged(sid, attempt, FRAMES), buf.getvalue())
+    store.write_bytes(layout.staged(sid, attempt, POINTS), content)
+    return StagedOutputs(files={FRAMES: layout.staged(sid, attempt, FRAMES), POINTS: layout.staged(sid, attempt, POINTS)}, num_frames=1, num_points=0)
+
+
+def test_commit_is_atomic_and_idempotent(tmp_path):
+    store, layout = Store(str(tmp_path / "run")), RunLayout(str(tmp_path / "run"))
+    first = commit_sequence(store, layout, "a", "att1", _stage(store, layout, "a", "att1", b"one"), {"attempt": 1})
+    assert store.read_bytes(layout.final("a", POINTS)) == b"one"
+    assert not store.exists(layout.staging("a", "att1"))
+    # a duplicate attempt of a committed sequence changes nothing
+    again = commit_sequence(store, layout, "a", "att2", _stage(store, layout, "a", "att2", b"two"), {"attempt": 2})
+    assert again["attempt_id"] == "att1" == first["attempt_id"]
+    assert store.read_bytes(layout.final("a", POINTS)) == b"one"
+    assert not store.exists(layout.staging("a", "att2"))
+    assert set(committed_sequences(store, layout)) == {"a"}
+
+
+def test_outputs_without_marker_are_never_results(tmp_path):
+    run = str(tmp_path / "run")
+    store, layout = Store(run), RunLayout(run)
+    commit_sequence(store, layout, "good", "g1", _stage(store, layout, "good", "g1"), {})
+    # a commit that died after moving files but before its marker
+    staged = _stage(store, layout, "torn", "t1")
+    for kind, uri in staged.files.items():
+        store.move(uri, layout.final("torn", kind))
+    _stage(store, layout, "torn", "t2")  # and a staged attempt that never finished
+    out = read_outputs(run)
+    assert set(out.committed) == {"good"} and out.frames.column("sequence_id").to_pylist() == ["good"]
+    clean_uncommitted(store, layout, {"good"})
+    assert not store.exists(layout.final("torn", POINTS)) and not store.exists(layout.staging_root)
+    assert ds.dataset(layout.dataset_dir(FRAMES), partitioning="hive").to_table().column("sequence_id").to_pylist() == ["good"]

@@ -1,0 +1,98 @@
+"""Job spec: loading, overrides, validation rules and secret redaction."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.errors import SpecError
+from pipeline.spec import JobSpec, load_spec
+
+BASE = {
+    "input": {"prefix": "/data/in"},
+    "output": "s3://bucket/out/",
+    "model": {"preset": "tiny", "checkpoint": "s3://bucket/ckpt/tiny.pt"},
+}
+
+
+def test_yaml_file_with_dotted_overrides(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        "input: {prefix: /data/in}\noutput: /data/out\nmodel: {preset: tiny, checkpoint: /c.pt}\n"
+        "engine: {mode: offline}\n"
+    )
+    spec = load_spec(
+        str(path),
+        ["engine.mode=chunked", "engine.chunk_size=8", "resources.num_actors=4", "point_cloud.voxel_size=0.05",
+         "storage.endpoint_url=http://127.0.0.1:9000", "save_depth=true"],
+    )
+    assert spec.engine.mode == "chunked" and spec.engine.chunk_size == 8
+    assert spec.resources.num_actors == 4 and spec.point_cloud.voxel_size == 0.05
+    assert spec.save_depth is True
+    assert spec.preprocess.size == 518 and spec.preprocess.mode == "crop"  # defaults
+    assert spec.storage.for_uri("s3://b/k")["endpoint_url"] == "http://127.0.0.1:9000"
+    assert "endpoint_url" not in spec.storage.for_uri("/local/path")
+
+
+def test_json_round_trip(tmp_path):
+    spec = load_spec(BASE).with_run_id("run-1")
+    path = tmp_path / "spec.json"
+    path.write_text(spec.to_json())
+    again = load_spec(str(path))
+    assert again == spec and again.run_uri == "s3://bucket/out/run-1"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["model.checkpoint=null"], "model.checkpoint is required"),
+        (["model.checkpoint=null", "model.allow_random_weights=true", "model.preset=offline_ref_view"], "random weights"),
+        (["model.preset=nope"], "unknown model preset"),
+        (["engine.mode=turbo"], "engine.mode"),
+        (["preprocess.size=500"], "multiple of 14"),
+        (["input.manifest=/m.parquet"], "exactly one"),
+        (["run_id=../escape"], "run_id"),
+        (["storage.options.secret=abc"], "credentials"),
+        (["storage.options.client_kwargs.aws_secret_access_key=abc"], "credentials"),
+        (["typo_field=1"], "typo_field"),
+    ],
+)
+def test_invalid_specs_are_rejected(overrides, message):
+    with pytest.raises(SpecError, match=message):
+        load_spec(BASE, overrides)
+
+
+def test_random_weights_only_for_tiny():
+    spec = load_spec(BASE, ["model.checkpoint=null", "model.allow_random_weights=true"])
+    assert spec.model.checkpoint is None
+
+
+def test_secrets_in_uris_are_redacted_everywhere_but_in_process():
+    secret = "s3://AKIAXXXX:hunter2@bucket/in?X-Amz-Signature=deadbeef&part=1"
+    spec = load_spec(BASE, [f"input.prefix={secret}"])
+    assert spec.input.prefix == secret  # the real value is used to read
+    for text in (repr(spec), str(spec), spec.to_json(), json.dumps(spec.model_dump(mode="json"))):
+        assert "hunter2" not in text and "deadbeef" not in text
+        assert "***" in text
+    assert spec.updated(run_id="r").input.prefix == secret
+
+
+def test_cli_exit_code_2_for_bad_spec(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("input: {prefix: /x}\noutput: /y\nmodel: {preset: tiny}\n")
+    assert main(["run", str(path)]) == 2
+    assert "model.checkpoint is required" in capsys.readouterr().err
+    assert main(["run", str(tmp_path / "missing.yaml")]) == 2
+    assert main(["run", str(path), "--set", "no-equals-sign"]) == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["frobnicate"])
+    assert exc.value.code == 2
+
+
+def test_spec_is_a_frozen_typed_model():
+    spec = load_spec(BASE)
+    assert isinstance(spec, JobSpec)
+    with pytest.raises(Exception):
+        spec.output = "elsewhere"  # type: ignore[misc]
