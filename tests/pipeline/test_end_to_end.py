@@ -1,0 +1,133 @@
+"""End to end on the shared local Ray cluster: images in, Parquet + PLY out, equal to the engine."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pyarrow.dataset as ds
+import pytest
+
+from pipeline import read_outputs, run_job, run_status
+from pipeline.cli import main
+from pipeline.errors import InfrastructureError
+
+from .conftest import expected_points, make_spec, parse_ply, reference_frames, write_sequence
+
+pytestmark = pytest.mark.timeout(240)
+
+GOOD = {"alpha": 3, "beta": 4, "gamma 7": 2}
+
+
+@pytest.fixture(scope="module")
+def local_run(ray_cluster, tiny_checkpoint, tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    inputs = root / "in"
+    paths = {name: write_sequence(inputs / name, n, seed=i) for i, (name, n) in enumerate(GOOD.items())}
+    write_sequence(inputs / "single", 1, seed=9)  # too few frames
+    write_sequence(inputs / "mixed", 2, seed=9)
+    write_sequence(inputs / "mixed", 1, seed=9, size=(140, 84), ext=".jpg")  # two image sizes
+    (inputs / "broken").mkdir()
+    (inputs / "broken" / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (inputs / "broken" / "b.png").write_bytes(b"")
+    refs = {name: reference_frames(tiny_checkpoint, p) for name, p in paths.items()}
+    threshold = float(np.median(np.concatenate([f.depth_conf.ravel() for fr in refs.values() for f in fr])))
+    spec = make_spec(
+        inputs, root / "out", tiny_checkpoint, run_id="e2e", point_cloud__conf_threshold=threshold, save_depth="true"
+    )
+    summary = run_job(spec)
+    return {"spec": spec, "summary": summary, "refs": refs, "paths": paths, "threshold": threshold}
+
+
+def _ids(name: str) -> str:
+    return name.replace(" ", "_")
+
+
+def test_summary_manifest_and_bad_inputs(local_run):
+    summary, spec = local_run["summary"], local_run["spec"]
+    assert (summary.status, summary.done, summary.failed, summary.pending) == ("partial", 3, 3, 0)
+    assert summary.exit_code == 1 and summary.frames == sum(GOOD.values())
+    errors = {f["sequence_id"]: f for f in summary.failures}
+    assert set(errors) == {"single", "mixed", "broken"}
+    assert "fewer than min_frames=2" in errors["single"]["error"]
+    assert "one image size" in errors["mixed"]["error"]
+    assert "a.png" in errors["broken"]["error"]
+    assert all(f["attempts"] == 1 and f["error_kind"] == "input" for f in errors.values())  # never retried
+    stored = json.loads(open(os.path.join(spec.run_uri, "summary.json")).read())
+    assert stored == summary.model_dump(mode="json")
+    manifest = read_outputs(spec.run_uri).manifest.to_pylist()
+    rows = {r["sequence_id"]: r for r in manifest}
+    assert {r["status"] for r in manifest} == {"done", "failed"} and len(rows) == 6
+    done = rows["alpha"]
+    assert done["num_frames"] == 3 and done["attempts"] == 1 and done["frames_path"].endswith("part-0.parquet")
+    assert all(done[k] is not None and done[k] >= 0 for k in ("decode_s", "infer_s", "write_s", "total_s"))
+    stored_spec = json.loads(open(os.path.join(spec.run_uri, "spec.json")).read())
+    assert stored_spec["run_id"] == "e2e" and stored_spec["model"]["preset"] == "tiny"
+
+
+def test_frames_table_equals_direct_engine(local_run):
+    run_uri, refs, paths = local_run["spec"].run_uri, local_run["refs"], local_run["paths"]
+    table = ds.dataset(os.path.join(run_uri, "frames"), partitioning="hive").to_table()
+    assert table.num_rows == sum(GOOD.values())
+    rows = sorted(table.to_pylist(), key=lambda r: (r["sequence_id"], r["frame_index"]))
+    by_seq = {}
+    for r in rows:
+        by_seq.setdefault(r["sequence_id"], []).append(r)
+    for name, frames in refs.items():
+        got = by_seq[_ids(name)]
+        assert [r["frame_index"] for r in got] == list(range(len(frames)))
+        for r, f, src in zip(got, frames, paths[name]):
+            assert r["source_uri"] == str(src)
+            assert (r["width"], r["height"], r["source_width"], r["source_height"]) == (112, 84, 112, 84)
+            np.testing.assert_allclose(np.array(r["extrinsic"]).reshape(3, 4), f.extrinsic, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(np.array(r["intrinsic"]).reshape(3, 3), f.intrinsic, rtol=1e-5, atol=1e-6)
+            valid = f.depth[np.isfinite(f.depth) & (f.depth > 0)]
+            np.testing.assert_allclose(
+                [r["depth_min"], r["depth_max"], r["depth_mean"], r["depth_median"]],
+                [valid.min(), valid.max(), valid.mean(), np.median(valid)],
+                rtol=1e-5,
+            )
+            np.testing.assert_allclose(r["camera_conf"], f.camera_conf, rtol=1e-5)
+
+
+def test_point_clouds_equal_direct_engine(local_run):
+    run_uri, refs, threshold = local_run["spec"].run_uri, local_run["refs"], local_run["threshold"]
+    for name, frames in refs.items():
+        with open(os.path.join(run_uri, "points", f"{_ids(name)}.ply"), "rb") as f:
+            ply = parse_ply(f.read())
+        want = expected_points(frames, threshold)
+        assert 0 < len(ply["x"]) < sum(f.depth.size for f in frames)  # the threshold removed some
+        for key, values in want.items():
+            np.testing.assert_allclose(ply[key], values, rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_depth_maps_equal_direct_engine(local_run):
+    outputs = read_outputs(local_run["spec"].run_uri)
+    depth = outputs.depth().to_pylist()
+    assert len(depth) == sum(GOOD.values())
+    first = next(r for r in depth if r["sequence_id"] == "alpha" and r["frame_index"] == 1)
+    ref = local_run["refs"]["alpha"][1]
+    np.testing.assert_allclose(np.array(first["depth"]).reshape(first["height"], first["width"]), ref.depth, rtol=1e-5)
+    assert outputs.point_cloud("beta").dtype.names == ("x", "y", "z", "red", "green", "blue", "confidence")
+
+
+def test_rerun_skips_committed_and_failed(local_run, capsys):
+    spec = local_run["spec"]
+    commits = os.path.join(spec.run_uri, "_commits")
+    before = {n: (os.stat(os.path.join(commits, n)).st_mtime_ns, open(os.path.join(commits, n)).read()) for n in os.listdir(commits)}
+    summary = run_job(spec)
+    assert (summary.done, summary.failed) == (3, 3)
+    after = {n: (os.stat(os.path.join(commits, n)).st_mtime_ns, open(os.path.join(commits, n)).read()) for n in os.listdir(commits)}
+    assert after == before
+    assert {f["sequence_id"]: f["attempts"] for f in summary.failures} == {"single": 1, "mixed": 1, "broken": 1}
+    assert run_status(spec.run_uri).done == 3
+    assert main(["status", spec.run_uri]) == 1  # some sequences failed
+    assert json.loads(capsys.readouterr().out)["failed"] == 3
+
+
+def test_missing_checkpoint_is_an_infrastructure_error(ray_cluster, tmp_path):
+    write_sequence(tmp_path / "in" / "s", 2, seed=0)
+    spec = make_spec(tmp_path / "in", tmp_path / "out", tmp_path / "nope.pt")
+    with pytest.raises(InfrastructureError, match="nope.pt"):
+        run_job(spec)
