@@ -37,6 +37,36 @@ class AttemptResult:
     worker: dict[str, Any] = field(default_factory=dict)
 
 
+def build_model(spec: JobSpec):
+    """The spec's model with its weights, in eval mode on its device: (model, device)."""
+    import torch
+
+    from zipmap_core.checkpoint import load_checkpoint
+    from zipmap_core.models.zipmap import ZipMap
+
+    model_spec = spec.model
+    device = _pick_device(spec.resources.device, torch)
+    if model_spec.checkpoint is None:
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)
+    model = ZipMap(model_spec.config())
+    if model_spec.checkpoint is not None:
+        load_checkpoint(
+            model,
+            model_spec.checkpoint,
+            storage_options=spec.storage.for_uri(model_spec.checkpoint),
+            use_ema=model_spec.use_ema,
+        )
+    return model.to(device).eval(), device
+
+
+def _pick_device(wanted: str, torch):
+    if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("resources.device is 'cuda' but this worker sees no CUDA device")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
 class ModelWorker:
     """Holds one model on one device. Wrapped with `ray.remote` by pipeline.execution."""
 
@@ -46,38 +76,10 @@ class ModelWorker:
         self._init_error: str | None = None
         self._info: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid()}
         try:
-            self._model, self._device = self._build()
+            self._model, self._device = build_model(spec)
             self._info["device"] = str(self._device)
         except Exception as exc:  # reported by ready(): a broken checkpoint must stop the run
             self._init_error = f"{type(exc).__name__}: {exc}"
-
-    def _build(self):
-        import torch
-
-        from zipmap_core.checkpoint import load_checkpoint
-        from zipmap_core.models.zipmap import ZipMap
-
-        model_spec = self._spec.model
-        device = self._pick_device(torch)
-        if model_spec.checkpoint is None:
-            torch.manual_seed(RANDOM_WEIGHTS_SEED)
-        model = ZipMap(model_spec.config())
-        if model_spec.checkpoint is not None:
-            load_checkpoint(
-                model,
-                model_spec.checkpoint,
-                storage_options=self._spec.storage.for_uri(model_spec.checkpoint),
-                use_ema=model_spec.use_ema,
-            )
-        return model.to(device).eval(), device
-
-    def _pick_device(self, torch):
-        wanted = self._spec.resources.device
-        if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()):
-            if not torch.cuda.is_available():
-                raise RuntimeError("resources.device is 'cuda' but this worker sees no CUDA device")
-            return torch.device("cuda")
-        return torch.device("cpu")
 
     def ready(self) -> dict[str, Any]:
         """Raises ActorInitError if the model could not be built; else describes the worker."""

@@ -1,0 +1,179 @@
+"""Throughput of the whole pipeline vs the engine alone, on the same sequences.
+
+    # on a GPU machine, real model:
+    python bench/pipeline_throughput.py --preset offline_ref_view --checkpoint s3://.../ckpt.pt \
+        --device cuda --size 518 --sequences 16 --frames 32
+    # CPU smoke check:
+    python bench/pipeline_throughput.py --preset tiny --device cpu
+
+"engine" is `reconstruct` over already-decoded images in this process (model inference and
+frame extraction only). "pipeline" is `run_job`: decoding tasks, model actors, output writing
+and commits. The steady-state figure leaves out actor start-up (model build + checkpoint load)
+by measuring between the first and the last commit. The ratio says how much of the engine's
+speed the pipeline keeps; divide by the number of actors when comparing several GPUs to one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = _parse(argv)
+    import torch
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="zipmap-bench-"))
+    input_prefix = args.input or str(_synthesize(work / "input", args))
+    if args.device == "cpu":
+        torch.set_num_threads(max(1, int(args.cpus_per_actor)))  # what one CPU actor gets
+    engine = _bench_engine(args, input_prefix)
+    pipeline = _bench_pipeline(args, input_prefix, str(work / "output"))
+    ratio = pipeline["steady_frames_per_s"] / engine["frames_per_s"] if engine["frames_per_s"] else float("nan")
+    result = {"engine": engine, "pipeline": pipeline, "ratio": ratio, "ratio_per_actor": ratio / pipeline["num_actors"]}
+    print(f"engine alone : {engine['frames_per_s']:9.2f} frames/s ({engine['frames']} frames, {engine['seconds']:.2f}s)")
+    print(
+        f"pipeline     : {pipeline['steady_frames_per_s']:9.2f} frames/s steady state, "
+        f"{pipeline['frames_per_s']:.2f} frames/s end to end ({pipeline['seconds']:.2f}s, {pipeline['num_actors']} actor(s))"
+    )
+    print(f"ratio        : {ratio:9.3f} (pipeline / engine), {result['ratio_per_actor']:.3f} per actor")
+    print(json.dumps(result))
+    return result
+
+
+def _parse(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--checkpoint", help="required unless --preset tiny (random weights then)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
+    p.add_argument("--input", help="an input prefix (default: synthetic sequences)")
+    p.add_argument("--sequences", type=int, default=6)
+    p.add_argument("--frames", type=int, default=4)
+    p.add_argument("--size", type=int, default=None, help="model input width (default: the preset's img_size)")
+    p.add_argument("--engine-mode", default="offline", choices=["offline", "chunked", "streaming"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--num-actors", type=int, default=None)
+    p.add_argument("--cpus-per-actor", type=float, default=1.0)
+    p.add_argument("--in-flight", type=int, default=2, help="sequences in flight per actor")
+    p.add_argument("--workdir", help="where synthetic inputs and outputs go (default: a temp dir)")
+    args = p.parse_args(argv)
+    if args.size is None:
+        from zipmap_core.config import ModelConfig
+
+        args.size = ModelConfig.preset(args.preset).img_size
+    return args
+
+
+def _synthesize(folder: Path, args) -> Path:
+    """Smooth random images, 4:3, as many sequences and frames as asked."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    w, h = args.size, args.size * 3 // 4
+    yy, xx = np.mgrid[0:h, 0:w]
+    for s in range(args.sequences):
+        seq = folder / f"seq{s:04d}"
+        seq.mkdir(parents=True, exist_ok=True)
+        for f in range(args.frames):
+            base = np.stack([xx * 255 / w, yy * 255 / h, np.full_like(xx, (37 * f + 11 * s) % 255)], -1)
+            img = np.clip(base + rng.normal(0, 15, base.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(seq / f"{f:05d}.jpg", quality=95)
+    return folder
+
+
+def _spec(args, input_prefix: str, output: str):
+    from pipeline.spec import load_spec
+
+    return load_spec(
+        {
+            "input": {"prefix": input_prefix},
+            "output": output,
+            "run_id": f"bench-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}",
+            "model": {"preset": args.preset, "checkpoint": args.checkpoint, "allow_random_weights": args.checkpoint is None},
+            "engine": {"mode": args.engine_mode, "dtype": args.dtype},
+            "preprocess": {"size": args.size},
+            "resources": {
+                "device": args.device,
+                "num_actors": args.num_actors,
+                "cpus_per_actor": args.cpus_per_actor,
+                "max_in_flight_per_actor": args.in_flight,
+            },
+        }
+    )
+
+
+def _bench_engine(args, input_prefix: str) -> dict:
+    """Decoded images in memory, then only the engine is timed (after one warm-up sequence)."""
+    import torch
+
+    from pipeline.actors import build_model
+    from pipeline.decode import decode_sequence
+    from pipeline.discovery import discover
+    from zipmap_core.engines import reconstruct
+
+    spec = _spec(args, input_prefix, "/unused").with_run_id()
+    model, device = build_model(spec)  # exactly what a model actor builds
+    sequences = [decode_sequence(s, spec).images() for s in discover(spec)]
+
+    def run(images):
+        with torch.inference_mode():
+            for _ in reconstruct(model, images, spec.engine, device=device):
+                pass
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    run(sequences[0])  # warm-up: kernels, allocator
+    start = time.perf_counter()
+    for images in sequences:
+        run(images)
+    seconds = time.perf_counter() - start
+    frames = sum(int(x.shape[0]) for x in sequences)
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return {"frames": frames, "seconds": seconds, "frames_per_s": frames / seconds}
+
+
+def _bench_pipeline(args, input_prefix: str, output: str) -> dict:
+    import ray
+
+    from pipeline import read_outputs, run_job
+    from pipeline.execution import connect, plan_actors
+
+    spec = _spec(args, input_prefix, output)
+    started = connect()  # local Ray, or the cluster of RAY_ADDRESS
+    try:
+        num_actors = plan_actors(spec, ray.cluster_resources()).num_actors
+        start = time.perf_counter()
+        summary = run_job(spec)
+        seconds = time.perf_counter() - start
+    finally:
+        if started:
+            ray.shutdown()
+    if summary.failed:
+        raise SystemExit(f"pipeline run had failures: {summary.failures}")
+    markers = sorted(read_outputs(summary.run_uri).committed.values(), key=lambda m: m["committed_at"])
+    stamps = [dt.datetime.fromisoformat(m["committed_at"]) for m in markers]
+    steady_frames = sum(m["num_frames"] for m in markers[1:])
+    span = (stamps[-1] - stamps[0]).total_seconds() if len(stamps) > 1 else 0.0
+    return {
+        "frames": summary.frames,
+        "seconds": seconds,
+        "frames_per_s": summary.frames / seconds,
+        "steady_frames_per_s": steady_frames / span if span > 0 else summary.frames / seconds,
+        "num_actors": num_actors,
+        "run_uri": summary.run_uri,
+    }
+
+
+if __name__ == "__main__":
+    main()
