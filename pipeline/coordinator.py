@@ -18,11 +18,11 @@ from tqdm import tqdm
 
 from .commit import clean_uncommitted, commit_sequence, committed_sequences, discard_attempt
 from .discovery import SequenceSource, discover
-from .errors import InfrastructureError
+from .errors import InfrastructureError, SpecError
 from .execution import RayExecutor, classify, describe, plan_actors
 from .layout import RunLayout
 from .manifest import RunSummary, SequenceRecord, read_manifest, write_manifest
-from .spec import JobSpec
+from .spec import JobSpec, redact_uri
 from .storage import Store
 
 logger = logging.getLogger(__name__)
@@ -77,28 +77,35 @@ class Coordinator:
     # -- the run -----------------------------------------------------------------------------
 
     def run(self) -> RunSummary:
+        """Run every sequence not yet done; the summary is also stored, even if the run stops early."""
         start = time.monotonic()
+        self._prepare()
         try:
-            self._prepare()
             if self._pending_ids():
                 self._start_executor()
                 self._loop()
         finally:
             self._stop()
-            elapsed = time.monotonic() - start
             summary = RunSummary.from_records(
-                self.spec.run_id, self.spec.run_uri, list(self._records.values()), elapsed, self._frames_done
+                self.spec.run_id,
+                self.spec.run_uri,
+                list(self._records.values()),
+                time.monotonic() - start,
+                self._frames_done,
             )
             self._write_manifest()
-            self.store.write_json(self.layout.summary, summary.model_dump(mode="json"))
+            try:
+                self.store.write_json(self.layout.summary, summary.model_dump(mode="json"))
+            except Exception as exc:  # do not mask the error that stopped the run
+                logger.warning("could not write %s: %s", self.layout.summary, exc)
         return summary
 
     def _prepare(self) -> None:
-        """Store the spec, find the sequences, restore what earlier sessions already did."""
+        """Find the sequences, store the spec, restore what earlier sessions already did."""
         try:
-            self.store.write_bytes(self.layout.spec, self.spec.to_json().encode())
-            sources = discover(self.spec)
             committed = committed_sequences(self.store, self.layout)
+            sources = self._discover(bool(committed))
+            self.store.write_bytes(self.layout.spec, self.spec.to_json().encode())
             previous = read_manifest(self.store, self.layout)
             clean_uncommitted(self.store, self.layout, set(committed))
         except OSError as exc:
@@ -124,6 +131,20 @@ class Coordinator:
             "run %s: %d sequences, %d already done, %d to do",
             self.spec.run_id, len(self._records), len(committed), len(self._pending_ids()),
         )
+
+    def _discover(self, resuming: bool) -> list[SequenceSource]:
+        """The input's sequences; an empty input is a spec error unless the run has results."""
+        try:
+            sources = discover(self.spec)
+        except SpecError as exc:
+            if not resuming:
+                raise
+            logger.warning("input unavailable (%s); keeping the run's committed sequences", exc)
+            return []
+        if not sources and not resuming:
+            where = self.spec.input.prefix or self.spec.input.manifest
+            raise SpecError(f"no sequences found in {redact_uri(where)} (sub-folders of images, or video files)")
+        return sources
 
     def _start_executor(self) -> None:
         import ray

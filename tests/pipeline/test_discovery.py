@@ -121,3 +121,25 @@ def test_decode_matches_load_images_and_ships_uint8(tmp_path):
     expected = load_images([str(p) for p in paths[::2]], size=112)
     assert torch.equal(decoded.images(), expected)
     assert decoded.frame_uris == [str(p) for p in paths[::2]] and decoded.source_sizes == [(112, 84)] * 2
+
+
+def test_video_frames_with_av(tmp_path):
+    av = pytest.importorskip("av")
+    import numpy as np
+
+    container = av.open(str(tmp_path / "walk.mp4"), "w")
+    stream = container.add_stream("mpeg4", rate=10)
+    stream.width, stream.height, stream.pix_fmt = 112, 84, "yuv420p"
+    for i in range(5):
+        img = np.zeros((84, 112, 3), np.uint8)
+        img[..., 0] = 40 * i
+        for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    spec = _spec(tmp_path, input__frame_stride=2)
+    (seq,) = discover(spec)
+    decoded = decode_sequence(seq, spec)
+    assert seq.sequence_id == "walk" and decoded.num_frames == 3
+    assert decoded.frame_uris[1].endswith("walk.mp4#frame=2") and decoded.source_sizes[0] == (112, 84)

@@ -131,3 +131,13 @@ def test_missing_checkpoint_is_an_infrastructure_error(ray_cluster, tmp_path):
     spec = make_spec(tmp_path / "in", tmp_path / "out", tmp_path / "nope.pt")
     with pytest.raises(InfrastructureError, match="nope.pt"):
         run_job(spec)
+
+
+def test_empty_input_is_a_spec_error(ray_cluster, tmp_path, tiny_checkpoint, capsys):
+    (tmp_path / "in" / "nothing-here").mkdir(parents=True)
+    spec = make_spec(tmp_path / "in", tmp_path / "out", tiny_checkpoint)
+    path = tmp_path / "job.json"
+    path.write_text(spec.to_json())
+    assert main(["run", str(path), "--no-progress"]) == 2
+    assert "no sequences found" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
