@@ -14,6 +14,7 @@ import shlex
 import sys
 import time
 import traceback
+import uuid
 from collections.abc import Callable, Sequence
 
 from .errors import InfrastructureError, SpecError
@@ -101,7 +102,7 @@ def _submit(args: argparse.Namespace) -> int:
     runtime_env = {"working_dir": args.working_dir, "excludes": [".venv", ".git", "**/__pycache__"]} if args.working_dir else None
     try:
         client = JobSubmissionClient(args.address)
-        job_id = client.submit_job(entrypoint=entrypoint, submission_id=args.submission_id or f"zipmap-{spec.run_id}", runtime_env=runtime_env)
+        job_id = client.submit_job(entrypoint=entrypoint, submission_id=args.submission_id or f"zipmap-{spec.run_id}-{uuid.uuid4().hex[:6]}", runtime_env=runtime_env)
     except Exception as exc:
         raise InfrastructureError(f"cannot submit to {args.address}: {exc}") from exc
     print(json.dumps({"job_id": job_id, "run_id": spec.run_id, "run_uri": spec.run_uri}))
@@ -157,7 +158,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help="job spec file (YAML or JSON; path or URL)")
     p.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://head:8265")
     p.add_argument("--run-id")
-    p.add_argument("--submission-id", help="Ray job id (default: zipmap-<run_id>)")
+    p.add_argument("--submission-id", help="Ray job id (default: zipmap-<run_id>-<random>)")
     p.add_argument("--working-dir", help="upload this folder as the job's code (default: the image's)")
     p.add_argument("--wait", action="store_true", help="wait for the job and exit with its exit code")
     overrides(p)

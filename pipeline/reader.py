@@ -41,7 +41,10 @@ class RunOutputs:
 
     def frames_dataset(self):
         """The frames of committed sequences as a ray.data Dataset (needs ray[data])."""
-        import ray.data
+        try:
+            import ray.data
+        except ImportError as exc:
+            raise ImportError(f"frames_dataset() needs Ray Data: pip install 'ray[data]' ({exc})") from exc
 
         files = self._files(FRAMES)
         return ray.data.read_parquet([self.store.path(u) for u in files], filesystem=self.store.fs)
