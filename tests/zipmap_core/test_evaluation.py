@@ -176,7 +176,8 @@ def test_nearest_distances_match_brute_force():
 
 
 def test_pointcloud_identities_and_noise():
-    gt = torch.rand(3000, 3, generator=gen(13), dtype=torch.float64) * torch.tensor([4.0, 3.0, 2.0], dtype=torch.float64)
+    extent = torch.tensor([4.0, 3.0, 2.0], dtype=torch.float64)
+    gt = torch.rand(3000, 3, generator=gen(13), dtype=torch.float64) * extent
     perfect = pointcloud_metrics(gt, gt)
     assert perfect["accuracy"] < 1e-6 and perfect["completeness"] < 1e-6
     moved = 3.0 * gt @ random_rotation(14).T + torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
@@ -219,7 +220,8 @@ def test_evaluate_sequence_perfect_transformed_and_trivial(sequence):
 
 def test_evaluate_sequence_with_partial_or_larger_predictions(sequence):
     cameras_only = evaluate_sequence({"extrinsics": sequence.extrinsics}, sequence)
-    assert cameras_only["ate"] < 1e-6 and math.isnan(cameras_only["depth_abs_rel"]) and math.isnan(cameras_only["pc_accuracy"])
+    assert cameras_only["ate"] < 1e-6
+    assert math.isnan(cameras_only["depth_abs_rel"]) and math.isnan(cameras_only["pc_accuracy"])
 
     # the prediction at twice the resolution (pixel-centre convention: u' = 2u + 0.5)
     up_depth = sequence.depth.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)
@@ -246,7 +248,8 @@ def test_plot_trajectories_writes_a_file(sequence, tmp_path, monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
-    path = plot_trajectories(trivial_prediction(sequence)["extrinsics"], sequence.extrinsics, str(tmp_path / "t.png"), "a & b")
+    pred = trivial_prediction(sequence)["extrinsics"]
+    path = plot_trajectories(pred, sequence.extrinsics, str(tmp_path / "t.png"), "a & b")
     assert path.endswith("t.svg")
     text = open(path).read()
     assert text.startswith("<svg") and text.count("<polyline") == 2 and "a &amp; b" in text
@@ -288,7 +291,8 @@ def test_cli_evaluates_a_run_and_the_trivial_baseline(tmp_path, capsys):
              depth=2.0 * gt1["depth"])  # plain arrays for the second; nothing for the third
 
     out = tmp_path / "result.json"
-    result = cli_main(["--pred", str(run), "--gt", str(dataset), "--json", str(out), "--plots", str(tmp_path / "plots")])
+    plots = tmp_path / "plots"
+    result = cli_main(["--pred", str(run), "--gt", str(dataset), "--json", str(out), "--plots", str(plots)])
     printed = capsys.readouterr().out
     assert "seq_00000" in printed and "mean" in printed and "(missing)" in printed
     rows = {r["sequence"]: r for r in json.loads(out.read_text())["sequences"]}
@@ -296,7 +300,7 @@ def test_cli_evaluates_a_run_and_the_trivial_baseline(tmp_path, capsys):
     for name in ("seq_00000", "seq_00001"):
         assert rows[name]["ate"] < 1e-4 and rows[name]["depth_abs_rel"] < 1e-6 and rows[name]["pc_accuracy"] < 1e-4
     assert rows["seq_00002"]["ate"] is None
-    assert len(list((tmp_path / "plots").iterdir())) == 2
+    assert len(list(plots.iterdir())) == 2
 
     trivial = cli_main(["--pred", "trivial", "--gt", str(dataset)])
     assert trivial["mean"]["depth_abs_rel"] > 0.01 and trivial["mean"]["ate"] > result["mean"]["ate"]

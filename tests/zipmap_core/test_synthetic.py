@@ -159,7 +159,8 @@ def test_write_read_round_trip(base, tmp_path):
     write_sequence(seq, uri)
     fs, path = fsspec.core.url_to_fs(uri)
     names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
-    assert names == ["frame_0000.png", "frame_0001.png", "frame_0002.png", "frame_0003.png", "ground_truth.npz", "meta.json"]
+    frames = [f"frame_{i:04d}.png" for i in range(4)]
+    assert names == [*frames, "ground_truth.npz", "meta.json"]
 
     gt = read_ground_truth(uri)
     arrays = seq.arrays()

@@ -44,7 +44,9 @@ def as_tensor(x: Any, dtype: torch.dtype = torch.float64) -> Tensor:
 # ---- depth ------------------------------------------------------------------------------------
 
 
-def depth_metrics(pred: Any, gt: Any, valid: Any | None = None, alignment: DepthAlignment = "frame") -> dict[str, float]:
+def depth_metrics(
+    pred: Any, gt: Any, valid: Any | None = None, alignment: DepthAlignment = "frame"
+) -> dict[str, float]:
     """AbsRel and delta < 1.25 over valid ground-truth pixels of depth maps [S, H, W].
 
     The prediction is first scaled by median(gt) / median(pred) over the valid pixels of each
@@ -164,7 +166,12 @@ def ground_truth_arrays(gt: Any) -> dict[str, Tensor]:
         gt = {k: getattr(gt, k) for k in ("depth", "valid", "extrinsics", "intrinsics", "world_points")}
     depth = as_tensor(gt["depth"])
     valid = as_tensor(gt["valid"], torch.bool) if gt.get("valid") is not None else depth > 0
-    out = {"depth": depth, "valid": valid, "extrinsics": as_tensor(gt["extrinsics"]), "intrinsics": as_tensor(gt["intrinsics"])}
+    out = {
+        "depth": depth,
+        "valid": valid,
+        "extrinsics": as_tensor(gt["extrinsics"]),
+        "intrinsics": as_tensor(gt["intrinsics"]),
+    }
     if gt.get("world_points") is not None:
         out["world_points"] = as_tensor(gt["world_points"])
     else:

@@ -55,8 +55,8 @@ def _from_pipeline_run(fs: fsspec.AbstractFileSystem, root: str, sequence_id: st
     }
     depth = _read_parquet_folder(fs, f"{root}/depth/sequence_id={sequence_id}")
     if depth is not None:
-        rows = zip(depth.column("depth").to_pylist(), depth.column("height").to_pylist(), depth.column("width").to_pylist())
-        pred["depth"] = np.stack([np.asarray(d, np.float32).reshape(h, w) for d, h, w in rows])
+        maps = zip(*(depth.column(name).to_pylist() for name in ("depth", "height", "width")))
+        pred["depth"] = np.stack([np.asarray(d, np.float32).reshape(h, w) for d, h, w in maps])
     return pred
 
 
@@ -106,7 +106,8 @@ def evaluate_dataset(
             continue
         row.update(status="ok", **evaluate_sequence(pred, gt, depth_alignment=depth_alignment, max_points=max_points))
         if plots_dir is not None and pred.get("extrinsics") is not None:
-            row["plot"] = plot_trajectories(pred["extrinsics"], gt["extrinsics"], f"{plots_dir.rstrip('/')}/{name}.png", name)
+            target = f"{plots_dir.rstrip('/')}/{name}.png"
+            row["plot"] = plot_trajectories(pred["extrinsics"], gt["extrinsics"], target, name)
         rows.append(row)
     return rows
 

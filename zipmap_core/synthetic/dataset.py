@@ -90,7 +90,9 @@ def read_sequence(
     fs, root = _fs(folder_uri, storage_options)
     meta = read_meta(folder_uri, storage_options)
     gt = {k: torch.from_numpy(v).to(device) for k, v in read_ground_truth(folder_uri, storage_options).items()}
-    images = np.stack([np.asarray(Image.open(io.BytesIO(fs.cat_file(f"{root}/{n}"))).convert("RGB")) for n in meta["frames"]])
+    images = np.stack(
+        [np.asarray(Image.open(io.BytesIO(fs.cat_file(f"{root}/{name}"))).convert("RGB")) for name in meta["frames"]]
+    )
     points = unproject_depth(gt["depth"], gt["extrinsics"], gt["intrinsics"])
     return SyntheticSequence(
         images=torch.from_numpy(images).to(device),

@@ -20,7 +20,9 @@ TRAJECTORIES = ("orbit", "walkthrough", "forward")
 
 def _progress(num_frames: int) -> Tensor:
     """Normalised time in [0, 1] per frame."""
-    return torch.linspace(0.0, 1.0, num_frames, dtype=torch.float64) if num_frames > 1 else torch.zeros(1, dtype=torch.float64)
+    if num_frames == 1:
+        return torch.zeros(1, dtype=torch.float64)
+    return torch.linspace(0.0, 1.0, num_frames, dtype=torch.float64)
 
 
 def _clamp_xy(points: Tensor, layout: Layout) -> Tensor:
