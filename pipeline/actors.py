@@ -99,9 +99,9 @@ class ModelWorker:
         writer = SequenceWriter(self._spec, source.sequence_id, decoded.frame_uris, decoded.source_sizes)
         infer_s = write_s = 0.0
         try:
+            images = decoded.images()  # outside the lock: overlaps the previous sequence
             with self._lock, torch.inference_mode():
-                self._maybe_inject_faults(source)
-                images = decoded.images()
+                self._maybe_delay()
                 start = time.perf_counter()
                 frames = reconstruct(self._model, images, self._spec.engine, device=self._device)
                 for frame in frames:
@@ -126,7 +126,7 @@ class ModelWorker:
 
     # -- test hooks (JobSpec.faults) ---------------------------------------------------------
 
-    def _maybe_inject_faults(self, source: SequenceSource) -> None:
+    def _maybe_delay(self) -> None:
         faults = self._spec.faults
         if faults is not None and faults.delay_s:
             time.sleep(faults.delay_s)

@@ -7,7 +7,6 @@ from typing import Any
 
 from .commit import committed_sequences
 from .coordinator import Coordinator
-from .execution import connect
 from .layout import RunLayout
 from .manifest import RunSummary, SequenceRecord, read_manifest
 from .spec import JobSpec, StorageSpec, load_spec
@@ -25,15 +24,8 @@ def run_job(
     """Run (or re-run: committed sequences are skipped) a job on the current/local Ray cluster."""
     if not isinstance(spec, JobSpec) or overrides:
         spec = load_spec(spec, overrides)
-    spec = spec.with_run_id()
-    started = connect(ray_address)
-    try:
-        return Coordinator(spec, progress=progress, retry_failed=retry_failed).run()
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
+    coordinator = Coordinator(spec.with_run_id(), progress=progress, retry_failed=retry_failed, ray_address=ray_address)
+    return coordinator.run()
 
 
 def load_run_spec(run_uri: str, *, storage: StorageSpec | None = None, overrides: Sequence[str] = ()) -> JobSpec:

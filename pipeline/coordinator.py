@@ -18,8 +18,8 @@ from tqdm import tqdm
 
 from .commit import clean_uncommitted, commit_sequence, committed_sequences, discard_attempt
 from .discovery import SequenceSource, discover
-from .errors import InfrastructureError, SpecError
-from .execution import RayExecutor, classify, describe, plan_actors
+from .errors import InfrastructureError, PipelineError, SpecError
+from .execution import RayExecutor, classify, connect, describe, plan_actors
 from .layout import RunLayout
 from .manifest import RunSummary, SequenceRecord, read_manifest, write_manifest
 from .spec import JobSpec, redact_uri
@@ -54,7 +54,9 @@ class _Attempt:
 class Coordinator:
     """Runs one job to completion (or until an infrastructure error stops it)."""
 
-    def __init__(self, spec: JobSpec, *, progress: bool = True, retry_failed: bool = False):
+    def __init__(
+        self, spec: JobSpec, *, progress: bool = True, retry_failed: bool = False, ray_address: str | None = None
+    ):
         if spec.run_id is None:
             spec = spec.with_run_id()
         self.spec = spec
@@ -62,6 +64,7 @@ class Coordinator:
         self.store = Store(spec.run_uri, spec.storage)
         self._show_progress = progress
         self._retry_failed = retry_failed
+        self._ray_address = ray_address
         self._records: dict[str, SequenceRecord] = {}
         self._sources: dict[str, SequenceSource] = {}
         self._session_attempts: dict[str, int] = {}
@@ -79,13 +82,19 @@ class Coordinator:
     def run(self) -> RunSummary:
         """Run every sequence not yet done; the summary is also stored, even if the run stops early."""
         start = time.monotonic()
-        self._prepare()
+        self._prepare()  # before Ray: a bad input or store fails fast, a finished run needs no cluster
+        started_ray = False
         try:
             if self._pending_ids():
+                started_ray = connect(self._ray_address)
                 self._start_executor()
                 self._loop()
         finally:
             self._stop()
+            if started_ray:
+                import ray
+
+                ray.shutdown()
             summary = RunSummary.from_records(
                 self.spec.run_id,
                 self.spec.run_uri,
@@ -108,8 +117,10 @@ class Coordinator:
             self.store.write_bytes(self.layout.spec, self.spec.to_json().encode())
             previous = read_manifest(self.store, self.layout)
             clean_uncommitted(self.store, self.layout, set(committed))
-        except OSError as exc:
-            raise InfrastructureError(f"cannot use the run's storage: {exc}") from exc
+        except PipelineError:
+            raise
+        except Exception as exc:  # OSError, or a store client's own errors (e.g. unreachable endpoint)
+            raise InfrastructureError(f"cannot use the run's storage {redact_uri(self.spec.run_uri)}: {exc}") from exc
         self._sources = {s.sequence_id: s for s in sources}
         for sid, marker in committed.items():
             self._records[sid] = SequenceRecord.from_marker(marker)
