@@ -92,7 +92,7 @@ def make_spec(input_prefix: str, output: str, checkpoint: str | os.PathLike | No
     return load_spec(data, overrides)
 
 
-def reference_frames(checkpoint: Path, sources: list, *, size: int = IMAGE_W, storage_options=None):
+def reference_frames(checkpoint: Path, sources: list, *, size: int = IMAGE_W, storage_options=None, engine=None):
     """The engine run directly (no pipeline) on the same images: what the outputs must equal."""
     from zipmap_core.checkpoint import load_checkpoint
     from zipmap_core.config import ModelConfig
@@ -106,7 +106,7 @@ def reference_frames(checkpoint: Path, sources: list, *, size: int = IMAGE_W, st
         model = load_checkpoint(ZipMap(ModelConfig.preset("tiny")), str(checkpoint))
         images = load_images([str(s) for s in sources], size=size, storage_options=storage_options)
         with torch.inference_mode():
-            return list(reconstruct(model, images))
+            return list(reconstruct(model, images, engine))
     finally:
         torch.set_num_threads(threads)
 

@@ -46,9 +46,9 @@ def test_worker_killed_mid_sequence_is_retried(ray_cluster, tiny_checkpoint, tmp
     sizes = {"a": 2, "b": 3, "c": 2}
     paths = {k: write_sequence(tmp_path / "in" / k, n, seed=n) for k, n in sizes.items()}
     marker = tmp_path / "crashed-once"
-    spec = make_spec(
+    spec = make_spec(  # also: a non-default engine goes through the pipeline unchanged
         tmp_path / "in", tmp_path / "out", tiny_checkpoint, run_id="crash",
-        faults__crash_sequence="b", faults__crash_marker=str(marker),
+        faults__crash_sequence="b", faults__crash_marker=str(marker), engine__mode="streaming", engine__window=2,
     )
     summary = run_job(spec)
     assert marker.exists(), "the fault was never injected"
@@ -57,7 +57,7 @@ def test_worker_killed_mid_sequence_is_retried(ray_cluster, tiny_checkpoint, tmp
     manifest = {r["sequence_id"]: r for r in ds.dataset(os.path.join(spec.run_uri, "manifest.parquet")).to_table().to_pylist()}
     assert manifest["b"]["attempts"] == 2 and manifest["b"]["status"] == "done"
     # the retried sequence is still exactly what the engine computes
-    ref = reference_frames(tiny_checkpoint, paths["b"])
+    ref = reference_frames(tiny_checkpoint, paths["b"], engine=spec.engine)
     rows = sorted((r for r in ds.dataset(os.path.join(spec.run_uri, "frames"), partitioning="hive").to_table().to_pylist()
                    if r["sequence_id"] == "b"), key=lambda r: r["frame_index"])
     for row, frame in zip(rows, ref):
@@ -102,7 +102,8 @@ def test_node_lost_while_work_is_in_flight(ray_cluster, tiny_checkpoint, tmp_pat
 
 @pytest.mark.slow
 def test_driver_killed_then_resumed(ray_cluster, tiny_checkpoint, tmp_path):
-    """The CLI driver is SIGKILLed after its first commit; `resume` finishes without redoing it."""
+    """The job entrypoint's driver is SIGKILLed after its first commit; `zipmap-pipeline resume`
+    finishes the run without redoing what was committed."""
     sizes = {f"take{i}": 2 for i in range(4)}
     for k, n in sizes.items():
         write_sequence(tmp_path / "in" / k, n, seed=len(k) + n)
@@ -113,8 +114,7 @@ def test_driver_killed_then_resumed(ray_cluster, tiny_checkpoint, tmp_path):
     spec_path = tmp_path / "job.json"
     spec_path.write_text(spec.to_json())
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.address, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "pipeline.cli"]
-    driver = subprocess.Popen([*cmd, "run", str(spec_path), "--no-progress"], cwd=REPO, env=env,
+    driver = subprocess.Popen([sys.executable, "-m", "jobs.reconstruct", "--spec", str(spec_path)], cwd=REPO, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     commits = Path(spec.run_uri) / "_commits"
     deadline = time.monotonic() + 120
@@ -128,7 +128,7 @@ def test_driver_killed_then_resumed(ray_cluster, tiny_checkpoint, tmp_path):
     before = _markers(spec.run_uri)
     assert 1 <= len(before) < len(sizes)
 
-    resumed = subprocess.run([*cmd, "resume", spec.run_uri, "--no-progress"], cwd=REPO, env=env,
+    resumed = subprocess.run([sys.executable, "-m", "pipeline.cli", "resume", spec.run_uri, "--no-progress"], cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=180)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = json.loads(resumed.stdout)

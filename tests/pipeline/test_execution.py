@@ -1,0 +1,50 @@
+"""Actor planning, failure classification and backoff (pure functions, no cluster)."""
+
+from __future__ import annotations
+
+import pytest
+from ray.exceptions import ActorDiedError, RayTaskError, WorkerCrashedError
+
+from pipeline.errors import ActorInitError, InputError
+from pipeline.execution import classify, describe, plan_actors
+
+from .conftest import make_spec
+
+
+def _spec(**fields):
+    return make_spec("/in", "/out", "/c.pt", **fields)
+
+
+@pytest.mark.parametrize(
+    "fields, cluster, expected",
+    [
+        ({}, {"CPU": 64, "GPU": 8}, (8, 1.0)),
+        ({"resources__gpus_per_actor": 0.5}, {"GPU": 8}, (16, 0.5)),
+        ({"resources__gpus_per_actor": 2}, {"GPU": 8}, (4, 2.0)),
+        ({}, {"CPU": 16}, (1, 0.0)),  # no GPU: one CPU actor
+        ({"resources__num_actors": 3}, {"CPU": 16}, (3, 0.0)),
+        ({"resources__device": "cpu"}, {"GPU": 8}, (1, 0.0)),
+        ({"resources__device": "cuda", "resources__num_actors": 4}, {"CPU": 2}, (4, 1.0)),  # autoscaling from zero
+    ],
+)
+def test_plan_actors(fields, cluster, expected):
+    plan = plan_actors(_spec(**fields), cluster)
+    assert (plan.num_actors, plan.num_gpus) == expected
+
+
+def _task_error(cause: Exception) -> RayTaskError:
+    return RayTaskError("process", "traceback", cause).as_instanceof_cause()
+
+
+def test_classify_failures():
+    assert classify(_task_error(InputError("bad frames"))) == "input"
+    assert classify(_task_error(ActorInitError("no checkpoint"))) == "init"
+    assert classify(ActorDiedError()) == "actor_lost"
+    assert classify(WorkerCrashedError()) == "transient"
+    assert classify(_task_error(OSError("connection reset"))) == "transient"
+    assert describe(_task_error(InputError("sequence x: too short\nmore"))) == "InputError: sequence x: too short"
+
+
+def test_backoff_doubles_up_to_the_cap():
+    retry = _spec(retry__backoff_s=1.0, retry__max_backoff_s=5.0).retry
+    assert [retry.delay(n) for n in (1, 2, 3, 4)] == [1.0, 2.0, 4.0, 5.0]
