@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
 from tqdm import tqdm
 
 from .commit import clean_uncommitted, commit_sequence, committed_sequences, discard_attempt
@@ -112,6 +113,7 @@ class Coordinator:
     def _prepare(self) -> None:
         """Find the sequences, store the spec, restore what earlier sessions already did."""
         try:
+            self._check_same_results()
             committed = committed_sequences(self.store, self.layout)
             sources = self._discover(bool(committed))
             self.store.write_bytes(self.layout.spec, self.spec.to_json().encode())
@@ -142,6 +144,22 @@ class Coordinator:
             "run %s: %d sequences, %d already done, %d to do",
             self.spec.run_id, len(self._records), len(committed), len(self._pending_ids()),
         )
+
+    def _check_same_results(self) -> None:
+        """Refuse to continue a run with a spec that would produce different outputs."""
+        try:
+            stored = JobSpec.model_validate(self.store.read_json(self.layout.spec))
+        except FileNotFoundError:
+            return
+        except (ValueError, ValidationError) as exc:
+            raise SpecError(f"{self.layout.spec} is not a valid job spec: {exc}") from None
+        before, now = stored.result_fields(), self.spec.result_fields()
+        changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+        if changed:
+            raise SpecError(
+                f"run {self.spec.run_id} was started with different {', '.join(changed)} settings; "
+                "its committed outputs would not match: use a new run_id"
+            )
 
     def _discover(self, resuming: bool) -> list[SequenceSource]:
         """The input's sequences; an empty input is a spec error unless the run has results."""

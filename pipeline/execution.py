@@ -20,7 +20,7 @@ from .actors import ModelWorker
 from .decode import decode_sequence
 from .discovery import SequenceSource
 from .errors import ActorInitError, InfrastructureError, InputError
-from .spec import JobSpec
+from .spec import JobSpec, redact_text
 
 logger = logging.getLogger(__name__)
 
@@ -140,4 +140,4 @@ def describe(exc: BaseException) -> str:
     """A one-line error for the manifest (the cause, not Ray's wrapper and traceback)."""
     cause = exc.cause if isinstance(exc, RayTaskError) and exc.cause is not None else exc
     lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
-    return f"{type(cause).__name__}: {lines[0] if lines else ''}"[:2000]
+    return redact_text(f"{type(cause).__name__}: {lines[0] if lines else ''}")[:2000]

@@ -222,6 +222,14 @@ class JobSpec(_Section):
         except ValidationError as exc:
             raise SpecError(_describe_validation(exc)) from None
 
+    def result_fields(self) -> dict[str, Any]:
+        """The parts of the spec that shape the outputs; a run must keep them to stay consistent."""
+        data = self.model_dump(mode="json")
+        keep = {"model", "engine", "preprocess", "point_cloud", "save_depth"}
+        result = {k: v for k, v in data.items() if k in keep}
+        result["input"] = {k: data["input"][k] for k in ("min_frames", "max_frames", "frame_stride")}
+        return result
+
     def with_run_id(self, run_id: str | None = None) -> "JobSpec":
         """A copy with a definite run id (the given one, the spec's own, or a fresh one)."""
         return self.model_copy(update={"run_id": run_id or self.run_id or new_run_id()})
@@ -358,6 +366,14 @@ def redact_uri(uri: str) -> str:
     if netloc == parts.netloc and query == parts.query:
         return uri
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+_URI_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s:@]+:[^/\s@]+@")
+
+
+def redact_text(text: str) -> str:
+    """Hide passwords of URIs inside free text (error messages)."""
+    return _URI_PASSWORD.sub(lambda m: f"{m.group(1)}{REDACTED}@", text)
 
 
 def _secret_keys(options: Mapping[str, Any], prefix: str = "") -> list[str]:

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline import read_outputs, run_job, run_status
 from pipeline.cli import main
-from pipeline.errors import InfrastructureError
+from pipeline.errors import InfrastructureError, SpecError
 
 from .conftest import expected_points, make_spec, parse_ply, reference_frames, write_sequence
 
@@ -124,6 +124,14 @@ def test_rerun_skips_committed_and_failed(local_run, capsys):
     assert run_status(spec.run_uri).done == 3
     assert main(["status", spec.run_uri]) == 1  # some sequences failed
     assert json.loads(capsys.readouterr().out)["failed"] == 3
+
+
+def test_a_run_cannot_change_what_its_outputs_mean(local_run):
+    spec = local_run["spec"]
+    with pytest.raises(SpecError, match="point_cloud"):
+        run_job(spec, overrides=["point_cloud.voxel_size=0.1"])
+    # resources, retries and the like may change between sessions
+    assert run_job(spec, overrides=["resources.max_in_flight_per_actor=1", "retry.max_attempts=5"]).done == 3
 
 
 def test_missing_checkpoint_is_an_infrastructure_error(ray_cluster, tmp_path):
