@@ -37,13 +37,18 @@ def main(argv: list[str] | None = None) -> dict:
     if args.device == "cpu":
         torch.set_num_threads(max(1, int(args.cpus_per_actor)))  # what one CPU actor gets
     engine = _bench_engine(args, input_prefix)
+    if args.device == "cuda":
+        torch.cuda.empty_cache()  # the engine's model is gone; leave the GPU to the actors
     pipeline = _bench_pipeline(args, input_prefix, str(work / "output"))
     ratio = pipeline["steady_frames_per_s"] / engine["frames_per_s"] if engine["frames_per_s"] else float("nan")
     result = {"engine": engine, "pipeline": pipeline, "ratio": ratio, "ratio_per_actor": ratio / pipeline["num_actors"]}
-    print(f"engine alone : {engine['frames_per_s']:9.2f} frames/s ({engine['frames']} frames, {engine['seconds']:.2f}s)")
+    print(
+        f"engine alone : {engine['frames_per_s']:9.2f} frames/s ({engine['frames']} frames, {engine['seconds']:.2f}s)"
+    )
     print(
         f"pipeline     : {pipeline['steady_frames_per_s']:9.2f} frames/s steady state, "
-        f"{pipeline['frames_per_s']:.2f} frames/s end to end ({pipeline['seconds']:.2f}s, {pipeline['num_actors']} actor(s))"
+        f"{pipeline['frames_per_s']:.2f} frames/s end to end "
+        f"({pipeline['seconds']:.2f}s, {pipeline['num_actors']} actor(s))"
     )
     print(f"ratio        : {ratio:9.3f} (pipeline / engine), {result['ratio_per_actor']:.3f} per actor")
     print(json.dumps(result))
@@ -98,7 +103,11 @@ def _spec(args, input_prefix: str, output: str):
             "input": {"prefix": input_prefix},
             "output": output,
             "run_id": f"bench-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}",
-            "model": {"preset": args.preset, "checkpoint": args.checkpoint, "allow_random_weights": args.checkpoint is None},
+            "model": {
+                "preset": args.preset,
+                "checkpoint": args.checkpoint,
+                "allow_random_weights": args.checkpoint is None,
+            },
             "engine": {"mode": args.engine_mode, "dtype": args.dtype},
             "preprocess": {"size": args.size},
             "resources": {
@@ -137,9 +146,6 @@ def _bench_engine(args, input_prefix: str) -> dict:
         run(images)
     seconds = time.perf_counter() - start
     frames = sum(int(x.shape[0]) for x in sequences)
-    del model
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return {"frames": frames, "seconds": seconds, "frames_per_s": frames / seconds}
 
 

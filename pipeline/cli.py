@@ -99,10 +99,16 @@ def _submit(args: argparse.Namespace) -> int:
     if REDACTED in spec_json:
         raise SpecError("the spec holds credentials (in a URI); give them to the cluster through its environment")
     entrypoint = f"python -m jobs.reconstruct --spec-json {shlex.quote(spec_json)}"
-    runtime_env = {"working_dir": args.working_dir, "excludes": [".venv", ".git", "**/__pycache__"]} if args.working_dir else None
+    runtime_env = (
+        {"working_dir": args.working_dir, "excludes": [".venv", ".git", "**/__pycache__"]} if args.working_dir else None
+    )
     try:
         client = JobSubmissionClient(args.address)
-        job_id = client.submit_job(entrypoint=entrypoint, submission_id=args.submission_id or f"zipmap-{spec.run_id}-{uuid.uuid4().hex[:6]}", runtime_env=runtime_env)
+        job_id = client.submit_job(
+            entrypoint=entrypoint,
+            submission_id=args.submission_id or f"zipmap-{spec.run_id}-{uuid.uuid4().hex[:6]}",
+            runtime_env=runtime_env,
+        )
     except Exception as exc:
         raise InfrastructureError(f"cannot submit to {args.address}: {exc}") from exc
     print(json.dumps({"job_id": job_id, "run_id": spec.run_id, "run_uri": spec.run_uri}))
@@ -136,8 +142,14 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def overrides(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a spec field, e.g. --set engine.mode=chunked (repeatable)")
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a spec field, e.g. --set engine.mode=chunked (repeatable)",
+        )
 
     def driver(p: argparse.ArgumentParser) -> None:
         p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")

@@ -142,7 +142,10 @@ class Coordinator:
             )
         logger.info(
             "run %s: %d sequences, %d already done, %d to do",
-            self.spec.run_id, len(self._records), len(committed), len(self._pending_ids()),
+            self.spec.run_id,
+            len(self._records),
+            len(committed),
+            len(self._pending_ids()),
         )
 
     def _check_same_results(self) -> None:
@@ -305,7 +308,9 @@ class Coordinator:
             record.status = "pending"
             delay = retry.delay(self._session_attempts[sid])
             self._not_before[sid] = time.monotonic() + delay
-            logger.warning("sequence %s attempt %d failed (%s), retrying in %.1fs: %s", sid, record.attempts, kind, delay, error)
+            logger.warning(
+                "sequence %s attempt %d failed (%s), retrying in %.1fs: %s", sid, record.attempts, kind, delay, error
+            )
         self._update_bar()
 
     # -- actors ------------------------------------------------------------------------------

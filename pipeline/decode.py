@@ -99,7 +99,9 @@ def _read_images(source: SequenceSource, uris: list[str], store: Store) -> list[
             img = Image.open(io.BytesIO(data))
             img.load()  # a full decode, so truncated files fail here
         except UnidentifiedImageError:
-            raise InputError(f"sequence {source.sequence_id}: {uri}: not an image in a format Pillow can read") from None
+            raise InputError(
+                f"sequence {source.sequence_id}: {uri}: not an image in a format Pillow can read"
+            ) from None
         except (OSError, SyntaxError, ValueError) as exc:
             raise InputError(f"sequence {source.sequence_id}: {uri}: cannot decode image: {exc}") from None
         images.append(img)

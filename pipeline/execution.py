@@ -37,7 +37,9 @@ def connect(address: str | None = None) -> bool:
     try:
         ray.init(address=address or os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
     except Exception as exc:
-        raise InfrastructureError(f"cannot start or reach Ray ({address or os.environ.get('RAY_ADDRESS') or 'local'}): {exc}") from exc
+        raise InfrastructureError(
+            f"cannot start or reach Ray ({address or os.environ.get('RAY_ADDRESS') or 'local'}): {exc}"
+        ) from exc
     return True
 
 

@@ -1,14 +1,14 @@
 """Where everything of a run lives, in one place, so writers and readers cannot disagree.
 
-    <output>/<run_id>/
-      spec.json                              resolved spec, secrets redacted (resume reads it)
-      manifest.parquet                       one row per sequence (status, attempts, timings, ...)
-      summary.json                           the run's final summary
-      frames/sequence_id=<id>/part-0.parquet per-frame cameras and depth statistics
-      depth/sequence_id=<id>/part-0.parquet  per-frame depth + confidence maps (save_depth)
-      points/<id>.ply                        the sequence's point cloud
-      _commits/<id>.json                     commit marker: the sequence's outputs are complete
-      _staging/<id>/<attempt_id>/...         an attempt's outputs before they are committed
+<output>/<run_id>/
+  spec.json                              resolved spec, secrets redacted (resume reads it)
+  manifest.parquet                       one row per sequence (status, attempts, timings, ...)
+  summary.json                           the run's final summary
+  frames/sequence_id=<id>/part-0.parquet per-frame cameras and depth statistics
+  depth/sequence_id=<id>/part-0.parquet  per-frame depth + confidence maps (save_depth)
+  points/<id>.ply                        the sequence's point cloud
+  _commits/<id>.json                     commit marker: the sequence's outputs are complete
+  _staging/<id>/<attempt_id>/...         an attempt's outputs before they are committed
 """
 
 from __future__ import annotations

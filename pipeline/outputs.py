@@ -59,7 +59,13 @@ DEPTH_SCHEMA = pa.schema(
 def depth_statistics(depth: np.ndarray) -> dict[str, float | None]:
     valid = depth[np.isfinite(depth) & (depth > 0)]
     if valid.size == 0:
-        return {"depth_min": None, "depth_max": None, "depth_mean": None, "depth_median": None, "valid_depth_fraction": 0.0}
+        return {
+            "depth_min": None,
+            "depth_max": None,
+            "depth_mean": None,
+            "depth_median": None,
+            "valid_depth_fraction": 0.0,
+        }
     return {
         "depth_min": float(valid.min()),
         "depth_max": float(valid.max()),

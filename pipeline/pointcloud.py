@@ -21,7 +21,9 @@ _PLY_TYPES = {np.dtype("<f4"): "float", np.dtype("u1"): "uchar"}
 _CONSOLIDATE_EVERY = 4_000_000  # buffered points before merging them into the voxel sums
 
 
-def valid_point_mask(depth: np.ndarray, depth_conf: np.ndarray, world_points: np.ndarray, threshold: float) -> np.ndarray:
+def valid_point_mask(
+    depth: np.ndarray, depth_conf: np.ndarray, world_points: np.ndarray, threshold: float
+) -> np.ndarray:
     """Pixels that become points: finite, in front of the camera, confident enough."""
     return (
         np.isfinite(world_points).all(axis=-1)

@@ -69,6 +69,8 @@ def read_outputs(run_uri: str, storage: StorageSpec | None = None) -> RunOutputs
         manifest = pq.read_table(io.BytesIO(store.read_bytes(layout.manifest)))
     except FileNotFoundError:
         manifest = MANIFEST_SCHEMA.empty_table()
-    outputs = RunOutputs(run_uri=layout.run_uri, committed=committed, manifest=manifest, frames=FRAMES_SCHEMA.empty_table(), store=store)
+    outputs = RunOutputs(
+        run_uri=layout.run_uri, committed=committed, manifest=manifest, frames=FRAMES_SCHEMA.empty_table(), store=store
+    )
     outputs.frames = outputs._read(FRAMES, FRAMES_SCHEMA)
     return outputs

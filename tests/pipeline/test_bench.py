@@ -18,8 +18,9 @@ def test_benchmark_smoke(ray_cluster, tmp_path, capsys):
     spec.loader.exec_module(bench)
     threads = torch.get_num_threads()
     try:
-        result = bench.main(["--preset", "tiny", "--device", "cpu", "--sequences", "3", "--frames", "2",
-                             "--workdir", str(tmp_path)])
+        result = bench.main(
+            ["--preset", "tiny", "--device", "cpu", "--sequences", "3", "--frames", "2", "--workdir", str(tmp_path)]
+        )
     finally:
         torch.set_num_threads(threads)
     out = capsys.readouterr().out

@@ -115,10 +115,16 @@ def test_depth_maps_equal_direct_engine(local_run):
 def test_rerun_skips_committed_and_failed(local_run, capsys):
     spec = local_run["spec"]
     commits = os.path.join(spec.run_uri, "_commits")
-    before = {n: (os.stat(os.path.join(commits, n)).st_mtime_ns, open(os.path.join(commits, n)).read()) for n in os.listdir(commits)}
+    before = {
+        n: (os.stat(os.path.join(commits, n)).st_mtime_ns, open(os.path.join(commits, n)).read())
+        for n in os.listdir(commits)
+    }
     summary = run_job(spec)
     assert (summary.done, summary.failed) == (3, 3)
-    after = {n: (os.stat(os.path.join(commits, n)).st_mtime_ns, open(os.path.join(commits, n)).read()) for n in os.listdir(commits)}
+    after = {
+        n: (os.stat(os.path.join(commits, n)).st_mtime_ns, open(os.path.join(commits, n)).read())
+        for n in os.listdir(commits)
+    }
     assert after == before
     assert {f["sequence_id"]: f["attempts"] for f in summary.failures} == {"single": 1, "mixed": 1, "broken": 1}
     assert run_status(spec.run_uri).done == 3

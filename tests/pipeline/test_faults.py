@@ -37,7 +37,10 @@ def _frames_by_sequence(run_uri: str) -> dict[str, list[int]]:
 def _markers(run_uri: str) -> dict[str, tuple[int, str]]:
     folder = os.path.join(run_uri, "_commits")
     return {
-        name[: -len(".json")]: (os.stat(os.path.join(folder, name)).st_mtime_ns, json.load(open(os.path.join(folder, name)))["attempt_id"])
+        name[: -len(".json")]: (
+            os.stat(os.path.join(folder, name)).st_mtime_ns,
+            json.load(open(os.path.join(folder, name)))["attempt_id"],
+        )
         for name in os.listdir(folder)
     }
 
@@ -47,19 +50,33 @@ def test_worker_killed_mid_sequence_is_retried(ray_cluster, tiny_checkpoint, tmp
     paths = {k: write_sequence(tmp_path / "in" / k, n, seed=n) for k, n in sizes.items()}
     marker = tmp_path / "crashed-once"
     spec = make_spec(  # also: a non-default engine goes through the pipeline unchanged
-        tmp_path / "in", tmp_path / "out", tiny_checkpoint, run_id="crash",
-        faults__crash_sequence="b", faults__crash_marker=str(marker), engine__mode="streaming", engine__window=2,
+        tmp_path / "in",
+        tmp_path / "out",
+        tiny_checkpoint,
+        run_id="crash",
+        faults__crash_sequence="b",
+        faults__crash_marker=str(marker),
+        engine__mode="streaming",
+        engine__window=2,
     )
     summary = run_job(spec)
     assert marker.exists(), "the fault was never injected"
     assert (summary.done, summary.failed) == (3, 0), summary
     assert _frames_by_sequence(spec.run_uri) == {k: list(range(n)) for k, n in sizes.items()}
-    manifest = {r["sequence_id"]: r for r in ds.dataset(os.path.join(spec.run_uri, "manifest.parquet")).to_table().to_pylist()}
+    manifest = {
+        r["sequence_id"]: r for r in ds.dataset(os.path.join(spec.run_uri, "manifest.parquet")).to_table().to_pylist()
+    }
     assert manifest["b"]["attempts"] == 2 and manifest["b"]["status"] == "done"
     # the retried sequence is still exactly what the engine computes
     ref = reference_frames(tiny_checkpoint, paths["b"], engine=spec.engine)
-    rows = sorted((r for r in ds.dataset(os.path.join(spec.run_uri, "frames"), partitioning="hive").to_table().to_pylist()
-                   if r["sequence_id"] == "b"), key=lambda r: r["frame_index"])
+    rows = sorted(
+        (
+            r
+            for r in ds.dataset(os.path.join(spec.run_uri, "frames"), partitioning="hive").to_table().to_pylist()
+            if r["sequence_id"] == "b"
+        ),
+        key=lambda r: r["frame_index"],
+    )
     for row, frame in zip(rows, ref):
         np.testing.assert_allclose(np.array(row["extrinsic"]).reshape(3, 4), frame.extrinsic, rtol=1e-5, atol=1e-6)
     assert not os.path.exists(os.path.join(spec.run_uri, "_staging"))
@@ -74,9 +91,15 @@ def test_node_lost_while_work_is_in_flight(ray_cluster, tiny_checkpoint, tmp_pat
     nodes = [ray_cluster.add_node(num_cpus=1, resources={"model_slot": 1}) for _ in range(2)]
     ray_cluster.wait_for_nodes()
     spec = make_spec(
-        tmp_path / "in", tmp_path / "out", tiny_checkpoint, run_id="nodeloss",
-        resources__num_actors=2, resources__custom_resources="{model_slot: 1}", resources__max_in_flight_per_actor=1,
-        faults__delay_s=1.5, retry__max_attempts=4,
+        tmp_path / "in",
+        tmp_path / "out",
+        tiny_checkpoint,
+        run_id="nodeloss",
+        resources__num_actors=2,
+        resources__custom_resources="{model_slot: 1}",
+        resources__max_in_flight_per_actor=1,
+        faults__delay_s=1.5,
+        retry__max_attempts=4,
     )
     result = {}
     runner = threading.Thread(target=lambda: result.setdefault("summary", run_job(spec)))
@@ -108,14 +131,23 @@ def test_driver_killed_then_resumed(ray_cluster, tiny_checkpoint, tmp_path):
     for k, n in sizes.items():
         write_sequence(tmp_path / "in" / k, n, seed=len(k) + n)
     spec = make_spec(
-        tmp_path / "in", tmp_path / "out", tiny_checkpoint, run_id="killed",
-        resources__max_in_flight_per_actor=1, faults__delay_s=1.0,
+        tmp_path / "in",
+        tmp_path / "out",
+        tiny_checkpoint,
+        run_id="killed",
+        resources__max_in_flight_per_actor=1,
+        faults__delay_s=1.0,
     )
     spec_path = tmp_path / "job.json"
     spec_path.write_text(spec.to_json())
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.address, "PYTHONPATH": str(REPO)}
-    driver = subprocess.Popen([sys.executable, "-m", "jobs.reconstruct", "--spec", str(spec_path)], cwd=REPO, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "jobs.reconstruct", "--spec", str(spec_path)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     commits = Path(spec.run_uri) / "_commits"
     deadline = time.monotonic() + 120
     while not (commits.exists() and any(commits.iterdir())):
@@ -128,8 +160,14 @@ def test_driver_killed_then_resumed(ray_cluster, tiny_checkpoint, tmp_path):
     before = _markers(spec.run_uri)
     assert 1 <= len(before) < len(sizes)
 
-    resumed = subprocess.run([sys.executable, "-m", "pipeline.cli", "resume", spec.run_uri, "--no-progress"], cwd=REPO, env=env,
-                             capture_output=True, text=True, timeout=180)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "resume", spec.run_uri, "--no-progress"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = json.loads(resumed.stdout)
     assert (summary["done"], summary["failed"]) == (4, 0)

@@ -70,7 +70,13 @@ def test_voxel_grid_averages_per_voxel():
 def test_depth_statistics_ignore_invalid():
     depth = np.array([[np.nan, -1.0], [2.0, 4.0]], np.float32)
     stats = depth_statistics(depth)
-    assert stats == {"depth_min": 2.0, "depth_max": 4.0, "depth_mean": 3.0, "depth_median": 3.0, "valid_depth_fraction": 0.5}
+    assert stats == {
+        "depth_min": 2.0,
+        "depth_max": 4.0,
+        "depth_mean": 3.0,
+        "depth_median": 3.0,
+        "valid_depth_fraction": 0.5,
+    }
     assert depth_statistics(np.full((2, 2), np.nan, np.float32))["depth_mean"] is None
 
 
@@ -82,7 +88,11 @@ def _stage(store, layout, sid, attempt, content=b"x"):
     pq.write_table(pa.table({"sequence_id": [sid], "frame_index": pa.array([0], pa.int32())}), buf)
     store.write_bytes(layout.staged(sid, attempt, FRAMES), buf.getvalue())
     store.write_bytes(layout.staged(sid, attempt, POINTS), content)
-    return StagedOutputs(files={FRAMES: layout.staged(sid, attempt, FRAMES), POINTS: layout.staged(sid, attempt, POINTS)}, num_frames=1, num_points=0)
+    return StagedOutputs(
+        files={FRAMES: layout.staged(sid, attempt, FRAMES), POINTS: layout.staged(sid, attempt, POINTS)},
+        num_frames=1,
+        num_points=0,
+    )
 
 
 def test_commit_is_atomic_and_idempotent(tmp_path):
@@ -111,4 +121,6 @@ def test_outputs_without_marker_are_never_results(tmp_path):
     assert set(out.committed) == {"good"} and out.frames.column("sequence_id").to_pylist() == ["good"]
     clean_uncommitted(store, layout, {"good"})
     assert not store.exists(layout.final("torn", POINTS)) and not store.exists(layout.staging_root)
-    assert ds.dataset(layout.dataset_dir(FRAMES), partitioning="hive").to_table().column("sequence_id").to_pylist() == ["good"]
+    assert ds.dataset(layout.dataset_dir(FRAMES), partitioning="hive").to_table().column("sequence_id").to_pylist() == [
+        "good"
+    ]

@@ -58,8 +58,11 @@ def test_s3_in_s3_out(ray_cluster, tiny_checkpoint, tmp_path, s3):
     outputs = read_outputs("s3://results/recon/s3run", StorageSpec(endpoint_url=s3.endpoint_url))
     assert outputs.frames.num_rows == 5 and len(outputs.manifest) == 3
 
-    ref = reference_frames(tiny_checkpoint, [f"s3://capture/takes/night/{p.name}" for p in local["night"]],
-                           storage_options={"endpoint_url": s3.endpoint_url})
+    ref = reference_frames(
+        tiny_checkpoint,
+        [f"s3://capture/takes/night/{p.name}" for p in local["night"]],
+        storage_options={"endpoint_url": s3.endpoint_url},
+    )
     night = [r for r in outputs.frames.to_pylist() if r["sequence_id"] == "night"]
     for row, frame in zip(night, ref):
         assert row["source_uri"] == f"s3://capture/takes/night/frame{frame.index + 1}.png"
@@ -72,7 +75,11 @@ def test_s3_in_s3_out(ray_cluster, tiny_checkpoint, tmp_path, s3):
     # nothing secret in what the run wrote
     stored = fs.cat_file("results/recon/s3run/spec.json").decode()
     assert json.loads(stored)["storage"]["endpoint_url"] == s3.endpoint_url
-    for key in ("results/recon/s3run/spec.json", "results/recon/s3run/summary.json", "results/recon/s3run/_commits/night.json"):
+    for key in (
+        "results/recon/s3run/spec.json",
+        "results/recon/s3run/summary.json",
+        "results/recon/s3run/_commits/night.json",
+    ):
         assert "testing" not in fs.cat_file(key).decode()  # the fake credentials
     manifest = io.BytesIO(fs.cat_file("results/recon/s3run/manifest.parquet"))
     assert b"AWS_SECRET" not in manifest.getvalue()

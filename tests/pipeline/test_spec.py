@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from pydantic import ValidationError
 
 from pipeline.cli import main
 from pipeline.errors import SpecError
@@ -25,8 +26,14 @@ def test_yaml_file_with_dotted_overrides(tmp_path):
     )
     spec = load_spec(
         str(path),
-        ["engine.mode=chunked", "engine.chunk_size=8", "resources.num_actors=4", "point_cloud.voxel_size=0.05",
-         "storage.endpoint_url=http://127.0.0.1:9000", "save_depth=true"],
+        [
+            "engine.mode=chunked",
+            "engine.chunk_size=8",
+            "resources.num_actors=4",
+            "point_cloud.voxel_size=0.05",
+            "storage.endpoint_url=http://127.0.0.1:9000",
+            "save_depth=true",
+        ],
     )
     assert spec.engine.mode == "chunked" and spec.engine.chunk_size == 8
     assert spec.resources.num_actors == 4 and spec.point_cloud.voxel_size == 0.05
@@ -48,7 +55,10 @@ def test_json_round_trip(tmp_path):
     "overrides, message",
     [
         (["model.checkpoint=null"], "model.checkpoint is required"),
-        (["model.checkpoint=null", "model.allow_random_weights=true", "model.preset=offline_ref_view"], "random weights"),
+        (
+            ["model.checkpoint=null", "model.allow_random_weights=true", "model.preset=offline_ref_view"],
+            "random weights",
+        ),
         (["model.preset=nope"], "unknown model preset"),
         (["engine.mode=turbo"], "engine.mode"),
         (["preprocess.size=500"], "multiple of 14"),
@@ -94,5 +104,5 @@ def test_cli_exit_code_2_for_bad_spec(tmp_path, capsys):
 def test_spec_is_a_frozen_typed_model():
     spec = load_spec(BASE)
     assert isinstance(spec, JobSpec)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         spec.output = "elsewhere"  # type: ignore[misc]
