@@ -47,13 +47,23 @@ def test_chunked_equals_offline_tiny(images, chunk_size, affine):
         assert err <= 1e-4, (field, err)
 
 
-def test_chunked_spills_to_scratch_and_stays_exact(images, tmp_path):
+@pytest.mark.parametrize("head_inputs", ["keep", "auto"])
+def test_chunked_spills_to_scratch_and_stays_exact(images, tmp_path, head_inputs):
     model = tiny()
     offline = list(reconstruct(model, images))
-    engine = EngineConfig(mode="chunked", chunk_size=2, host_memory_budget_gb=1e-5, scratch_dir=str(tmp_path))
+    engine = EngineConfig(
+        mode="chunked", chunk_size=2, host_memory_budget_gb=1e-5, scratch_dir=str(tmp_path), head_inputs=head_inputs
+    )
     chunked = list(reconstruct(model, images, engine))
     assert max(max_rel_error(offline, chunked).values()) <= 1e-4
     assert list(tmp_path.iterdir()) == []  # scratch cleaned up
+
+
+def test_chunked_recomputing_head_inputs_stays_exact(images):
+    model = tiny()
+    offline = list(reconstruct(model, images))
+    chunked = list(reconstruct(model, images, EngineConfig(mode="chunked", chunk_size=3, head_inputs="recompute")))
+    assert max(max_rel_error(offline, chunked).values()) <= 1e-4
 
 
 def test_chunked_streams_frames_before_the_end(images):

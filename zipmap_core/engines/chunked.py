@@ -7,7 +7,9 @@ frame block i+1 and pass 1 of block i+1, so every layer reads and writes each ch
 Tokens of frames off the GPU live in an `ActivationStore` (pinned host memory, then scratch
 files). The outputs the heads read (DPT layers, camera tokens of the last layer) are kept there
 too; the camera head then runs over all frames' camera tokens, and the dense heads per chunk, so
-frames stream out while later chunks are still being decoded.
+frames stream out while later chunks are still being decoded. When the head inputs of a long
+sequence would not fit in the host budget, they are recomputed per chunk instead: once every
+layer's fast weights are trained, the network is a per-frame function.
 """
 
 from __future__ import annotations
@@ -86,9 +88,12 @@ def reconstruct_chunked(
             frame_out = agg.frame_block(0, tokens, pos)
             layer.accumulate(frame_out)
             store.put(("frame", c), frame_out)
+        keep_heads = _keep_head_inputs(engine, frame_out, S, len(dpt_layers), budget)
 
+        trained = []
         for i in range(cfg.depth):
             layer.finalize()
+            trained.append(layer)
             next_layer = _GlobalLayer(agg.global_blocks[i + 1]) if i < last else None
             pending = store.fetch(("frame", chunks[0]))
             for j, c in enumerate(chunks):
@@ -96,7 +101,7 @@ def reconstruct_chunked(
                 if j + 1 < len(chunks):
                     pending = store.fetch(("frame", chunks[j + 1]))
                 tokens = layer.apply(frame_out)
-                if i in dpt_layers:
+                if keep_heads and i in dpt_layers:
                     store.put(("layer", i, c), torch.cat([frame_out, tokens], dim=-1))
                 if i == last:
                     store.put(("camera", c), torch.cat([frame_out[:, :, 0], tokens[:, :, 0]], dim=-1))
@@ -113,10 +118,35 @@ def reconstruct_chunked(
         extrinsics = align_to_reference(extrinsics, extrinsics[0])
 
         for c in chunks:
-            layers = {i: store.get(("layer", i, c)) for i in cfg.dpt.layers}
+            if keep_heads:
+                layers = {i: store.get(("layer", i, c)) for i in cfg.dpt.layers}
+                for i in cfg.dpt.layers:
+                    store.drop(("layer", i, c))
+            else:
+                layers = _rerun_for_heads(agg, trained, images[c[0] : c[1]].to(device), c[0], pos, dpt_layers)
             dense = model.predict_dense(layers, image_hw)
-            for i in cfg.dpt.layers:
-                store.drop(("layer", i, c))
             yield from frame_predictions(
                 c[0], images[c[0] : c[1]], extrinsics[c[0] : c[1]], intrinsics[c[0] : c[1]], dense
             )
+
+
+def _keep_head_inputs(engine: EngineConfig, frame_out: torch.Tensor, S: int, num_layers: int, budget: int) -> bool:
+    if engine.head_inputs != "auto":
+        return engine.head_inputs == "keep"
+    per_frame = frame_out[0, 0].numel() * frame_out.element_size()
+    # frame tokens (C channels) plus the heads' layers (2C channels each)
+    return S * per_frame * (1 + 2 * num_layers) <= budget
+
+
+def _rerun_for_heads(agg, trained: list[_GlobalLayer], images: torch.Tensor, first_frame: int, pos, dpt_layers):
+    """The trained network on one chunk, keeping the layers the dense heads read."""
+    tokens = agg.embed(images.unsqueeze(0), first_frame=first_frame)
+    layers = {}
+    for i, layer in enumerate(trained):
+        frame_out = agg.frame_block(i, tokens, pos)
+        tokens = layer.apply(frame_out)
+        if i in dpt_layers:
+            layers[i] = torch.cat([frame_out, tokens], dim=-1)
+        if i >= max(dpt_layers):
+            break
+    return layers

@@ -24,3 +24,7 @@ class EngineConfig(BaseModel):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     host_memory_budget_gb: float = Field(default=32.0, gt=0)  # chunked: spill to scratch past this
     scratch_dir: str | None = None  # chunked: where spilled activations go (a temp dir by default)
+    # chunked: the DPT heads read 4 layers of every frame (about 17 MB a frame at full size). "keep"
+    # stores them during the pass; "recompute" reruns the trained network per chunk instead (more
+    # compute, no storage); "auto" keeps them when they fit in the host memory budget.
+    head_inputs: Literal["auto", "keep", "recompute"] = "auto"

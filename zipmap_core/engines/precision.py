@@ -15,10 +15,22 @@ def resolve_device(device: str | torch.device | None, model: torch.nn.Module) ->
     return next(model.parameters()).device
 
 
+@contextlib.contextmanager
+def _strict_float32():
+    """float32 means float32: no TF32 in matrix products and convolutions on Ampere and later."""
+    matmul = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+
+
 def autocast(device: torch.device, dtype_name: str):
     """bf16/fp16 autocast for the aggregator (the heads switch it off themselves)."""
     if dtype_name == "float32":
-        return contextlib.nullcontext()
+        return _strict_float32() if device.type == "cuda" else contextlib.nullcontext()
     return torch.autocast(device.type, dtype=DTYPES[dtype_name])
 
 

@@ -194,6 +194,18 @@ class FastWeightSwiGLU(nn.Module):
     def gradients(self, state: TTTState, inputs: TTTInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return fast_weight_gradients(state.w0, state.w1, state.w2, inputs.k, inputs.v, inputs.lr)
 
+    def gradients_in_slices(self, state: TTTState, inputs: TTTInputs, tokens_per_slice: int = 65536):
+        """`gradients` summed over slices of the span: the same sum, with the [L, hidden]
+        temporaries bounded by the slice instead of growing with the sequence."""
+        L = inputs.k.shape[1]
+        if L <= tokens_per_slice:
+            return self.gradients(state, inputs)
+        total = None
+        for start in range(0, L, tokens_per_slice):
+            part = self.gradients(state, TTTInputs(*(t[:, start : start + tokens_per_slice] for t in inputs)))
+            total = part if total is None else tuple(a + b for a, b in zip(total, part))
+        return total
+
     def step(self, state: TTTState, grads, norms) -> TTTState:
         return state.step(grads, norms, self.muon_steps, self.ns_dtype)
 
@@ -221,7 +233,7 @@ class FastWeightSwiGLU(nn.Module):
             span = slice(op.start, op.end)
             if op.update:
                 span_inputs = TTTInputs(*(t[:, span] for t in inputs))
-                state = self.step(state, self.gradients(state, span_inputs), norms)
+                state = self.step(state, self.gradients_in_slices(state, span_inputs), norms)
             if op.apply:
                 outputs.append(self.read(state, inputs.q[:, span]))
         return self.output(torch.cat(outputs, dim=1), x), state

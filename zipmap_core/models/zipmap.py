@@ -42,17 +42,27 @@ class ZipMap(nn.Module):
         with torch.autocast(last_layer.device.type, enabled=False):
             return self.pose_head(last_layer[:, :, 0].float(), self.config.camera_iterations)[-1]
 
-    def predict_dense(self, layers: dict[int, torch.Tensor], image_hw: tuple[int, int]) -> dict[str, torch.Tensor]:
-        """DPT heads on any subset of frames: {layer: [B, S, P, 2C]} -> dense maps."""
-        out = {}
-        tokens = [layers[i].float() for i in self.config.dpt.layers]
+    def predict_dense(
+        self, layers: dict[int, torch.Tensor], image_hw: tuple[int, int], frames_per_pass: int = 8
+    ) -> dict[str, torch.Tensor]:
+        """DPT heads on any subset of frames: {layer: [B, S, P, 2C]} -> dense maps.
+
+        The heads run in float32 at full image resolution, so frames go through them a few at a
+        time: peak memory then depends on `frames_per_pass`, not on the sequence length.
+        """
+        S = next(iter(layers.values())).shape[1]
         start = self.config.patch_start_idx
-        with torch.autocast(tokens[0].device.type, enabled=False):
-            if self.config.enable_depth:
-                out["depth"], out["depth_conf"] = self.depth_head(tokens, image_hw, start)
-            if self.config.enable_local_points:
-                out["local_points"], _ = self.local_point_head(tokens, image_hw, start)
-        return out
+        parts: dict[str, list[torch.Tensor]] = {}
+        for s in range(0, S, frames_per_pass):
+            tokens = [layers[i][:, s : s + frames_per_pass].float() for i in self.config.dpt.layers]
+            with torch.autocast(tokens[0].device.type, enabled=False):
+                if self.config.enable_depth:
+                    depth, conf = self.depth_head(tokens, image_hw, start)
+                    parts.setdefault("depth", []).append(depth)
+                    parts.setdefault("depth_conf", []).append(conf)
+                if self.config.enable_local_points:
+                    parts.setdefault("local_points", []).append(self.local_point_head(tokens, image_hw, start)[0])
+        return {name: torch.cat(chunks, dim=1) for name, chunks in parts.items()}
 
     def forward(
         self,

@@ -1,0 +1,98 @@
+"""Offline vs chunked engine: wall time and peak GPU memory per sequence length.
+
+    python bench/engines.py --frames 100 250 500 750 --chunked-only 2000 5000 10000
+
+Full-size random weights (the architecture decides the cost, not the values), input
+[N, 3, H, W], bf16 autocast as in the released code. Each run consumes the engine's per-frame
+results on the host (the cost a writer pays) without keeping them. Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import time
+
+import torch
+
+from zipmap_core import EngineConfig, ModelConfig, ZipMap, reconstruct
+
+
+def run_once(model, images, engine) -> tuple[float, float, int]:
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    frames = 0
+    for _ in reconstruct(model, images, engine, device="cuda"):
+        frames += 1
+    torch.cuda.synchronize()
+    return time.perf_counter() - start, torch.cuda.max_memory_allocated() / 2**30, frames
+
+
+def measure(model, images, engine, repeats: int) -> dict:
+    try:
+        runs = [run_once(model, images, engine) for _ in range(repeats)]
+    except torch.OutOfMemoryError:
+        gc.collect()
+        torch.cuda.empty_cache()
+        return {"time_s": None, "peak_gib": None, "error": "out of GPU memory"}
+    times = sorted(r[0] for r in runs)
+    return {"time_s": times[len(times) // 2], "peak_gib": max(r[1] for r in runs), "frames": runs[0][2]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="offline_affine")
+    ap.add_argument("--frames", type=int, nargs="*", default=[100, 250, 500, 750])
+    ap.add_argument("--chunked-only", type=int, nargs="*", default=[2000, 5000, 10000])
+    ap.add_argument("--height", type=int, default=392)
+    ap.add_argument("--width", type=int, default=518)
+    ap.add_argument("--chunk-size", type=int, default=32)
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--host-budget-gb", type=float, default=96.0)
+    ap.add_argument("--json", help="also write the rows here")
+    args = ap.parse_args()
+
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = ZipMap(ModelConfig.preset(args.preset)).eval()
+    rows = []
+    offline = EngineConfig(mode="offline", dtype=args.dtype)
+    chunked = EngineConfig(
+        mode="chunked", dtype=args.dtype, chunk_size=args.chunk_size, host_memory_budget_gb=args.host_budget_gb
+    )
+    warm = torch.rand(4, 3, args.height, args.width)
+    run_once(model, warm, offline), run_once(model, warm, chunked)
+
+    for n in args.frames + args.chunked_only:
+        images = torch.rand(n, 3, args.height, args.width).pin_memory()
+        repeats = args.repeats if n <= 1000 else 1
+        row = {"frames": n, "chunked": measure(model, images, chunked, repeats)}
+        if n in args.frames:
+            row["offline"] = measure(model, images, offline, repeats)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        del images
+        gc.collect()
+
+    fmt = lambda v, f: "-" if v is None else f.format(v)  # noqa: E731
+    print(f"\n{torch.cuda.get_device_name()}, {args.preset}, {args.dtype}, chunk {args.chunk_size}, "
+          f"{args.height}x{args.width}, median of {args.repeats} (1 above 1000 frames)\n")
+    print("| N | offline s | offline GiB | chunked s | chunked GiB | chunked/offline time | chunked frames/s |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        off, ch = r.get("offline", {}), r["chunked"]
+        ratio = ch["time_s"] / off["time_s"] if off.get("time_s") and ch.get("time_s") else None
+        fps = r["frames"] / ch["time_s"] if ch.get("time_s") else None
+        print(f"| {r['frames']} | {fmt(off.get('time_s'), '{:.2f}')} | {fmt(off.get('peak_gib'), '{:.1f}')} | "
+              f"{fmt(ch.get('time_s'), '{:.2f}')} | {fmt(ch.get('peak_gib'), '{:.1f}')} | {fmt(ratio, '{:.3f}')} | "
+              f"{fmt(fps, '{:.1f}')} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
