@@ -124,7 +124,7 @@ def reconstruct_chunked(
                     store.drop(("layer", i, c))
             else:
                 layers = _rerun_for_heads(agg, trained, images[c[0] : c[1]].to(device), c[0], pos, dpt_layers)
-            dense = model.predict_dense(layers, image_hw)
+            dense = model.predict_dense(layers, image_hw, local_points=engine.local_points)
             yield from frame_predictions(
                 c[0], images[c[0] : c[1]], extrinsics[c[0] : c[1]], intrinsics[c[0] : c[1]], dense
             )

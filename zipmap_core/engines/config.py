@@ -28,3 +28,6 @@ class EngineConfig(BaseModel):
     # stores them during the pass; "recompute" reruns the trained network per chunk instead (more
     # compute, no storage); "auto" keeps them when they fit in the host memory budget.
     head_inputs: Literal["auto", "keep", "recompute"] = "auto"
+    # run the local-point head too (half of the dense-head compute); depth and cameras suffice for
+    # world points, so it is off unless asked for
+    local_points: bool = False

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from zipmap_core.engines.results import FramePrediction
-from zipmap_core.geometry import invert_rigid, local_to_world, to_homogeneous, unproject_depth
+from zipmap_core.geometry import invert_rigid, local_to_world, to_homogeneous
 
 
 def align_to_reference(extrinsics: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -23,27 +23,26 @@ def frame_predictions(
     intrinsics: torch.Tensor,
     dense: dict[str, torch.Tensor],
 ) -> Iterator[FramePrediction]:
-    """images [S, 3, H, W]; aligned cameras [S, 3, 4] / [S, 3, 3]; dense maps [1, S, ...]."""
-    depth = dense["depth"][0, ..., 0].float()
-    conf = dense["depth_conf"][0].float()
-    extrinsics, intrinsics = extrinsics.float().to(depth.device), intrinsics.float().to(depth.device)
-    world = unproject_depth(depth, extrinsics, intrinsics)
+    """images [S, 3, H, W] (host or device); aligned cameras [S, 3, 4] / [S, 3, 3]; dense maps [1, S, ...].
+
+    Only depth and confidence (and local points when the head ran) leave the GPU: colours come
+    from the input images and world points are derived on the host when asked for.
+    """
+    depth_conf = torch.stack([dense["depth"][0, ..., 0], dense["depth_conf"][0]]).float().cpu().numpy()
     local = dense.get("local_points")
-    local_world = None if local is None else local_to_world(local[0].float(), extrinsics)
-    rgb = (images.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
-    to_np = lambda t: t.detach().cpu().numpy()  # noqa: E731
-    depth, conf, world, rgb = to_np(depth), to_np(conf), to_np(world), to_np(rgb)
-    ext, K = to_np(extrinsics), to_np(intrinsics)
-    local_world = None if local_world is None else to_np(local_world)
-    for s in range(depth.shape[0]):
+    if local is not None:
+        local = local_to_world(local[0].float(), extrinsics.float().to(local.device)).cpu().numpy()
+    rgb = (images.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    ext = extrinsics.float().cpu().numpy()
+    K = intrinsics.float().cpu().numpy()
+    for s in range(depth_conf.shape[1]):
         yield FramePrediction(
             index=first_index + s,
-            extrinsic=ext[s].astype(np.float32),
-            intrinsic=K[s].astype(np.float32),
-            depth=depth[s],
-            depth_conf=conf[s],
-            world_points=world[s],
+            extrinsic=ext[s],
+            intrinsic=K[s],
+            depth=depth_conf[0, s],
+            depth_conf=depth_conf[1, s],
             image=rgb[s],
-            camera_conf=float(conf[s].mean()),
-            local_points=None if local_world is None else local_world[s],
+            camera_conf=float(depth_conf[1, s].mean(dtype=np.float64)),
+            local_points=None if local is None else local[s],
         )

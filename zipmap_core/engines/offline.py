@@ -19,7 +19,7 @@ def reconstruct_offline(
     model: ZipMap, images: torch.Tensor, engine: EngineConfig, device: torch.device
 ) -> Iterator[FramePrediction]:
     with autocast(device, engine.dtype):
-        out = model(images.to(device).unsqueeze(0))
+        out = model(images.to(device).unsqueeze(0), local_points=engine.local_points)
     extrinsics, intrinsics = pose_encoding_to_cameras(out["pose_enc"][0], images.shape[-2:])
     extrinsics = align_to_reference(extrinsics, extrinsics[0])
     yield from frame_predictions(0, images, extrinsics, intrinsics, out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -12,9 +13,10 @@ class FramePrediction:
     """One frame of a reconstructed sequence, in the first camera's world frame.
 
     Arrays are float32 numpy arrays on the host. `extrinsic` maps world to camera (OpenCV
-    convention: x right, y down, z forward); `world_points` is the depth map unprojected with the
-    predicted camera. `camera_conf` is the mean depth confidence of the frame (the camera head
-    predicts no confidence of its own).
+    convention: x right, y down, z forward). `camera_conf` is the mean depth confidence of the
+    frame (the camera head predicts no confidence of its own). `world_points` is the depth map
+    unprojected with the predicted camera, computed on first access so that engines only move
+    depth and confidence off the GPU.
     """
 
     index: int
@@ -22,10 +24,9 @@ class FramePrediction:
     intrinsic: np.ndarray  # [3, 3]
     depth: np.ndarray  # [H, W]
     depth_conf: np.ndarray  # [H, W]
-    world_points: np.ndarray  # [H, W, 3]
     image: np.ndarray  # [H, W, 3] uint8, the preprocessed model input (colours for point clouds)
     camera_conf: float
-    local_points: np.ndarray | None = None  # [H, W, 3] in the camera frame, when the model has the head
+    local_points: np.ndarray | None = None  # [H, W, 3] world frame, from the local-point head if run
 
     @property
     def height(self) -> int:
@@ -34,3 +35,17 @@ class FramePrediction:
     @property
     def width(self) -> int:
         return int(self.depth.shape[1])
+
+    @cached_property
+    def world_points(self) -> np.ndarray:
+        """[H, W, 3] world points of the depth map."""
+        H, W = self.depth.shape
+        K = self.intrinsic
+        x = (np.arange(W, dtype=np.float32) - K[0, 2]) / K[0, 0]
+        y = (np.arange(H, dtype=np.float32) - K[1, 2]) / K[1, 1]
+        cam = np.empty((H, W, 3), dtype=np.float32)
+        cam[..., 0] = x[None, :] * self.depth
+        cam[..., 1] = y[:, None] * self.depth
+        cam[..., 2] = self.depth
+        R, t = self.extrinsic[:, :3], self.extrinsic[:, 3]
+        return ((cam - t) @ R).astype(np.float32, copy=False)  # R^T (x - t), row-vector form

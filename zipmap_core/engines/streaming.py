@@ -27,10 +27,13 @@ def tokens_per_frame(model: ZipMap, image_hw: tuple[int, int]) -> int:
 
 
 class StreamingSession:
-    def __init__(self, model: ZipMap, window: int, device: torch.device, dtype: str = "float32"):
+    def __init__(
+        self, model: ZipMap, window: int, device: torch.device, dtype: str = "float32", local_points: bool = True
+    ):
         if not model.aggregator.is_ttt:
             raise ValueError("streaming needs a TTT model (global_block='ttt')")
         self.model, self.window, self.device, self.dtype = model, window, device, dtype
+        self.local_points = local_points
         self.states: list[TTTState] | None = None
         self.frames_seen = 0
         self.reference: torch.Tensor | None = None  # camera-from-world of frame 0
@@ -42,7 +45,7 @@ class StreamingSession:
         per_frame = tokens_per_frame(self.model, images.shape[-2:])
         schedule = windowed_schedule(S * per_frame, self.window * per_frame)
         with autocast(self.device, self.dtype):
-            out = self.model(images.to(self.device).unsqueeze(0), schedule, self.states, first_frame=self.frames_seen)
+            out = self.model(images.to(self.device).unsqueeze(0), schedule, self.states, self.frames_seen, self.local_points)
         self.states = out.pop("states")
         self.frames_seen += S
         return out
@@ -63,6 +66,6 @@ def reconstruct_streaming(
     window = engine.window or model.config.streaming_window
     if window is None:
         raise ValueError("streaming needs a window: set engine.window or the model's streaming_window")
-    session = StreamingSession(model, window, device, engine.dtype)
+    session = StreamingSession(model, window, device, engine.dtype, engine.local_points)
     for start in range(0, images.shape[0], window):
         yield from session.feed_frames(images[start : start + window])

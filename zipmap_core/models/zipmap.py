@@ -43,7 +43,11 @@ class ZipMap(nn.Module):
             return self.pose_head(last_layer[:, :, 0].float(), self.config.camera_iterations)[-1]
 
     def predict_dense(
-        self, layers: dict[int, torch.Tensor], image_hw: tuple[int, int], frames_per_pass: int = 8
+        self,
+        layers: dict[int, torch.Tensor],
+        image_hw: tuple[int, int],
+        frames_per_pass: int = 8,
+        local_points: bool = True,
     ) -> dict[str, torch.Tensor]:
         """DPT heads on any subset of frames: {layer: [B, S, P, 2C]} -> dense maps.
 
@@ -60,7 +64,7 @@ class ZipMap(nn.Module):
                     depth, conf = self.depth_head(tokens, image_hw, start)
                     parts.setdefault("depth", []).append(depth)
                     parts.setdefault("depth_conf", []).append(conf)
-                if self.config.enable_local_points:
+                if local_points and self.config.enable_local_points:
                     parts.setdefault("local_points", []).append(self.local_point_head(tokens, image_hw, start)[0])
         return {name: torch.cat(chunks, dim=1) for name, chunks in parts.items()}
 
@@ -70,6 +74,7 @@ class ZipMap(nn.Module):
         schedule: list[TTTOp] | None = None,
         states: list[TTTState] | None = None,
         first_frame: int = 0,
+        local_points: bool = True,
     ) -> dict:
         """images [S, 3, H, W] or [B, S, 3, H, W] in [0, 1].
 
@@ -82,6 +87,6 @@ class ZipMap(nn.Module):
             raise ValueError(f"expected images [B, S, 3, H, W], got {tuple(images.shape)}")
         layers, states = self.aggregator(images, schedule, states, first_frame)
         out = {"pose_enc": self.predict_cameras(layers[self.config.depth - 1])}
-        out.update(self.predict_dense(layers, images.shape[-2:]))
+        out.update(self.predict_dense(layers, images.shape[-2:], local_points=local_points))
         out["states"] = states
         return out
