@@ -51,7 +51,9 @@ def main() -> None:
     ap.add_argument("--chunk-size", type=int, default=32)
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--host-budget-gb", type=float, default=96.0)
+    ap.add_argument("--host-budget-gb", type=float, default=24.0)
+    ap.add_argument("--gpu-cache-gb", type=float, default=6.0)
+    ap.add_argument("--head-inputs", default="auto", choices=["auto", "keep", "recompute"])
     ap.add_argument("--json", help="also write the rows here")
     args = ap.parse_args()
 
@@ -61,13 +63,14 @@ def main() -> None:
     rows = []
     offline = EngineConfig(mode="offline", dtype=args.dtype)
     chunked = EngineConfig(
-        mode="chunked", dtype=args.dtype, chunk_size=args.chunk_size, host_memory_budget_gb=args.host_budget_gb
+        mode="chunked", dtype=args.dtype, chunk_size=args.chunk_size, host_memory_budget_gb=args.host_budget_gb,
+        gpu_cache_gb=args.gpu_cache_gb, head_inputs=args.head_inputs,
     )
     warm = torch.rand(4, 3, args.height, args.width)
     run_once(model, warm, offline), run_once(model, warm, chunked)
 
     for n in args.frames + args.chunked_only:
-        images = torch.rand(n, 3, args.height, args.width).pin_memory()
+        images = torch.rand(n, 3, args.height, args.width)
         repeats = args.repeats if n <= 1000 else 1
         row = {"frames": n, "chunked": measure(model, images, chunked, repeats)}
         if n in args.frames:
@@ -79,7 +82,8 @@ def main() -> None:
 
     fmt = lambda v, f: "-" if v is None else f.format(v)  # noqa: E731
     print(f"\n{torch.cuda.get_device_name()}, {args.preset}, {args.dtype}, chunk {args.chunk_size}, "
-          f"{args.height}x{args.width}, median of {args.repeats} (1 above 1000 frames)\n")
+          f"{args.height}x{args.width}, median of {args.repeats} (1 above 1000 frames), "
+          f"GPU cache {args.gpu_cache_gb} GiB, host budget {args.host_budget_gb} GiB, head inputs {args.head_inputs}\n")
     print("| N | offline s | offline GiB | chunked s | chunked GiB | chunked/offline time | chunked frames/s |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

@@ -6,8 +6,8 @@ is orthogonalised once, and pass 2 applies it chunk by chunk. Pass 2 of block i 
 frame block i+1 and pass 1 of block i+1, so every layer reads and writes each chunk's tokens once.
 Tokens of frames off the GPU live in an `ActivationStore` (pinned host memory, then scratch
 files). The outputs the heads read (DPT layers, camera tokens of the last layer) are kept there
-too; the camera head then runs over all frames' camera tokens, and the dense heads per chunk, so
-frames stream out while later chunks are still being decoded. When the head inputs of a long
+too; the camera head then runs over all frames' camera tokens, and the dense heads per chunk (their per-layer first stage runs during the pass, and only its
+smaller output is kept), so frames stream out while later chunks are still being decoded. When the head inputs of a long
 sequence would not fit in the host budget, they are recomputed per chunk instead: once every
 layer's fast weights are trained, the network is a per-frame function.
 """
@@ -77,10 +77,9 @@ def reconstruct_chunked(
     dpt_layers, last = set(cfg.dpt.layers), cfg.depth - 1
     pos = agg.positions(image_hw, device)
     budget = int(engine.host_memory_budget_gb * 2**30)
-    if images.device.type == "cpu" and device.type == "cuda":
-        images = images.pin_memory()
 
-    with ActivationStore(device, budget, engine.scratch_dir) as store, autocast(device, engine.dtype):
+    gpu_budget = int(engine.gpu_cache_gb * 2**30)
+    with ActivationStore(device, budget, engine.scratch_dir, gpu_budget) as store, autocast(device, engine.dtype):
         # layer 0: embed, frame block 0, pass 1 of global block 0
         layer = _GlobalLayer(agg.global_blocks[0])
         for c in chunks:
@@ -88,7 +87,8 @@ def reconstruct_chunked(
             frame_out = agg.frame_block(0, tokens, pos)
             layer.accumulate(frame_out)
             store.put(("frame", c), frame_out)
-        keep_heads = _keep_head_inputs(engine, frame_out, S, len(dpt_layers), budget)
+        heads = list(model.dense_heads(engine.local_points))
+        keep_heads = _keep_head_inputs(engine, model, frame_out, S, image_hw, budget + gpu_budget)
 
         trained = []
         for i in range(cfg.depth):
@@ -102,7 +102,9 @@ def reconstruct_chunked(
                     pending = store.fetch(("frame", chunks[j + 1]))
                 tokens = layer.apply(frame_out)
                 if keep_heads and i in dpt_layers:
-                    store.put(("layer", i, c), torch.cat([frame_out, tokens], dim=-1))
+                    both = torch.cat([frame_out, tokens], dim=-1)
+                    for name, x in model.project_for_heads(i, both, image_hw, engine.local_points).items():
+                        store.put(("head", name, i, c), x.to(frame_out.dtype))
                 if i == last:
                     store.put(("camera", c), torch.cat([frame_out[:, :, 0], tokens[:, :, 0]], dim=-1))
                     store.drop(("frame", c))
@@ -119,23 +121,30 @@ def reconstruct_chunked(
 
         for c in chunks:
             if keep_heads:
-                layers = {i: store.get(("layer", i, c)) for i in cfg.dpt.layers}
-                for i in cfg.dpt.layers:
-                    store.drop(("layer", i, c))
+                projected = {
+                    name: [store.get(("head", name, i, c)) for i in cfg.dpt.layers] for name in heads
+                }
+                for name in heads:
+                    for i in cfg.dpt.layers:
+                        store.drop(("head", name, i, c))
+                dense = model.decode_dense(projected, image_hw)
             else:
                 layers = _rerun_for_heads(agg, trained, images[c[0] : c[1]].to(device), c[0], pos, dpt_layers)
-            dense = model.predict_dense(layers, image_hw, local_points=engine.local_points)
+                dense = model.predict_dense(layers, image_hw, local_points=engine.local_points)
             yield from frame_predictions(
                 c[0], images[c[0] : c[1]], extrinsics[c[0] : c[1]], intrinsics[c[0] : c[1]], dense
             )
 
 
-def _keep_head_inputs(engine: EngineConfig, frame_out: torch.Tensor, S: int, num_layers: int, budget: int) -> bool:
+def _keep_head_inputs(engine, model: ZipMap, frame_out: torch.Tensor, S: int, image_hw, budget: int) -> bool:
     if engine.head_inputs != "auto":
         return engine.head_inputs == "keep"
-    per_frame = frame_out[0, 0].numel() * frame_out.element_size()
-    # frame tokens (C channels) plus the heads' layers (2C channels each)
-    return S * per_frame * (1 + 2 * num_layers) <= budget
+    cfg = model.config
+    grid = (image_hw[0] // cfg.patch_size) * (image_hw[1] // cfg.patch_size)
+    heads = len(model.dense_heads(engine.local_points))
+    per_frame_heads = grid * sum(cfg.dpt.out_channels) * heads * frame_out.element_size()
+    per_frame_tokens = frame_out[0, 0].numel() * frame_out.element_size()
+    return S * (per_frame_tokens + per_frame_heads) <= budget
 
 
 def _rerun_for_heads(agg, trained: list[_GlobalLayer], images: torch.Tensor, first_frame: int, pos, dpt_layers):

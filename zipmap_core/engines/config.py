@@ -22,10 +22,11 @@ class EngineConfig(BaseModel):
     chunk_size: int = Field(default=16, ge=1)
     window: int | None = Field(default=None, ge=1)  # None: the model config's streaming_window
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    host_memory_budget_gb: float = Field(default=32.0, gt=0)  # chunked: spill to scratch past this
+    gpu_cache_gb: float = Field(default=6.0, ge=0)  # chunked: activations kept on the GPU up to this
+    host_memory_budget_gb: float = Field(default=32.0, gt=0)  # chunked: then pinned host memory, then scratch
     scratch_dir: str | None = None  # chunked: where spilled activations go (a temp dir by default)
-    # chunked: the DPT heads read 4 layers of every frame (about 17 MB a frame at full size). "keep"
-    # stores them during the pass; "recompute" reruns the trained network per chunk instead (more
+    # chunked: the DPT heads read 4 layers of every frame (their projections: about 6 MB a frame
+    # and head at full size in bf16). "keep" stores them during the pass; "recompute" reruns the trained network per chunk instead (more
     # compute, no storage); "auto" keeps them when they fit in the host memory budget.
     head_inputs: Literal["auto", "keep", "recompute"] = "auto"
     # run the local-point head too (half of the dense-head compute); depth and cameras suffice for

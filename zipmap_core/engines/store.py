@@ -1,6 +1,6 @@
-"""Where the chunked engine keeps activations of the frames that are not on the GPU.
+"""Where the chunked engine keeps activations of the frames it is not working on.
 
-Host memory (pinned, so copies run asynchronously on a side CUDA stream and overlap with
+On the GPU up to a small budget (no copies at all), then host memory (pinned, so copies run asynchronously on a side CUDA stream and overlap with
 compute) up to a byte budget, then files in a scratch directory. Pinning memory is slow
 (cudaHostAlloc costs ~0.1-0.3 s per large buffer), so released buffers are reused; every copy
 into or out of them runs on the one copy stream, whose order makes reuse safe. `fetch` starts a host-to-device
@@ -59,9 +59,12 @@ class PinnedPool:
 
 
 class ActivationStore:
-    def __init__(self, device: torch.device, budget_bytes: int, scratch_dir: str | None = None):
+    def __init__(self, device: torch.device, budget_bytes: int, scratch_dir: str | None = None, device_bytes: int = 0):
         self.device = device
         self.budget_bytes = budget_bytes
+        self.device_budget_bytes = device_bytes if device.type == "cuda" else 0
+        self._on_device: dict[Hashable, torch.Tensor] = {}
+        self.device_bytes = 0
         self._cuda = device.type == "cuda"
         self._copy_stream = torch.cuda.Stream(device) if self._cuda else None
         self._pool = PinnedPool()
@@ -82,6 +85,7 @@ class ActivationStore:
     def close(self) -> None:
         if self._cuda:
             self._copy_stream.synchronize()
+        self._on_device.clear()
         self._host.clear()
         self._pool.clear()
         self._files.clear()
@@ -100,6 +104,10 @@ class ActivationStore:
     def put(self, key: Hashable, tensor: torch.Tensor) -> None:
         self.drop(key)
         nbytes = tensor.numel() * tensor.element_size()
+        if self.device_bytes + nbytes <= self.device_budget_bytes:
+            self._on_device[key] = tensor
+            self.device_bytes += nbytes
+            return
         if self.host_bytes + nbytes > self.budget_bytes:
             path = self._spill_path(key)
             torch.save(tensor.detach().cpu(), path)
@@ -123,6 +131,8 @@ class ActivationStore:
         self.peak_host_bytes = max(self.peak_host_bytes, self.host_bytes)
 
     def fetch(self, key: Hashable) -> Pending:
+        if key in self._on_device:
+            return Pending(self._on_device[key])
         if key in self._files:
             return Pending(torch.load(self._files[key]).to(self.device))
         host, done = self._host[key]
@@ -139,6 +149,9 @@ class ActivationStore:
         return self.fetch(key).wait()
 
     def drop(self, key: Hashable) -> None:
+        on_device = self._on_device.pop(key, None)
+        if on_device is not None:
+            self.device_bytes -= on_device.numel() * on_device.element_size()
         entry = self._host.pop(key, None)
         if entry is not None:
             self.host_bytes -= entry[0].numel() * entry[0].element_size()

@@ -125,22 +125,36 @@ class DPTHead(nn.Module):
         emb = uv_position_embedding(x.shape[1], x.shape[2], x.shape[3], aspect, x.device)
         return x + 0.1 * emb.to(x.dtype)
 
+    def project_layer(
+        self, i: int, tokens: torch.Tensor, image_hw: tuple[int, int], patch_start_idx: int
+    ) -> torch.Tensor:
+        """First stage, per aggregator layer: tokens [B, S, P, dim_in] -> [B*S, C_i, h, w] at the
+        patch grid. It is all the head needs of that layer, so an engine can keep this instead of
+        the (larger) tokens."""
+        H, W = image_hw
+        gh, gw = H // self.patch_size, W // self.patch_size
+        B, S = tokens.shape[:2]
+        x = self.norm(tokens[:, :, patch_start_idx:].reshape(B * S, gh * gw, -1))
+        x = x.transpose(1, 2).reshape(B * S, -1, gh, gw)
+        return self._add_pos(self.projects[i](x), W / H)
+
+    def decode(
+        self, projected: list[torch.Tensor], image_hw: tuple[int, int], batch: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Second stage: the four projected layers -> (map [B, S, H, W, C], conf [B, S, H, W] or None)."""
+        H, W = image_hw
+        gh, gw = H // self.patch_size, W // self.patch_size
+        feats = [resize(x) for resize, x in zip(self.resize_layers, projected)]
+        x = _upsample(self.scratch.fuse(feats), size=(gh * self.patch_size, gw * self.patch_size))
+        x = self.scratch.output_conv2(self._add_pos(x, W / H))
+        x = x.permute(0, 2, 3, 1).reshape(batch, -1, x.shape[2], x.shape[3], x.shape[1])
+        if self.conf_activation is None:
+            return activate_points(x, self.activation), None
+        return activate_points(x[..., :-1], self.activation), activate_confidence(x[..., -1], self.conf_activation)
+
     def forward(
         self, layer_tokens: list[torch.Tensor], image_hw: tuple[int, int], patch_start_idx: int
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """layer_tokens: 4 tensors [B, S, P, dim_in] -> (map [B, S, H, W, C], conf [B, S, H, W] or None)."""
-        H, W = image_hw
-        gh, gw = H // self.patch_size, W // self.patch_size
-        B, S = layer_tokens[0].shape[:2]
-        feats = []
-        for i, tokens in enumerate(layer_tokens):
-            x = self.norm(tokens[:, :, patch_start_idx:].reshape(B * S, gh * gw, -1))
-            x = x.transpose(1, 2).reshape(B * S, -1, gh, gw)
-            x = self._add_pos(self.projects[i](x), W / H)
-            feats.append(self.resize_layers[i](x))
-        x = _upsample(self.scratch.fuse(feats), size=(gh * self.patch_size, gw * self.patch_size))
-        x = self.scratch.output_conv2(self._add_pos(x, W / H))
-        x = x.permute(0, 2, 3, 1).reshape(B, S, x.shape[2], x.shape[3], -1)
-        if self.conf_activation is None:
-            return activate_points(x, self.activation), None
-        return activate_points(x[..., :-1], self.activation), activate_confidence(x[..., -1], self.conf_activation)
+        projected = [self.project_layer(i, t, image_hw, patch_start_idx) for i, t in enumerate(layer_tokens)]
+        return self.decode(projected, image_hw, layer_tokens[0].shape[0])

@@ -42,6 +42,46 @@ class ZipMap(nn.Module):
         with torch.autocast(last_layer.device.type, enabled=False):
             return self.pose_head(last_layer[:, :, 0].float(), self.config.camera_iterations)[-1]
 
+    def dense_heads(self, local_points: bool = True) -> dict[str, DPTHead]:
+        heads = {}
+        if self.config.enable_depth:
+            heads["depth"] = self.depth_head
+        if local_points and self.config.enable_local_points:
+            heads["local_points"] = self.local_point_head
+        return heads
+
+    def project_for_heads(
+        self, layer: int, tokens: torch.Tensor, image_hw: tuple[int, int], local_points: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """First stage of each dense head on one DPT layer's tokens [B, S, P, 2C] (float32)."""
+        k = self.config.dpt.layers.index(layer)
+        start = self.config.patch_start_idx
+        with torch.autocast(tokens.device.type, enabled=False):
+            return {
+                name: head.project_layer(k, tokens.float(), image_hw, start)
+                for name, head in self.dense_heads(local_points).items()
+            }
+
+    def decode_dense(
+        self, projected: dict[str, list[torch.Tensor]], image_hw: tuple[int, int], frames_per_pass: int = 8
+    ) -> dict[str, torch.Tensor]:
+        """Second stage of the dense heads, a few frames at a time: the heads run in float32 at
+        full image resolution, so peak memory depends on `frames_per_pass`, not on the sequence.
+
+        projected: {head: 4 tensors [S, C_i, h, w]} -> {"depth": [1, S, H, W, 1], "depth_conf": ..., ...}
+        """
+        parts: dict[str, list[torch.Tensor]] = {}
+        S = next(iter(projected.values()))[0].shape[0]
+        for s in range(0, S, frames_per_pass):
+            for name, feats in projected.items():
+                head = self.dense_heads()[name]
+                with torch.autocast(feats[0].device.type, enabled=False):
+                    value, conf = head.decode([f[s : s + frames_per_pass].float() for f in feats], image_hw, 1)
+                parts.setdefault(name, []).append(value)
+                if conf is not None:
+                    parts.setdefault(name + "_conf", []).append(conf)
+        return {name: torch.cat(chunks, dim=1) for name, chunks in parts.items()}
+
     def predict_dense(
         self,
         layers: dict[int, torch.Tensor],
@@ -49,23 +89,16 @@ class ZipMap(nn.Module):
         frames_per_pass: int = 8,
         local_points: bool = True,
     ) -> dict[str, torch.Tensor]:
-        """DPT heads on any subset of frames: {layer: [B, S, P, 2C]} -> dense maps.
-
-        The heads run in float32 at full image resolution, so frames go through them a few at a
-        time: peak memory then depends on `frames_per_pass`, not on the sequence length.
-        """
+        """DPT heads on any subset of frames: {layer: [1, S, P, 2C]} -> dense maps [1, S, ...]."""
         S = next(iter(layers.values())).shape[1]
-        start = self.config.patch_start_idx
         parts: dict[str, list[torch.Tensor]] = {}
         for s in range(0, S, frames_per_pass):
-            tokens = [layers[i][:, s : s + frames_per_pass].float() for i in self.config.dpt.layers]
-            with torch.autocast(tokens[0].device.type, enabled=False):
-                if self.config.enable_depth:
-                    depth, conf = self.depth_head(tokens, image_hw, start)
-                    parts.setdefault("depth", []).append(depth)
-                    parts.setdefault("depth_conf", []).append(conf)
-                if local_points and self.config.enable_local_points:
-                    parts.setdefault("local_points", []).append(self.local_point_head(tokens, image_hw, start)[0])
+            projected: dict[str, list[torch.Tensor]] = {}
+            for i in self.config.dpt.layers:
+                for name, x in self.project_for_heads(i, layers[i][:, s : s + frames_per_pass], image_hw, local_points).items():
+                    projected.setdefault(name, []).append(x)
+            for name, value in self.decode_dense(projected, image_hw, frames_per_pass).items():
+                parts.setdefault(name, []).append(value)
         return {name: torch.cat(chunks, dim=1) for name, chunks in parts.items()}
 
     def forward(
