@@ -142,16 +142,6 @@ def test_single_frame_and_non_square_sizes():
         generate_sequence(2, num_frames=2, height=28, width=28, scene="castle")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_matches_cpu():
-    cpu = small(4)
-    gpu = small(4, device="cuda")
-    assert gpu.images.device.type == "cuda"
-    assert torch.equal(cpu.extrinsics, gpu.extrinsics.cpu())
-    assert torch.allclose(cpu.depth, gpu.depth.cpu(), rtol=1e-4, atol=1e-5)
-    assert torch.equal(cpu.valid, gpu.valid.cpu()) or (cpu.valid != gpu.valid.cpu()).float().mean() < 1e-3
-
-
 @pytest.mark.parametrize("base", ["memory://synthetic-test/seq", "local"])
 def test_write_read_round_trip(base, tmp_path):
     uri = str(tmp_path / "seq") if base == "local" else base
