@@ -145,4 +145,32 @@ PRESETS: dict[str, ModelConfig] = {
         camera_num_heads=2,
         dpt=DPTConfig(features=16, out_channels=(8, 16, 32, 32), layers=(0, 1, 2, 3), hidden=8),
     ),
+    # the embedded demo model (zipmap_core/assets/demo_ttt.safetensors): trains in minutes on one
+    # GPU, runs on a CPU in seconds, and stays under 10 MB in float16
+    "demo_ttt": ModelConfig(
+        name="demo_ttt",
+        img_size=224,
+        embed_dim=96,
+        depth=8,
+        num_heads=4,
+        patch_embed="conv",
+        ttt=TTTConfig(head_dim=96),
+        camera_trunk_depth=2,
+        camera_num_heads=4,
+        dpt=DPTConfig(features=48, out_channels=(24, 48, 96, 96), layers=(1, 3, 5, 7), hidden=16),
+    ),
+    # the same network with full global attention: the quadratic (VGGT) baseline of demo_ttt
+    "demo_attention": ModelConfig(
+        name="demo_attention",
+        img_size=224,
+        embed_dim=96,
+        depth=8,
+        num_heads=4,
+        patch_embed="conv",
+        global_block="attention",
+        ttt=TTTConfig(head_dim=96),
+        camera_trunk_depth=2,
+        camera_num_heads=4,
+        dpt=DPTConfig(features=48, out_channels=(24, 48, 96, 96), layers=(1, 3, 5, 7), hidden=16),
+    ),
 }

@@ -1,0 +1,189 @@
+"""Train the demo presets (TTT and its attention baseline) and compare them on held-out sequences.
+
+    python bench/train_demo.py --minutes 3.5 --device cuda --out-dir outputs/demo
+
+demo_ttt trains for the time budget; demo_attention then trains for exactly as many steps on
+exactly the same batches (same data seed), so the comparison is at equal data and steps. Both
+checkpoints are then loaded back from disk (as shipped, in float16) and run through the offline
+engine on held-out synthetic sequences (seeds below TRAIN_SEED_START, never trained on), next to
+the trivial baseline (constant depth, identity poses). Prints a table and writes results.json.
+
+CPU smoke run (a minute): python bench/train_demo.py --device cpu --steps 20 --size 112 \
+    --frames-per-batch 8 --pool-size 4 --eval-sequences 2 --eval-frames 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import replace
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from zipmap_core import EngineConfig, ModelConfig, ZipMap, load_checkpoint, reconstruct  # noqa: E402
+from zipmap_core.evaluation import evaluate_sequence, trivial_prediction  # noqa: E402
+from zipmap_core.evaluation.metrics import nanmean  # noqa: E402
+from zipmap_core.synthetic import generate_sequence  # noqa: E402
+from zipmap_core.training import TrainConfig, held_out_seeds, train  # noqa: E402
+from zipmap_core.training.trainer import make_data  # noqa: E402
+
+COLUMNS = (
+    ("depth_abs_rel", "AbsRel"),
+    ("depth_delta_1_25", "d<1.25"),
+    ("ate", "ATE"),
+    ("rpe_trans", "RPE-t"),
+    ("rpe_rot_deg", "RPE-r deg"),
+    ("pc_chamfer", "Chamfer"),
+)
+
+
+def log(line: str) -> None:
+    print(line, flush=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--out-dir", default=os.environ.get("OUT", "outputs/demo"))
+    p.add_argument("--minutes", type=float, help="demo_ttt's wall-clock budget")
+    p.add_argument("--steps", type=int, help="demo_ttt's step budget")
+    p.add_argument("--attention-slack", type=float, default=1.15,
+                   help="demo_attention's time cap, as a multiple of --minutes (it trains demo_ttt's step count)")
+    p.add_argument("--size", type=int, help="square training/evaluation image size (default: the preset's)")
+    p.add_argument("--lr", type=float, default=8e-4)
+    p.add_argument("--warmup-steps", type=int, default=150)
+    p.add_argument("--frames-per-batch", type=int, default=64)
+    p.add_argument("--max-frames", type=int, default=12)
+    p.add_argument("--pool-size", type=int, default=128)
+    p.add_argument("--pool-frames", type=int, default=16)
+    p.add_argument("--new-per-step", type=float, default=0.5)
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-sequences", type=int, default=16)
+    p.add_argument("--eval-frames", type=int, default=12)
+    p.add_argument("--skip-training", action="store_true", help="evaluate the checkpoints already in --out-dir")
+    args = p.parse_args(argv)
+    if args.minutes is None and args.steps is None and not args.skip_training:
+        p.error("give --minutes and/or --steps")
+    return args
+
+
+def train_both(args: argparse.Namespace, paths: dict[str, str]) -> dict[str, dict]:
+    """demo_ttt for the budget, then demo_attention for the same steps on the same batches."""
+    base = TrainConfig(
+        preset="demo_ttt", out=paths["demo_ttt"], device=args.device, minutes=args.minutes, steps=args.steps,
+        lr=args.lr, warmup_steps=args.warmup_steps, seed=args.seed, log_every=args.log_every, ckpt_every=500,
+        height=args.size, width=args.size, max_frames=args.max_frames, frames_per_batch=args.frames_per_batch,
+        pool_size=args.pool_size, pool_frames=args.pool_frames, new_per_step=args.new_per_step,
+    )
+    runs = {}
+    data = make_data(base)
+    start = time.perf_counter()
+    data.fill()  # inside demo_ttt's budget: train() counts from its own start, so shorten that
+    fill_s = time.perf_counter() - start
+    log(f"rendered the pool of {len(data.pool)} sequences in {fill_s:.1f}s")
+    twin = data.clone()  # demo_attention gets exactly the same batches
+    if base.minutes is not None:
+        base = replace(base, minutes=max(0.05, base.minutes - fill_s / 60.0))
+    ttt = train(base, log=log, data=data)
+    runs["demo_ttt"] = {"steps": ttt.steps, "seconds": ttt.seconds, "final_loss": ttt.final_loss,
+                        "rendered": ttt.sequences_rendered, "history": ttt.history}
+    free_memory()
+    cap = None if args.minutes is None else args.minutes * args.attention_slack
+    attention = train(replace(base, preset="demo_attention", out=paths["demo_attention"], steps=ttt.steps, minutes=cap),
+                      log=log, data=twin)
+    runs["demo_attention"] = {"steps": attention.steps, "seconds": attention.seconds,
+                              "final_loss": attention.final_loss, "rendered": attention.sequences_rendered,
+                              "history": attention.history}
+    free_memory()
+    return runs
+
+
+def free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def predict(model: ZipMap, images: torch.Tensor, device: str) -> tuple[dict, float]:
+    """Offline engine over one sequence -> prediction arrays (as evaluate_sequence takes) and seconds."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    frames = list(reconstruct(model, images, EngineConfig(mode="offline"), device=device))
+    seconds = time.perf_counter() - start
+    pred = {
+        "extrinsics": torch.stack([torch.from_numpy(f.extrinsic) for f in frames]),
+        "intrinsics": torch.stack([torch.from_numpy(f.intrinsic) for f in frames]),
+        "depth": torch.stack([torch.from_numpy(f.depth) for f in frames]),
+    }
+    return pred, seconds
+
+
+def evaluate_all(args: argparse.Namespace, paths: dict[str, str]) -> dict[str, dict]:
+    models = {}
+    for name, path in paths.items():
+        model = load_checkpoint(ZipMap(ModelConfig.preset(name)), path).to(args.device).eval()
+        models[name] = model
+    size = args.size or ModelConfig.preset("demo_ttt").img_size
+    per_method: dict[str, list[dict]] = {name: [] for name in (*models, "trivial")}
+    seconds: dict[str, list[float]] = {name: [] for name in models}
+    for seed in held_out_seeds(args.eval_sequences):
+        seq = generate_sequence(seed, num_frames=args.eval_frames, height=size, width=size, device=args.device)
+        images = seq.images.permute(0, 3, 1, 2).float() / 255.0
+        for name, model in models.items():
+            pred, took = predict(model, images, args.device)
+            seconds[name].append(took)
+            per_method[name].append(evaluate_sequence(pred, seq))
+        per_method["trivial"].append(evaluate_sequence(trivial_prediction(seq), seq))
+        row = " ".join(f"{n}: absrel={m[-1]['depth_abs_rel']:.3f} ate={m[-1]['ate']:.3f}" for n, m in per_method.items())
+        log(f"seed {seed} ({seq.scene}/{seq.trajectory}) {row}")
+    summary = {}
+    for name, metrics in per_method.items():
+        summary[name] = {key: nanmean([m[key] for m in metrics]) for key in metrics[0]}
+        if name in seconds:
+            timed = seconds[name][1:] or seconds[name]  # the first call includes warm-up
+            summary[name]["seconds_per_sequence"] = sum(timed) / len(timed)
+    return {"summary": summary, "per_sequence": per_method}
+
+
+def table(summary: dict[str, dict], runs: dict[str, dict] | None, args: argparse.Namespace) -> str:
+    head = ["method", *(label for _, label in COLUMNS), "steps", "train s"]
+    rows = [head]
+    for name, metrics in summary.items():
+        run = (runs or {}).get(name, {})
+        rows.append([name, *(f"{metrics[key]:.4f}" if math.isfinite(metrics[key]) else "nan" for key, _ in COLUMNS),
+                     str(run.get("steps", "-")), f"{run['seconds']:.0f}" if run else "-"])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    note = (f"{args.eval_sequences} held-out sequences x {args.eval_frames} frames; depth median-aligned per frame, "
+            "cameras Sim(3)-aligned (ATE/RPE-t in GT scene units)")
+    return "\n".join(lines) + "\n" + note
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.makedirs(args.out_dir, exist_ok=True)
+    paths = {name: os.path.join(args.out_dir, f"{name}.safetensors") for name in ("demo_ttt", "demo_attention")}
+    log(f"torch {torch.__version__}, device {args.device}"
+        + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ""))
+    runs = None if args.skip_training else train_both(args, paths)
+    results = evaluate_all(args, paths)
+    results["runs"] = runs
+    results["args"] = vars(args)
+    with open(os.path.join(args.out_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=1, default=str)
+    log(table(results["summary"], runs, args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
