@@ -104,6 +104,31 @@ class ModelConfig(BaseModel):
 
 _FULL = dict(embed_dim=1024, depth=24, num_heads=16, patch_embed="dinov2_vitl14_reg")
 
+# Variants below are derived with model_copy(update=...), so they differ from their base only in
+# what the update names (model_copy does not re-validate: keep the updates to fields that cannot
+# break _check, or validate the result).
+_REFERENCE_DEV = ModelConfig(
+    name="reference_dev",
+    embed_dim=384,
+    num_heads=6,
+    patch_embed="dinov2_vits14_reg",
+    ttt=TTTConfig(head_dim=384),
+    affine_invariant=True,
+)
+
+_DEMO_TTT = ModelConfig(
+    name="demo_ttt",
+    img_size=224,
+    embed_dim=96,
+    depth=8,
+    num_heads=4,
+    patch_embed="conv",
+    ttt=TTTConfig(head_dim=96),
+    camera_trunk_depth=2,
+    camera_num_heads=4,
+    dpt=DPTConfig(features=48, out_channels=(24, 48, 96, 96), layers=(1, 3, 5, 7), hidden=16),
+)
+
 PRESETS: dict[str, ModelConfig] = {
     # checkpoint_with_ref_view.pt: the first frame is the reference view
     "offline_ref_view": ModelConfig(name="offline_ref_view", **_FULL),
@@ -114,23 +139,10 @@ PRESETS: dict[str, ModelConfig] = {
         name="streaming", affine_invariant=True, camera_head="mlp", streaming_window=8, **_FULL
     ),
     # the small model of ../shared/reference (ViT-S patch embed, single-head TTT of 384)
-    "reference_dev": ModelConfig(
-        name="reference_dev",
-        embed_dim=384,
-        num_heads=6,
-        patch_embed="dinov2_vits14_reg",
-        ttt=TTTConfig(head_dim=384),
-        affine_invariant=True,
-    ),
-    "reference_dev_streaming": ModelConfig(
-        name="reference_dev_streaming",
-        embed_dim=384,
-        num_heads=6,
-        patch_embed="dinov2_vits14_reg",
-        ttt=TTTConfig(head_dim=384),
-        affine_invariant=True,
-        camera_head="mlp",
-        streaming_window=2,
+    "reference_dev": _REFERENCE_DEV,
+    # its streaming variant: MLP camera head, TTT windows of 2 frames
+    "reference_dev_streaming": _REFERENCE_DEV.model_copy(
+        update={"name": "reference_dev_streaming", "camera_head": "mlp", "streaming_window": 2}
     ),
     # a few-MB network for CPU tests and the pipeline's own tests
     "tiny": ModelConfig(
@@ -147,30 +159,8 @@ PRESETS: dict[str, ModelConfig] = {
     ),
     # the embedded demo model (zipmap_core/assets/demo_ttt.safetensors): trains in minutes on one
     # GPU, runs on a CPU in seconds, and stays under 10 MB in float16
-    "demo_ttt": ModelConfig(
-        name="demo_ttt",
-        img_size=224,
-        embed_dim=96,
-        depth=8,
-        num_heads=4,
-        patch_embed="conv",
-        ttt=TTTConfig(head_dim=96),
-        camera_trunk_depth=2,
-        camera_num_heads=4,
-        dpt=DPTConfig(features=48, out_channels=(24, 48, 96, 96), layers=(1, 3, 5, 7), hidden=16),
-    ),
+    "demo_ttt": _DEMO_TTT,
     # the same network with full global attention: the quadratic (VGGT) baseline of demo_ttt
-    "demo_attention": ModelConfig(
-        name="demo_attention",
-        img_size=224,
-        embed_dim=96,
-        depth=8,
-        num_heads=4,
-        patch_embed="conv",
-        global_block="attention",
-        ttt=TTTConfig(head_dim=96),
-        camera_trunk_depth=2,
-        camera_num_heads=4,
-        dpt=DPTConfig(features=48, out_channels=(24, 48, 96, 96), layers=(1, 3, 5, 7), hidden=16),
-    ),
+    # (zipmap_core/assets/demo_attention.safetensors)
+    "demo_attention": _DEMO_TTT.model_copy(update={"name": "demo_attention", "global_block": "attention"}),
 }
