@@ -183,3 +183,16 @@ def test_generate_dataset_and_cli(tmp_path):
               "--height", "28", "--width", "42", "--seed", "3"])
     assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == ["dataset.json", "seq_00000", "seq_00001"]
     assert read_ground_truth(str(tmp_path / "ds" / "seq_00001"))["depth"].shape == (2, 28, 42)
+
+
+def test_generate_dataset_with_explicit_seeds():
+    uri = "memory://synthetic-test/seeded"
+    folders = generate_dataset(uri, 2, None, num_frames=1, height=14, width=14, seeds=[5, 900_001], progress=False)
+    assert [read_meta(f)["seed"] for f in folders] == [5, 900_001]
+    index = json.loads(fsspec.open(f"{uri}/dataset.json").open().read())
+    assert index["seed"] is None and [e["seed"] for e in index["sequences"]] == [5, 900_001]
+    fsspec.filesystem("memory").rm("/synthetic-test/seeded", recursive=True)
+    with pytest.raises(ValueError, match="2 seeds for 3"):
+        generate_dataset(uri, 3, None, num_frames=1, height=14, width=14, seeds=[1, 2], progress=False)
+    with pytest.raises(ValueError, match="base seed"):
+        generate_dataset(uri, 1, None, num_frames=1, height=14, width=14, progress=False)

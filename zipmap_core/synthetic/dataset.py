@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import fsspec
@@ -118,11 +119,12 @@ def list_sequences(dataset_uri: str, storage_options: dict | None = None) -> lis
 def generate_dataset(
     out_uri: str,
     num_sequences: int,
-    seed: int,
+    seed: int | None,
     num_frames: int,
     height: int,
     width: int,
     *,
+    seeds: Sequence[int] | None = None,
     scene: str | None = None,
     trajectory: str | None = None,
     storage_options: dict | None = None,
@@ -132,15 +134,23 @@ def generate_dataset(
     """Writes `num_sequences` sequences under `out_uri`; returns their folder URIs.
 
     Without an explicit kind, sequence i cycles through every scene x trajectory pair, so even a
-    small dataset covers all of them; each sequence gets its own seed derived from `seed`.
+    small dataset covers all of them; each sequence gets its own seed derived from `seed`, or
+    exactly `seeds[i]` when `seeds` is given (e.g. held-out seeds, which derived ones may not be:
+    they spread over [0, 2**31)).
     """
+    if seeds is not None:
+        seeds = [int(s) for s in seeds]
+        if len(seeds) != num_sequences:
+            raise ValueError(f"got {len(seeds)} seeds for {num_sequences} sequences")
+    elif seed is None:
+        raise ValueError("give a base seed or the seeds of every sequence")
     fs, root = _fs(out_uri, storage_options)
     fs.makedirs(root, exist_ok=True)
     base = out_uri.rstrip("/")
     folders, entries = [], []
     for i in tqdm(range(num_sequences), desc="synthetic sequences", unit="seq", disable=not progress):
         seq = generate_sequence(
-            derive_seed(seed, i),
+            seeds[i] if seeds is not None else derive_seed(seed, i),
             num_frames=num_frames,
             height=height,
             width=width,
@@ -154,7 +164,7 @@ def generate_dataset(
         entries.append({"name": sequence_name(i), "seed": seq.seed, "scene": seq.scene, "trajectory": seq.trajectory})
     index = {
         "format": FORMAT,
-        "seed": seed,
+        "seed": seed if seeds is None else None,
         "num_frames": num_frames,
         "height": height,
         "width": width,
