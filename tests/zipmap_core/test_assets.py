@@ -1,0 +1,55 @@
+"""The bundled weights: found by preset name, with errors that say what exists and what to do."""
+
+import pytest
+
+import zipmap_core.assets as assets
+from zipmap_core.assets import DEMO_PRESETS, demo_checkpoint_path
+
+
+def test_unknown_preset_lists_the_bundled_ones():
+    with pytest.raises(ValueError) as info:
+        demo_checkpoint_path("offline_affine")
+    message = str(info.value)
+    assert "'offline_affine'" in message and "demo_ttt" in message and "demo_attention" in message
+
+
+def test_missing_file_names_the_path_and_what_is_there(tmp_path, monkeypatch):
+    monkeypatch.setattr(assets, "ASSETS_DIR", tmp_path)
+    (tmp_path / "demo_attention.safetensors").write_bytes(b"\0" * 64)
+    with pytest.raises(FileNotFoundError) as info:
+        demo_checkpoint_path("demo_ttt")
+    message = str(info.value)
+    assert str(tmp_path / "demo_ttt.safetensors") in message
+    assert "demo_attention.safetensors" in message  # what exists
+    assert "zipmap_core.training" in message and "bench/train_demo.py" in message  # how to make one
+    assert demo_checkpoint_path("demo_attention") == str(tmp_path / "demo_attention.safetensors")
+
+
+def test_git_lfs_pointer_is_not_taken_for_weights(tmp_path, monkeypatch):
+    monkeypatch.setattr(assets, "ASSETS_DIR", tmp_path)
+    (tmp_path / "demo_ttt.safetensors").write_text(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 9167414\n"
+    )
+    with pytest.raises(FileNotFoundError, match="git-LFS pointer"):
+        demo_checkpoint_path("demo_ttt")
+
+
+def test_bundled_files_fit_their_presets_and_stay_small():
+    """Whatever weights are in zipmap_core/assets (GPU-trained or a CPU placeholder) load strictly."""
+    import os
+
+    import safetensors
+    import torch
+
+    from zipmap_core import ModelConfig, ZipMap, load_checkpoint
+
+    present = [p for p in DEMO_PRESETS if os.path.isfile(assets.ASSETS_DIR / f"{p}.safetensors")]
+    if not present:
+        pytest.skip("no bundled weights in zipmap_core/assets")
+    for preset in present:
+        path = demo_checkpoint_path(preset)
+        assert os.path.getsize(path) < 10e6
+        with safetensors.safe_open(path, "pt") as f:
+            assert f.metadata()["preset"] == preset
+            assert f.get_tensor("aggregator.camera_token").dtype == torch.float16
+        load_checkpoint(ZipMap(ModelConfig.preset(preset)), path)  # strict

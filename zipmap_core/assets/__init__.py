@@ -1,0 +1,57 @@
+"""Model weights bundled with the package: the small demo ZipMaps (see README.md in this folder).
+
+    from zipmap_core.assets import demo_checkpoint_path
+    model = load_checkpoint(ZipMap(ModelConfig.preset("demo_ttt")), demo_checkpoint_path("demo_ttt"))
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["DEMO_PRESETS", "ASSETS_DIR", "demo_checkpoint_path", "bundled_checkpoints"]
+
+ASSETS_DIR = Path(__file__).resolve().parent
+# The presets (zipmap_core.config) whose weights ship in this folder as <preset>.safetensors.
+DEMO_PRESETS = ("demo_ttt", "demo_attention")
+# A git-LFS pointer is a few lines of text; real weights are megabytes.
+_LFS_POINTER_PREFIX = b"version https://git-lfs"
+
+_HOW_TO_MAKE = (
+    "train one with `python bench/train_demo.py --minutes 4 --device cuda --out-dir zipmap_core/assets` "
+    "(both presets), or on a CPU for a placeholder: `python -m zipmap_core.training --config {preset} "
+    "--device cpu --steps 40 --height 112 --width 112 --frames-per-batch 8 --max-frames 4 --pool-size 6 "
+    "--pool-frames 6 --out {path}`"
+)
+
+
+def bundled_checkpoints() -> list[str]:
+    """Names of the weight files present in this folder, sorted."""
+    return sorted(p.name for p in ASSETS_DIR.glob("*.safetensors"))
+
+
+def demo_checkpoint_path(preset: str = "demo_ttt") -> str:
+    """The local path of the bundled weights of a demo preset (`zipmap_core/assets/<preset>.safetensors`).
+
+    Raises ValueError for a preset that has no bundled weights, FileNotFoundError when the file
+    is missing from this installation (or is only a git-LFS pointer).
+    """
+    if preset not in DEMO_PRESETS:
+        raise ValueError(
+            f"no bundled weights for preset {preset!r}; bundled presets: {', '.join(DEMO_PRESETS)} "
+            f"(files in {ASSETS_DIR}: {', '.join(bundled_checkpoints()) or 'none'})"
+        )
+    path = ASSETS_DIR / f"{preset}.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"the bundled weights of {preset!r} are missing: {path} does not exist "
+            f"(files in {ASSETS_DIR}: {', '.join(bundled_checkpoints()) or 'none'}); "
+            + _HOW_TO_MAKE.format(preset=preset, path=path)
+        )
+    with path.open("rb") as f:
+        head = f.read(len(_LFS_POINTER_PREFIX))
+    if head == _LFS_POINTER_PREFIX:
+        raise FileNotFoundError(
+            f"{path} is a git-LFS pointer, not the weights: run `git lfs pull` in the checkout "
+            "(or install the package from a wheel)"
+        )
+    return str(path)
