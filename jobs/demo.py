@@ -1,77 +1,294 @@
 """The embedded default: synthetic captures in, reconstructions out, scored against ground truth.
 
-    python -m jobs.demo [--out outputs/demo] [--sequences 6] [--frames 8]
+    python -m jobs.demo [--out outputs/demo] [--sequences 9] [--frames 8] [--preset demo_ttt]
 
-Generates held-out synthetic capture sequences (images + exact ground truth), reconstructs them
-with the pipeline on a local Ray cluster using the small ZipMap bundled with the package, then
-prints where the outputs are and how good they are next to a trivial baseline (constant depth,
-identity poses). Everything runs on the CPU in a few minutes; a GPU is used when present.
+1. generates held-out synthetic capture sequences (PNG frames + exact ground truth; seeds that
+   the bundled models never saw in training) under <out>/data, or reuses the ones an earlier
+   demo left there with the same settings;
+2. reconstructs them with the pipeline on a local Ray cluster (or the one RAY_ADDRESS names)
+   using the small ZipMap bundled with the package (zipmap_core/assets), into <out>/runs/<run id>;
+3. scores the run against the ground truth next to a trivial baseline (constant depth, identity
+   poses), prints both tables and where the outputs are, and writes <out>/metrics.json.
+
+Everything runs on the CPU in a few minutes; a GPU is used when present. Exit codes as for
+`zipmap-pipeline run`: 0 all sequences done, 1 some failed, 2 bad arguments or missing weights,
+3 infrastructure error (Ray, storage, model loading).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import math
 import os
 import sys
+import time
+from typing import Any
 
-from pipeline import run_job
-from pipeline.spec import JobSpec
-from zipmap_core.assets import demo_checkpoint_path
-from zipmap_core.evaluation.report import evaluate_dataset, format_table, run_predictor, summarize, trivial_predictor
-from zipmap_core.synthetic.dataset import generate_dataset
+import fsspec
 
-HELD_OUT_SEED = 900_000  # far from the seeds the bundled model was trained on
+PATCH = 14
+HELD_OUT_START = 900_000  # demo seeds: below TRAIN_SEED_START, away from bench/train_demo's 0..N
+EXIT_USAGE = 2
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        prog="python -m jobs.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--out", default="outputs/demo", help="where the dataset, the runs and metrics.json go (any fsspec URL)"
+    )
+    ap.add_argument("--sequences", type=int, default=9, help="held-out sequences (9: every scene kind x camera path)")
+    ap.add_argument("--frames", type=int, default=8, help="frames per sequence (at least 2)")
+    ap.add_argument("--preset", default="demo_ttt", help="a bundled model: demo_ttt or demo_attention")
+    ap.add_argument(
+        "--height", type=int, default=168, help="a multiple of 14, at most --width (the bundled models saw 168x224)"
+    )
+    ap.add_argument("--width", type=int, default=224, help="a multiple of 14")
+    ap.add_argument("--engine", default="offline", choices=["offline", "chunked", "streaming"])
+    ap.add_argument("--window", type=int, default=4, help="frames per TTT window of the streaming engine")
+    ap.add_argument("--regenerate", action="store_true", help="render the dataset again even if <out>/data matches")
+    ap.add_argument(
+        "--no-progress", action="store_true", help="no progress bars (the default when stderr is not a terminal)"
+    )
+    args = ap.parse_args(argv)
+    args.progress = not args.no_progress and sys.stderr.isatty()
+    problems = []
+    if args.sequences < 1:
+        problems.append("--sequences must be at least 1")
+    if args.frames < 2:
+        problems.append("--frames must be at least 2 (the pipeline's input.min_frames)")
+    for name in ("height", "width"):
+        value = getattr(args, name)
+        if value < PATCH or value % PATCH:
+            problems.append(f"--{name} must be a positive multiple of {PATCH}, got {value}")
+    if args.window < 1:
+        problems.append("--window must be at least 1")
+    if args.height > args.width:
+        # the pipeline's "crop" preprocessing keeps the width and crops the height to at most the
+        # width: taller frames would be cropped and no longer line up with their ground truth
+        problems.append(f"--height ({args.height}) must not exceed --width ({args.width})")
+    if problems:
+        ap.error("; ".join(problems))
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="outputs/demo", help="where the dataset and the runs go (any fsspec URL)")
-    ap.add_argument("--sequences", type=int, default=6)
-    ap.add_argument("--frames", type=int, default=8)
-    ap.add_argument("--preset", default="demo_ttt", help="a bundled model: demo_ttt or demo_attention")
-    ap.add_argument("--height", type=int, default=168, help="a multiple of 14 (the bundled models saw 168x224)")
-    ap.add_argument("--width", type=int, default=224, help="a multiple of 14")
-    ap.add_argument("--engine", default="offline", choices=["offline", "chunked", "streaming"])
-    args = ap.parse_args(argv)
+    args = parse_args(argv)
+    _quiet_logging()
+    from pipeline.cli import guarded
 
-    height, width = args.height, args.width
-    out = args.out.rstrip("/")
+    return guarded(lambda: _demo(args))
+
+
+def _demo(args: argparse.Namespace) -> int:
+    # heavy imports after argument parsing, so --help and argument errors are instant
+    from zipmap_core.assets import demo_checkpoint_path
+
+    try:
+        checkpoint = demo_checkpoint_path(args.preset)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+    from pipeline import run_job
+    from pipeline.spec import JobSpec
+    from zipmap_core.evaluation.report import evaluate_dataset, run_predictor, summarize, trivial_predictor
+
+    # local paths made absolute: printed locations work from anywhere, and Ray workers need not share our cwd
+    out = args.out.rstrip("/") if "://" in args.out else os.path.abspath(args.out)
     data = f"{out}/data"
-    print(f"1/3 generating {args.sequences} synthetic sequences of {args.frames} frames ({width}x{height}) in {data}")
-    generate_dataset(data, args.sequences, HELD_OUT_SEED, args.frames, height, width)
+    start = time.perf_counter()
 
-    print(f"2/3 reconstructing them with the bundled {args.preset} model on a local Ray cluster")
+    step = time.perf_counter()
+    print(
+        f"[1/3] {args.sequences} held-out synthetic sequences of {args.frames} frames ({args.width}x{args.height}) "
+        f"in {data}",
+        flush=True,
+    )
+    reused = _prepare_dataset(data, args)
+    print(f"      {'reused the dataset already there' if reused else 'rendered'} ({_took(step)})", flush=True)
+
+    step = time.perf_counter()
+    where = (
+        f"the Ray cluster at {os.environ['RAY_ADDRESS']}" if os.environ.get("RAY_ADDRESS") else "a local Ray cluster"
+    )
+    print(f"[2/3] reconstructing them with the bundled {args.preset} model ({checkpoint}) on {where}", flush=True)
     spec = JobSpec.model_validate(
         {
             "input": {"prefix": data},
             "output": f"{out}/runs",
-            "model": {"preset": args.preset, "checkpoint": demo_checkpoint_path(args.preset)},
-            "engine": {"mode": args.engine, "dtype": "float32", "chunk_size": 4},
-            "preprocess": {"size": width},
-            "save_depth": True,
+            "model": {"preset": args.preset, "checkpoint": checkpoint},
+            "engine": {
+                "mode": args.engine,
+                "dtype": "float32",
+                "chunk_size": 4,
+                "window": args.window if args.engine == "streaming" else None,
+            },
+            "preprocess": {"size": args.width},
+            "save_depth": True,  # the depth maps are what the depth metrics score
             "resources": {"num_actors": 1, "max_in_flight_per_actor": 2},
         }
     )
-    summary = run_job(spec, progress=True)
-    if summary.done == 0:
-        print(f"no sequence was reconstructed: {summary.failures}", file=sys.stderr)
-        return 1
+    started_ray = _start_local_ray()
+    try:
+        summary = run_job(spec, progress=args.progress)
+    finally:
+        if started_ray:
+            import ray
 
-    print("3/3 scoring against ground truth")
+            ray.shutdown()
+    print(
+        f"      {summary.done}/{summary.sequences} sequences, {summary.frames} frames, "
+        f"{summary.points} points in {summary.run_uri} ({_took(step)})",
+        flush=True,
+    )
+    for failure in summary.failures:
+        print(
+            f"      failed: {failure['sequence_id']} after {failure['attempts']} attempt(s): {failure['error']}",
+            file=sys.stderr,
+        )
+    if summary.done == 0:
+        print("error: no sequence was reconstructed", file=sys.stderr)
+        return summary.exit_code
+
+    step = time.perf_counter()
+    print("[3/3] scoring against the ground truth", flush=True)
     ours = evaluate_dataset(run_predictor(summary.run_uri), data, progress=False)
     trivial = evaluate_dataset(trivial_predictor(), data, progress=False)
-    print(f"\n{args.preset} ({summary.done}/{summary.sequences} sequences, {summary.frames_per_s:.1f} frames/s):")
-    print(format_table(ours, summarize(ours)))
-    print("\ntrivial baseline (constant depth, identity poses):")
-    print(format_table(trivial, summarize(trivial)))
-    print(
-        f"\noutputs: {summary.run_uri}\n"
-        f"  frames table : {summary.run_uri}/frames (pyarrow.dataset, hive partitioning)\n"
-        f"  point clouds : {summary.run_uri}/points/<sequence>.ply\n"
-        f"  manifest     : {summary.run_uri}/manifest.parquet, summary.json\n"
-        f"  read them    : python -c \"from pipeline import read_outputs; print(read_outputs('{summary.run_uri}').frames)\""
-    )
+    metrics = {
+        "run_uri": summary.run_uri,
+        "preset": args.preset,
+        "checkpoint": checkpoint,
+        "engine": args.engine,
+        "dataset": data,
+        "methods": {
+            args.preset: {"mean": summarize(ours), "sequences": ours},
+            "trivial": {"mean": summarize(trivial), "sequences": trivial},
+        },
+    }
+    metrics_uri = f"{out}/metrics.json"
+    with fsspec.open(metrics_uri, "w") as f:
+        json.dump(_finite_or_none(metrics), f, indent=1)
+    print(f"      done ({_took(step)})\n", flush=True)
+
+    print(_report(args, summary, ours, trivial, data, metrics_uri, time.perf_counter() - start))
     return summary.exit_code
+
+
+# --- steps ------------------------------------------------------------------------------------
+
+
+def _prepare_dataset(data: str, args: argparse.Namespace) -> bool:
+    """Render the held-out dataset into `data` unless the one there has exactly these settings.
+
+    Returns True when an existing dataset was reused. A folder that holds anything else than a
+    dataset of this demo is never touched.
+    """
+    from zipmap_core.synthetic.dataset import INDEX_FILE, generate_dataset, list_sequences
+    from zipmap_core.training.data import held_out_seeds
+
+    seeds = held_out_seeds(args.sequences, start=HELD_OUT_START)
+    fs, root = fsspec.core.url_to_fs(data)
+    index_path = f"{root.rstrip('/')}/{INDEX_FILE}"
+    if fs.exists(root) and fs.ls(root):
+        if not fs.isfile(index_path):
+            raise _spec_error(f"{data} exists and is not a synthetic dataset (no {INDEX_FILE}); choose another --out")
+        index = json.loads(fs.cat_file(index_path))
+        same = (
+            [e.get("seed") for e in index.get("sequences", [])] == seeds
+            and (index.get("num_frames"), index.get("height"), index.get("width"))
+            == (args.frames, args.height, args.width)
+            and len(list_sequences(data)) == args.sequences
+        )
+        if same and not args.regenerate:
+            return True
+        fs.rm(root, recursive=True)  # an earlier demo's dataset with other settings
+    generate_dataset(
+        data, args.sequences, None, args.frames, args.height, args.width, seeds=seeds, progress=args.progress
+    )
+    return False
+
+
+def _start_local_ray() -> bool:
+    """Start a quiet local Ray (no dashboard) unless a cluster is named or already connected;
+    returns True when this call started it. The pipeline would start one itself, with defaults."""
+    import ray
+
+    if ray.is_initialized() or os.environ.get("RAY_ADDRESS"):
+        return False
+    from pipeline.errors import InfrastructureError
+
+    try:
+        ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+    except Exception as exc:
+        raise InfrastructureError(f"cannot start a local Ray cluster: {exc}") from exc
+    return True
+
+
+# --- output -----------------------------------------------------------------------------------
+
+
+def _report(args, summary, ours: list[dict], trivial: list[dict], data: str, metrics_uri: str, seconds: float) -> str:
+    from zipmap_core.evaluation.report import format_table, summarize
+
+    run = summary.run_uri
+    lines = [
+        (
+            f"{args.preset} on {len(ours)} held-out sequences ({summary.done} reconstructed, "
+            f"{summary.frames_per_s:.1f} frames/s over the whole run):"
+        ),
+        format_table(ours, summarize(ours)),
+        "",
+        "trivial baseline (constant depth at the ground-truth median, identity poses):",
+        format_table(trivial, summarize(trivial)),
+        "",
+        "Lower is better except d<1.25. AbsRel, d<1.25: depth after per-frame median scaling; ATE: camera",
+        "centres after Sim(3) alignment; RPE-t, RPE-r: frame-to-frame motion errors; Acc, Comp: point-cloud",
+        "distances after Sim(3) alignment. Lengths are in ground-truth scene units.",
+        "",
+        f"outputs of run {summary.run_id}:",
+        f"  frames table : {run}/frames (Parquet, hive-partitioned by sequence_id)",
+        f"  depth maps   : {run}/depth",
+        f"  point clouds : {run}/points/<sequence>.ply",
+        f"  manifest     : {run}/manifest.parquet, {run}/summary.json",
+        f"  metrics      : {metrics_uri}",
+        f"  input data   : {data} (PNG frames, ground_truth.npz per sequence)",
+        f"  read them    : python -c \"from pipeline import read_outputs; print(read_outputs('{run}').frames)\"",
+        f"demo finished in {seconds:.0f} s",
+    ]
+    return "\n".join(lines)
+
+
+def _took(start: float) -> str:
+    return f"{time.perf_counter() - start:.0f} s"
+
+
+def _finite_or_none(value: Any) -> Any:
+    """NaN/inf as null, so metrics.json is strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+def _spec_error(message: str) -> Exception:
+    from pipeline.errors import SpecError
+
+    return SpecError(message)
+
+
+def _quiet_logging() -> None:
+    """The pipeline's warnings and errors (retries, failures) on stderr, without Ray's start-up chatter."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="      %(levelname)s %(name)s: %(message)s")
+    # local clusters have token authentication on by default; saying so on every start is noise
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 import pytest
 
-import zipmap_core.assets as assets
+from zipmap_core import assets
 from zipmap_core.assets import DEMO_PRESETS, demo_checkpoint_path
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["DEMO_PRESETS", "ASSETS_DIR", "demo_checkpoint_path", "bundled_checkpoints"]
+__all__ = ["ASSETS_DIR", "DEMO_PRESETS", "bundled_checkpoints", "demo_checkpoint_path"]
 
 ASSETS_DIR = Path(__file__).resolve().parent
 # The presets (zipmap_core.config) whose weights ship in this folder as <preset>.safetensors.
