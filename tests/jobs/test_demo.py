@@ -122,7 +122,7 @@ def test_missing_weights_fail_clearly_before_any_work(tmp_path, monkeypatch, cap
     code = demo.main(["--out", str(tmp_path / "demo"), "--sequences", "1", "--frames", "2"])
     assert code == 2
     err = capsys.readouterr().err
-    assert "demo_ttt.safetensors does not exist" in err and "zipmap_core.training" in err
+    assert "demo_ttt.safetensors does not exist" in err and "bench/train_demo.py" in err
     assert not (tmp_path / "demo").exists()
 
 

@@ -21,7 +21,7 @@ def test_missing_file_names_the_path_and_what_is_there(tmp_path, monkeypatch):
     message = str(info.value)
     assert str(tmp_path / "demo_ttt.safetensors") in message
     assert "demo_attention.safetensors" in message  # what exists
-    assert "zipmap_core.training" in message and "bench/train_demo.py" in message  # how to make one
+    assert "bench/train_demo.py" in message and "README.md" in message  # how to make one
     assert demo_checkpoint_path("demo_attention") == str(tmp_path / "demo_attention.safetensors")
 
 

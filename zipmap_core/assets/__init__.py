@@ -17,10 +17,8 @@ DEMO_PRESETS = ("demo_ttt", "demo_attention")
 _LFS_POINTER_PREFIX = b"version https://git-lfs"
 
 _HOW_TO_MAKE = (
-    "train one with `python bench/train_demo.py --minutes 4 --device cuda --out-dir zipmap_core/assets` "
-    "(both presets), or on a CPU for a placeholder: `python -m zipmap_core.training --config {preset} "
-    "--device cpu --steps 40 --height 112 --width 112 --frames-per-batch 8 --max-frames 4 --pool-size 6 "
-    "--pool-frames 6 --out {path}`"
+    "the shipped files are trained with `python bench/train_demo.py --minutes 4 --device cuda "
+    "--out-dir zipmap_core/assets`; {readme} shows how to make CPU placeholders with `python -m zipmap_core.training`"
 )
 
 
@@ -45,7 +43,7 @@ def demo_checkpoint_path(preset: str = "demo_ttt") -> str:
         raise FileNotFoundError(
             f"the bundled weights of {preset!r} are missing: {path} does not exist "
             f"(files in {ASSETS_DIR}: {', '.join(bundled_checkpoints()) or 'none'}); "
-            + _HOW_TO_MAKE.format(preset=preset, path=path)
+            + _HOW_TO_MAKE.format(readme=ASSETS_DIR / "README.md")
         )
     with path.open("rb") as f:
         head = f.read(len(_LFS_POINTER_PREFIX))
