@@ -54,6 +54,8 @@ def main() -> None:
     ap.add_argument("--host-budget-gb", type=float, default=24.0)
     ap.add_argument("--gpu-cache-gb", type=float, default=6.0)
     ap.add_argument("--head-inputs", default="auto", choices=["auto", "keep", "recompute"])
+    ap.add_argument("--fast", action="store_true", help="the fast path (bf16 weights, bf16 heads)")
+    ap.add_argument("--compile", action="store_true", help="the fast path compiled (implies --fast)")
     ap.add_argument("--json", help="also write the rows here")
     args = ap.parse_args()
 
@@ -61,13 +63,19 @@ def main() -> None:
     with torch.device("cuda"):
         model = ZipMap(ModelConfig.preset(args.preset)).eval()
     rows = []
-    offline = EngineConfig(mode="offline", dtype=args.dtype)
+    fast = {"fast": args.fast or args.compile, "compile": args.compile}
+    offline = EngineConfig(mode="offline", dtype=args.dtype, **fast)
     chunked = EngineConfig(
         mode="chunked", dtype=args.dtype, chunk_size=args.chunk_size, host_memory_budget_gb=args.host_budget_gb,
-        gpu_cache_gb=args.gpu_cache_gb, head_inputs=args.head_inputs,
+        gpu_cache_gb=args.gpu_cache_gb, head_inputs=args.head_inputs, **fast,
     )
-    warm = torch.rand(4, 3, args.height, args.width)
-    run_once(model, warm, offline), run_once(model, warm, chunked)
+    start = time.perf_counter()
+    for n in (4, 2 * args.chunk_size + 3):  # two shapes: a compiled model then treats the frame count as dynamic
+        warm = torch.rand(n, 3, args.height, args.width)
+        run_once(model, warm, chunked)
+        if args.frames:
+            run_once(model, warm, offline)
+    print(f"warm-up (compilation included): {time.perf_counter() - start:.0f} s", flush=True)
 
     for n in args.frames + args.chunked_only:
         images = torch.rand(n, 3, args.height, args.width)
@@ -80,9 +88,9 @@ def main() -> None:
         del images
         gc.collect()
 
-    fmt = lambda v, f: "-" if v is None else f.format(v)  # noqa: E731
+    fmt = lambda v, f: "-" if v is None else f.format(v)
     print(f"\n{torch.cuda.get_device_name()}, {args.preset}, {args.dtype}, chunk {args.chunk_size}, "
-          f"{args.height}x{args.width}, median of {args.repeats} (1 above 1000 frames), "
+          f"{'compiled ' if args.compile else ''}{'fast path, ' if fast['fast'] else ''}{args.height}x{args.width}, median of {args.repeats} (1 above 1000 frames), "
           f"GPU cache {args.gpu_cache_gb} GiB, host budget {args.host_budget_gb} GiB, head inputs {args.head_inputs}\n")
     print("| N | offline s | offline GiB | chunked s | chunked GiB | chunked/offline time | chunked frames/s |")
     print("|---|---|---|---|---|---|---|")

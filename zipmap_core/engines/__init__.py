@@ -15,9 +15,15 @@ from collections.abc import Iterator
 import torch
 
 from zipmap_core.engines.chunked import reconstruct_chunked
+from zipmap_core.engines.compiled import compile_for_inference
 from zipmap_core.engines.config import EngineConfig
 from zipmap_core.engines.offline import reconstruct_offline
-from zipmap_core.engines.precision import resolve_device, use_published_precision
+from zipmap_core.engines.precision import (
+    cast_for_inference,
+    resolve_device,
+    use_published_precision,
+    weights_dtype,
+)
 from zipmap_core.engines.results import FramePrediction
 from zipmap_core.engines.streaming import StreamingSession, reconstruct_streaming
 from zipmap_core.models.zipmap import ZipMap
@@ -46,5 +52,14 @@ def reconstruct(
         raise ValueError(f"image size {tuple(images.shape[-2:])} is not a multiple of the patch size {p}")
     device = resolve_device(device, model)
     model.eval()
+    if engine.fast:
+        cast_for_inference(model, engine.dtype)
+        if engine.compile:
+            compile_for_inference(model)
+    elif weights_dtype(model) != torch.float32:
+        raise ValueError(
+            f"this model's weights were cast to {weights_dtype(model)} for the fast path; "
+            "use EngineConfig(fast=True, ...) or load a fresh model"
+        )
     use_published_precision(model, engine.dtype)
     return _ENGINES[engine.mode](model, images, engine, device)

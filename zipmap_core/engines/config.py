@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class EngineConfig(BaseModel):
@@ -22,6 +22,11 @@ class EngineConfig(BaseModel):
     chunk_size: int = Field(default=16, ge=1)
     window: int | None = Field(default=None, ge=1)  # None: the model config's streaming_window
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # the GPU fast path: weights stored in `dtype` (cast in place, once; the camera head and the
+    # fast-weight updates stay float32), dense heads channels-last in `dtype`, no autocast
+    fast: bool = False
+    # fast path only: torch.compile the blocks (the first sequences of each new shape pay for it)
+    compile: bool = False
     gpu_cache_gb: float = Field(default=6.0, ge=0)  # chunked: activations kept on the GPU up to this
     host_memory_budget_gb: float = Field(default=32.0, gt=0)  # chunked: then pinned host memory, then scratch
     scratch_dir: str | None = None  # chunked: where spilled activations go (a temp dir by default)
@@ -32,3 +37,11 @@ class EngineConfig(BaseModel):
     # run the local-point head too (half of the dense-head compute); depth and cameras suffice for
     # world points, so it is off unless asked for
     local_points: bool = False
+
+    @model_validator(mode="after")
+    def _fast_needs_low_precision(self) -> EngineConfig:
+        if self.fast and self.dtype == "float32":
+            raise ValueError("fast=True stores the weights in bfloat16 or float16: set dtype accordingly")
+        if self.compile and not self.fast:
+            raise ValueError("compile=True is part of the fast path: set fast=True too")
+        return self

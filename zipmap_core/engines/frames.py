@@ -16,6 +16,25 @@ def align_to_reference(extrinsics: torch.Tensor, reference: torch.Tensor) -> tor
     return extrinsics @ to_homogeneous(invert_rigid(reference))
 
 
+def host_arrays(*tensors: torch.Tensor | None) -> list[np.ndarray | None]:
+    """Copy GPU tensors to the host through pinned memory, all in flight at once, then wait once.
+
+    A copy into pageable memory runs at a few GB/s and blocks; into page-locked memory it runs at
+    the bus speed. The pinned blocks come from torch's caching host allocator, so a long-lived
+    engine reuses them instead of page-locking fresh memory for every sequence."""
+    out = []
+    for t in tensors:
+        if t is None or t.device.type != "cuda":
+            out.append(t)
+            continue
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        host.copy_(t, non_blocking=True)
+        out.append(host)
+    if any(t is not None and t.device.type == "cuda" for t in tensors):
+        torch.cuda.current_stream().synchronize()
+    return [None if t is None else t.numpy() for t in out]
+
+
 def frame_predictions(
     first_index: int,
     images: torch.Tensor,
@@ -28,13 +47,12 @@ def frame_predictions(
     Only depth and confidence (and local points when the head ran) leave the GPU: colours come
     from the input images and world points are derived on the host when asked for.
     """
-    depth_conf = torch.stack([dense["depth"][0, ..., 0], dense["depth_conf"][0]]).float().cpu().numpy()
     local = dense.get("local_points")
     if local is not None:
-        local = local_to_world(local[0].float(), extrinsics.float().to(local.device)).cpu().numpy()
-    rgb = (images.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    ext = extrinsics.float().cpu().numpy()
-    K = intrinsics.float().cpu().numpy()
+        local = local_to_world(local[0].float(), extrinsics.float().to(local.device))
+    rgb = (images.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+    depth_conf = torch.stack([dense["depth"][0, ..., 0], dense["depth_conf"][0]]).float()
+    depth_conf, local, rgb, ext, K = host_arrays(depth_conf, local, rgb, extrinsics.float(), intrinsics.float())
     for s in range(depth_conf.shape[1]):
         yield FramePrediction(
             index=first_index + s,

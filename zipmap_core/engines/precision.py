@@ -28,7 +28,9 @@ def _strict_float32():
 
 
 def autocast(device: torch.device, dtype_name: str):
-    """bf16/fp16 autocast for the aggregator (the heads switch it off themselves)."""
+    """bf16/fp16 autocast for the aggregator (the heads switch it off themselves). On the fast
+    path too: its matrices are already bf16, so autocast casts only activations, and the residual
+    stream, norms and layer scales stay float32 as in the released code."""
     if dtype_name == "float32":
         return _strict_float32() if device.type == "cuda" else contextlib.nullcontext()
     return torch.autocast(device.type, dtype=DTYPES[dtype_name])
@@ -40,3 +42,42 @@ def use_published_precision(model: torch.nn.Module, dtype_name: str) -> None:
     for module in model.modules():
         if hasattr(module, "ns_dtype"):
             module.ns_dtype = ns_dtype
+
+
+def float32_parameters(model: torch.nn.Module) -> set[torch.nn.Parameter]:
+    """What stays float32 on the fast path: every vector of the trunk (norms, biases, layer
+    scales), the learned tokens and position embeddings, which autocast would never round; the
+    camera head; the TTT layers' initial fast weights (their update is accumulated and applied in
+    float32); and the dense heads' last 1x1 convolution (depth is the exp of its output). With
+    these, cameras match the autocast path's; rounding them moved poses by several percent."""
+    keep = set(model.pose_head.parameters())
+    heads = {p for head in model.dense_heads().values() for p in head.parameters()}
+    for name, p in model.named_parameters():
+        if p not in heads and (p.dim() < 2 or name.endswith(("token", "tokens", "pos_embed"))):
+            keep.add(p)
+    for module in model.modules():
+        if hasattr(module, "ns_dtype"):  # FastWeightSwiGLU
+            keep |= {module.w0, module.w1, module.w2}
+    for head in model.dense_heads().values():
+        keep |= set(head.scratch.output_conv2[-1].parameters())
+    return keep
+
+
+def weights_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype of the bulk of the weights (float32 unless cast for the fast path)."""
+    return model.aggregator.frame_blocks[0].attn.qkv.weight.dtype
+
+
+def cast_for_inference(model: torch.nn.Module, dtype_name: str) -> None:
+    """The fast path's model, made in place: weight matrices stored in bf16/fp16 (autocast then
+    has nothing to cast), the dense heads in bf16 and channels-last (the released code runs them
+    in float32). Idempotent; a cast model only runs fast engines."""
+    dtype = DTYPES[dtype_name]
+    if weights_dtype(model) == dtype:
+        return
+    keep = float32_parameters(model)
+    for p in model.parameters():
+        p.data = p.data.float() if p in keep else p.data.to(dtype)
+    for head in model.dense_heads().values():
+        head.to(memory_format=torch.channels_last)
+        head.channels_last = True

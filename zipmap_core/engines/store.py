@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from collections.abc import Hashable
 from dataclasses import dataclass
+from typing import Self
 
 import torch
 
@@ -76,7 +77,7 @@ class ActivationStore:
         self.peak_host_bytes = 0
         self.spilled_bytes = 0
 
-    def __enter__(self) -> "ActivationStore":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

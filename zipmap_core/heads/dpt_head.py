@@ -118,6 +118,7 @@ class DPTHead(nn.Module):
             ]
         )
         self.scratch = Scratch(out_channels, features, hidden, output_dim)
+        self.channels_last = False  # set by the fast path, whose convolutions run channels-last in bf16
 
     def _add_pos(self, x: torch.Tensor, aspect: float) -> torch.Tensor:
         if not self.pos_embed:
@@ -144,9 +145,12 @@ class DPTHead(nn.Module):
         """Second stage: the four projected layers -> (map [B, S, H, W, C], conf [B, S, H, W] or None)."""
         H, W = image_hw
         gh, gw = H // self.patch_size, W // self.patch_size
-        feats = [resize(x) for resize, x in zip(self.resize_layers, projected)]
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        feats = [resize(x.contiguous(memory_format=layout)) for resize, x in zip(self.resize_layers, projected)]
         x = _upsample(self.scratch.fuse(feats), size=(gh * self.patch_size, gw * self.patch_size))
-        x = self.scratch.output_conv2(self._add_pos(x, W / H))
+        conv, relu, last = self.scratch.output_conv2
+        x = relu(conv(self._add_pos(x, W / H)))
+        x = last(x.to(last.weight.dtype))  # the fast path keeps this tiny conv (and the activations) in float32
         x = x.permute(0, 2, 3, 1).reshape(batch, -1, x.shape[2], x.shape[3], x.shape[1])
         if self.conf_activation is None:
             return activate_points(x, self.activation), None

@@ -26,25 +26,25 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class RotaryPositionEmbedding2D(nn.Module):
+    """Positions may broadcast over the batch ([1, N, 2] for N tokens shared by every frame): the
+    rotation angles are computed from them directly, so no host sync and no per-frame tables."""
+
     def __init__(self, frequency: float = 100.0):
         super().__init__()
         self.frequency = frequency
 
-    def _cos_sin(self, dim: int, max_pos: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        inv_freq = 1.0 / (self.frequency ** (torch.arange(0, dim, 2, device=device).float() / dim))
-        angles = torch.outer(torch.arange(max_pos, device=device, dtype=inv_freq.dtype), inv_freq)
-        angles = torch.cat((angles, angles), dim=-1)
+    def _cos_sin(self, pos: torch.Tensor, dim: int, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """pos [B, N] -> cos, sin [B, 1, N, dim] (each frequency twice, for `_rotate_half`)."""
+        inv_freq = 1.0 / (self.frequency ** (torch.arange(0, dim, 2, device=pos.device).float() / dim))
+        angles = pos.float()[..., None] * inv_freq
+        angles = torch.cat((angles, angles), dim=-1)[:, None]
         return angles.cos().to(dtype), angles.sin().to(dtype)
 
-    def _rotate_1d(self, x: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        cos, sin = cos[pos][:, None], sin[pos][:, None]  # [B, 1, N, d]
+    def _rotate_1d(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        cos, sin = self._cos_sin(pos, x.shape[-1], x.dtype)
         return x * cos + _rotate_half(x) * sin
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """x: [B, heads, N, head_dim]; pos: [B, N, 2] integer (row, col)."""
-        half = x.shape[-1] // 2
-        cos, sin = self._cos_sin(half, int(pos.max()) + 1, x.device, x.dtype)
+        """x: [B, heads, N, head_dim]; pos: [B or 1, N, 2] integer (row, col)."""
         rows, cols = x.chunk(2, dim=-1)
-        return torch.cat(
-            (self._rotate_1d(rows, pos[..., 0], cos, sin), self._rotate_1d(cols, pos[..., 1], cos, sin)), dim=-1
-        )
+        return torch.cat((self._rotate_1d(rows, pos[..., 0]), self._rotate_1d(cols, pos[..., 1])), dim=-1)

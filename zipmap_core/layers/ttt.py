@@ -88,8 +88,10 @@ def fast_weight_gradients(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Learning-rate-weighted descent directions of the negative-dot-product loss, summed over tokens.
 
-    Returns (d_w0 [b, d, dh], d_w1 [b, dh, d], d_w2 [b, d, dh]) in float32.
+    Returns (d_w0 [b, d, dh], d_w1 [b, dh, d], d_w2 [b, d, dh]) in float32. The products run in
+    the tokens' dtype (bf16 on the fast path, where the fast weights themselves stay float32).
     """
+    w0, w1, w2 = (w.to(k.dtype) for w in (w0, w1, w2))
     gate = k @ w0
     up = k @ w2
     silu_gate = F.silu(gate)
@@ -122,7 +124,7 @@ class TTTState:
         norms: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
         ns_steps: int,
         ns_dtype: torch.dtype | None = None,
-    ) -> "TTTState":
+    ) -> TTTState:
         """Apply one orthogonalised update, then pull every column back to its norm in `norms`."""
         new = []
         for w, g, n in zip((self.w0, self.w1, self.w2), grads, norms):
@@ -130,7 +132,7 @@ class TTTState:
             new.append(w / (w.norm(dim=1, keepdim=True) + WEIGHT_NORM_EPS) * n)
         return TTTState(*new)
 
-    def to(self, *args, **kwargs) -> "TTTState":
+    def to(self, *args, **kwargs) -> TTTState:
         return TTTState(self.w0.to(*args, **kwargs), self.w1.to(*args, **kwargs), self.w2.to(*args, **kwargs))
 
 
@@ -210,11 +212,11 @@ class FastWeightSwiGLU(nn.Module):
         return state.step(grads, norms, self.muon_steps, self.ns_dtype)
 
     def read(self, state: TTTState, q: torch.Tensor) -> torch.Tensor:
-        return swiglu(state.w0, state.w1, state.w2, q)
+        return swiglu(state.w0.to(q.dtype), state.w1.to(q.dtype), state.w2.to(q.dtype), q)
 
     def output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Fast-weight read-out [B*h, L, d] -> block output [B, L, dim]."""
-        o = self.o_norm(o)
+        o = self.o_norm(o.to(self.o_norm.weight.dtype))  # one dtype: the fused kernel (bf16 reads under autocast)
         Bh, L, d = o.shape
         o = o.reshape(Bh // self.num_heads, self.num_heads, L, d).transpose(1, 2).reshape(-1, L, self.num_heads * d)
         if self.gate_fn is not None:

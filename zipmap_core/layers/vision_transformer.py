@@ -55,7 +55,7 @@ class DinoVisionTransformer(nn.Module):
         nn.init.normal_(self.register_tokens, std=1e-6)
 
     @classmethod
-    def from_name(cls, name: str, img_size: int, patch_size: int, num_register_tokens: int) -> "DinoVisionTransformer":
+    def from_name(cls, name: str, img_size: int, patch_size: int, num_register_tokens: int) -> DinoVisionTransformer:
         dim, depth, heads = VIT_SIZES[name]
         return cls(dim, depth, heads, img_size, patch_size, num_register_tokens)
 

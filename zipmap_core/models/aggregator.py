@@ -15,7 +15,12 @@ from zipmap_core.config import ModelConfig
 from zipmap_core.layers.block import Block, TTTBlock
 from zipmap_core.layers.patch_embed import PatchEmbed
 from zipmap_core.layers.rope import RotaryPositionEmbedding2D, patch_positions
-from zipmap_core.layers.ttt import FastWeightSwiGLU, TTTOp, TTTState, bidirectional_schedule
+from zipmap_core.layers.ttt import (
+    FastWeightSwiGLU,
+    TTTOp,
+    TTTState,
+    bidirectional_schedule,
+)
 from zipmap_core.layers.vision_transformer import DinoVisionTransformer
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -34,7 +39,7 @@ class Aggregator(nn.Module):
                 cfg.patch_embed, cfg.img_size, cfg.patch_size, cfg.num_register_tokens
             )
         self.rope = RotaryPositionEmbedding2D(cfg.rope_freq) if cfg.rope_freq > 0 else None
-        block_args = dict(dim=C, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, init_values=cfg.layer_scale_init)
+        block_args = {"dim": C, "num_heads": cfg.num_heads, "mlp_ratio": cfg.mlp_ratio, "init_values": cfg.layer_scale_init}
         self.frame_blocks = nn.ModuleList(
             Block(**block_args, qk_norm=cfg.qk_norm, rope=self.rope) for _ in range(cfg.depth)
         )
@@ -93,9 +98,7 @@ class Aggregator(nn.Module):
 
     def frame_block(self, i: int, tokens: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
         B, S, P, C = tokens.shape
-        x = tokens.reshape(B * S, P, C)
-        pos = None if pos is None else pos.expand(B * S, -1, -1)
-        return self.frame_blocks[i](x, pos).reshape(B, S, P, C)
+        return self.frame_blocks[i](tokens.reshape(B * S, P, C), pos).reshape(B, S, P, C)
 
     def global_block(
         self,
@@ -111,7 +114,7 @@ class Aggregator(nn.Module):
         if self.is_ttt:
             x, state = block(x, schedule, state)
         else:
-            x = block(x, None if pos is None else pos.repeat(B, S, 1))
+            x = block(x, None if pos is None else pos.repeat(1, S, 1))
         return x.reshape(B, S, P, C), state
 
     def output_layers(self) -> list[int]:

@@ -12,6 +12,10 @@ from zipmap_core.layers.ttt import TTTOp, TTTState
 from zipmap_core.models.aggregator import Aggregator
 
 
+def _weight_dtype(head: nn.Module) -> torch.dtype:
+    return head.norm.weight.dtype
+
+
 class ZipMap(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -24,10 +28,10 @@ class ZipMap(nn.Module):
             )
         else:
             self.camera_mlp_head = CameraMLPHead(dim)
-        dpt = dict(
-            dim_in=dim, patch_size=config.patch_size, features=config.dpt.features,
-            out_channels=config.dpt.out_channels, hidden=config.dpt.hidden, pos_embed=config.dpt.pos_embed,
-        )
+        dpt = {
+            "dim_in": dim, "patch_size": config.patch_size, "features": config.dpt.features,
+            "out_channels": config.dpt.out_channels, "hidden": config.dpt.hidden, "pos_embed": config.dpt.pos_embed,
+        }
         if config.enable_local_points:
             self.local_point_head = DPTHead(output_dim=3, activation="xy_exp", conf_activation=None, **dpt)
         if config.enable_depth:
@@ -53,20 +57,21 @@ class ZipMap(nn.Module):
     def project_for_heads(
         self, layer: int, tokens: torch.Tensor, image_hw: tuple[int, int], local_points: bool = True
     ) -> dict[str, torch.Tensor]:
-        """First stage of each dense head on one DPT layer's tokens [B, S, P, 2C] (float32)."""
+        """First stage of each dense head on one DPT layer's tokens [B, S, P, 2C], in the head's
+        weight dtype (float32, or bf16 on the fast path) with autocast off."""
         k = self.config.dpt.layers.index(layer)
         start = self.config.patch_start_idx
         with torch.autocast(tokens.device.type, enabled=False):
             return {
-                name: head.project_layer(k, tokens.float(), image_hw, start)
+                name: head.project_layer(k, tokens.to(_weight_dtype(head)), image_hw, start)
                 for name, head in self.dense_heads(local_points).items()
             }
 
     def decode_dense(
         self, projected: dict[str, list[torch.Tensor]], image_hw: tuple[int, int], frames_per_pass: int = 8
     ) -> dict[str, torch.Tensor]:
-        """Second stage of the dense heads, a few frames at a time: the heads run in float32 at
-        full image resolution, so peak memory depends on `frames_per_pass`, not on the sequence.
+        """Second stage of the dense heads, a few frames at a time: the heads run at full image
+        resolution, so peak memory depends on `frames_per_pass`, not on the sequence.
 
         projected: {head: 4 tensors [S, C_i, h, w]} -> {"depth": [1, S, H, W, 1], "depth_conf": ..., ...}
         """
@@ -76,7 +81,8 @@ class ZipMap(nn.Module):
             for name, feats in projected.items():
                 head = self.dense_heads()[name]
                 with torch.autocast(feats[0].device.type, enabled=False):
-                    value, conf = head.decode([f[s : s + frames_per_pass].float() for f in feats], image_hw, 1)
+                    dtype = _weight_dtype(head)
+                    value, conf = head.decode([f[s : s + frames_per_pass].to(dtype) for f in feats], image_hw, 1)
                 parts.setdefault(name, []).append(value)
                 if conf is not None:
                     parts.setdefault(name + "_conf", []).append(conf)
@@ -120,6 +126,6 @@ class ZipMap(nn.Module):
             raise ValueError(f"expected images [B, S, 3, H, W], got {tuple(images.shape)}")
         layers, states = self.aggregator(images, schedule, states, first_frame)
         out = {"pose_enc": self.predict_cameras(layers[self.config.depth - 1])}
-        out.update(self.predict_dense(layers, images.shape[-2:], local_points=local_points))
+        out.update(self.predict_dense(layers, tuple(images.shape[-2:]), local_points=local_points))
         out["states"] = states
         return out
