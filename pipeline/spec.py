@@ -201,6 +201,16 @@ class JobSpec(_Section):
     def _strip_slash(cls, output: str) -> str:
         return output.rstrip("/") or output
 
+    @model_validator(mode="after")
+    def _engine_fits_model(self) -> "JobSpec":
+        """Settings every sequence would fail on are spec errors, not per-sequence retries."""
+        model = self.model.config()
+        if self.engine.mode in ("chunked", "streaming") and model.global_block != "ttt":
+            raise ValueError(f"engine.mode {self.engine.mode!r} needs a TTT model; preset {model.name!r} is not one")
+        if self.engine.mode == "streaming" and self.engine.window is None and model.streaming_window is None:
+            raise ValueError(f"engine.mode 'streaming' needs engine.window: preset {model.name!r} has no default window")
+        return self
+
     @model_serializer(mode="wrap")
     def _redacting(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
         data = handler(self)

@@ -67,6 +67,9 @@ def test_json_round_trip(tmp_path):
         (["storage.options.secret=abc"], "credentials"),
         (["storage.options.client_kwargs.aws_secret_access_key=abc"], "credentials"),
         (["typo_field=1"], "typo_field"),
+        (["model.preset=demo_ttt", "engine.mode=streaming"], "needs engine.window"),
+        (["model.preset=demo_attention", "engine.mode=chunked"], "needs a TTT model"),
+        (["engine.fast=true"], "bfloat16 or float16"),
     ],
 )
 def test_invalid_specs_are_rejected(overrides, message):
