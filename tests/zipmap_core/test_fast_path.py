@@ -71,6 +71,16 @@ def test_fast_path_matches_float32_on_a_trained_model(trained, scene, mode):
     assert fast["depth"] > 0  # the fast path did not silently run float32
 
 
+def test_fast_chunked_recomputing_head_inputs_equals_keeping_them(trained, scene):
+    """The recompute path reruns the trunk per chunk after frames were already yielded."""
+    model = copy.deepcopy(trained)
+    common = dict(mode="chunked", chunk_size=4, dtype="bfloat16", fast=True)
+    kept = list(reconstruct(model, scene, EngineConfig(head_inputs="keep", **common)))
+    rerun = list(reconstruct(model, scene, EngineConfig(head_inputs="recompute", **common)))
+    assert rel(stacked(rerun, "depth"), stacked(kept, "depth")) < 1e-2
+    assert np.array_equal(stacked(rerun, "extrinsic"), stacked(kept, "extrinsic"))
+
+
 def test_cast_keeps_the_precision_sensitive_parts_in_float32(trained):
     model = copy.deepcopy(trained)
     cast_for_inference(model, "bfloat16")

@@ -129,7 +129,10 @@ def reconstruct_chunked(
                         store.drop(("head", name, i, c))
                 dense = model.decode_dense(projected, image_hw)
             else:
-                layers = _rerun_for_heads(agg, trained, images[c[0] : c[1]].to(device), c[0], pos, dpt_layers)
+                # autocast again: the consumer ran between this generator's yields, and autocast
+                # state is per thread, not per generator
+                with autocast(device, engine.dtype):
+                    layers = _rerun_for_heads(agg, trained, images[c[0] : c[1]].to(device), c[0], pos, dpt_layers)
                 dense = model.predict_dense(layers, image_hw, local_points=engine.local_points)
             yield from frame_predictions(
                 c[0], images[c[0] : c[1]], extrinsics[c[0] : c[1]], intrinsics[c[0] : c[1]], dense
