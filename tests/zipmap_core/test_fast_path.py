@@ -81,6 +81,14 @@ def test_fast_chunked_recomputing_head_inputs_equals_keeping_them(trained, scene
     assert np.array_equal(stacked(rerun, "extrinsic"), stacked(kept, "extrinsic"))
 
 
+@pytest.mark.parametrize("mode", ["offline", "chunked", "streaming"])
+def test_autocast_does_not_leak_into_the_consumer(trained, scene, mode):
+    """Engines are generators: the caller's code between frames must not run under their autocast."""
+    engine = EngineConfig(mode=mode, dtype="bfloat16", chunk_size=4, window=3)
+    for _ in reconstruct(trained, scene, engine):
+        assert not torch.is_autocast_enabled("cpu")
+
+
 def test_cast_keeps_the_precision_sensitive_parts_in_float32(trained):
     model = copy.deepcopy(trained)
     cast_for_inference(model, "bfloat16")

@@ -79,61 +79,60 @@ def reconstruct_chunked(
     budget = int(engine.host_memory_budget_gb * 2**30)
 
     gpu_budget = int(engine.gpu_cache_gb * 2**30)
-    with ActivationStore(device, budget, engine.scratch_dir, gpu_budget) as store, autocast(device, engine.dtype):
-        # layer 0: embed, frame block 0, pass 1 of global block 0
-        layer = _GlobalLayer(agg.global_blocks[0])
-        for c in chunks:
-            tokens = agg.embed(images[c[0] : c[1]].to(device, non_blocking=True).unsqueeze(0), first_frame=c[0])
-            frame_out = agg.frame_block(0, tokens, pos)
-            layer.accumulate(frame_out)
-            store.put(("frame", c), frame_out)
-        heads = list(model.dense_heads(engine.local_points))
-        keep_heads = _keep_head_inputs(engine, model, frame_out, S, image_hw, budget + gpu_budget)
+    with ActivationStore(device, budget, engine.scratch_dir, gpu_budget) as store:
+        with autocast(device, engine.dtype):
+            # layer 0: embed, frame block 0, pass 1 of global block 0
+            layer = _GlobalLayer(agg.global_blocks[0])
+            for c in chunks:
+                tokens = agg.embed(images[c[0] : c[1]].to(device, non_blocking=True).unsqueeze(0), first_frame=c[0])
+                frame_out = agg.frame_block(0, tokens, pos)
+                layer.accumulate(frame_out)
+                store.put(("frame", c), frame_out)
+            heads = list(model.dense_heads(engine.local_points))
+            keep_heads = _keep_head_inputs(engine, model, frame_out, S, image_hw, budget + gpu_budget)
 
-        trained = []
-        for i in range(cfg.depth):
-            layer.finalize()
-            trained.append(layer)
-            next_layer = _GlobalLayer(agg.global_blocks[i + 1]) if i < last else None
-            pending = store.fetch(("frame", chunks[0]))
-            for j, c in enumerate(chunks):
-                frame_out = pending.wait()
-                if j + 1 < len(chunks):
-                    pending = store.fetch(("frame", chunks[j + 1]))
-                tokens = layer.apply(frame_out)
-                if keep_heads and i in dpt_layers:
-                    both = torch.cat([frame_out, tokens], dim=-1)
-                    for name, x in model.project_for_heads(i, both, image_hw, engine.local_points).items():
-                        store.put(("head", name, i, c), x.to(frame_out.dtype))
-                if i == last:
-                    store.put(("camera", c), torch.cat([frame_out[:, :, 0], tokens[:, :, 0]], dim=-1))
-                    store.drop(("frame", c))
-                else:
-                    frame_out = agg.frame_block(i + 1, tokens, pos)
-                    next_layer.accumulate(frame_out)
-                    store.put(("frame", c), frame_out)
-            layer = next_layer
+            trained = []
+            for i in range(cfg.depth):
+                layer.finalize()
+                trained.append(layer)
+                next_layer = _GlobalLayer(agg.global_blocks[i + 1]) if i < last else None
+                pending = store.fetch(("frame", chunks[0]))
+                for j, c in enumerate(chunks):
+                    frame_out = pending.wait()
+                    if j + 1 < len(chunks):
+                        pending = store.fetch(("frame", chunks[j + 1]))
+                    tokens = layer.apply(frame_out)
+                    if keep_heads and i in dpt_layers:
+                        both = torch.cat([frame_out, tokens], dim=-1)
+                        for name, x in model.project_for_heads(i, both, image_hw, engine.local_points).items():
+                            store.put(("head", name, i, c), x.to(frame_out.dtype))
+                    if i == last:
+                        store.put(("camera", c), torch.cat([frame_out[:, :, 0], tokens[:, :, 0]], dim=-1))
+                        store.drop(("frame", c))
+                    else:
+                        frame_out = agg.frame_block(i + 1, tokens, pos)
+                        next_layer.accumulate(frame_out)
+                        store.put(("frame", c), frame_out)
+                layer = next_layer
 
-        camera_tokens = torch.cat([store.get(("camera", c)) for c in chunks], dim=1)
+            camera_tokens = torch.cat([store.get(("camera", c)) for c in chunks], dim=1)
+        # cameras as in the offline engine: the head and the conversion outside autocast
         pose_enc = model.predict_cameras(camera_tokens.unsqueeze(2))
         extrinsics, intrinsics = pose_encoding_to_cameras(pose_enc[0], image_hw)
         extrinsics = align_to_reference(extrinsics, extrinsics[0])
 
         for c in chunks:
-            if keep_heads:
-                projected = {
-                    name: [store.get(("head", name, i, c)) for i in cfg.dpt.layers] for name in heads
-                }
-                for name in heads:
-                    for i in cfg.dpt.layers:
-                        store.drop(("head", name, i, c))
-                dense = model.decode_dense(projected, image_hw)
-            else:
-                # autocast again: the consumer ran between this generator's yields, and autocast
-                # state is per thread, not per generator
-                with autocast(device, engine.dtype):
+            # autocast is never held across a yield: the consumer's code runs between yields
+            with autocast(device, engine.dtype):
+                if keep_heads:
+                    projected = {name: [store.get(("head", name, i, c)) for i in cfg.dpt.layers] for name in heads}
+                    for name in heads:
+                        for i in cfg.dpt.layers:
+                            store.drop(("head", name, i, c))
+                    dense = model.decode_dense(projected, image_hw)
+                else:
                     layers = _rerun_for_heads(agg, trained, images[c[0] : c[1]].to(device), c[0], pos, dpt_layers)
-                dense = model.predict_dense(layers, image_hw, local_points=engine.local_points)
+                    dense = model.predict_dense(layers, image_hw, local_points=engine.local_points)
             yield from frame_predictions(
                 c[0], images[c[0] : c[1]], extrinsics[c[0] : c[1]], intrinsics[c[0] : c[1]], dense
             )

@@ -22,8 +22,9 @@ class EngineConfig(BaseModel):
     chunk_size: int = Field(default=16, ge=1)
     window: int | None = Field(default=None, ge=1)  # None: the model config's streaming_window
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    # the GPU fast path: weights stored in `dtype` (cast in place, once; the camera head and the
-    # fast-weight updates stay float32), dense heads channels-last in `dtype`, no autocast
+    # the GPU fast path: weight matrices stored in `dtype` (cast in place, once; vectors, tokens,
+    # the camera head and the fast-weight updates stay float32, see precision.float32_parameters),
+    # dense heads channels-last in `dtype`; the trunk still runs under autocast
     fast: bool = False
     # fast path only: torch.compile the blocks (the first sequences of each new shape pay for it)
     compile: bool = False

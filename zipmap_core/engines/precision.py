@@ -50,15 +50,16 @@ def float32_parameters(model: torch.nn.Module) -> set[torch.nn.Parameter]:
     camera head; the TTT layers' initial fast weights (their update is accumulated and applied in
     float32); and the dense heads' last 1x1 convolution (depth is the exp of its output). With
     these, cameras match the autocast path's; rounding them moved poses by several percent."""
+    dense_heads = model.dense_heads().values()
     keep = set(model.pose_head.parameters())
-    heads = {p for head in model.dense_heads().values() for p in head.parameters()}
+    heads = {p for head in dense_heads for p in head.parameters()}
     for name, p in model.named_parameters():
         if p not in heads and (p.dim() < 2 or name.endswith(("token", "tokens", "pos_embed"))):
             keep.add(p)
     for module in model.modules():
         if hasattr(module, "ns_dtype"):  # FastWeightSwiGLU
             keep |= {module.w0, module.w1, module.w2}
-    for head in model.dense_heads().values():
+    for head in dense_heads:
         keep |= set(head.scratch.output_conv2[-1].parameters())
     return keep
 
