@@ -17,7 +17,7 @@ DEMO_PRESETS = ("demo_ttt", "demo_attention")
 _LFS_POINTER_PREFIX = b"version https://git-lfs"
 
 _HOW_TO_MAKE = (
-    "the shipped files are trained with `python bench/train_demo.py --minutes 4 --device cuda "
+    "the shipped files are trained with `python bench/train_demo.py --minutes 4.8 --attention-slack 1.0 --device cuda "
     "--out-dir zipmap_core/assets`; {readme} shows how to make CPU placeholders with `python -m zipmap_core.training`"
 )
 
