@@ -15,30 +15,9 @@ import json
 import time
 
 import torch
+from timing import measure, run  # bench/timing.py (this script's folder is on sys.path)
 
-from zipmap_core import EngineConfig, ModelConfig, ZipMap, reconstruct
-
-
-def run_once(model, images, engine) -> tuple[float, float, int]:
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    frames = 0
-    for _ in reconstruct(model, images, engine, device="cuda"):
-        frames += 1
-    torch.cuda.synchronize()
-    return time.perf_counter() - start, torch.cuda.max_memory_allocated() / 2**30, frames
-
-
-def measure(model, images, engine, repeats: int) -> dict:
-    try:
-        runs = [run_once(model, images, engine) for _ in range(repeats)]
-    except torch.OutOfMemoryError:
-        gc.collect()
-        torch.cuda.empty_cache()
-        return {"time_s": None, "peak_gib": None, "error": "out of GPU memory"}
-    times = sorted(r[0] for r in runs)
-    return {"time_s": times[len(times) // 2], "peak_gib": max(r[1] for r in runs), "frames": runs[0][2]}
+from zipmap_core import EngineConfig, ModelConfig, ZipMap
 
 
 def main() -> None:
@@ -72,9 +51,9 @@ def main() -> None:
     start = time.perf_counter()
     for n in (4, 2 * args.chunk_size + 3):  # two shapes: a compiled model then treats the frame count as dynamic
         warm = torch.rand(n, 3, args.height, args.width)
-        run_once(model, warm, chunked)
+        run(model, warm, chunked)
         if args.frames:
-            run_once(model, warm, offline)
+            run(model, warm, offline)
     print(f"warm-up (compilation included): {time.perf_counter() - start:.0f} s", flush=True)
 
     for n in args.frames + args.chunked_only:

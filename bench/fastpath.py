@@ -19,14 +19,14 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import statistics
 import time
 
 import numpy as np
 import torch
+from timing import measure, run  # bench/timing.py (this script's folder is on sys.path)
 from torch.utils.flop_counter import FlopCounterMode
 
-from zipmap_core import EngineConfig, ModelConfig, ZipMap, reconstruct
+from zipmap_core import EngineConfig, ModelConfig, ZipMap
 from zipmap_core.engines.precision import cast_for_inference
 
 PEAK_FLOPS = 800e12  # H100 SXM dense bf16, as in the issue
@@ -34,25 +34,6 @@ PEAK_FLOPS = 800e12  # H100 SXM dense bf16, as in the issue
 
 def log(msg: str) -> None:
     print(msg, flush=True)
-
-
-def run(model, images, engine, keep: bool = False):
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    frames = [f if keep else None for f in reconstruct(model, images, engine, device="cuda")]
-    torch.cuda.synchronize()
-    return time.perf_counter() - start, torch.cuda.max_memory_allocated() / 2**30, frames
-
-
-def measure(model, images, engine, repeats: int) -> dict:
-    try:
-        runs = [run(model, images, engine)[:2] for _ in range(repeats)]
-    except torch.OutOfMemoryError:
-        gc.collect()
-        torch.cuda.empty_cache()
-        return {"time_s": None, "peak_gib": None}
-    return {"time_s": statistics.median(r[0] for r in runs), "peak_gib": max(r[1] for r in runs)}
 
 
 def arrays(frames) -> dict[str, np.ndarray]:

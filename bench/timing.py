@@ -1,0 +1,36 @@
+"""Timing of one engine run on the GPU, shared by the benchmark scripts."""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+
+import torch
+
+from zipmap_core import reconstruct
+
+
+def run(model, images, engine, keep: bool = False) -> tuple[float, float, list]:
+    """(seconds, peak GiB, frames): every frame's results reach the host; kept only if asked."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    frames = [f if keep else None for f in reconstruct(model, images, engine, device="cuda")]
+    torch.cuda.synchronize()
+    return time.perf_counter() - start, torch.cuda.max_memory_allocated() / 2**30, frames
+
+
+def measure(model, images, engine, repeats: int) -> dict:
+    """Median time and largest peak memory over `repeats` runs; None for both when out of memory."""
+    try:
+        runs = [run(model, images, engine) for _ in range(repeats)]
+    except torch.OutOfMemoryError:
+        gc.collect()
+        torch.cuda.empty_cache()
+        return {"time_s": None, "peak_gib": None, "error": "out of GPU memory"}
+    return {
+        "time_s": statistics.median(r[0] for r in runs),
+        "peak_gib": max(r[1] for r in runs),
+        "frames": len(runs[0][2]),
+    }
