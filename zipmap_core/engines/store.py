@@ -2,7 +2,7 @@
 
 On the GPU up to a small budget (no copies at all), then host memory (pinned, so copies run asynchronously on a side CUDA stream and overlap with
 compute) up to a byte budget, then files in a scratch directory. Pinning memory is slow
-(cudaHostAlloc costs ~0.1-0.3 s per large buffer), so released buffers are reused; every copy
+(cudaHostAlloc takes about a second per GB), so released buffers are reused; every copy
 into or out of them runs on the one copy stream, whose order makes reuse safe. `fetch` starts a host-to-device
 copy and returns a handle, so the next chunk can be in flight while the current one computes.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Self
 
@@ -35,28 +35,51 @@ class Pending:
 
 
 class PinnedPool:
-    """Reusable pinned host buffers, bucketed by size in MiB."""
+    """Reusable pinned host buffers, carved from slabs of a power-of-two size.
 
-    def __init__(self):
+    PyTorch's pinned-memory allocator rounds every request up to a power of two (a 273 MB chunk
+    of tokens takes 512 MB) and caches what is freed. Asking it for whole slabs wastes nothing,
+    and the next sequence gets the cached slabs back without pinning memory again. Buffers are
+    bucketed by size in MiB and reused within a sequence.
+    """
+
+    def __init__(self, slab_bytes: int = 2**31, allocate: Callable[[int], torch.Tensor] | None = None):
+        self.slab_bytes = slab_bytes
+        self._allocate = allocate or (lambda n: torch.empty(n, dtype=torch.uint8, pin_memory=True))
         self._free: dict[int, list[torch.Tensor]] = {}
+        self._slabs: list[list] = []  # [slab, bytes used]
 
     @staticmethod
     def _bucket(nbytes: int) -> int:
         return -(-nbytes // 2**20)
 
-    def take(self, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+    @property
+    def pinned_bytes(self) -> int:
+        return sum(slab.numel() for slab, _ in self._slabs)
+
+    def take(self, shape: torch.Size, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(raw buffer to give back later, a view of it as `shape`/`dtype`)."""
         nbytes = shape.numel() * torch.empty((), dtype=dtype).element_size()
         free = self._free.get(self._bucket(nbytes))
-        raw = free.pop() if free else torch.empty(self._bucket(nbytes) * 2**20, dtype=torch.uint8, pin_memory=True)
-        return raw[:nbytes].view(dtype).view(shape)
+        raw = free.pop() if free else self._carve(self._bucket(nbytes) * 2**20)
+        return raw, raw[:nbytes].view(dtype).view(shape)
 
-    def give(self, tensor: torch.Tensor) -> None:
-        raw = tensor.untyped_storage()
-        buffer = torch.empty(0, dtype=torch.uint8).set_(raw, 0, (raw.nbytes(),))
-        self._free.setdefault(self._bucket(raw.nbytes()), []).append(buffer)
+    def _carve(self, size: int) -> torch.Tensor:
+        for entry in self._slabs:
+            slab, used = entry
+            if used + size <= slab.numel():
+                entry[1] += size
+                return slab[used : used + size]
+        slab_size = max(self.slab_bytes, 1 << (size - 1).bit_length())
+        self._slabs.append([self._allocate(slab_size), size])
+        return self._slabs[-1][0][:size]
+
+    def give(self, raw: torch.Tensor) -> None:
+        self._free.setdefault(self._bucket(raw.numel()), []).append(raw)
 
     def clear(self) -> None:
         self._free.clear()
+        self._slabs.clear()
 
 
 class ActivationStore:
@@ -69,7 +92,8 @@ class ActivationStore:
         self._cuda = device.type == "cuda"
         self._copy_stream = torch.cuda.Stream(device) if self._cuda else None
         self._pool = PinnedPool()
-        self._host: dict[Hashable, tuple[torch.Tensor, torch.cuda.Event | None]] = {}
+        # key -> (tensor, pinned buffer it lives in or None, event its copy from the GPU ends with)
+        self._host: dict[Hashable, tuple[torch.Tensor, torch.Tensor | None, torch.cuda.Event | None]] = {}
         self._files: dict[Hashable, str] = {}
         self._scratch_parent = scratch_dir
         self._scratch: str | None = None
@@ -116,7 +140,7 @@ class ActivationStore:
             self.spilled_bytes += nbytes
             return
         if self._cuda:
-            host = self._pool.take(tensor.shape, tensor.dtype)
+            raw, host = self._pool.take(tensor.shape, tensor.dtype)
             ready = torch.cuda.Event()
             ready.record()
             with torch.cuda.stream(self._copy_stream):
@@ -125,9 +149,9 @@ class ActivationStore:
                 tensor.record_stream(self._copy_stream)
                 done = torch.cuda.Event()
                 done.record()
-            self._host[key] = (host, done)
+            self._host[key] = (host, raw, done)
         else:
-            self._host[key] = (tensor.detach().to("cpu", copy=tensor.device.type == "cpu"), None)
+            self._host[key] = (tensor.detach().to("cpu", copy=tensor.device.type == "cpu"), None, None)
         self.host_bytes += nbytes
         self.peak_host_bytes = max(self.peak_host_bytes, self.host_bytes)
 
@@ -136,7 +160,7 @@ class ActivationStore:
             return Pending(self._on_device[key])
         if key in self._files:
             return Pending(torch.load(self._files[key]).to(self.device))
-        host, done = self._host[key]
+        host, _, done = self._host[key]
         if not self._cuda:
             return Pending(host.to(self.device))
         with torch.cuda.stream(self._copy_stream):
@@ -156,8 +180,8 @@ class ActivationStore:
         entry = self._host.pop(key, None)
         if entry is not None:
             self.host_bytes -= entry[0].numel() * entry[0].element_size()
-            if self._cuda:
-                self._pool.give(entry[0])
+            if entry[1] is not None:
+                self._pool.give(entry[1])
         path = self._files.pop(key, None)
         if path is not None and os.path.exists(path):
             os.remove(path)
