@@ -26,7 +26,7 @@ from zipmap_core.engines.store import ActivationStore
 from zipmap_core.geometry import pose_encoding_to_cameras
 from zipmap_core.layers.block import TTTBlock
 from zipmap_core.layers.ttt import TTTState
-from zipmap_core.models.zipmap import ZipMap
+from zipmap_core.models.zipmap import ZipMap, head_dtype
 
 
 def _zeros_like_state(state: TTTState) -> list[torch.Tensor]:
@@ -105,7 +105,7 @@ def reconstruct_chunked(
                     if keep_heads and i in dpt_layers:
                         both = torch.cat([frame_out, tokens], dim=-1)
                         for name, x in model.project_for_heads(i, both, image_hw, engine.local_points).items():
-                            store.put(("head", name, i, c), x.to(frame_out.dtype))
+                            store.put(("head", name, i, c), x)  # in the head's dtype, as decoded
                     if i == last:
                         store.put(("camera", c), torch.cat([frame_out[:, :, 0], tokens[:, :, 0]], dim=-1))
                         store.drop(("frame", c))
@@ -143,8 +143,10 @@ def _keep_head_inputs(engine, model: ZipMap, frame_out: torch.Tensor, S: int, im
         return engine.head_inputs == "keep"
     cfg = model.config
     grid = (image_hw[0] // cfg.patch_size) * (image_hw[1] // cfg.patch_size)
-    heads = len(model.dense_heads(engine.local_points))
-    per_frame_heads = grid * sum(cfg.dpt.out_channels) * heads * frame_out.element_size()
+    per_frame_heads = sum(
+        grid * sum(cfg.dpt.out_channels) * head_dtype(head).itemsize
+        for head in model.dense_heads(engine.local_points).values()
+    )
     per_frame_tokens = frame_out[0, 0].numel() * frame_out.element_size()
     return S * (per_frame_tokens + per_frame_heads) <= budget
 

@@ -12,7 +12,8 @@ from zipmap_core.layers.ttt import TTTOp, TTTState
 from zipmap_core.models.aggregator import Aggregator
 
 
-def _weight_dtype(head: nn.Module) -> torch.dtype:
+def head_dtype(head: nn.Module) -> torch.dtype:
+    """The dtype a dense head runs in (float32, or bf16/fp16 on the fast path)."""
     return head.norm.weight.dtype
 
 
@@ -63,7 +64,7 @@ class ZipMap(nn.Module):
         start = self.config.patch_start_idx
         with torch.autocast(tokens.device.type, enabled=False):
             return {
-                name: head.project_layer(k, tokens.to(_weight_dtype(head)), image_hw, start)
+                name: head.project_layer(k, tokens.to(head_dtype(head)), image_hw, start)
                 for name, head in self.dense_heads(local_points).items()
             }
 
@@ -81,7 +82,7 @@ class ZipMap(nn.Module):
             for name, feats in projected.items():
                 head = self.dense_heads()[name]
                 with torch.autocast(feats[0].device.type, enabled=False):
-                    dtype = _weight_dtype(head)
+                    dtype = head_dtype(head)
                     value, conf = head.decode([f[s : s + frames_per_pass].to(dtype) for f in feats], image_hw, 1)
                 parts.setdefault(name, []).append(value)
                 if conf is not None:
