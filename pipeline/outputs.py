@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from zipmap_core.engines.results import FramePrediction
 
 from .layout import DEPTH, FRAMES, POINTS, RunLayout
-from .pointcloud import PointCloudBuilder
+from .pointcloud import PointCloudBuilder, frame_points
 from .spec import JobSpec
 from .storage import Store
 
@@ -85,6 +85,15 @@ class StagedOutputs:
 
 
 @dataclass
+class PreparedFrame:
+    """One frame's output rows and points, ready to append."""
+
+    row: dict
+    points: np.ndarray | None  # PLY vertices
+    depth: pa.Table | None  # its DEPTH_SCHEMA row, when depth maps are saved
+
+
+@dataclass
 class SequenceWriter:
     """Collects one sequence's frames and writes its staged files for one attempt."""
 
@@ -106,29 +115,41 @@ class SequenceWriter:
             os.close(fd)
             self._depth_writer = pq.ParquetWriter(self._depth_path, DEPTH_SCHEMA)
 
-    def add(self, frame: FramePrediction) -> None:
-        num_points = 0
+    def prepare(self, frame: FramePrediction) -> PreparedFrame:
+        """The expensive, per-pixel part of adding a frame; safe to run on several threads."""
+        points = None
         if self._points is not None:
-            num_points = self._points.add_frame(frame.depth, frame.depth_conf, frame.world_points, frame.image)
+            points = frame_points(
+                frame.depth, frame.depth_conf, frame.world_points, frame.image, self._points.conf_threshold
+            )
         src_w, src_h = self.source_sizes[frame.index]
-        self._rows.append(
-            {
-                "sequence_id": self.sequence_id,
-                "frame_index": frame.index,
-                "source_uri": self.frame_uris[frame.index],
-                "width": frame.width,
-                "height": frame.height,
-                "source_width": src_w,
-                "source_height": src_h,
-                "extrinsic": np.asarray(frame.extrinsic, np.float32).reshape(12).tolist(),
-                "intrinsic": np.asarray(frame.intrinsic, np.float32).reshape(9).tolist(),
-                **depth_statistics(frame.depth),
-                "num_points": num_points,
-                "camera_conf": float(frame.camera_conf),
-            }
-        )
-        if self._depth_writer is not None:
-            self._depth_writer.write_table(self._depth_row(frame))
+        row = {
+            "sequence_id": self.sequence_id,
+            "frame_index": frame.index,
+            "source_uri": self.frame_uris[frame.index],
+            "width": frame.width,
+            "height": frame.height,
+            "source_width": src_w,
+            "source_height": src_h,
+            "extrinsic": np.asarray(frame.extrinsic, np.float32).reshape(12).tolist(),
+            "intrinsic": np.asarray(frame.intrinsic, np.float32).reshape(9).tolist(),
+            **depth_statistics(frame.depth),
+            "num_points": 0 if points is None else len(points),
+            "camera_conf": float(frame.camera_conf),
+        }
+        depth = self._depth_row(frame) if self._depth_writer is not None else None
+        return PreparedFrame(row, points, depth)
+
+    def add_prepared(self, prepared: PreparedFrame) -> None:
+        """Append a prepared frame; frames must come in order."""
+        if prepared.points is not None:
+            self._points.add_points(prepared.points)
+        self._rows.append(prepared.row)
+        if prepared.depth is not None:
+            self._depth_writer.write_table(prepared.depth)
+
+    def add(self, frame: FramePrediction) -> None:
+        self.add_prepared(self.prepare(frame))
 
     def finish(self, store: Store, layout: RunLayout, attempt_id: str) -> StagedOutputs:
         """Write all staged files; returns where they are."""

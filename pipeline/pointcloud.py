@@ -21,31 +21,27 @@ _PLY_TYPES = {np.dtype("<f4"): "float", np.dtype("u1"): "uchar"}
 _CONSOLIDATE_EVERY = 4_000_000  # buffered points before merging them into the voxel sums
 
 
-def valid_point_mask(
-    depth: np.ndarray, depth_conf: np.ndarray, world_points: np.ndarray, threshold: float
-) -> np.ndarray:
-    """Pixels that become points: finite, in front of the camera, confident enough."""
-    return (
-        np.isfinite(world_points).all(axis=-1)
-        & np.isfinite(depth)
-        & (depth > 0)
-        & np.isfinite(depth_conf)
-        & (depth_conf >= threshold)
-    )
-
-
 def frame_points(
     depth: np.ndarray, depth_conf: np.ndarray, world_points: np.ndarray, image: np.ndarray, threshold: float
 ) -> np.ndarray:
-    """The kept points of one frame as PLY vertices, in row-major pixel order."""
-    mask = valid_point_mask(depth, depth_conf, world_points, threshold)
-    out = np.empty(int(mask.sum()), dtype=PLY_DTYPE)
-    xyz = world_points[mask].astype(np.float32, copy=False)
-    rgb = image[mask]
-    out["x"], out["y"], out["z"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
-    out["red"], out["green"], out["blue"] = rgb[:, 0], rgb[:, 1], rgb[:, 2]
-    out["confidence"] = depth_conf[mask]
-    return out
+    """The kept points of one frame as PLY vertices, in row-major pixel order.
+
+    A pixel becomes a point when its depth is finite and positive, its confidence finite and at
+    least `threshold`, and its world point finite. Runs once per frame on the writer's critical path, so it selects first (cheap 1-D masks over
+    depth and confidence) and packs only the kept pixels, byte columns side by side.
+    """
+    # NaN compares false, so this also drops non-finite depth and confidence
+    mask = (depth > 0) & (depth < np.inf) & (depth_conf >= threshold) & (depth_conf < np.inf)
+    keep = np.flatnonzero(mask.reshape(-1))
+    xyz = np.asarray(world_points, np.float32).reshape(-1, 3)[keep]
+    finite = np.isfinite(xyz).all(axis=1)
+    if not finite.all():
+        keep, xyz = keep[finite], xyz[finite]
+    n = len(keep)
+    conf = np.asarray(depth_conf, np.float32).reshape(-1)[keep]
+    rgb = np.asarray(image, np.uint8).reshape(-1, 3)[keep]
+    packed = np.concatenate([xyz.view(np.uint8), rgb, conf.view(np.uint8).reshape(n, 4)], axis=1)
+    return packed.view(PLY_DTYPE).reshape(n)
 
 
 class VoxelGrid:
@@ -109,12 +105,15 @@ class PointCloudBuilder:
 
     def add_frame(self, depth, depth_conf, world_points, image) -> int:
         """Add one frame; returns how many of its pixels passed the filter."""
-        points = frame_points(depth, depth_conf, world_points, image, self.conf_threshold)
+        return self.add_points(frame_points(depth, depth_conf, world_points, image, self.conf_threshold))
+
+    def add_points(self, points: np.ndarray) -> int:
+        """Add one frame's vertices (from `frame_points`); returns how many."""
         if self._grid is not None:
             self._grid.add(points)
         else:
             assert self._spool is not None
-            self._spool.write(points.tobytes())
+            self._spool.write(np.ascontiguousarray(points).view(np.uint8).data)
             self._count += len(points)
         return len(points)
 

@@ -45,6 +45,19 @@ def test_ply_round_trip_and_filter():
     np.testing.assert_array_equal(ply["confidence"][: kept[0]], conf[mask])
 
 
+def test_frame_points_drop_every_non_finite_pixel():
+    rng = np.random.default_rng(2)
+    depth, conf, pts, img = _frame(rng, 8, 7)
+    depth[1, 0], conf[1, 1], conf[1, 2], pts[1, 3, 2], pts[1, 4, 0] = np.inf, np.nan, np.inf, np.nan, -np.inf
+    points = frame_points(depth, conf, pts, img, 1.5)
+    mask = (
+        np.isfinite(depth) & (depth > 0) & np.isfinite(conf) & (conf >= 1.5) & np.isfinite(pts).all(axis=-1)
+    )
+    assert len(points) == mask.sum() > 0
+    for name, column in [("x", pts[..., 0]), ("z", pts[..., 2]), ("blue", img[..., 2]), ("confidence", conf)]:
+        np.testing.assert_array_equal(points[name], column[mask])
+
+
 def test_voxel_grid_averages_per_voxel():
     rng = np.random.default_rng(1)
     depth, conf, pts, img = _frame(rng, 20, 20)
