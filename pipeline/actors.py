@@ -3,7 +3,8 @@
 The model is built and its checkpoint loaded once, in `__init__`; each `process` call then
 runs one decoded sequence through the engine and writes the sequence's staged outputs. Calls
 may overlap (a threaded Ray actor) but inference is serialised by a lock, so one sequence's
-upload overlaps the next one's inference without two sequences sharing the accelerator.
+writing and upload overlap the next one's inference without two sequences sharing the
+accelerator; within a sequence, frames are written while later ones are still computed.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .discovery import SequenceSource
 from .errors import ActorInitError
 from .layout import RunLayout
 from .outputs import SequenceWriter, StagedOutputs
+from .overlap import in_background, ordered_map
 from .spec import JobSpec
 from .storage import Store
 
@@ -73,6 +75,8 @@ class ModelWorker:
     def __init__(self, spec: JobSpec):
         self._spec = spec
         self._lock = threading.Lock()
+        # the CPUs reserved for this actor turn frames into rows and points, in parallel
+        self._writer_threads = max(1, int(spec.resources.cpus_per_actor))
         self._init_error: str | None = None
         self._info: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid()}
         try:
@@ -97,25 +101,32 @@ class ModelWorker:
         layout = RunLayout(self._spec.run_uri)
         store = Store(self._spec.run_uri, self._spec.storage)
         writer = SequenceWriter(self._spec, source.sequence_id, decoded.frame_uris, decoded.source_sizes)
-        infer_s = write_s = 0.0
+        infer_s = 0.0
+        start = time.perf_counter()
         try:
             images = decoded.images()  # outside the lock: overlaps the previous sequence
-            with self._lock, torch.inference_mode():
-                self._maybe_delay()
-                start = time.perf_counter()
-                frames = reconstruct(self._model, images, self._spec.engine, device=self._device)
-                for frame in frames:
-                    got = time.perf_counter()
-                    infer_s += got - start
-                    writer.add(frame)
-                    self._maybe_crash(source)
-                    start = time.perf_counter()
-                    write_s += start - got
-            start = time.perf_counter()
+
+            def infer():
+                # the engine runs in its own thread and holds the accelerator only while it
+                # computes; frames it has finished wait here (offline: they are all on the host
+                # already; chunked/streaming: at most two chunks ahead, to bound host memory)
+                nonlocal infer_s
+                with self._lock, torch.inference_mode():
+                    self._maybe_delay()
+                    begin = time.perf_counter()
+                    yield from reconstruct(self._model, images, engine, device=self._device)
+                    infer_s = time.perf_counter() - begin
+
+            engine = self._spec.engine
+            ahead = 0 if engine.mode == "offline" else 2 * max(engine.chunk_size, engine.window or 1)
+            frames = in_background(infer, max_ahead=ahead)
+            for prepared in ordered_map(writer.prepare, frames, self._writer_threads):
+                writer.add_prepared(prepared)
+                self._maybe_crash(source)
             staged = writer.finish(store, layout, attempt_id)
-            write_s += time.perf_counter() - start
         finally:
             writer.close()
+        write_s = time.perf_counter() - start - infer_s  # what writing added beyond inference
         return AttemptResult(
             sequence_id=source.sequence_id,
             attempt_id=attempt_id,

@@ -1,0 +1,96 @@
+"""Keeping the accelerator busy while a model worker writes outputs.
+
+A sequence's frames leave the engine faster than one thread can turn them into rows and points
+(unprojection, filtering, packing: tens of ms a frame on the host). `in_background` runs the
+engine in its own thread, so its lock on the accelerator is released as soon as inference ends,
+and `ordered_map` spreads the per-frame host work over a few threads (numpy releases the GIL in
+the heavy parts) while keeping frames in order.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_DONE = object()
+
+
+class _Failed:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def in_background(produce: Callable[[], Iterable[T]], max_ahead: int = 0) -> Iterator[T]:
+    """Items of `produce()`, computed in a thread up to `max_ahead` ahead (0: no limit).
+
+    The producer's exception is raised here. If the consumer stops early (an error while
+    writing), the producer is told to stop at its next item and is waited for, so that it never
+    stays blocked, holding whatever it holds (the accelerator's lock).
+    """
+    items: queue.Queue = queue.Queue(max_ahead)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        source = iter(produce())
+        try:
+            for item in source:
+                if not put(item):
+                    return
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            put(_Failed(exc))
+        else:
+            put(_DONE)
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:  # a generator's `with` blocks (the lock) end now, not at GC
+                close()
+
+    thread = threading.Thread(target=run, name="engine", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = items.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], threads: int, max_ahead: int | None = None) -> Iterator[R]:
+    """fn over items on `threads` threads, results in input order, at most `max_ahead` pending."""
+    if threads <= 1:
+        yield from map(fn, items)
+        return
+    limit = max_ahead or 2 * threads
+    with ThreadPoolExecutor(threads, thread_name_prefix="frame-writer") as pool:
+        pending: deque[Future] = deque()
+        try:
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                if len(pending) >= limit:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()

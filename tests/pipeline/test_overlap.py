@@ -1,0 +1,90 @@
+"""Engine/writer overlap helpers: order, errors on either side, and the lock released on failure."""
+
+import threading
+import time
+
+import pytest
+
+from pipeline.overlap import in_background, ordered_map
+
+
+def test_in_background_yields_all_items_in_order_and_ahead_of_the_consumer():
+    produced = []
+
+    def produce():
+        for i in range(20):
+            produced.append(i)
+            yield i
+
+    got = []
+    for item in in_background(produce):
+        if item == 0:
+            time.sleep(0.2)  # an unbounded producer finishes while the consumer is busy
+            assert len(produced) == 20
+        got.append(item)
+    assert got == list(range(20))
+
+
+def test_in_background_bounds_how_far_the_producer_runs_ahead():
+    produced = []
+
+    def produce():
+        for i in range(50):
+            produced.append(i)
+            yield i
+
+    items = in_background(produce, max_ahead=3)
+    assert next(items) == 0
+    time.sleep(0.3)
+    assert len(produced) <= 1 + 3 + 1  # the one taken, a full queue, one waiting to be put
+    assert list(items) == list(range(1, 50))
+
+
+def test_in_background_reraises_the_producers_error():
+    def produce():
+        yield 1
+        raise RuntimeError("engine failed")
+
+    items = in_background(produce)
+    assert next(items) == 1
+    with pytest.raises(RuntimeError, match="engine failed"):
+        next(items)
+
+
+def test_a_consumer_that_stops_early_releases_what_the_producer_holds():
+    lock = threading.Lock()
+
+    def produce():
+        with lock:  # like the worker's accelerator lock
+            yield from range(1000)
+
+    with pytest.raises(ValueError):
+        for item in in_background(produce, max_ahead=2):
+            if item == 5:
+                raise ValueError("writer failed")
+    assert lock.acquire(timeout=2)  # the producer stopped and left its `with` block
+    lock.release()
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_ordered_map_keeps_input_order(threads):
+    def slow_square(x):
+        time.sleep(0.01 * (x % 3))  # later items may finish first
+        return x * x
+
+    assert list(ordered_map(slow_square, range(30), threads)) == [x * x for x in range(30)]
+
+
+def test_ordered_map_runs_in_parallel_and_reraises():
+    seen = set()
+
+    def work(x):
+        seen.add(threading.get_ident())
+        time.sleep(0.05)
+        if x == 7:
+            raise KeyError(x)
+        return x
+
+    with pytest.raises(KeyError):
+        list(ordered_map(work, range(10), threads=4))
+    assert len(seen) > 1
