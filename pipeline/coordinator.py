@@ -88,7 +88,7 @@ class Coordinator:
         try:
             if self._pending_ids():
                 started_ray = connect(self._ray_address)
-                self._start_executor()
+                self._start_executor(fixed_size=started_ray)  # a cluster we started cannot grow
                 self._loop()
         finally:
             self._stop()
@@ -178,10 +178,10 @@ class Coordinator:
             raise SpecError(f"no sequences found in {redact_uri(where)} (sub-folders of images, or video files)")
         return sources
 
-    def _start_executor(self) -> None:
+    def _start_executor(self, fixed_size: bool) -> None:
         import ray
 
-        plan = plan_actors(self.spec, ray.cluster_resources())
+        plan = plan_actors(self.spec, ray.cluster_resources(), fixed_size)
         logger.info("starting %d model actor(s) (gpus=%s cpus=%s each)", plan.num_actors, plan.num_gpus, plan.num_cpus)
         self._executor = RayExecutor(self.spec, plan)
         self._slots = [_Slot() for _ in range(plan.num_actors)]

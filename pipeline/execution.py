@@ -19,7 +19,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from .actors import ModelWorker
 from .decode import decode_sequence
 from .discovery import SequenceSource
-from .errors import ActorInitError, InfrastructureError, InputError
+from .errors import ActorInitError, InfrastructureError, InputError, SpecError
 from .spec import JobSpec, redact_text
 
 logger = logging.getLogger(__name__)
@@ -57,15 +57,29 @@ class ActorPlan:
         return self.num_gpus > 0
 
 
-def plan_actors(spec: JobSpec, cluster_resources: dict[str, float]) -> ActorPlan:
-    """One actor per GPU (resources.gpus_per_actor each), or CPU actors when there is no GPU."""
+def plan_actors(spec: JobSpec, cluster_resources: dict[str, float], fixed_size: bool = False) -> ActorPlan:
+    """One actor per GPU (resources.gpus_per_actor each), or CPU actors when there is no GPU.
+
+    On a cluster that cannot grow (`fixed_size`, e.g. the local one a run starts itself),
+    actors that would reserve every CPU are refused: decode tasks could then never be
+    scheduled and the run would wait forever.
+    """
     res = spec.resources
     gpus = float(cluster_resources.get("GPU", 0))
     use_gpu = res.device == "cuda" or (res.device == "auto" and gpus > 0)
     if use_gpu:
         default = max(1, int(gpus // res.gpus_per_actor))
-        return ActorPlan(res.num_actors or default, res.gpus_per_actor, res.cpus_per_actor, dict(res.custom_resources))
-    return ActorPlan(res.num_actors or 1, 0.0, res.cpus_per_actor, dict(res.custom_resources))
+        plan = ActorPlan(res.num_actors or default, res.gpus_per_actor, res.cpus_per_actor, dict(res.custom_resources))
+    else:
+        plan = ActorPlan(res.num_actors or 1, 0.0, res.cpus_per_actor, dict(res.custom_resources))
+    cpus = float(cluster_resources.get("CPU", 0))
+    if fixed_size and plan.num_actors * plan.num_cpus + res.decode_cpus > cpus:
+        raise SpecError(
+            f"{plan.num_actors} model actor(s) x {plan.num_cpus:g} CPUs (resources.cpus_per_actor) leave less than "
+            f"resources.decode_cpus={res.decode_cpus:g} of this cluster's {cpus:g} CPUs for decoding; "
+            "lower cpus_per_actor or num_actors"
+        )
+    return plan
 
 
 class RayExecutor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from ray.exceptions import ActorDiedError, RayTaskError, WorkerCrashedError
 
-from pipeline.errors import ActorInitError, InputError
+from pipeline.errors import ActorInitError, InputError, SpecError
 from pipeline.execution import classify, describe, plan_actors
 
 from .conftest import make_spec
@@ -30,6 +30,14 @@ def _spec(**fields):
 def test_plan_actors(fields, cluster, expected):
     plan = plan_actors(_spec(**fields), cluster)
     assert (plan.num_actors, plan.num_gpus) == expected
+
+
+def test_plan_actors_refuses_to_starve_decoding_on_a_fixed_cluster():
+    spec = _spec(resources__cpus_per_actor=2)
+    assert plan_actors(spec, {"CPU": 2}).num_actors == 1  # a cluster that may grow: allowed
+    with pytest.raises(SpecError, match="decode_cpus=1 of this cluster's 2 CPUs"):
+        plan_actors(spec, {"CPU": 2}, fixed_size=True)
+    assert plan_actors(spec, {"CPU": 3}, fixed_size=True).num_cpus == 2
 
 
 def _task_error(cause: Exception) -> RayTaskError:
