@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import resource
 import time
 
 import torch
@@ -35,6 +36,8 @@ def main() -> None:
     ap.add_argument("--head-inputs", default="auto", choices=["auto", "keep", "recompute"])
     ap.add_argument("--fast", action="store_true", help="the fast path (bf16 weights, bf16 heads)")
     ap.add_argument("--compile", action="store_true", help="the fast path compiled (implies --fast)")
+    ap.add_argument("--warm-each-up-to", type=int, default=2000,
+                    help="compiled: one unmeasured run of each length up to this many frames first")
     ap.add_argument("--json", help="also write the rows here")
     args = ap.parse_args()
 
@@ -59,11 +62,21 @@ def main() -> None:
     for n in args.frames + args.chunked_only:
         images = torch.rand(n, 3, args.height, args.width)
         repeats = args.repeats if n <= 1000 else 1
+        if args.compile and n <= args.warm_each_up_to:
+            # a new length can still recompile (past 2**31 elements inductor needs int64 indexing)
+            run(model, images, chunked)
+            if n in args.frames:
+                run(model, images, offline)
         row = {"frames": n, "chunked": measure(model, images, chunked, repeats)}
         if n in args.frames:
             row["offline"] = measure(model, images, offline, repeats)
+        row["host_peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        row["pinned_gib"] = _pinned_gib()
         rows.append(row)
         print(json.dumps(row), flush=True)
+        if args.json:  # after every row: a run cut short still leaves what it measured
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
         del images
         gc.collect()
 
@@ -80,9 +93,15 @@ def main() -> None:
         print(f"| {r['frames']} | {fmt(off.get('time_s'), '{:.2f}')} | {fmt(off.get('peak_gib'), '{:.1f}')} | "
               f"{fmt(ch.get('time_s'), '{:.2f}')} | {fmt(ch.get('peak_gib'), '{:.1f}')} | {fmt(ratio, '{:.3f}')} | "
               f"{fmt(fps, '{:.1f}')} |")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+
+
+def _pinned_gib() -> float | None:
+    """Pinned host memory held by PyTorch's caching host allocator (cached blocks included)."""
+    stats = getattr(torch.cuda.memory, "host_memory_stats", None)
+    if stats is None:
+        return None
+    current = [v for k, v in stats().items() if k.startswith("allocated_bytes") and k.endswith("current")]
+    return current[0] / 2**30 if current else None
 
 
 if __name__ == "__main__":

@@ -66,8 +66,10 @@ def _parse(argv):
     p.add_argument("--size", type=int, default=None, help="model input width (default: the preset's img_size)")
     p.add_argument("--engine-mode", default="offline", choices=["offline", "chunked", "streaming"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--fast", action="store_true", help="the GPU fast path (bf16 weights; needs --dtype bfloat16)")
+    p.add_argument("--compile", action="store_true", help="the fast path compiled (each process compiles once)")
     p.add_argument("--num-actors", type=int, default=None)
-    p.add_argument("--cpus-per-actor", type=float, default=1.0)
+    p.add_argument("--cpus-per-actor", type=float, default=1.0, help="also the actor's output-writing threads")
     p.add_argument("--in-flight", type=int, default=2, help="sequences in flight per actor")
     p.add_argument("--workdir", help="where synthetic inputs and outputs go (default: a temp dir)")
     args = p.parse_args(argv)
@@ -108,7 +110,7 @@ def _spec(args, input_prefix: str, output: str):
                 "checkpoint": args.checkpoint,
                 "allow_random_weights": args.checkpoint is None,
             },
-            "engine": {"mode": args.engine_mode, "dtype": args.dtype},
+            "engine": {"mode": args.engine_mode, "dtype": args.dtype, "fast": args.fast, "compile": args.compile},
             "preprocess": {"size": args.size},
             "resources": {
                 "device": args.device,
@@ -158,7 +160,7 @@ def _bench_pipeline(args, input_prefix: str, output: str) -> dict:
     spec = _spec(args, input_prefix, output)
     started = connect()  # local Ray, or the cluster of RAY_ADDRESS
     try:
-        num_actors = plan_actors(spec, ray.cluster_resources()).num_actors
+        num_actors = plan_actors(spec, ray.cluster_resources(), fixed_size=started).num_actors
         start = time.perf_counter()
         summary = run_job(spec)
         seconds = time.perf_counter() - start
