@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
 def _parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="tiny")
-    p.add_argument("--checkpoint", help="required unless --preset tiny (random weights then)")
+    p.add_argument("--checkpoint", help="default: random weights (speed is the same)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
     p.add_argument("--input", help="an input prefix (default: synthetic sequences)")
     p.add_argument("--sequences", type=int, default=6)
