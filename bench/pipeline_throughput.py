@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="zipmap-bench-"))
     input_prefix = args.input or str(_synthesize(work / "input", args))
+    if args.checkpoint is None and args.preset != "tiny":
+        args.checkpoint = _random_checkpoint(work, args.preset)
     if args.device == "cpu":
         torch.set_num_threads(max(1, int(args.cpus_per_actor)))  # what one CPU actor gets
     engine = _bench_engine(args, input_prefix)
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
 def _parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="tiny")
-    p.add_argument("--checkpoint", help="default: random weights (speed is the same)")
+    p.add_argument("--checkpoint", help="default: random weights (saved to the workdir for presets other than tiny)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
     p.add_argument("--input", help="an input prefix (default: synthetic sequences)")
     p.add_argument("--sequences", type=int, default=6)
@@ -95,6 +97,21 @@ def _synthesize(folder: Path, args) -> Path:
             img = np.clip(base + rng.normal(0, 15, base.shape), 0, 255).astype(np.uint8)
             Image.fromarray(img).save(seq / f"{f:05d}.jpg", quality=95)
     return folder
+
+
+def _random_checkpoint(work: Path, preset: str) -> str:
+    """Random weights of `preset` as a checkpoint file: the speed of a real one, no download."""
+    import torch
+
+    from zipmap_core.checkpoint import save_checkpoint
+    from zipmap_core.config import ModelConfig
+    from zipmap_core.models.zipmap import ZipMap
+
+    path = work / f"random-{preset}.pt"
+    if not path.exists():
+        torch.manual_seed(0)
+        save_checkpoint(ZipMap(ModelConfig.preset(preset)), str(path))
+    return str(path)
 
 
 def _spec(args, input_prefix: str, output: str):
