@@ -71,7 +71,8 @@ def _parse(argv):
     p.add_argument("--fast", action="store_true", help="the GPU fast path (bf16 weights; needs --dtype bfloat16)")
     p.add_argument("--compile", action="store_true", help="the fast path compiled (each process compiles once)")
     p.add_argument("--num-actors", type=int, default=None)
-    p.add_argument("--cpus-per-actor", type=float, default=1.0, help="also the actor's output-writing threads")
+    p.add_argument("--cpus-per-actor", type=float, default=1.0)
+    p.add_argument("--frame-writers", type=int, default=None, help="processes per actor (default: cpus - 1)")
     p.add_argument("--in-flight", type=int, default=2, help="sequences in flight per actor")
     p.add_argument("--workdir", help="where synthetic inputs and outputs go (default: a temp dir)")
     args = p.parse_args(argv)
@@ -133,6 +134,7 @@ def _spec(args, input_prefix: str, output: str):
                 "device": args.device,
                 "num_actors": args.num_actors,
                 "cpus_per_actor": args.cpus_per_actor,
+                "frame_writers": args.frame_writers,
                 "max_in_flight_per_actor": args.in_flight,
             },
         }

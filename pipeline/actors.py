@@ -4,7 +4,8 @@ The model is built and its checkpoint loaded once, in `__init__`; each `process`
 runs one decoded sequence through the engine and writes the sequence's staged outputs. Calls
 may overlap (a threaded Ray actor) but inference is serialised by a lock, so one sequence's
 writing and upload overlap the next one's inference without two sequences sharing the
-accelerator; within a sequence, frames are written while later ones are still computed.
+accelerator; within a sequence, frames are prepared for writing (in `resources.frame_writers`
+processes) while later ones are still computed.
 """
 
 from __future__ import annotations
@@ -13,15 +14,17 @@ import os
 import socket
 import threading
 import time
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from .decode import DecodedSequence
 from .discovery import SequenceSource
 from .errors import ActorInitError
 from .layout import RunLayout
-from .outputs import SequenceWriter, StagedOutputs
-from .overlap import in_background, ordered_map
+from .outputs import SequenceWriter, StagedOutputs, prepare_frame
+from .overlap import frame_writers, in_background, ordered_map
 from .spec import JobSpec
 from .storage import Store
 
@@ -75,8 +78,7 @@ class ModelWorker:
     def __init__(self, spec: JobSpec):
         self._spec = spec
         self._lock = threading.Lock()
-        # the CPUs reserved for this actor turn frames into rows and points, in parallel
-        self._writer_threads = max(1, int(spec.resources.cpus_per_actor))
+        self._writers = frame_writers(spec.resources.frame_writer_processes)
         self._init_error: str | None = None
         self._info: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid()}
         try:
@@ -120,10 +122,15 @@ class ModelWorker:
             engine = self._spec.engine
             ahead = 0 if engine.mode == "offline" else 2 * max(engine.chunk_size, engine.window or 1)
             frames = in_background(infer, max_ahead=ahead)
-            for prepared in ordered_map(writer.prepare, frames, self._writer_threads):
+            for prepared in ordered_map(partial(prepare_frame, writer.frame_format), frames, self._writers):
                 writer.add_prepared(prepared)
                 self._maybe_crash(source)
             staged = writer.finish(store, layout, attempt_id)
+        except BrokenProcessPool:
+            # a writer process died (out of memory, killed): this attempt fails and is retried,
+            # and the next one gets fresh processes
+            self._writers = frame_writers(self._spec.resources.frame_writer_processes)
+            raise
         finally:
             writer.close()
         write_s = time.perf_counter() - start - infer_s  # what writing added beyond inference

@@ -93,6 +93,58 @@ class PreparedFrame:
     depth: pa.Table | None  # its DEPTH_SCHEMA row, when depth maps are saved
 
 
+@dataclass(frozen=True)
+class FrameFormat:
+    """What turning a sequence's frames into rows and points needs: small and picklable, so
+    that frames can be prepared in other processes."""
+
+    sequence_id: str
+    frame_uris: list[str]
+    source_sizes: list[tuple[int, int]]
+    conf_threshold: float | None  # None: no point cloud
+    save_depth: bool
+
+
+def prepare_frame(fmt: FrameFormat, frame: FramePrediction) -> PreparedFrame:
+    """The expensive, per-pixel part of writing a frame (unprojection, filtering, packing)."""
+    points = None
+    if fmt.conf_threshold is not None:
+        points = frame_points(frame.depth, frame.depth_conf, frame.world_points, frame.image, fmt.conf_threshold)
+    src_w, src_h = fmt.source_sizes[frame.index]
+    row = {
+        "sequence_id": fmt.sequence_id,
+        "frame_index": frame.index,
+        "source_uri": fmt.frame_uris[frame.index],
+        "width": frame.width,
+        "height": frame.height,
+        "source_width": src_w,
+        "source_height": src_h,
+        "extrinsic": np.asarray(frame.extrinsic, np.float32).reshape(12).tolist(),
+        "intrinsic": np.asarray(frame.intrinsic, np.float32).reshape(9).tolist(),
+        **depth_statistics(frame.depth),
+        "num_points": 0 if points is None else len(points),
+        "camera_conf": float(frame.camera_conf),
+    }
+    depth = _depth_row(fmt.sequence_id, frame) if fmt.save_depth else None
+    return PreparedFrame(row, points, depth)
+
+
+def _depth_row(sequence_id: str, frame: FramePrediction) -> pa.Table:
+    depth = np.asarray(frame.depth, np.float32).reshape(-1)
+    conf = np.asarray(frame.depth_conf, np.float32).reshape(-1)
+    return pa.Table.from_arrays(
+        [
+            pa.array([sequence_id]),
+            pa.array([frame.index], pa.int32()),
+            pa.array([frame.height], pa.int32()),
+            pa.array([frame.width], pa.int32()),
+            pa.ListArray.from_arrays(pa.array([0, depth.size], pa.int32()), pa.array(depth)),
+            pa.ListArray.from_arrays(pa.array([0, conf.size], pa.int32()), pa.array(conf)),
+        ],
+        schema=DEPTH_SCHEMA,
+    )
+
+
 @dataclass
 class SequenceWriter:
     """Collects one sequence's frames and writes its staged files for one attempt."""
@@ -115,30 +167,15 @@ class SequenceWriter:
             os.close(fd)
             self._depth_writer = pq.ParquetWriter(self._depth_path, DEPTH_SCHEMA)
 
-    def prepare(self, frame: FramePrediction) -> PreparedFrame:
-        """The expensive, per-pixel part of adding a frame; safe to run on several threads."""
-        points = None
-        if self._points is not None:
-            points = frame_points(
-                frame.depth, frame.depth_conf, frame.world_points, frame.image, self._points.conf_threshold
-            )
-        src_w, src_h = self.source_sizes[frame.index]
-        row = {
-            "sequence_id": self.sequence_id,
-            "frame_index": frame.index,
-            "source_uri": self.frame_uris[frame.index],
-            "width": frame.width,
-            "height": frame.height,
-            "source_width": src_w,
-            "source_height": src_h,
-            "extrinsic": np.asarray(frame.extrinsic, np.float32).reshape(12).tolist(),
-            "intrinsic": np.asarray(frame.intrinsic, np.float32).reshape(9).tolist(),
-            **depth_statistics(frame.depth),
-            "num_points": 0 if points is None else len(points),
-            "camera_conf": float(frame.camera_conf),
-        }
-        depth = self._depth_row(frame) if self._depth_writer is not None else None
-        return PreparedFrame(row, points, depth)
+    @property
+    def frame_format(self) -> FrameFormat:
+        return FrameFormat(
+            self.sequence_id,
+            list(self.frame_uris),
+            [tuple(size) for size in self.source_sizes],
+            self.spec.point_cloud.conf_threshold if self.spec.point_cloud.enabled else None,
+            self.spec.save_depth,
+        )
 
     def add_prepared(self, prepared: PreparedFrame) -> None:
         """Append a prepared frame; frames must come in order."""
@@ -149,7 +186,7 @@ class SequenceWriter:
             self._depth_writer.write_table(prepared.depth)
 
     def add(self, frame: FramePrediction) -> None:
-        self.add_prepared(self.prepare(frame))
+        self.add_prepared(prepare_frame(self.frame_format, frame))
 
     def finish(self, store: Store, layout: RunLayout, attempt_id: str) -> StagedOutputs:
         """Write all staged files; returns where they are."""
@@ -180,18 +217,3 @@ class SequenceWriter:
             self._depth_writer = None
         if self._depth_path and os.path.exists(self._depth_path):
             os.unlink(self._depth_path)
-
-    def _depth_row(self, frame: FramePrediction) -> pa.Table:
-        depth = np.asarray(frame.depth, np.float32).reshape(-1)
-        conf = np.asarray(frame.depth_conf, np.float32).reshape(-1)
-        return pa.Table.from_arrays(
-            [
-                pa.array([self.sequence_id]),
-                pa.array([frame.index], pa.int32()),
-                pa.array([frame.height], pa.int32()),
-                pa.array([frame.width], pa.int32()),
-                pa.ListArray.from_arrays(pa.array([0, depth.size], pa.int32()), pa.array(depth)),
-                pa.ListArray.from_arrays(pa.array([0, conf.size], pa.int32()), pa.array(conf)),
-            ],
-            schema=DEPTH_SCHEMA,
-        )

@@ -113,12 +113,22 @@ class ResourcesSpec(_Section):
     num_actors: int | None = Field(default=None, ge=1)  # None: one per GPU, or 1 CPU actor
     gpus_per_actor: float = Field(default=1.0, gt=0)  # used when the cluster has GPUs
     cpus_per_actor: float = Field(default=1.0, ge=0)
+    # Processes beside each model actor that turn frames into rows and points while the engine
+    # computes the next ones. None: all of the actor's CPUs but the engine's own, so 0 with the
+    # default single CPU (frames are then prepared in the actor itself).
+    frame_writers: int | None = Field(default=None, ge=0)
     decode_cpus: float = Field(default=1.0, gt=0)  # per decode task
     max_in_flight_per_actor: int = Field(default=2, ge=1)  # bounds decoded frames in memory
     device: Literal["auto", "cuda", "cpu"] = "auto"
     custom_resources: dict[str, float] = Field(default_factory=dict)  # extra Ray resources per actor
     # Give up when no model actor has started after this long (autoscalers may need minutes).
     actor_start_timeout_s: float = Field(default=1800.0, gt=0)
+
+    @property
+    def frame_writer_processes(self) -> int:
+        if self.frame_writers is not None:
+            return self.frame_writers
+        return max(0, int(self.cpus_per_actor) - 1)
 
 
 class RetrySpec(_Section):

@@ -112,6 +112,18 @@ def test_depth_maps_equal_direct_engine(local_run):
     assert outputs.point_cloud("beta").dtype.names == ("x", "y", "z", "red", "green", "blue", "confidence")
 
 
+def test_frames_prepared_in_writer_processes_give_the_same_outputs(local_run, tmp_path):
+    spec = local_run["spec"]
+    other = run_job(spec, overrides=[f"output={tmp_path}", "resources.frame_writers=2"])
+    assert (other.done, other.failed) == (3, 3)
+    ours, theirs = read_outputs(spec.run_uri), read_outputs(other.run_uri)
+    order = [("sequence_id", "ascending"), ("frame_index", "ascending")]
+    assert ours.frames.sort_by(order).equals(theirs.frames.sort_by(order))
+    assert ours.depth().sort_by(order).equals(theirs.depth().sort_by(order))
+    for name in GOOD:
+        np.testing.assert_array_equal(ours.point_cloud(_ids(name)), theirs.point_cloud(_ids(name)))
+
+
 def test_rerun_skips_committed_and_failed(local_run, capsys):
     spec = local_run["spec"]
     commits = os.path.join(spec.run_uri, "_commits")

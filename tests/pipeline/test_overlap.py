@@ -1,11 +1,13 @@
 """Engine/writer overlap helpers: order, errors on either side, and the lock released on failure."""
 
+import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from pipeline.overlap import in_background, ordered_map
+from pipeline.overlap import frame_writers, in_background, ordered_map
 
 
 def test_in_background_yields_all_items_in_order_and_ahead_of_the_consumer():
@@ -66,13 +68,15 @@ def test_a_consumer_that_stops_early_releases_what_the_producer_holds():
     lock.release()
 
 
-@pytest.mark.parametrize("threads", [1, 3])
-def test_ordered_map_keeps_input_order(threads):
-    def slow_square(x):
-        time.sleep(0.01 * (x % 3))  # later items may finish first
-        return x * x
+def _slow_square(x):
+    time.sleep(0.01 * (x % 3))  # later items may finish first
+    return x * x
 
-    assert list(ordered_map(slow_square, range(30), threads)) == [x * x for x in range(30)]
+
+@pytest.mark.parametrize("threads", [0, 3])
+def test_ordered_map_keeps_input_order(threads):
+    executor = ThreadPoolExecutor(threads) if threads else None
+    assert list(ordered_map(_slow_square, range(30), executor)) == [x * x for x in range(30)]
 
 
 def test_ordered_map_runs_in_parallel_and_reraises():
@@ -85,6 +89,18 @@ def test_ordered_map_runs_in_parallel_and_reraises():
             raise KeyError(x)
         return x
 
-    with pytest.raises(KeyError):
-        list(ordered_map(work, range(10), threads=4))
+    with ThreadPoolExecutor(4) as pool, pytest.raises(KeyError):
+        list(ordered_map(work, range(10), pool))
     assert len(seen) > 1
+
+
+def _pid_of(x):
+    return x, os.getpid()
+
+
+def test_frame_writers_are_other_processes():
+    assert frame_writers(0) is None
+    with frame_writers(2) as pool:
+        results = list(ordered_map(_pid_of, range(8), pool))
+    assert [x for x, _ in results] == list(range(8))
+    assert os.getpid() not in {pid for _, pid in results}
