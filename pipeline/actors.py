@@ -24,7 +24,7 @@ from .discovery import SequenceSource
 from .errors import ActorInitError
 from .layout import RunLayout
 from .outputs import SequenceWriter, StagedOutputs, prepare_frame
-from .overlap import frame_writers, in_background, ordered_map
+from .overlap import frame_writers, in_background, map_in_processes
 from .spec import JobSpec
 from .storage import Store
 
@@ -122,7 +122,7 @@ class ModelWorker:
             engine = self._spec.engine
             ahead = 0 if engine.mode == "offline" else 2 * max(engine.chunk_size, engine.window or 1)
             frames = in_background(infer, max_ahead=ahead)
-            for prepared in ordered_map(partial(prepare_frame, writer.frame_format), frames, self._writers):
+            for prepared in map_in_processes(partial(prepare_frame, writer.frame_format), frames, self._writers):
                 writer.add_prepared(prepared)
                 self._maybe_crash(source)
             staged = writer.finish(store, layout, attempt_id)

@@ -3,18 +3,22 @@
 A sequence's frames leave the engine faster than one thread can turn them into rows and points
 (unprojection, filtering, packing: ~20 ms a frame at 518x392 on the host). `in_background` runs
 the engine in its own thread, so its lock on the accelerator is released as soon as inference
-ends, and `ordered_map` spreads the per-frame host work over `frame_writers` processes while
-keeping frames in order.
+ends, and `map_in_processes` spreads the per-frame host work over `frame_writers` processes
+while keeping frames in order.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
+import pickle
 import queue
+import tempfile
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, wait
+from functools import partial
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -96,9 +100,10 @@ def ordered_map(
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
-    finally:
+    finally:  # on an early stop: drop what has not started, let what runs finish
         for future in pending:
             future.cancel()
+        wait(pending)
 
 
 def frame_writers(processes: int) -> ProcessPoolExecutor | None:
@@ -111,3 +116,41 @@ def frame_writers(processes: int) -> ProcessPoolExecutor | None:
     if processes <= 0:
         return None
     return ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+
+
+def map_in_processes(
+    fn: Callable[[T], R], items: Iterable[T], pool: ProcessPoolExecutor | None, scratch_dir: str | None = None
+) -> Iterator[R]:
+    """fn over items in `pool`'s processes (None: right here), results in input order.
+
+    Items and results travel as pickle files in a temporary folder under `scratch_dir` (the
+    system's temp folder by default; the page cache, in practice), not through the pool's pipes:
+    a pipe moves a multi-MB frame in 64 KiB pieces, and this process takes the GIL back after
+    each one, waiting out the engine thread's switch interval every time. Next to a busy Python
+    thread, 2 processes prepared 3.4 frames/s through pipes and 33 through files
+    (bench/frame_handoff.py, 2 CPU cores).
+    """
+    if pool is None:
+        yield from map(fn, items)
+        return
+    with tempfile.TemporaryDirectory(prefix="zipmap-frames-", dir=scratch_dir, ignore_cleanup_errors=True) as folder:
+        paths = (_dump(item, os.path.join(folder, str(i))) for i, item in enumerate(items))
+        for path in ordered_map(partial(_call_on_file, fn), paths, pool):
+            yield _load(path)
+
+
+def _call_on_file(fn: Callable[[T], R], path: str) -> str:
+    return _dump(fn(_load(path)), path + ".out")
+
+
+def _dump(obj: object, path: str) -> str:
+    with open(path, "wb") as f:
+        f.write(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))  # one write call
+    return path
+
+
+def _load(path: str):
+    with open(path, "rb") as f:
+        data = f.read()
+    os.unlink(path)
+    return pickle.loads(data)

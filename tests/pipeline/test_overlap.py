@@ -5,9 +5,10 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 
-from pipeline.overlap import frame_writers, in_background, ordered_map
+from pipeline.overlap import frame_writers, in_background, map_in_processes, ordered_map
 
 
 def test_in_background_yields_all_items_in_order_and_ahead_of_the_consumer():
@@ -104,3 +105,26 @@ def test_frame_writers_are_other_processes():
         results = list(ordered_map(_pid_of, range(8), pool))
     assert [x for x, _ in results] == list(range(8))
     assert os.getpid() not in {pid for _, pid in results}
+
+
+def _frame_like(x):
+    return {"index": x, "pid": os.getpid(), "pixels": np.full((64, 64), x, np.float32)}
+
+
+def _fails_on_three(x):
+    if x == 3:
+        raise KeyError(x)
+    return x
+
+
+def test_map_in_processes_hands_items_over_as_files_and_cleans_up(tmp_path):
+    assert list(map_in_processes(_slow_square, range(5), None)) == [0, 1, 4, 9, 16]  # no pool: here
+    with frame_writers(2) as pool:
+        results = list(map_in_processes(_frame_like, range(12), pool, scratch_dir=str(tmp_path)))
+        assert [r["index"] for r in results] == list(range(12))
+        assert all((r["pixels"] == r["index"]).all() for r in results)
+        assert os.getpid() not in {r["pid"] for r in results}
+        assert list(tmp_path.iterdir()) == []  # every item and result file removed
+        with pytest.raises(KeyError):
+            list(map_in_processes(_fails_on_three, range(8), pool, scratch_dir=str(tmp_path)))
+    assert list(tmp_path.iterdir()) == []
