@@ -70,11 +70,11 @@ def _measure(run, busy: bool) -> tuple[float, float]:
     return seconds, loops / seconds / 1e6
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--writers", type=int, nargs="*", default=[0, 1, 2])
     ap.add_argument("--frames", type=int, default=48)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     frames = _frames(args.frames)
     fmt = FrameFormat("bench", ["frame"] * len(frames), [(W, H)] * len(frames), 1.0, False)
     prepare = partial(prepare_frame, fmt)

@@ -1,4 +1,4 @@
-"""The throughput benchmark runs on CPU with the tiny preset (a smoke check for the GPU machine)."""
+"""The pipeline benchmarks run on CPU (smoke checks for the GPU machine)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,18 @@ import pytest
 import torch
 
 pytestmark = pytest.mark.timeout(240)
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "pipeline_throughput.py"
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_benchmark_smoke(ray_cluster, tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("pipeline_throughput", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _load("pipeline_throughput")
     threads = torch.get_num_threads()
     try:
         result = bench.main(
@@ -27,3 +32,13 @@ def test_benchmark_smoke(ray_cluster, tmp_path, capsys):
     assert "engine alone" in out and "ratio" in out
     assert result["engine"]["frames"] == result["pipeline"]["frames"] == 6
     assert result["engine"]["frames_per_s"] > 0 and result["pipeline"]["steady_frames_per_s"] > 0
+
+
+def test_frame_handoff_benchmark_smoke(capsys):
+    _load("frame_handoff").main(["--writers", "0", "1", "--frames", "4"])
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [(r[0].strip(), r[1].strip(), r[2].strip()) for r in rows] == [
+        ("0", "in process", "idle"), ("0", "in process", "busy"),
+        ("1", "files", "idle"), ("1", "files", "busy"), ("1", "pipes", "idle"), ("1", "pipes", "busy"),
+    ]
+    assert all(float(r[3]) > 0 for r in rows)
