@@ -109,6 +109,13 @@ def test_cast_keeps_the_precision_sensitive_parts_in_float32(trained):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def test_a_cast_model_refuses_another_fast_dtype(trained):
+    model = copy.deepcopy(trained)
+    cast_for_inference(model, "bfloat16")
+    with pytest.raises(ValueError, match="already cast to torch.bfloat16"):
+        cast_for_inference(model, "float16")
+
+
 def test_a_cast_model_refuses_the_float32_engines(trained, scene):
     model = copy.deepcopy(trained)
     list(reconstruct(model, scene[:2], EngineConfig(dtype="bfloat16", fast=True)))

@@ -72,10 +72,16 @@ def weights_dtype(model: torch.nn.Module) -> torch.dtype:
 def cast_for_inference(model: torch.nn.Module, dtype_name: str) -> None:
     """The fast path's model, made in place: weight matrices stored in bf16/fp16 (autocast then
     has nothing to cast), the dense heads in bf16 and channels-last (the released code runs them
-    in float32). Idempotent; a cast model only runs fast engines."""
+    in float32). Idempotent; a cast model only runs fast engines, and only in its own dtype
+    (bf16 weights re-cast to fp16 would be rounded twice)."""
     dtype = DTYPES[dtype_name]
     if weights_dtype(model) == dtype:
         return
+    if weights_dtype(model) != torch.float32:
+        raise ValueError(
+            f"this model's weights were already cast to {weights_dtype(model)} for the fast path; "
+            f"load a fresh model to run it in {dtype}"
+        )
     keep = float32_parameters(model)
     for p in model.parameters():
         p.data = p.data.float() if p in keep else p.data.to(dtype)
