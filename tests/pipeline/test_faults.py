@@ -45,7 +45,21 @@ def _markers(run_uri: str) -> dict[str, tuple[int, str]]:
     }
 
 
+def _frame_writer_processes() -> set[int]:
+    """Processes started by multiprocessing's spawn on this machine (frame writers among them)."""
+    pids = set()
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if b"spawn_main" in f.read():
+                    pids.add(int(entry))
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
 def test_worker_killed_mid_sequence_is_retried(ray_cluster, tiny_checkpoint, tmp_path):
+    writers_before = _frame_writer_processes()
     sizes = {"a": 2, "b": 3, "c": 2}
     paths = {k: write_sequence(tmp_path / "in" / k, n, seed=n) for k, n in sizes.items()}
     marker = tmp_path / "crashed-once"
@@ -58,8 +72,24 @@ def test_worker_killed_mid_sequence_is_retried(ray_cluster, tiny_checkpoint, tmp
         faults__crash_marker=str(marker),
         engine__mode="streaming",
         engine__window=2,
+        resources__frame_writers=1,  # the killed worker's writer process must not outlive it
     )
-    summary = run_job(spec)
+    seen: set[int] = set()
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            seen.update(_frame_writer_processes() - writers_before)
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        summary = run_job(spec)
+    finally:
+        done.set()
+        watcher.join()
+    assert len(seen) >= 2, "writer processes of the killed worker and of its replacement"
     assert marker.exists(), "the fault was never injected"
     assert (summary.done, summary.failed) == (3, 0), summary
     assert _frames_by_sequence(spec.run_uri) == {k: list(range(n)) for k, n in sizes.items()}
@@ -80,6 +110,10 @@ def test_worker_killed_mid_sequence_is_retried(ray_cluster, tiny_checkpoint, tmp
     for row, frame in zip(rows, ref):
         np.testing.assert_allclose(np.array(row["extrinsic"]).reshape(3, 4), frame.extrinsic, rtol=1e-5, atol=1e-6)
     assert not os.path.exists(os.path.join(spec.run_uri, "_staging"))
+    deadline = time.monotonic() + 30
+    while _frame_writer_processes() - writers_before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _frame_writer_processes() - writers_before, "frame writer processes outlived their actors"
 
 
 @pytest.mark.slow
