@@ -10,24 +10,33 @@ The small API the pipeline (and any other caller) uses:
         frame.extrinsic, frame.intrinsic, frame.depth, frame.depth_conf, frame.world_points
 """
 
-from zipmap_core.checkpoint import CheckpointError, load_checkpoint, load_state_dict, save_checkpoint
-from zipmap_core.config import ModelConfig
-from zipmap_core.engines import EngineConfig, FramePrediction, StreamingSession, reconstruct
-from zipmap_core.images import ImageLoadError, load_images, preprocess_images
-from zipmap_core.models.zipmap import ZipMap
+from __future__ import annotations
 
-__all__ = [
-    "CheckpointError",
-    "EngineConfig",
-    "FramePrediction",
-    "ImageLoadError",
-    "ModelConfig",
-    "StreamingSession",
-    "ZipMap",
-    "load_checkpoint",
-    "load_images",
-    "load_state_dict",
-    "preprocess_images",
-    "reconstruct",
-    "save_checkpoint",
-]
+from importlib import import_module
+from typing import Any
+
+# name -> module; loaded on first use, so that light parts (configs, FramePrediction) do not
+# import torch
+_EXPORTS = {
+    "CheckpointError": "zipmap_core.checkpoint",
+    "load_checkpoint": "zipmap_core.checkpoint",
+    "load_state_dict": "zipmap_core.checkpoint",
+    "save_checkpoint": "zipmap_core.checkpoint",
+    "ModelConfig": "zipmap_core.config",
+    "EngineConfig": "zipmap_core.engines",
+    "FramePrediction": "zipmap_core.engines",
+    "StreamingSession": "zipmap_core.engines",
+    "reconstruct": "zipmap_core.engines",
+    "ImageLoadError": "zipmap_core.images",
+    "load_images": "zipmap_core.images",
+    "preprocess_images": "zipmap_core.images",
+    "ZipMap": "zipmap_core.models.zipmap",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
