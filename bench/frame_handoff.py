@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--frames", type=int, default=48)
     args = ap.parse_args(argv)
     frames = _frames(args.frames)
-    fmt = FrameFormat("bench", ["frame"] * len(frames), [(W, H)] * len(frames), 1.0, False)
+    fmt = FrameFormat("bench", 1.0, False)
     prepare = partial(prepare_frame, fmt)
     print("| writers | handoff | engine thread | frames/s | busy thread M/s |")
     print("|---|---|---|---|---|")

@@ -95,12 +95,11 @@ class PreparedFrame:
 
 @dataclass(frozen=True)
 class FrameFormat:
-    """What turning a sequence's frames into rows and points needs: small and picklable, so
-    that frames can be prepared in other processes."""
+    """The sequence-level settings `prepare_frame` needs. It travels with every frame to a writer
+    process, so it holds nothing that grows with the sequence (frame URIs and source sizes are
+    added to the row by `SequenceWriter.add_prepared`)."""
 
     sequence_id: str
-    frame_uris: list[str]
-    source_sizes: list[tuple[int, int]]
     conf_threshold: float | None  # None: no point cloud
     save_depth: bool
 
@@ -110,15 +109,11 @@ def prepare_frame(fmt: FrameFormat, frame: FramePrediction) -> PreparedFrame:
     points = None
     if fmt.conf_threshold is not None:
         points = frame_points(frame.depth, frame.depth_conf, frame.world_points, frame.image, fmt.conf_threshold)
-    src_w, src_h = fmt.source_sizes[frame.index]
     row = {
         "sequence_id": fmt.sequence_id,
         "frame_index": frame.index,
-        "source_uri": fmt.frame_uris[frame.index],
         "width": frame.width,
         "height": frame.height,
-        "source_width": src_w,
-        "source_height": src_h,
         "extrinsic": np.asarray(frame.extrinsic, np.float32).reshape(12).tolist(),
         "intrinsic": np.asarray(frame.intrinsic, np.float32).reshape(9).tolist(),
         **depth_statistics(frame.depth),
@@ -161,7 +156,7 @@ class SequenceWriter:
     def __post_init__(self) -> None:
         pc = self.spec.point_cloud
         if pc.enabled:
-            self._points = PointCloudBuilder(pc.conf_threshold, pc.voxel_size)
+            self._points = PointCloudBuilder(pc.voxel_size)
         if self.spec.save_depth:
             fd, self._depth_path = tempfile.mkstemp(suffix=".parquet")
             os.close(fd)
@@ -169,24 +164,19 @@ class SequenceWriter:
 
     @property
     def frame_format(self) -> FrameFormat:
-        return FrameFormat(
-            self.sequence_id,
-            list(self.frame_uris),
-            [tuple(size) for size in self.source_sizes],
-            self.spec.point_cloud.conf_threshold if self.spec.point_cloud.enabled else None,
-            self.spec.save_depth,
-        )
+        pc = self.spec.point_cloud
+        return FrameFormat(self.sequence_id, pc.conf_threshold if pc.enabled else None, self.spec.save_depth)
 
     def add_prepared(self, prepared: PreparedFrame) -> None:
         """Append a prepared frame; frames must come in order."""
+        index = prepared.row["frame_index"]
+        src_w, src_h = self.source_sizes[index]
+        row = {**prepared.row, "source_uri": self.frame_uris[index], "source_width": src_w, "source_height": src_h}
         if prepared.points is not None:
             self._points.add_points(prepared.points)
-        self._rows.append(prepared.row)
+        self._rows.append(row)
         if prepared.depth is not None:
             self._depth_writer.write_table(prepared.depth)
-
-    def add(self, frame: FramePrediction) -> None:
-        self.add_prepared(prepare_frame(self.frame_format, frame))
 
     def finish(self, store: Store, layout: RunLayout, attempt_id: str) -> StagedOutputs:
         """Write all staged files; returns where they are."""

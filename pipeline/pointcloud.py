@@ -27,8 +27,9 @@ def frame_points(
     """The kept points of one frame as PLY vertices, in row-major pixel order.
 
     A pixel becomes a point when its depth is finite and positive, its confidence finite and at
-    least `threshold`, and its world point finite. Runs once per frame on the writer's critical path, so it selects first (cheap 1-D masks over
-    depth and confidence) and packs only the kept pixels, byte columns side by side.
+    least `threshold`, and its world point finite. Runs once per frame on the writer's critical
+    path, so it selects first (cheap 1-D masks over depth and confidence) and packs only the kept
+    pixels, byte columns side by side.
     """
     # NaN compares false, so this also drops non-finite depth and confidence
     mask = (depth > 0) & (depth < np.inf) & (depth_conf >= threshold) & (depth_conf < np.inf)
@@ -97,15 +98,10 @@ class VoxelGrid:
 class PointCloudBuilder:
     """Collects the kept points of a sequence frame by frame and writes them as one PLY."""
 
-    def __init__(self, conf_threshold: float, voxel_size: float | None = None):
-        self.conf_threshold = conf_threshold
+    def __init__(self, voxel_size: float | None = None):
         self._grid = VoxelGrid(voxel_size) if voxel_size else None
         self._spool: IO[bytes] | None = None if self._grid else tempfile.TemporaryFile()
         self._count = 0
-
-    def add_frame(self, depth, depth_conf, world_points, image) -> int:
-        """Add one frame; returns how many of its pixels passed the filter."""
-        return self.add_points(frame_points(depth, depth_conf, world_points, image, self.conf_threshold))
 
     def add_points(self, points: np.ndarray) -> int:
         """Add one frame's vertices (from `frame_points`); returns how many."""

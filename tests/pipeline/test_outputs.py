@@ -30,8 +30,8 @@ def _frame(rng, h=6, w=5):
 def test_ply_round_trip_and_filter():
     rng = np.random.default_rng(0)
     frames = [_frame(rng) for _ in range(3)]
-    builder = PointCloudBuilder(conf_threshold=2.0)
-    kept = [builder.add_frame(*f) for f in frames]
+    builder = PointCloudBuilder()
+    kept = [builder.add_points(frame_points(*f, 2.0)) for f in frames]
     buf = io.BytesIO()
     n = builder.write(buf, comment="test")
     builder.close()
