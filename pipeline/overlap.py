@@ -82,15 +82,12 @@ def in_background(produce: Callable[[], Iterable[T]], max_ahead: int = 0) -> Ite
 
 
 def ordered_map(
-    fn: Callable[[T], R], items: Iterable[T], executor: Executor | None, max_ahead: int | None = None
+    fn: Callable[[T], R], items: Iterable[T], executor: Executor, max_ahead: int | None = None
 ) -> Iterator[R]:
-    """fn over items on `executor` (None: right here), results in input order.
+    """fn over items on `executor`, results in input order.
 
     At most `max_ahead` items are pending at once (default: twice the executor's workers).
     """
-    if executor is None:
-        yield from map(fn, items)
-        return
     limit = max_ahead or 2 * getattr(executor, "_max_workers", 1)
     pending: deque[Future] = deque()
     try:
