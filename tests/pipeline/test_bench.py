@@ -42,3 +42,31 @@ def test_frame_handoff_benchmark_smoke(capsys):
         ("1", "files", "idle"), ("1", "files", "busy"), ("1", "pipes", "idle"), ("1", "pipes", "busy"),
     ]
     assert all(float(r[3]) > 0 for r in rows)
+
+
+def test_scaling_benchmark_smoke(ray_cluster, tmp_path, capsys):
+    bench = _load("pipeline_scaling")
+    args = ["--preset", "tiny", "--device", "cpu", "--sequences", "3", "--frames", "2", "--cpus-per-actor", "0.5"]
+    report = bench.main([*args, "--actors", "1", "2", "--workdir", str(tmp_path)])
+    runs = report["runs"]
+    assert [r["num_actors"] for r in runs] == [1, 2]
+    assert all(r["frames"] == 6 and r["steady_frames_per_s"] > 0 for r in runs)
+    assert runs[0]["scaling"] == 1.0 and runs[1]["scaling"] > 0
+    assert runs[1]["differences"] == []  # the same outputs whatever the number of actors
+    assert "| 2 |" in capsys.readouterr().out
+
+
+def test_scaling_benchmark_reports_differences():
+    import pyarrow as pa
+
+    bench = _load("pipeline_scaling")
+    frames = pa.table({"sequence_id": ["a", "a"], "depth_mean": pa.array([1.0, 2.0], pa.float32())})
+    base = {"frames": frames, "ply_sha256": {"a": "00", "b": "11"}}
+    assert bench._differences(base, base) == []
+    moved = frames.set_column(1, "depth_mean", pa.array([1.0, 2.5], pa.float32()))
+    found = bench._differences(base, {"frames": moved, "ply_sha256": {"a": "00", "b": "12"}})
+    assert found == ["1 PLY file(s) differ, e.g. b", "frames.depth_mean differs (max abs 0.5)"]
+    assert bench._differences(base, {"frames": frames.slice(0, 1), "ply_sha256": {"a": "00"}}) == [
+        "sequences differ: ['b']",
+        "frames tables have 2 and 1 rows",
+    ]
