@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import pickle
 import queue
+import struct
 import tempfile
 import threading
 from collections import deque
@@ -141,13 +142,33 @@ def _call_on_file(fn: Callable[[T], R], path: str) -> str:
 
 
 def _dump(obj: object, path: str) -> str:
+    """Pickle `obj` to `path` with its array buffers written out of band.
+
+    pickle.dumps copies every array into the pickle (holding the GIL); here only the small
+    pickle is built in Python and each buffer goes to the file in its own write call, which
+    copies it without the GIL. Layout: count, then (length, bytes) for the pickle and each buffer.
+    """
+    buffers: list[pickle.PickleBuffer] = []
+    head = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+    raws = [b.raw() for b in buffers]
     with open(path, "wb") as f:
-        f.write(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))  # one write call
+        f.write(struct.pack(f"<{len(raws) + 2}Q", len(raws) + 1, len(head), *(r.nbytes for r in raws)))
+        f.write(head)
+        for raw in raws:
+            f.write(raw)
     return path
 
 
 def _load(path: str):
+    """What `_dump` wrote; arrays are views of one buffer read without the GIL, not copies."""
     with open(path, "rb") as f:
-        data = f.read()
+        (count,) = struct.unpack("<Q", f.read(8))
+        sizes = struct.unpack(f"<{count}Q", f.read(8 * count))
+        data = bytearray(sum(sizes))
+        f.readinto(data)
     os.unlink(path)
-    return pickle.loads(data)
+    views, offset = [], 0
+    for size in sizes:
+        views.append(memoryview(data)[offset : offset + size])
+        offset += size
+    return pickle.loads(views[0], buffers=views[1:])

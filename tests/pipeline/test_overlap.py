@@ -127,3 +127,27 @@ def test_map_in_processes_hands_items_over_as_files_and_cleans_up(tmp_path):
         with pytest.raises(KeyError):
             list(map_in_processes(_fails_on_three, range(8), pool, scratch_dir=str(tmp_path)))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_item_files_round_trip_arrays_out_of_band(tmp_path):
+    from pipeline.overlap import _dump, _load
+    from pipeline.pointcloud import PLY_DTYPE
+
+    rng = np.random.default_rng(0)
+    vertices = np.zeros(5, PLY_DTYPE)
+    vertices["x"], vertices["red"] = rng.random(5), 7
+    item = {
+        "depth": rng.random((6, 8), dtype=np.float32),
+        "every_other_row": rng.random((6, 8))[::2],  # not contiguous: pickled in band
+        "vertices": vertices,
+        "empty": np.empty((0, 3), np.uint8),
+        "meta": ("frame", 3, [1.5, None]),
+    }
+    path = _dump(item, str(tmp_path / "item"))
+    got = _load(path)
+    assert not os.path.exists(path)
+    assert got["meta"] == item["meta"] and got["vertices"].dtype == PLY_DTYPE
+    for name in ("depth", "every_other_row", "vertices", "empty"):
+        assert got[name].shape == item[name].shape and got[name].tobytes() == item[name].tobytes()
+    got["depth"][0, 0] = -1  # arrays are ordinary, writable
+    assert _load(_dump(7, str(tmp_path / "plain"))) == 7
