@@ -25,6 +25,9 @@ from .spec import JobSpec, redact_text
 logger = logging.getLogger(__name__)
 
 FailureKind = Literal["input", "actor_lost", "init", "transient"]
+# `process` calls an actor runs at once: one sequence computing, one writing. Further in-flight
+# sequences wait in the actor's queue with their decoding done, not in its memory.
+ACTOR_CONCURRENCY = 2
 
 
 def connect(address: str | None = None) -> bool:
@@ -92,7 +95,7 @@ class RayExecutor:
             num_gpus=plan.num_gpus,
             num_cpus=plan.num_cpus,
             resources=plan.resources or None,
-            max_concurrency=spec.resources.max_in_flight_per_actor,
+            max_concurrency=ACTOR_CONCURRENCY,
             max_restarts=0,  # a dead actor is replaced by the coordinator, with a fresh handle
         )
         self._decode = ray.remote(decode_sequence).options(
