@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pytest
 import pyarrow.dataset as ds
 
 from pipeline.commit import clean_uncommitted, commit_sequence, committed_sequences
@@ -137,3 +138,17 @@ def test_outputs_without_marker_are_never_results(tmp_path):
     assert ds.dataset(layout.dataset_dir(FRAMES), partitioning="hive").to_table().column("sequence_id").to_pylist() == [
         "good"
     ]
+
+
+@pytest.mark.parametrize("spread", [1_000, 1 << 40])  # packed into one int64, and too wide for that
+def test_voxel_rows_dedup_like_numpy_unique(spread):
+    from pipeline.pointcloud import _unique_rows
+
+    rng = np.random.default_rng(spread)
+    keys = rng.integers(-spread, spread, (5000, 3))
+    keys[::7] = keys[1::7][: len(keys[::7])]  # plenty of repeated rows
+    keys[:, 2] = np.where(rng.random(5000) < 0.5, keys[:, 2], -3)
+    expected, expected_inverse = np.unique(keys, axis=0, return_inverse=True)
+    unique, inverse = _unique_rows(keys)
+    assert np.array_equal(unique, expected) and np.array_equal(inverse, expected_inverse.reshape(-1))
+    assert np.array_equal(unique[inverse], keys)
