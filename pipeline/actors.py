@@ -24,7 +24,7 @@ from .discovery import SequenceSource
 from .errors import ActorInitError
 from .layout import RunLayout
 from .outputs import SequenceWriter, StagedOutputs, prepare_frame
-from .overlap import frame_writers, in_background, map_in_processes
+from .overlap import frame_writers, in_background, map_in_processes, remove_stale_scratch
 from .spec import JobSpec
 from .storage import Store
 
@@ -79,6 +79,7 @@ class ModelWorker:
         self._spec = spec
         self._lock = threading.Lock()
         self._writers = frame_writers(spec.resources.frame_writer_processes)
+        remove_stale_scratch()  # what a killed worker on this node left behind
         self._init_error: str | None = None
         self._info: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid()}
         try:

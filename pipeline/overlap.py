@@ -13,6 +13,8 @@ import multiprocessing
 import os
 import pickle
 import queue
+import re
+import shutil
 import struct
 import tempfile
 import threading
@@ -26,6 +28,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 _DONE = object()
+_SCRATCH_PREFIX = "zipmap-frames-"
 
 
 class _Failed:
@@ -131,10 +134,33 @@ def map_in_processes(
     if pool is None:
         yield from map(fn, items)
         return
-    with tempfile.TemporaryDirectory(prefix="zipmap-frames-", dir=scratch_dir, ignore_cleanup_errors=True) as folder:
+    prefix = f"{_SCRATCH_PREFIX}{os.getpid()}-"  # the owner, for remove_stale_scratch
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=scratch_dir, ignore_cleanup_errors=True) as folder:
         paths = (_dump(item, os.path.join(folder, str(i))) for i, item in enumerate(items))
         for path in ordered_map(partial(_call_on_file, fn), paths, pool):
             yield _load(path)
+
+
+def remove_stale_scratch(scratch_dir: str | None = None) -> int:
+    """Delete the item folders of `map_in_processes` calls whose process has died (a killed
+    worker cannot clean up after itself); returns how many. Folders of live processes stay."""
+    removed = 0
+    for entry in os.scandir(scratch_dir or tempfile.gettempdir()):
+        owner = re.fullmatch(rf"{_SCRATCH_PREFIX}(\d+)-.+", entry.name)
+        if owner and entry.is_dir(follow_symlinks=False) and not _alive(int(owner[1])):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _call_on_file(fn: Callable[[T], R], path: str) -> str:

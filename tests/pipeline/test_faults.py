@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -92,6 +93,9 @@ def test_worker_killed_mid_sequence_is_retried(ray_cluster, tiny_checkpoint, tmp
     assert len(seen) >= 2, "writer processes of the killed worker and of its replacement"
     assert marker.exists(), "the fault was never injected"
     assert (summary.done, summary.failed) == (3, 0), summary
+    killed_pid = int(marker.read_text().split()[-1])
+    leftovers = [p for p in os.listdir(tempfile.gettempdir()) if p.startswith(f"zipmap-frames-{killed_pid}-")]
+    assert leftovers == [], "the replacement worker removes the killed one's item folder"
     assert _frames_by_sequence(spec.run_uri) == {k: list(range(n)) for k, n in sizes.items()}
     manifest = {
         r["sequence_id"]: r for r in ds.dataset(os.path.join(spec.run_uri, "manifest.parquet")).to_table().to_pylist()

@@ -151,3 +151,20 @@ def test_item_files_round_trip_arrays_out_of_band(tmp_path):
         assert got[name].shape == item[name].shape and got[name].tobytes() == item[name].tobytes()
     got["depth"][0, 0] = -1  # arrays are ordinary, writable
     assert _load(_dump(7, str(tmp_path / "plain"))) == 7
+
+
+def test_scratch_folders_of_dead_processes_are_removed(tmp_path):
+    import subprocess
+    import sys
+
+    from pipeline.overlap import remove_stale_scratch
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f"zipmap-frames-{int(dead.stdout)}-abc"
+    live = tmp_path / f"zipmap-frames-{os.getpid()}-def"
+    other = tmp_path / "zipmap-frames-unrelated"
+    for folder in (stale, live, other):
+        folder.mkdir()
+        (folder / "0").write_bytes(b"item")
+    assert remove_stale_scratch(str(tmp_path)) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name])
