@@ -80,9 +80,12 @@ def main() -> None:
         del images
         gc.collect()
 
-    fmt = lambda v, f: "-" if v is None else f.format(v)
+    def fmt(v, f):
+        return "-" if v is None else f.format(v)
+
     print(f"\n{torch.cuda.get_device_name()}, {args.preset}, {args.dtype}, chunk {args.chunk_size}, "
-          f"{'compiled ' if args.compile else ''}{'fast path, ' if fast['fast'] else ''}{args.height}x{args.width}, median of {args.repeats} (1 above 1000 frames), "
+          f"{'compiled ' if args.compile else ''}{'fast path, ' if fast['fast'] else ''}{args.height}x{args.width}, "
+          f"median of {args.repeats} (1 above 1000 frames), "
           f"GPU cache {args.gpu_cache_gb} GiB, host budget {args.host_budget_gb} GiB, head inputs {args.head_inputs}\n")
     print("| N | offline s | offline GiB | chunked s | chunked GiB | chunked/offline time | chunked frames/s |")
     print("|---|---|---|---|---|---|---|")

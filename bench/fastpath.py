@@ -91,7 +91,10 @@ def breakdown(model, images, engine) -> dict[str, float]:
     """Seconds in frame blocks, global blocks and the rest, from CUDA events around each block."""
     spans: dict[str, list] = {"frame_blocks": [], "global_blocks": []}
     handles = []
-    for name, blocks in (("frame_blocks", model.aggregator.frame_blocks), ("global_blocks", model.aggregator.global_blocks)):
+    for name, blocks in (
+        ("frame_blocks", model.aggregator.frame_blocks),
+        ("global_blocks", model.aggregator.global_blocks),
+    ):
         for block in blocks:
             def pre(module, args, name=name):
                 module._t0 = torch.cuda.Event(enable_timing=True)

@@ -70,6 +70,10 @@ def _measure(run, busy: bool) -> tuple[float, float]:
     return seconds, loops / seconds / 1e6
 
 
+def _run_all(mapper, prepare, frames, pool) -> None:
+    list(mapper(prepare, frames, pool))
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--writers", type=int, nargs="*", default=[0, 1, 2])
@@ -86,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         for name, mapper in handoffs.items():
             list(mapper(prepare, frames[:4], pool))  # start the processes, warm caches
             for busy in (False, True):
-                seconds, rate = _measure(lambda: list(mapper(prepare, frames, pool)), busy)
+                seconds, rate = _measure(partial(_run_all, mapper, prepare, frames, pool), busy)
                 state = "busy" if busy else "idle"
                 print(f"| {writers} | {name} | {state} | {len(frames) / seconds:.1f} | {rate:.2f} |", flush=True)
         if pool is not None:

@@ -123,7 +123,7 @@ def _spec(args, input_prefix: str, output: str):
         {
             "input": {"prefix": input_prefix},
             "output": output,
-            "run_id": f"bench-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}",
+            "run_id": f"bench-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}",
             "model": {
                 "preset": args.preset,
                 "checkpoint": args.checkpoint,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -18,7 +19,8 @@ def copy_bandwidth(nbytes: int = 1 << 28) -> None:
     dev = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
     for pinned in (True, False):
         host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=pinned)
-        for name, fn in (("H2D", lambda: dev.copy_(host, non_blocking=True)), ("D2H", lambda: host.copy_(dev, non_blocking=True))):
+        h2d, d2h = partial(dev.copy_, host, non_blocking=True), partial(host.copy_, dev, non_blocking=True)
+        for name, fn in (("H2D", h2d), ("D2H", d2h)):
             fn()
             torch.cuda.synchronize()
             t = time.perf_counter()
@@ -39,7 +41,10 @@ def main() -> None:
     with torch.device("cuda"):
         model = ZipMap(ModelConfig.preset("offline_affine")).eval()
     images = torch.rand(args.frames, 3, args.height, args.width).pin_memory()
-    for engine in (EngineConfig(dtype="bfloat16"), EngineConfig(mode="chunked", chunk_size=args.chunk_size, dtype="bfloat16")):
+    for engine in (
+        EngineConfig(dtype="bfloat16"),
+        EngineConfig(mode="chunked", chunk_size=args.chunk_size, dtype="bfloat16"),
+    ):
         for _ in reconstruct(model, images[:8], engine, device="cuda"):
             pass
         torch.cuda.synchronize()

@@ -143,7 +143,9 @@ def evaluate_all(args: argparse.Namespace, paths: dict[str, str]) -> dict[str, d
             seconds[name].append(took)
             per_method[name].append(evaluate_sequence(pred, seq))
         per_method["trivial"].append(evaluate_sequence(trivial_prediction(seq), seq))
-        row = " ".join(f"{n}: absrel={m[-1]['depth_abs_rel']:.3f} ate={m[-1]['ate']:.3f}" for n, m in per_method.items())
+        row = " ".join(
+            f"{n}: absrel={m[-1]['depth_abs_rel']:.3f} ate={m[-1]['ate']:.3f}" for n, m in per_method.items()
+        )
         log(f"seed {seed} ({seq.scene}/{seq.trajectory}) {row}")
     summary = {}
     for name, metrics in per_method.items():

@@ -57,7 +57,7 @@ def commit_sequence(
         "num_frames": staged.num_frames,
         "num_points": staged.num_points,
         "outputs": outputs,
-        "committed_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "committed_at": dt.datetime.now(dt.UTC).isoformat(),
     }
     store.write_json(marker, full)  # last: from here on the sequence is visible
     discard_attempt(store, layout, sequence_id, attempt_id)

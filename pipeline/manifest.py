@@ -66,7 +66,7 @@ class SequenceRecord:
     committed_at: str | None = None
 
     @classmethod
-    def from_marker(cls, marker: dict[str, Any]) -> "SequenceRecord":
+    def from_marker(cls, marker: dict[str, Any]) -> SequenceRecord:
         timings = dict(marker.get("timings", {}))
         commit_s = timings.get("commit_s") or 0.0  # moving files + writing the marker
         for key in ("write_s", "total_s"):
@@ -132,7 +132,7 @@ class RunSummary(BaseModel):
     @classmethod
     def from_records(
         cls, run_id: str, run_uri: str, records: list[SequenceRecord], elapsed_s: float, frames_this_session: int
-    ) -> "RunSummary":
+    ) -> RunSummary:
         done = [r for r in records if r.status == "done"]
         failed = [r for r in records if r.status == "failed"]
         pending = len(records) - len(done) - len(failed)

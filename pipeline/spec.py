@@ -57,7 +57,7 @@ class InputSpec(_Section):
     frame_stride: int = Field(default=1, ge=1)  # keep every k-th frame
 
     @model_validator(mode="after")
-    def _one_source(self) -> "InputSpec":
+    def _one_source(self) -> InputSpec:
         if (self.prefix is None) == (self.manifest is None):
             raise ValueError("set exactly one of input.prefix and input.manifest")
         return self
@@ -76,7 +76,7 @@ class ModelSpec(_Section):
         return name
 
     @model_validator(mode="after")
-    def _weights(self) -> "ModelSpec":
+    def _weights(self) -> ModelSpec:
         if self.checkpoint is None and not (self.preset == "tiny" and self.allow_random_weights):
             raise ValueError(
                 "model.checkpoint is required; random weights are only allowed with "
@@ -215,13 +215,15 @@ class JobSpec(_Section):
         return output.rstrip("/") or output
 
     @model_validator(mode="after")
-    def _engine_fits_model(self) -> "JobSpec":
+    def _engine_fits_model(self) -> JobSpec:
         """Settings every sequence would fail on are spec errors, not per-sequence retries."""
         model = self.model.config()
         if self.engine.mode in ("chunked", "streaming") and model.global_block != "ttt":
             raise ValueError(f"engine.mode {self.engine.mode!r} needs a TTT model; preset {model.name!r} is not one")
         if self.engine.mode == "streaming" and self.engine.window is None and model.streaming_window is None:
-            raise ValueError(f"engine.mode 'streaming' needs engine.window: preset {model.name!r} has no default window")
+            raise ValueError(
+                f"engine.mode 'streaming' needs engine.window: preset {model.name!r} has no default window"
+            )
         return self
 
     @model_serializer(mode="wrap")
@@ -236,7 +238,7 @@ class JobSpec(_Section):
 
     __str__ = __repr__
 
-    def updated(self, **changes: Any) -> "JobSpec":
+    def updated(self, **changes: Any) -> JobSpec:
         """A validated copy with top-level fields replaced (secrets preserved)."""
         data = self.model_dump(mode="json", context={REVEAL_SECRETS: True})
         data.update(changes)
@@ -253,7 +255,7 @@ class JobSpec(_Section):
         result["input"] = {k: data["input"][k] for k in ("min_frames", "max_frames", "frame_stride")}
         return result
 
-    def with_run_id(self, run_id: str | None = None) -> "JobSpec":
+    def with_run_id(self, run_id: str | None = None) -> JobSpec:
         """A copy with a definite run id (the given one, the spec's own, or a fresh one)."""
         return self.model_copy(update={"run_id": run_id or self.run_id or new_run_id()})
 
@@ -276,7 +278,7 @@ def new_run_id() -> str:
 
 
 def load_spec(
-    source: "str | Mapping[str, Any] | JobSpec",
+    source: str | Mapping[str, Any] | JobSpec,
     overrides: Sequence[str] = (),
     *,
     storage_options: Mapping[str, Any] | None = None,

@@ -72,7 +72,7 @@ class ModelConfig(BaseModel):
     streaming_window: int | None = None  # frames per TTT window for streaming models
 
     @model_validator(mode="after")
-    def _check(self) -> "ModelConfig":
+    def _check(self) -> ModelConfig:
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.global_block == "ttt" and self.embed_dim % self.ttt.head_dim:
@@ -91,7 +91,7 @@ class ModelConfig(BaseModel):
         return 1 + self.num_register_tokens
 
     @classmethod
-    def preset(cls, name: str) -> "ModelConfig":
+    def preset(cls, name: str) -> ModelConfig:
         try:
             return PRESETS[name]
         except KeyError:

@@ -62,7 +62,9 @@ def pose_encoding_to_cameras(enc: torch.Tensor, image_hw: tuple[int, int]) -> tu
     return extrinsics, K
 
 
-def cameras_to_pose_encoding(extrinsics: torch.Tensor, intrinsics: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
+def cameras_to_pose_encoding(
+    extrinsics: torch.Tensor, intrinsics: torch.Tensor, image_hw: tuple[int, int]
+) -> torch.Tensor:
     """Inverse of `pose_encoding_to_cameras` (training targets)."""
     H, W = image_hw
     quat = matrix_to_quaternion(extrinsics[..., :3, :3])

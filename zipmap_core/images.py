@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Sequence
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import fsspec
 import numpy as np
@@ -22,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 PATCH = 14
 
 PreprocessMode = Literal["crop", "pad"]
-ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray]
+ImageSource = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray
 
 __all__ = [
     "ImageLoadError",

@@ -39,7 +39,7 @@ class LocalS3:
     def endpoint_url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self) -> "LocalS3":
+    def start(self) -> LocalS3:
         from moto.server import ThreadedMotoServer
 
         self._server = ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)
@@ -63,7 +63,7 @@ class LocalS3:
         )
         client.create_bucket(Bucket=name)
 
-    def __enter__(self) -> "LocalS3":
+    def __enter__(self) -> LocalS3:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

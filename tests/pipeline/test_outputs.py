@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 
 import numpy as np
-import pytest
 import pyarrow.dataset as ds
+import pytest
 
 from pipeline.commit import clean_uncommitted, commit_sequence, committed_sequences
 from pipeline.layout import FRAMES, POINTS, RunLayout

@@ -6,16 +6,18 @@ import json
 import math
 import os
 import zlib
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 import torch
 
-REFERENCE_DIR = Path(os.environ.get("ZIPMAP_REFERENCE_DIR", Path(__file__).resolve().parents[3] / "shared" / "reference"))
+REFERENCE_DIR = Path(
+    os.environ.get("ZIPMAP_REFERENCE_DIR", Path(__file__).resolve().parents[3] / "shared" / "reference")
+)
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_json(name: str) -> dict:
     return json.loads((REFERENCE_DIR / name).read_text())
 

@@ -50,7 +50,9 @@ def test_full_size_layout_matches_published_checkpoints(preset, manifest):
 def test_dev_layout(preset, manifest_key):
     with torch.device("meta"):
         model = ZipMap(ModelConfig.preset(preset))
-    assert {k: list(v.shape) for k, v in model.state_dict().items()} == load_json("zipmap_reference_dev.json")[manifest_key]
+    assert {k: list(v.shape) for k, v in model.state_dict().items()} == load_json("zipmap_reference_dev.json")[
+        manifest_key
+    ]
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,9 @@ is orthogonalised once, and pass 2 applies it chunk by chunk. Pass 2 of block i 
 frame block i+1 and pass 1 of block i+1, so every layer reads and writes each chunk's tokens once.
 Tokens of frames off the GPU live in an `ActivationStore` (pinned host memory, then scratch
 files). The outputs the heads read (DPT layers, camera tokens of the last layer) are kept there
-too; the camera head then runs over all frames' camera tokens, and the dense heads per chunk (their per-layer first stage runs during the pass, and only its
-smaller output is kept), so frames stream out while later chunks are still being decoded. When the head inputs of a long
+too; the camera head then runs over all frames' camera tokens, and the dense heads per chunk
+(their per-layer first stage runs during the pass, and only its smaller output is kept), so
+frames stream out while later chunks are still being decoded. When the head inputs of a long
 sequence would not fit in the host budget, they are recomputed per chunk instead: once every
 layer's fast weights are trained, the network is a per-frame function.
 """

@@ -32,8 +32,9 @@ class EngineConfig(BaseModel):
     host_memory_budget_gb: float = Field(default=32.0, gt=0)  # chunked: then pinned host memory, then scratch
     scratch_dir: str | None = None  # chunked: where spilled activations go (a temp dir by default)
     # chunked: the DPT heads read 4 layers of every frame (their projections: about 6 MB a frame
-    # and head at full size in bf16). "keep" stores them during the pass; "recompute" reruns the trained network per chunk instead (more
-    # compute, no storage); "auto" keeps them when they fit in the host memory budget.
+    # and head at full size in bf16). "keep" stores them during the pass; "recompute" reruns the
+    # trained network per chunk instead (more compute, no storage); "auto" keeps them when they fit
+    # in the host memory budget.
     head_inputs: Literal["auto", "keep", "recompute"] = "auto"
     # run the local-point head too (half of the dense-head compute); depth and cameras suffice for
     # world points, so it is off unless asked for

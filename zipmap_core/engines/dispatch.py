@@ -21,7 +21,6 @@ from zipmap_core.engines.results import FramePrediction
 from zipmap_core.engines.streaming import reconstruct_streaming
 from zipmap_core.models.zipmap import ZipMap
 
-
 _ENGINES = {"offline": reconstruct_offline, "chunked": reconstruct_chunked, "streaming": reconstruct_streaming}
 
 

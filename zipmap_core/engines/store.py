@@ -1,10 +1,11 @@
 """Where the chunked engine keeps activations of the frames it is not working on.
 
-On the GPU up to a small budget (no copies at all), then host memory (pinned, so copies run asynchronously on a side CUDA stream and overlap with
-compute) up to a byte budget, then files in a scratch directory. Pinning memory is slow
-(cudaHostAlloc takes about a second per GB), so released buffers are reused; every copy
-into or out of them runs on the one copy stream, whose order makes reuse safe. `fetch` starts a host-to-device
-copy and returns a handle, so the next chunk can be in flight while the current one computes.
+On the GPU up to a small budget (no copies at all), then host memory (pinned, so copies run
+asynchronously on a side CUDA stream and overlap with compute) up to a byte budget, then files in
+a scratch directory. Pinning memory is slow (cudaHostAlloc takes about a second per GB), so
+released buffers are reused; every copy into or out of them runs on the one copy stream, whose
+order makes reuse safe. `fetch` starts a host-to-device copy and returns a handle, so the next
+chunk can be in flight while the current one computes.
 """
 
 from __future__ import annotations

@@ -45,7 +45,9 @@ class StreamingSession:
         per_frame = tokens_per_frame(self.model, images.shape[-2:])
         schedule = windowed_schedule(S * per_frame, self.window * per_frame)
         with autocast(self.device, self.dtype):
-            out = self.model(images.to(self.device).unsqueeze(0), schedule, self.states, self.frames_seen, self.local_points)
+            out = self.model(
+                images.to(self.device).unsqueeze(0), schedule, self.states, self.frames_seen, self.local_points
+            )
         self.states = out.pop("states")
         self.frames_seen += S
         return out

@@ -22,7 +22,7 @@ class Sim3:
         return self.scale * points @ self.rotation.T + self.translation
 
     @staticmethod
-    def identity() -> "Sim3":
+    def identity() -> Sim3:
         return Sim3(1.0, torch.eye(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64))
 
 

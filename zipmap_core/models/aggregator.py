@@ -39,7 +39,12 @@ class Aggregator(nn.Module):
                 cfg.patch_embed, cfg.img_size, cfg.patch_size, cfg.num_register_tokens
             )
         self.rope = RotaryPositionEmbedding2D(cfg.rope_freq) if cfg.rope_freq > 0 else None
-        block_args = {"dim": C, "num_heads": cfg.num_heads, "mlp_ratio": cfg.mlp_ratio, "init_values": cfg.layer_scale_init}
+        block_args = {
+            "dim": C,
+            "num_heads": cfg.num_heads,
+            "mlp_ratio": cfg.mlp_ratio,
+            "init_values": cfg.layer_scale_init,
+        }
         self.frame_blocks = nn.ModuleList(
             Block(**block_args, qk_norm=cfg.qk_norm, rope=self.rope) for _ in range(cfg.depth)
         )

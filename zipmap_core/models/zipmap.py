@@ -102,7 +102,9 @@ class ZipMap(nn.Module):
         for s in range(0, S, frames_per_pass):
             projected: dict[str, list[torch.Tensor]] = {}
             for i in self.config.dpt.layers:
-                for name, x in self.project_for_heads(i, layers[i][:, s : s + frames_per_pass], image_hw, local_points).items():
+                for name, x in self.project_for_heads(
+                    i, layers[i][:, s : s + frames_per_pass], image_hw, local_points
+                ).items():
                     projected.setdefault(name, []).append(x)
             for name, value in self.decode_dense(projected, image_hw, frames_per_pass).items():
                 parts.setdefault(name, []).append(value)

@@ -85,7 +85,7 @@ class Scene:
     sky_horizon: Tensor  # [3]
     sky_zenith: Tensor  # [3]
 
-    def to(self, device: torch.device | str) -> "Scene":
+    def to(self, device: torch.device | str) -> Scene:
         return replace(
             self,
             rects=_to(self.rects, device),

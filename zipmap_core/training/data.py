@@ -46,7 +46,7 @@ class Batch:
     def shape(self) -> tuple[int, int]:
         return int(self.images.shape[0]), int(self.images.shape[1])
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         return Batch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
 
@@ -151,7 +151,7 @@ class SyntheticBatches:
         self.rendered = 0  # sequences rendered so far
         self._owed = 0.0  # fractional sequences owed to the pool
 
-    def clone(self) -> "SyntheticBatches":
+    def clone(self) -> SyntheticBatches:
         """A copy that yields exactly the batches this one would yield from now on, sharing the
         rendered pool (read-only tensors): a second model trains on the same data without
         rendering the pool again."""
@@ -200,7 +200,7 @@ class SyntheticBatches:
             indices.append(idx)
         return crop_height(batch_from_sequences(sequences, indices), self.rng.choice(self.heights))
 
-    def __iter__(self) -> "SyntheticBatches":
+    def __iter__(self) -> SyntheticBatches:
         return self
 
     def __next__(self) -> Batch:

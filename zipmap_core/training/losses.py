@@ -188,7 +188,9 @@ def points_loss(pred: Tensor, target: Tensor, valid: Tensor, gradient: float = 1
     return out
 
 
-def total_loss(outputs: dict, targets: Targets, weights: LossWeights = LossWeights()) -> tuple[Tensor, dict[str, Tensor]]:
+def total_loss(
+    outputs: dict, targets: Targets, weights: LossWeights = LossWeights()
+) -> tuple[Tensor, dict[str, Tensor]]:
     """The weighted sum of every term the outputs allow, and each (weighted, detached) term.
 
     The terms stay tensors: turning them into floats every step would stall the GPU for logging.

@@ -108,7 +108,7 @@ def train_step(
     model: ZipMap,
     optimizer: torch.optim.Optimizer,
     batch: Batch,
-    weights: LossWeights = LossWeights(),
+    weights: LossWeights = LossWeights(),  # noqa: B008 (frozen, so one shared default is safe)
     grad_clip: float = 1.0,
     bf16: bool = True,
 ):
