@@ -32,6 +32,8 @@ def test_benchmark_smoke(ray_cluster, tmp_path, capsys):
     assert "engine alone" in out and "ratio" in out
     assert result["engine"]["frames"] == result["pipeline"]["frames"] == 6
     assert result["engine"]["frames_per_s"] > 0 and result["pipeline"]["steady_frames_per_s"] > 0
+    assert result["engine"]["median_sequence_s"] > 0 and result["pipeline"]["median_infer_s"] > 0
+    assert "s per sequence in the actor" in out
 
 
 def test_frame_handoff_benchmark_smoke(capsys):
