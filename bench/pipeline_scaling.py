@@ -66,27 +66,9 @@ def main(argv: list[str] | None = None) -> dict:
 def _parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--actors", type=int, nargs="+", default=[1, 2], help="actor counts, one run each")
-    p.add_argument("--preset", default="tiny")
-    p.add_argument("--checkpoint", help="default: random weights (saved to the workdir for presets other than tiny)")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
-    p.add_argument("--input", help="an input prefix (default: synthetic sequences)")
-    p.add_argument("--sequences", type=int, default=8)
-    p.add_argument("--frames", type=int, default=4)
-    p.add_argument("--size", type=int, default=None, help="model input width (default: the preset's img_size)")
-    p.add_argument("--engine-mode", default="offline", choices=["offline", "chunked", "streaming"])
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--fast", action="store_true", help="the GPU fast path (bf16 weights; needs --dtype bfloat16)")
-    p.add_argument("--compile", action="store_true", help="the fast path compiled (each process compiles once)")
-    p.add_argument("--cpus-per-actor", type=float, default=1.0)
-    p.add_argument("--frame-writers", type=int, default=None, help="processes per actor (default: cpus - 1)")
-    p.add_argument("--in-flight", type=int, default=4, help="sequences in flight per actor")
-    p.add_argument("--workdir", help="where synthetic inputs and outputs go (default: a temp dir)")
-    args = p.parse_args(argv)
-    if args.size is None:
-        from zipmap_core.config import ModelConfig
-
-        args.size = ModelConfig.preset(args.preset).img_size
-    return args
+    throughput.add_run_arguments(p)
+    p.set_defaults(sequences=8)
+    return throughput.resolve_size(p.parse_args(argv))
 
 
 def _fingerprint(run_uri: str) -> dict:

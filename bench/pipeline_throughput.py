@@ -65,6 +65,13 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_run_arguments(p)
+    p.add_argument("--num-actors", type=int, default=None)
+    return resolve_size(p.parse_args(argv))
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """What a pipeline run of this benchmark is made of (shared with pipeline_scaling.py)."""
     p.add_argument("--preset", default="tiny")
     p.add_argument("--checkpoint", help="default: random weights (saved to the workdir for presets other than tiny)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
@@ -76,12 +83,13 @@ def _parse(argv):
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--fast", action="store_true", help="the GPU fast path (bf16 weights; needs --dtype bfloat16)")
     p.add_argument("--compile", action="store_true", help="the fast path compiled (each process compiles once)")
-    p.add_argument("--num-actors", type=int, default=None)
     p.add_argument("--cpus-per-actor", type=float, default=1.0)
     p.add_argument("--frame-writers", type=int, default=None, help="processes per actor (default: cpus - 1)")
     p.add_argument("--in-flight", type=int, default=4, help="sequences in flight per actor")
     p.add_argument("--workdir", help="where synthetic inputs and outputs go (default: a temp dir)")
-    args = p.parse_args(argv)
+
+
+def resolve_size(args: argparse.Namespace) -> argparse.Namespace:
     if args.size is None:
         from zipmap_core.config import ModelConfig
 
