@@ -19,7 +19,6 @@ import argparse
 import hashlib
 import json
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,10 +28,7 @@ import pipeline_throughput as throughput  # noqa: E402  (the synthetic inputs an
 
 def main(argv: list[str] | None = None) -> dict:
     args = _parse(argv)
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="zipmap-scaling-"))
-    input_prefix = args.input or str(throughput._synthesize(work / "input", args))
-    if args.checkpoint is None and args.preset != "tiny":
-        args.checkpoint = throughput._random_checkpoint(work, args.preset)
+    work, input_prefix = throughput.prepare_inputs(args, "zipmap-scaling-")
     runs = []
     for n in args.actors:
         args.num_actors = n
@@ -80,7 +76,7 @@ def _fingerprint(run_uri: str) -> dict:
     plys = {sid: record["outputs"][POINTS] for sid, record in outputs.committed.items()}
 
     def digest(uri: str) -> str:
-        with outputs.store.fs.open(outputs.store.path(uri), "rb") as f:
+        with outputs.store.open(uri, "rb") as f:
             return hashlib.file_digest(f, "sha256").hexdigest()
 
     with ThreadPoolExecutor(8) as pool:  # hashlib releases the GIL on large buffers

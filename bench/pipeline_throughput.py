@@ -34,10 +34,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = _parse(argv)
     import torch
 
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="zipmap-bench-"))
-    input_prefix = args.input or str(_synthesize(work / "input", args))
-    if args.checkpoint is None and args.preset != "tiny":
-        args.checkpoint = _random_checkpoint(work, args.preset)
+    work, input_prefix = prepare_inputs(args, "zipmap-bench-")
     if args.device == "cpu":
         torch.set_num_threads(max(1, int(args.cpus_per_actor)))  # what one CPU actor gets
     engine = _bench_engine(args, input_prefix)
@@ -95,6 +92,16 @@ def resolve_size(args: argparse.Namespace) -> argparse.Namespace:
 
         args.size = ModelConfig.preset(args.preset).img_size
     return args
+
+
+def prepare_inputs(args: argparse.Namespace, temp_prefix: str) -> tuple[Path, str]:
+    """(work folder, input prefix): synthetic sequences unless --input, and a random checkpoint
+    in the work folder unless --checkpoint (tiny models are built from the seed instead)."""
+    work = Path(args.workdir or tempfile.mkdtemp(prefix=temp_prefix))
+    input_prefix = args.input or str(_synthesize(work / "input", args))
+    if args.checkpoint is None and args.preset != "tiny":
+        args.checkpoint = _random_checkpoint(work, args.preset)
+    return work, input_prefix
 
 
 def _synthesize(folder: Path, args) -> Path:
