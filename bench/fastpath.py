@@ -139,6 +139,7 @@ def main() -> None:
     ap.add_argument("--variants", nargs="*", default=["offline", "chunked"], help="fast engine modes to time")
     ap.add_argument("--profile", action="store_true", help="print the fast path's top CUDA kernels")
     ap.add_argument("--compile", action="store_true", help="also time the fast path with torch.compile")
+    ap.add_argument("--skip-eager", action="store_true", help="time the fast path only compiled (with --compile)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
 
@@ -183,11 +184,14 @@ def main() -> None:
     results["flops"] = {"per_frame": per_frame, "per_sequence": per_seq}
     log(f"FLOPs: {per_frame / 1e12:.3f} T per frame + {per_seq / 1e12:.3f} T per sequence")
     variants = {f"fast_{mode}": engine for mode, engine in fast.items()}
-    time_variants(model, variants, args.frames, timings, H, W, args.repeats)
-    images = torch.rand(args.breakdown_frames, 3, H, W, device="cuda")
-    results["breakdown"] = breakdown(model, images, fast["offline"])  # hooks: not on compiled blocks
-    log(f"breakdown at N={args.breakdown_frames} (fast offline): {results['breakdown']}")
-    del images
+    if args.skip_eager and args.compile:
+        variants = {}
+    else:
+        time_variants(model, variants, args.frames, timings, H, W, args.repeats)
+        images = torch.rand(args.breakdown_frames, 3, H, W, device="cuda")
+        results["breakdown"] = breakdown(model, images, fast["offline"])  # hooks: not on compiled blocks
+        log(f"breakdown at N={args.breakdown_frames} (fast offline): {results['breakdown']}")
+        del images
     if args.compile:  # in place and for good: from here on every fast run is compiled
         compiled = {f"compiled_{mode}": engine.model_copy(update={"compile": True}) for mode, engine in fast.items()}
         start = time.perf_counter()

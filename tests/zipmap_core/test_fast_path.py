@@ -15,6 +15,7 @@ import torch
 from zipmap_core import EngineConfig, ModelConfig, ZipMap, load_checkpoint, reconstruct
 from zipmap_core.assets import demo_checkpoint_path
 from zipmap_core.engines.precision import cast_for_inference, float32_parameters
+from zipmap_core.layers.mlp import Mlp
 from zipmap_core.synthetic import generate_sequence
 
 
@@ -102,6 +103,9 @@ def test_cast_keeps_the_precision_sensitive_parts_in_float32(trained):
     for p in model.parameters():
         assert p.dtype == (torch.float32 if p in keep else torch.bfloat16)
     assert model.depth_head.channels_last
+    # the trunk's MLPs take GELU into their first GEMM on CUDA; the float32 camera head does not
+    assert model.aggregator.frame_blocks[0].mlp.gelu_in_gemm and model.aggregator.global_blocks[0].mlp.gelu_in_gemm
+    assert not any(m.gelu_in_gemm for m in model.pose_head.modules() if isinstance(m, Mlp))
     assert model.depth_head.scratch.layer1_rn.weight.is_contiguous(memory_format=torch.channels_last)
     # idempotent, and the weights did not move
     before = {k: v.clone() for k, v in model.state_dict().items()}

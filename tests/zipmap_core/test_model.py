@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from zipmap_core.config import ModelConfig
-from zipmap_core.layers.ttt import FastWeightSwiGLU, TTTInputs, bidirectional_schedule, newton_schulz
+from zipmap_core.heads.dpt_head import uv_position_embedding
+from zipmap_core.layers.ttt import (
+    FastWeightSwiGLU,
+    TTTInputs,
+    bidirectional_schedule,
+    fast_weight_gradients,
+    newton_schulz,
+    token_sum,
+)
 from zipmap_core.models.zipmap import ZipMap
 
 
@@ -53,6 +61,45 @@ def test_ttt_gradient_is_a_sum_over_tokens():
         assert torch.allclose(w, a + b, atol=1e-5)
     out, new_state = ttt(x, bidirectional_schedule())
     assert out.shape == x.shape and new_state.w0.shape == (4, 8, 16)
+
+
+@pytest.mark.parametrize("tokens", [4096, 4098, 4099, 100])  # split in 4, in 2, not split (odd, short)
+def test_token_sum_splits_the_reduction_without_changing_it(tokens):
+    torch.manual_seed(0)
+    a, b = torch.randn(2, tokens, 8, dtype=torch.float64), torch.randn(2, tokens, 5, dtype=torch.float64)
+    expected = torch.einsum("btm,btn->bmn", a, b)
+    got = token_sum(a.float(), b.float())
+    assert got.dtype == torch.float32 and got.shape == (2, 8, 5)
+    assert torch.allclose(got.double(), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_fast_weight_gradients_against_autograd():
+    """The hand-written gradients are those of the inner loss -sum_t <f(k_t), lr_t v_t>, with each
+    fast weight's learning rate on its own term (descent directions: minus the gradient)."""
+    torch.manual_seed(0)
+    b, L, d, dh = 2, 40, 8, 16
+    w0, w2 = torch.randn(b, d, dh, dtype=torch.float64), torch.randn(b, d, dh, dtype=torch.float64)
+    w1 = torch.randn(b, dh, d, dtype=torch.float64)
+    k, v = torch.randn(b, L, d, dtype=torch.float64), torch.randn(b, L, d, dtype=torch.float64)
+    lr = torch.rand(b, L, 3, dtype=torch.float64)
+    got = fast_weight_gradients(w0, w1, w2, k, v, lr)
+    for i in range(3):
+        weights = [x.clone().requires_grad_(j == i) for j, x in enumerate((w0, w1, w2))]
+        out = (torch.nn.functional.silu(k @ weights[0]) * (k @ weights[2])) @ weights[1]
+        loss = -((out * v).sum(-1) * lr[..., i]).sum()
+        (grad,) = torch.autograd.grad(loss, weights[i])
+        assert torch.allclose(got[i].double(), -grad, rtol=1e-5, atol=1e-5), f"w{i}"
+
+
+def test_dpt_position_embedding_is_computed_once_per_size():
+    model = ZipMap(ModelConfig.preset("tiny")).eval()
+    head = model.depth_head
+    a = head._position_embedding(32, 12, 16, 16 / 12, torch.float32, torch.device("cpu"))
+    assert torch.equal(a, uv_position_embedding(32, 12, 16, 16 / 12, "cpu"))
+    assert head._position_embedding(32, 12, 16, 16 / 12, torch.float32, torch.device("cpu")) is a
+    for w in range(20):  # many sizes: the cache stays bounded
+        head._position_embedding(8, 4, w + 1, 1.0, torch.float32, torch.device("cpu"))
+    assert len(head._pos_cache) <= 16
 
 
 def test_newton_schulz_orthogonalises():

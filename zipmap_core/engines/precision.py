@@ -6,6 +6,8 @@ import contextlib
 
 import torch
 
+from zipmap_core.layers.mlp import Mlp
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -72,8 +74,9 @@ def weights_dtype(model: torch.nn.Module) -> torch.dtype:
 def cast_for_inference(model: torch.nn.Module, dtype_name: str) -> None:
     """The fast path's model, made in place: weight matrices stored in bf16/fp16 (autocast then
     has nothing to cast), the dense heads in bf16 and channels-last (the released code runs them
-    in float32). Idempotent; a cast model only runs fast engines, and only in its own dtype
-    (bf16 weights re-cast to fp16 would be rounded twice)."""
+    in float32), the transformer MLPs' GELU fused into their first GEMM on CUDA. Idempotent; a
+    cast model only runs fast engines, and only in its own dtype (bf16 weights re-cast to fp16
+    would be rounded twice)."""
     dtype = DTYPES[dtype_name]
     if weights_dtype(model) == dtype:
         return
@@ -85,6 +88,9 @@ def cast_for_inference(model: torch.nn.Module, dtype_name: str) -> None:
     keep = float32_parameters(model)
     for p in model.parameters():
         p.data = p.data.float() if p in keep else p.data.to(dtype)
+    for module in model.modules():
+        if isinstance(module, Mlp) and module.fc1.weight not in keep:
+            module.gelu_in_gemm = True
     for head in model.dense_heads().values():
         head.to(memory_format=torch.channels_last)
         head.channels_last = True

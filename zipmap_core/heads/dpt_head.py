@@ -14,6 +14,8 @@ from torch import nn
 
 from zipmap_core.heads.activations import activate_confidence, activate_points
 
+_POS_CACHE_SIZE = 16
+
 
 def _upsample(x: torch.Tensor, size=None, scale_factor=None) -> torch.Tensor:
     return F.interpolate(x, size=size, scale_factor=scale_factor, mode="bilinear", align_corners=True)
@@ -119,12 +121,24 @@ class DPTHead(nn.Module):
         )
         self.scratch = Scratch(out_channels, features, hidden, output_dim)
         self.channels_last = False  # set by the fast path, whose convolutions run channels-last in bf16
+        self._pos_cache: dict[tuple, torch.Tensor] = {}
+
+    @torch.compiler.disable
+    def _position_embedding(self, channels: int, h: int, w: int, aspect: float, dtype, device) -> torch.Tensor:
+        """uv_position_embedding, computed once per size: at full image resolution its float64
+        sines and cosines cost more than the convolution they feed (and compiled, they were
+        recomputed for every frame)."""
+        key = (channels, h, w, aspect, dtype, device)
+        if key not in self._pos_cache:
+            if len(self._pos_cache) >= _POS_CACHE_SIZE:  # a few image sizes at most (5 entries each)
+                self._pos_cache.pop(next(iter(self._pos_cache)))
+            self._pos_cache[key] = uv_position_embedding(channels, h, w, aspect, device).to(dtype)
+        return self._pos_cache[key]
 
     def _add_pos(self, x: torch.Tensor, aspect: float) -> torch.Tensor:
         if not self.pos_embed:
             return x
-        emb = uv_position_embedding(x.shape[1], x.shape[2], x.shape[3], aspect, x.device)
-        return x + 0.1 * emb.to(x.dtype)
+        return x + 0.1 * self._position_embedding(x.shape[1], x.shape[2], x.shape[3], aspect, x.dtype, x.device)
 
     def project_layer(
         self, i: int, tokens: torch.Tensor, image_hw: tuple[int, int], patch_start_idx: int

@@ -64,7 +64,9 @@ def inverse_softplus(x: float) -> float:
 
 
 def swiglu(w0: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return (F.silu(x @ w0) * (x @ w2)) @ w1
+    """f(x) = (silu(x @ w0) * (x @ w2)) @ w1, with the two input products as one GEMM."""
+    gate, up = (x @ torch.cat([w0, w2], dim=-1)).chunk(2, dim=-1)
+    return (F.silu(gate) * up) @ w1
 
 
 def newton_schulz(g: torch.Tensor, steps: int, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -83,6 +85,26 @@ def newton_schulz(g: torch.Tensor, steps: int, dtype: torch.dtype | None = None)
     return x
 
 
+# the weight-gradient products reduce over every token into a few small matrices: split the token
+# sum into this many batched GEMMs (when the tokens divide evenly) so that they fill the GPU
+TOKEN_SUM_SPLITS = 4
+
+
+def token_sum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum over tokens t of a_t^T b_t: [batch, L, m] x [batch, L, n] -> [batch, m, n] in float32.
+
+    One GEMM with a 1024x2048 output has too few tiles for the GPU's multiprocessors and a
+    reduction over up to a million tokens; splitting the reduction into batched parts (views, no
+    copy) gives the GEMM library the parallelism, and the parts are summed in float32.
+    """
+    batch, L, m = a.shape
+    parts = next((p for p in range(TOKEN_SUM_SPLITS, 1, -1) if L % p == 0 and L // p >= 1024), 1)
+    a = a.reshape(batch * parts, L // parts, m)
+    b = b.reshape(batch * parts, L // parts, b.shape[-1])
+    out = (a.transpose(-1, -2) @ b).float()
+    return out.reshape(batch, parts, m, -1).sum(dim=1)
+
+
 def fast_weight_gradients(
     w0: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lr: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -90,21 +112,20 @@ def fast_weight_gradients(
 
     Returns (d_w0 [b, d, dh], d_w1 [b, dh, d], d_w2 [b, d, dh]) in float32. The products run in
     the tokens' dtype (bf16 on the fast path, where the fast weights themselves stay float32).
+    The order of operations is the released code's: the reference model (random weights) turns
+    float32 rounding differences into visible pose differences.
     """
-    w0, w1, w2 = (w.to(k.dtype) for w in (w0, w1, w2))
-    gate = k @ w0
-    up = k @ w2
+    dtype = k.dtype
+    gate, up = (k @ torch.cat([w0, w2], dim=-1).to(dtype)).chunk(2, dim=-1)
     silu_gate = F.silu(gate)
-    hidden = silu_gate * up
-    d_hidden = v @ w1.transpose(-1, -2)
-    d_up = d_hidden * silu_gate
+    d_hidden = v @ w1.to(dtype).transpose(-1, -2)
     sig = torch.sigmoid(gate)
     d_gate = d_hidden * up * sig * (1 + gate * (1 - sig))
-    lr = lr.to(k.dtype)
-    d_w1 = (hidden * lr[..., 1:2]).transpose(-1, -2) @ v
-    d_w0 = (k * lr[..., 0:1]).transpose(-1, -2) @ d_gate
-    d_w2 = (k * lr[..., 2:3]).transpose(-1, -2) @ d_up
-    return d_w0.float(), d_w1.float(), d_w2.float()
+    lr = lr.to(dtype)
+    d_w1 = token_sum(silu_gate * up * lr[..., 1:2], v)
+    d_w0 = token_sum(k * lr[..., 0:1], d_gate)
+    d_w2 = token_sum(k * lr[..., 2:3], d_hidden * silu_gate)
+    return d_w0, d_w1, d_w2
 
 
 @dataclass

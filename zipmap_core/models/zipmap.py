@@ -69,7 +69,7 @@ class ZipMap(nn.Module):
             }
 
     def decode_dense(
-        self, projected: dict[str, list[torch.Tensor]], image_hw: tuple[int, int], frames_per_pass: int = 8
+        self, projected: dict[str, list[torch.Tensor]], image_hw: tuple[int, int], frames_per_pass: int = 16
     ) -> dict[str, torch.Tensor]:
         """Second stage of the dense heads, a few frames at a time: the heads run at full image
         resolution, so peak memory depends on `frames_per_pass`, not on the sequence.
@@ -93,7 +93,7 @@ class ZipMap(nn.Module):
         self,
         layers: dict[int, torch.Tensor],
         image_hw: tuple[int, int],
-        frames_per_pass: int = 8,
+        frames_per_pass: int = 16,
         local_points: bool = True,
     ) -> dict[str, torch.Tensor]:
         """DPT heads on any subset of frames: {layer: [1, S, P, 2C]} -> dense maps [1, S, ...]."""
