@@ -59,6 +59,8 @@ def test_ttt_gradient_is_a_sum_over_tokens():
     parts = [ttt.gradients(state, TTTInputs(*(t[:, s] for t in inputs))) for s in (slice(0, 4), slice(4, 10))]
     for w, a, b in zip(whole, *parts):
         assert torch.allclose(w, a + b, atol=1e-5)
+    for w, sliced in zip(whole, ttt.gradients_in_slices(state, inputs, tokens_per_slice=4)):
+        assert torch.allclose(w, sliced, atol=1e-5)
     out, new_state = ttt(x, bidirectional_schedule())
     assert out.shape == x.shape and new_state.w0.shape == (4, 8, 16)
 

@@ -217,7 +217,7 @@ class FastWeightSwiGLU(nn.Module):
     def gradients(self, state: TTTState, inputs: TTTInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return fast_weight_gradients(state.w0, state.w1, state.w2, inputs.k, inputs.v, inputs.lr)
 
-    def gradients_in_slices(self, state: TTTState, inputs: TTTInputs, tokens_per_slice: int = 65536):
+    def gradients_in_slices(self, state: TTTState, inputs: TTTInputs, tokens_per_slice: int = 131072):
         """`gradients` summed over slices of the span: the same sum, with the [L, hidden]
         temporaries bounded by the slice instead of growing with the sequence."""
         L = inputs.k.shape[1]
