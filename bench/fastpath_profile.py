@@ -70,7 +70,7 @@ def stage_times(model: ZipMap, images: torch.Tensor, local_points: bool) -> dict
     hw = tuple(images.shape[-2:])
     with autocast(images.device, "bfloat16"):
         tokens = clock("embed", agg.embed, x)
-        pos = agg.positions(hw, images.device)
+        pos = agg.rope_tables(hw, images.device)
         B, S, P, C = tokens.shape
         keep, layers = set(agg.output_layers()), {}
         for i in range(agg.cfg.depth):
@@ -78,7 +78,7 @@ def stage_times(model: ZipMap, images: torch.Tensor, local_points: bool) -> dict
             block = agg.global_blocks[i]
             ttt = block.ttt_block
             flat = frame_out.reshape(B, S * P, C)
-            xn = clock("global: norm + project", block.norm1, flat)
+            xn = clock("global: norm + project", block.mixer_input, flat)
             inputs = clock("global: norm + project", ttt.project, xn)
             state = ttt.initial_state(B)
             norms = state.column_norms()
@@ -95,6 +95,55 @@ def stage_times(model: ZipMap, images: torch.Tensor, local_points: bool) -> dict
     out = clock.seconds()
     out["total"] = sum(out.values())
     return out
+
+
+@torch.inference_mode()
+def stage_kernels(model: ZipMap, images: torch.Tensor, top: int = 8) -> None:
+    """The kernels of each stage of layer 0 (one call each, after a warm-up call)."""
+    agg = model.aggregator
+    hw = tuple(images.shape[-2:])
+    with autocast(images.device, "bfloat16"):
+        tokens = agg.embed(images.unsqueeze(0))
+        pos = agg.rope_tables(hw, images.device)
+        B, S, P, C = tokens.shape
+        block = agg.global_blocks[0]
+        ttt = block.ttt_block
+        flat = tokens.reshape(B, S * P, C)
+        xn = block.mixer_input(flat)
+        inputs = ttt.project(xn)
+        state = ttt.initial_state(B)
+        norms = state.column_norms()
+        grads = ttt.gradients_in_slices(state, inputs)
+        trained = ttt.step(state, grads, norms)
+        o = ttt.read(trained, inputs.q)
+        mixed = ttt.output(o, xn)
+        layers = {i: torch.cat([tokens, tokens], dim=-1) for i in model.config.dpt.layers}
+        stages = {
+            "DINO block": lambda: agg.patch_embed.blocks[0](tokens.reshape(S, P, C)),
+            "frame block": lambda: agg.frame_block(0, tokens, pos),
+            "global norm1": lambda: block.mixer_input(flat),
+            "global project": lambda: ttt.project(xn),
+            "global gradients": lambda: ttt.gradients_in_slices(state, inputs),
+            "global step": lambda: ttt.step(state, grads, norms),
+            "global read": lambda: ttt.read(trained, inputs.q),
+            "global output": lambda: ttt.output(o, xn),
+            "global finish": lambda: block.finish(flat, mixed),
+            "camera head": lambda: model.predict_cameras(torch.cat([tokens, tokens], dim=-1)),
+            "dense heads (16 frames)": lambda: model.predict_dense(
+                {i: t[:, :16] for i, t in layers.items()}, hw, 16, True
+            ),
+        }
+        for name, fn in stages.items():
+            fn()
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                fn()
+                torch.cuda.synchronize()
+            events = [e for e in prof.key_averages() if e.device_type.name == "CUDA" and e.self_device_time_total > 0]
+            total = sum(e.self_device_time_total for e in events)
+            print(f"\n{name}: {total / 1e3:.2f} ms in {sum(e.count for e in events)} kernels")
+            for e in sorted(events, key=lambda e: -e.self_device_time_total)[:top]:
+                print(f"  {e.self_device_time_total / 1e3:7.3f} ms x{e.count:<4d} {e.key[:120]}")
 
 
 FAMILIES = [
@@ -199,6 +248,7 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=518)
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--local-points", action="store_true", help="run the local-point head too (as released)")
+    ap.add_argument("--stage-kernels", action="store_true", help="only list the kernels of each stage of layer 0")
     args = ap.parse_args()
     torch.manual_seed(0)
     with torch.device("cuda"):
@@ -211,6 +261,9 @@ def main() -> None:
         compile_for_inference(model)
         run(model, images[:4], engine)
     print(torch.__version__, torch.cuda.get_device_name())
+    if args.stage_kernels:
+        stage_kernels(model, images)
+        return
     print(f"engine run, {args.frames} frames: {[round(run(model, images, engine)[0], 3) for _ in range(2)]} s")
     stage_times(model, images, args.local_points)
     times = stage_times(model, images, args.local_points)

@@ -48,7 +48,7 @@ class _GlobalLayer:
     def accumulate(self, tokens: torch.Tensor) -> None:
         """Pass 1 on one chunk: add its tokens' contribution to the fast-weight update."""
         B, S, P, C = tokens.shape
-        inputs = self.ttt.project(self.block.norm1(tokens.reshape(B, S * P, C)))
+        inputs = self.ttt.project(self.block.mixer_input(tokens.reshape(B, S * P, C)))
         for acc, g in zip(self.grads, self.ttt.gradients(self.initial, inputs)):
             acc += g
 
@@ -60,7 +60,7 @@ class _GlobalLayer:
         """Pass 2 on one chunk: read the trained fast weights, finish the block."""
         B, S, P, C = tokens.shape
         x = tokens.reshape(B, S * P, C)
-        xn = self.block.norm1(x)
+        xn = self.block.mixer_input(x)
         mixed = self.ttt.output(self.ttt.read(self.state, self.ttt.query(xn)), xn)
         return self.block.finish(x, mixed).reshape(B, S, P, C)
 
@@ -76,7 +76,7 @@ def reconstruct_chunked(
     image_hw = tuple(images.shape[-2:])
     chunks = [(s, min(s + engine.chunk_size, S)) for s in range(0, S, engine.chunk_size)]
     dpt_layers, last = set(cfg.dpt.layers), cfg.depth - 1
-    pos = agg.positions(image_hw, device)
+    rope = agg.rope_tables(image_hw, device)
     budget = int(engine.host_memory_budget_gb * 2**30)
 
     gpu_budget = int(engine.gpu_cache_gb * 2**30)
@@ -86,7 +86,7 @@ def reconstruct_chunked(
             layer = _GlobalLayer(agg.global_blocks[0])
             for c in chunks:
                 tokens = agg.embed(images[c[0] : c[1]].to(device, non_blocking=True).unsqueeze(0), first_frame=c[0])
-                frame_out = agg.frame_block(0, tokens, pos)
+                frame_out = agg.frame_block(0, tokens, rope)
                 layer.accumulate(frame_out)
                 store.put(("frame", c), frame_out)
             heads = list(model.dense_heads(engine.local_points))
@@ -111,7 +111,7 @@ def reconstruct_chunked(
                         store.put(("camera", c), torch.cat([frame_out[:, :, 0], tokens[:, :, 0]], dim=-1))
                         store.drop(("frame", c))
                     else:
-                        frame_out = agg.frame_block(i + 1, tokens, pos)
+                        frame_out = agg.frame_block(i + 1, tokens, rope)
                         next_layer.accumulate(frame_out)
                         store.put(("frame", c), frame_out)
                 layer = next_layer
@@ -132,7 +132,7 @@ def reconstruct_chunked(
                             store.drop(("head", name, i, c))
                     dense = model.decode_dense(projected, image_hw)
                 else:
-                    layers = _rerun_for_heads(agg, trained, images[c[0] : c[1]].to(device), c[0], pos, dpt_layers)
+                    layers = _rerun_for_heads(agg, trained, images[c[0] : c[1]].to(device), c[0], rope, dpt_layers)
                     dense = model.predict_dense(layers, image_hw, local_points=engine.local_points)
             yield from frame_predictions(
                 c[0], images[c[0] : c[1]], extrinsics[c[0] : c[1]], intrinsics[c[0] : c[1]], dense
@@ -152,12 +152,12 @@ def _keep_head_inputs(engine, model: ZipMap, frame_out: torch.Tensor, S: int, im
     return S * (per_frame_tokens + per_frame_heads) <= budget
 
 
-def _rerun_for_heads(agg, trained: list[_GlobalLayer], images: torch.Tensor, first_frame: int, pos, dpt_layers):
+def _rerun_for_heads(agg, trained: list[_GlobalLayer], images: torch.Tensor, first_frame: int, rope, dpt_layers):
     """The trained network on one chunk, keeping the layers the dense heads read."""
     tokens = agg.embed(images.unsqueeze(0), first_frame=first_frame)
     layers = {}
     for i, layer in enumerate(trained):
-        frame_out = agg.frame_block(i, tokens, pos)
+        frame_out = agg.frame_block(i, tokens, rope)
         tokens = layer.apply(frame_out)
         if i in dpt_layers:
             layers[i] = torch.cat([frame_out, tokens], dim=-1)

@@ -3,9 +3,9 @@
 Between their GEMMs, the blocks spend most of their time in memory-bound elementwise work (layer
 norms, RoPE, layer scales, residual adds, activations, the TTT gradient algebra). Inductor fuses
 it. Compiled are the units every engine calls: each attention block (DINOv2 embed, frame blocks,
-global attention), and the TTT layer's project / gradient / read / output steps and the block's
-MLP half, and the dense heads' two stages, so offline, chunked and streaming all run the compiled
-code.
+global attention), the TTT block's input norm, its mixer's project / gradient / read / output
+steps and the block's MLP half, and the dense heads' two stages, so offline, chunked and
+streaming all run the compiled code.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def compile_for_inference(model: ZipMap) -> None:
             for name in _TTT_STEPS:
                 setattr(ttt, name, torch.compile(getattr(ttt, name)))
             block.finish = torch.compile(block.finish)
-            block.norm1.compile()
+            block.mixer_input = torch.compile(block.mixer_input)
     for head in model.dense_heads().values():
         head.project_layer = torch.compile(head.project_layer)
         head.decode = torch.compile(head.decode)

@@ -124,21 +124,19 @@ class DPTHead(nn.Module):
         self._pos_cache: dict[tuple, torch.Tensor] = {}
 
     @torch.compiler.disable
-    def _position_embedding(self, channels: int, h: int, w: int, aspect: float, dtype, device) -> torch.Tensor:
-        """uv_position_embedding, computed once per size: at full image resolution its float64
-        sines and cosines cost more than the convolution they feed (and compiled, they were
-        recomputed for every frame)."""
+    def _position_embedding(self, channels: int, h: int, w: int, aspect: float, dtype, device) -> torch.Tensor | None:
+        """uv_position_embedding, computed once per size (None without position embedding): at
+        full image resolution its float64 sines and cosines cost more than the convolution they
+        feed (and compiled, they were recomputed for every frame). Callers fetch it before any
+        tensor work, so that the compiled graph around it is not split and the add fuses."""
+        if not self.pos_embed:
+            return None
         key = (channels, h, w, aspect, dtype, device)
         if key not in self._pos_cache:
             if len(self._pos_cache) >= _POS_CACHE_SIZE:  # a few image sizes at most (5 entries each)
                 self._pos_cache.pop(next(iter(self._pos_cache)))
             self._pos_cache[key] = uv_position_embedding(channels, h, w, aspect, device).to(dtype)
         return self._pos_cache[key]
-
-    def _add_pos(self, x: torch.Tensor, aspect: float) -> torch.Tensor:
-        if not self.pos_embed:
-            return x
-        return x + 0.1 * self._position_embedding(x.shape[1], x.shape[2], x.shape[3], aspect, x.dtype, x.device)
 
     def project_layer(
         self, i: int, tokens: torch.Tensor, image_hw: tuple[int, int], patch_start_idx: int
@@ -148,10 +146,12 @@ class DPTHead(nn.Module):
         the (larger) tokens."""
         H, W = image_hw
         gh, gw = H // self.patch_size, W // self.patch_size
+        project = self.projects[i]
+        pos = self._position_embedding(project.out_channels, gh, gw, W / H, project.weight.dtype, tokens.device)
         B, S = tokens.shape[:2]
         x = self.norm(tokens[:, :, patch_start_idx:].reshape(B * S, gh * gw, -1))
-        x = x.transpose(1, 2).reshape(B * S, -1, gh, gw)
-        return self._add_pos(self.projects[i](x), W / H)
+        x = project(x.transpose(1, 2).reshape(B * S, -1, gh, gw))
+        return x if pos is None else x + 0.1 * pos
 
     def decode(
         self, projected: list[torch.Tensor], image_hw: tuple[int, int], batch: int
@@ -159,11 +159,14 @@ class DPTHead(nn.Module):
         """Second stage: the four projected layers -> (map [B, S, H, W, C], conf [B, S, H, W] or None)."""
         H, W = image_hw
         gh, gw = H // self.patch_size, W // self.patch_size
+        size = (gh * self.patch_size, gw * self.patch_size)
+        fused = self.scratch.output_conv1
+        pos = self._position_embedding(fused.out_channels, *size, W / H, fused.weight.dtype, projected[0].device)
         layout = torch.channels_last if self.channels_last else torch.contiguous_format
         feats = [resize(x.contiguous(memory_format=layout)) for resize, x in zip(self.resize_layers, projected)]
-        x = _upsample(self.scratch.fuse(feats), size=(gh * self.patch_size, gw * self.patch_size))
+        x = _upsample(self.scratch.fuse(feats), size=size)
         conv, relu, last = self.scratch.output_conv2
-        x = relu(conv(self._add_pos(x, W / H)))
+        x = relu(conv(x if pos is None else x + 0.1 * pos))
         x = last(x.to(last.weight.dtype))  # the fast path keeps this tiny conv (and the activations) in float32
         x = x.permute(0, 2, 3, 1).reshape(batch, -1, x.shape[2], x.shape[3], x.shape[1])
         if self.conf_activation is None:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zipmap_core.layers.rope import RotaryPositionEmbedding2D
+from zipmap_core.layers.rope import RopeTables, RotaryPositionEmbedding2D
 
 
 class Attention(nn.Module):
@@ -28,11 +28,11 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
         self.rope = rope
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: RopeTables | None = None) -> torch.Tensor:
         B, N, C = x.shape
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k = self.q_norm(q), self.k_norm(k)
-        if self.rope is not None and pos is not None:
-            q, k = self.rope(q, pos), self.rope(k, pos)
+        if self.rope is not None and rope is not None:
+            q, k = self.rope(q, rope), self.rope(k, rope)
         x = F.scaled_dot_product_attention(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(B, N, C))

@@ -7,7 +7,7 @@ from torch import nn
 
 from zipmap_core.layers.attention import Attention
 from zipmap_core.layers.mlp import LayerScale, Mlp
-from zipmap_core.layers.rope import RotaryPositionEmbedding2D
+from zipmap_core.layers.rope import RopeTables, RotaryPositionEmbedding2D
 from zipmap_core.layers.ttt import FastWeightSwiGLU, TTTOp, TTTState
 
 
@@ -37,8 +37,8 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), bias=ffn_bias)
         self.ls2 = _layer_scale(dim, init_values)
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.ls1(self.attn(self.norm1(x), pos))
+    def forward(self, x: torch.Tensor, rope: RopeTables | None = None) -> torch.Tensor:
+        x = x + self.ls1(self.attn(self.norm1(x), rope))
         return x + self.ls2(self.mlp(self.norm2(x)))
 
 
@@ -58,6 +58,12 @@ class TTTBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), bias=ffn_bias)
         self.ls2 = _layer_scale(dim, init_values)
 
+    def mixer_input(self, x: torch.Tensor) -> torch.Tensor:
+        """norm1(x), in the mixer's weight dtype (bf16 on the fast path): all its consumers are
+        linear layers, which autocast would feed bf16 anyway, so one cast here halves the bytes
+        that the norm writes and that every consumer reads."""
+        return self.norm1(x).to(self.ttt_block.to_qkv.weight.dtype)
+
     def finish(self, x: torch.Tensor, mixed: torch.Tensor) -> torch.Tensor:
         """Residual around the mixer output, then the MLP half of the block."""
         x = x + self.ls1(mixed)
@@ -66,5 +72,5 @@ class TTTBlock(nn.Module):
     def forward(
         self, x: torch.Tensor, schedule: list[TTTOp], state: TTTState | None = None
     ) -> tuple[torch.Tensor, TTTState]:
-        mixed, state = self.ttt_block(self.norm1(x), schedule, state)
+        mixed, state = self.ttt_block(self.mixer_input(x), schedule, state)
         return self.finish(x, mixed), state

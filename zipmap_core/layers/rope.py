@@ -7,6 +7,8 @@ are never rotated.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
@@ -20,31 +22,45 @@ def patch_positions(batch: int, grid_h: int, grid_w: int, num_special: int, devi
     return torch.cat([special, grid]).unsqueeze(0).expand(batch, -1, -1)
 
 
+class RopeTables(NamedTuple):
+    """cos and sin of every token's rotation angles, [B or 1, 1, N, head_dim] float32: the row
+    angles in the first half of the channels, the column angles in the second."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+
+    def repeat_tokens(self, times: int) -> RopeTables:
+        return RopeTables(*(t.repeat(1, 1, times, 1) for t in self))
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
 
 
 class RotaryPositionEmbedding2D(nn.Module):
-    """Positions may broadcast over the batch ([1, N, 2] for N tokens shared by every frame): the
-    rotation angles are computed from them directly, so no host sync and no per-frame tables."""
+    """The angles depend on the positions alone, so `tables` computes their cos/sin once per
+    forward pass (outside the compiled blocks: inlined, the sines and cosines were recomputed for
+    every element of q and k of every frame, and made the rotation compute-bound)."""
 
     def __init__(self, frequency: float = 100.0):
         super().__init__()
         self.frequency = frequency
 
-    def _cos_sin(self, pos: torch.Tensor, dim: int, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """pos [B, N] -> cos, sin [B, 1, N, dim] (each frequency twice, for `_rotate_half`)."""
+    def _angles(self, pos: torch.Tensor, dim: int) -> torch.Tensor:
+        """pos [B, N] -> angles [B, 1, N, dim] (each frequency twice, for `_rotate_half`)."""
         inv_freq = 1.0 / (self.frequency ** (torch.arange(0, dim, 2, device=pos.device).float() / dim))
         angles = pos.float()[..., None] * inv_freq
-        angles = torch.cat((angles, angles), dim=-1)[:, None]
-        return angles.cos().to(dtype), angles.sin().to(dtype)
+        return torch.cat((angles, angles), dim=-1)[:, None]
 
-    def _rotate_1d(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        cos, sin = self._cos_sin(pos, x.shape[-1], x.dtype)
-        return x * cos + _rotate_half(x) * sin
+    def tables(self, pos: torch.Tensor, head_dim: int) -> RopeTables:
+        """pos: [B or 1, N, 2] integer (row, col) -> the tables `forward` reads."""
+        half = head_dim // 2
+        angles = torch.cat((self._angles(pos[..., 0], half), self._angles(pos[..., 1], half)), dim=-1)
+        return RopeTables(angles.cos(), angles.sin())
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """x: [B, heads, N, head_dim]; pos: [B or 1, N, 2] integer (row, col)."""
+    def forward(self, x: torch.Tensor, tables: RopeTables) -> torch.Tensor:
+        """x: [B, heads, N, head_dim]."""
         rows, cols = x.chunk(2, dim=-1)
-        return torch.cat((self._rotate_1d(rows, pos[..., 0]), self._rotate_1d(cols, pos[..., 1])), dim=-1)
+        rotated = torch.cat((_rotate_half(rows), _rotate_half(cols)), dim=-1)
+        return x * tables.cos.to(x.dtype) + rotated * tables.sin.to(x.dtype)

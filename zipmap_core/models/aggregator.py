@@ -14,7 +14,7 @@ from torch import nn
 from zipmap_core.config import ModelConfig
 from zipmap_core.layers.block import Block, TTTBlock
 from zipmap_core.layers.patch_embed import PatchEmbed
-from zipmap_core.layers.rope import RotaryPositionEmbedding2D, patch_positions
+from zipmap_core.layers.rope import RopeTables, RotaryPositionEmbedding2D, patch_positions
 from zipmap_core.layers.ttt import (
     FastWeightSwiGLU,
     TTTOp,
@@ -94,22 +94,23 @@ class Aggregator(nn.Module):
         reg = self._special_tokens(self.register_token, B, S, first_frame).to(patches.dtype)
         return torch.cat([cam, reg, patches], dim=2)
 
-    def positions(self, image_hw: tuple[int, int], device) -> torch.Tensor | None:
-        """RoPE positions of one frame's tokens [1, P, 2], or None without RoPE."""
+    def rope_tables(self, image_hw: tuple[int, int], device) -> RopeTables | None:
+        """RoPE rotations of one frame's tokens (shared by every frame), or None without RoPE."""
         if self.rope is None:
             return None
         p = self.cfg.patch_size
-        return patch_positions(1, image_hw[0] // p, image_hw[1] // p, self.patch_start_idx, device)
+        pos = patch_positions(1, image_hw[0] // p, image_hw[1] // p, self.patch_start_idx, device)
+        return self.rope.tables(pos, self.cfg.embed_dim // self.cfg.num_heads)
 
-    def frame_block(self, i: int, tokens: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
+    def frame_block(self, i: int, tokens: torch.Tensor, rope: RopeTables | None) -> torch.Tensor:
         B, S, P, C = tokens.shape
-        return self.frame_blocks[i](tokens.reshape(B * S, P, C), pos).reshape(B, S, P, C)
+        return self.frame_blocks[i](tokens.reshape(B * S, P, C), rope).reshape(B, S, P, C)
 
     def global_block(
         self,
         i: int,
         tokens: torch.Tensor,
-        pos: torch.Tensor | None,
+        rope: RopeTables | None,
         schedule: list[TTTOp],
         state: TTTState | None = None,
     ) -> tuple[torch.Tensor, TTTState | None]:
@@ -119,7 +120,7 @@ class Aggregator(nn.Module):
         if self.is_ttt:
             x, state = block(x, schedule, state)
         else:
-            x = block(x, None if pos is None else pos.repeat(1, S, 1))
+            x = block(x, None if rope is None else rope.repeat_tokens(S))
         return x.reshape(B, S, P, C), state
 
     def output_layers(self) -> list[int]:
@@ -136,12 +137,12 @@ class Aggregator(nn.Module):
         """-> ({layer: [B, S, P, 2C] frame+global outputs}, fast-weight state per global block)."""
         schedule = schedule or bidirectional_schedule()
         tokens = self.embed(images, first_frame)
-        pos = self.positions(images.shape[-2:], images.device)
+        rope = self.rope_tables(images.shape[-2:], images.device)
         keep = set(self.output_layers())
         outputs, new_states = {}, []
         for i in range(self.cfg.depth):
-            frame_out = self.frame_block(i, tokens, pos)
-            tokens, state = self.global_block(i, frame_out, pos, schedule, states[i] if states else None)
+            frame_out = self.frame_block(i, tokens, rope)
+            tokens, state = self.global_block(i, frame_out, rope, schedule, states[i] if states else None)
             new_states.append(state)
             if i in keep:
                 outputs[i] = torch.cat([frame_out, tokens], dim=-1)
