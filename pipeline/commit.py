@@ -89,11 +89,14 @@ def discard_attempt(store: Store, layout: RunLayout, sequence_id: str, attempt_i
 
 
 def clean_uncommitted(store: Store, layout: RunLayout, committed: set[str]) -> None:
-    """Before (re)starting a run: drop all staging and any outputs without a commit marker."""
+    """Before (re)starting a run: drop all staging, any outputs without a commit marker, and the
+    temporary files of marker, manifest or summary writes that a killed driver left behind."""
     try:
         store.delete(layout.staging_root)
     except Exception as exc:
         logger.warning("could not clean up %s: %s", layout.staging_root, exc)
+    for folder in (layout.commits, layout.run_uri):
+        store.remove_partial_writes(folder)
     for kind in (FRAMES, DEPTH):
         for entry in store.ls(layout.dataset_dir(kind)):
             name = entry["name"].rstrip("/").rsplit("/", 1)[-1]

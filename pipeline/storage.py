@@ -21,6 +21,9 @@ from fsspec.implementations.local import LocalFileSystem
 
 from .spec import StorageSpec
 
+# a local atomic write goes to "<path><infix><random>" first, then is renamed over <path>
+PARTIAL_WRITE_INFIX = ".tmp-"
+
 
 def join(base: str, *parts: str) -> str:
     """Join URI segments with '/', whatever the store."""
@@ -108,7 +111,7 @@ class Store:
         path = self.path(uri)
         if self.local:
             self._parent(uri)
-            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+            tmp = f"{path}{PARTIAL_WRITE_INFIX}{uuid.uuid4().hex[:8]}"
             with open(tmp, "wb") as f:
                 f.write(data)
                 f.flush()
@@ -116,6 +119,16 @@ class Store:
             os.replace(tmp, path)
         else:
             self.fs.pipe_file(path, data)  # one PUT: atomic on object stores
+
+    def remove_partial_writes(self, folder_uri: str) -> int:
+        """Delete the temporary files of atomic writes that never finished (a process killed
+        between write and rename) directly in a folder; returns how many. Object stores have none."""
+        if not self.local:
+            return 0
+        torn = [e["name"] for e in self.ls(folder_uri) if PARTIAL_WRITE_INFIX in e["name"].rsplit("/", 1)[-1]]
+        for path in torn:
+            self.delete(self.uri(path))
+        return len(torn)
 
     def write_json(self, uri: str, obj: Any) -> None:
         self.write_bytes(uri, json.dumps(obj, indent=2, sort_keys=True).encode())

@@ -36,6 +36,7 @@ def _frames_by_sequence(run_uri: str) -> dict[str, list[int]]:
 
 
 def _markers(run_uri: str) -> dict[str, tuple[int, str]]:
+    """Commit markers (a killed writer may also have left a marker's temporary file)."""
     folder = os.path.join(run_uri, "_commits")
     return {
         name[: -len(".json")]: (
@@ -43,6 +44,7 @@ def _markers(run_uri: str) -> dict[str, tuple[int, str]]:
             json.load(open(os.path.join(folder, name)))["attempt_id"],
         )
         for name in os.listdir(folder)
+        if name.endswith(".json")
     }
 
 
@@ -211,6 +213,7 @@ def test_driver_killed_then_resumed(ray_cluster, tiny_checkpoint, tmp_path):
     assert (summary["done"], summary["failed"]) == (4, 0)
     after = _markers(spec.run_uri)
     assert set(after) == set(sizes)
+    assert sorted(os.listdir(commits)) == sorted(f"{k}.json" for k in sizes)  # no torn marker writes left
     assert {k: after[k] for k in before} == before  # committed sequences were not redone
     assert _frames_by_sequence(spec.run_uri) == {k: list(range(n)) for k, n in sizes.items()}
     assert not (Path(spec.run_uri) / "_staging").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 import pyarrow.dataset as ds
@@ -131,10 +132,16 @@ def test_outputs_without_marker_are_never_results(tmp_path):
     for kind, uri in staged.files.items():
         store.move(uri, layout.final("torn", kind))
     _stage(store, layout, "torn", "t2")  # and a staged attempt that never finished
+    # and the temporary files of atomic writes killed before their rename
+    for uri in (layout.commit_marker("torn"), layout.manifest):
+        with open(uri + ".tmp-0badf00d", "wb") as f:
+            f.write(b"{")
     out = read_outputs(run)
     assert set(out.committed) == {"good"} and out.frames.column("sequence_id").to_pylist() == ["good"]
     clean_uncommitted(store, layout, {"good"})
     assert not store.exists(layout.final("torn", POINTS)) and not store.exists(layout.staging_root)
+    assert sorted(os.listdir(layout.commits)) == ["good.json"]
+    assert not any(".tmp-" in name for name in os.listdir(run))
     assert ds.dataset(layout.dataset_dir(FRAMES), partitioning="hive").to_table().column("sequence_id").to_pylist() == [
         "good"
     ]
