@@ -63,9 +63,14 @@ def inverse_softplus(x: float) -> float:
     return x + math.log(-math.expm1(-x))
 
 
+def gate_and_up(w0: torch.Tensor, w2: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x @ w0, x @ w2) as one GEMM: the two products share their input."""
+    return (x @ torch.cat([w0, w2], dim=-1)).chunk(2, dim=-1)
+
+
 def swiglu(w0: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """f(x) = (silu(x @ w0) * (x @ w2)) @ w1, with the two input products as one GEMM."""
-    gate, up = (x @ torch.cat([w0, w2], dim=-1)).chunk(2, dim=-1)
+    """f(x) = (silu(x @ w0) * (x @ w2)) @ w1."""
+    gate, up = gate_and_up(w0, w2, x)
     return (F.silu(gate) * up) @ w1
 
 
@@ -116,7 +121,7 @@ def fast_weight_gradients(
     float32 rounding differences into visible pose differences.
     """
     dtype = k.dtype
-    gate, up = (k @ torch.cat([w0, w2], dim=-1).to(dtype)).chunk(2, dim=-1)
+    gate, up = gate_and_up(w0.to(dtype), w2.to(dtype), k)
     silu_gate = F.silu(gate)
     d_hidden = v @ w1.to(dtype).transpose(-1, -2)
     sig = torch.sigmoid(gate)
