@@ -10,7 +10,8 @@ the released benchmark unless --depth-only):
    weights (the released code's recipe); then the model is cast for the fast path, which runs
    offline and chunked;
 3. MFU = FLOPs / time / 800 TFLOP/s, FLOPs counted by torch's FlopCounterMode on this workload;
-4. where the fast path's time goes (frame blocks, global blocks, rest) at --breakdown-frames.
+4. where the eager fast path's time goes, stage by stage, at --breakdown-frames (and with
+   --profile, the kernels of the best variant by family), from bench/fastpath_profile.py.
 Images start on the GPU (as in the released benchmark); every frame's results reach the host.
 """
 
@@ -23,7 +24,8 @@ import time
 
 import numpy as np
 import torch
-from timing import measure, run  # bench/timing.py (this script's folder is on sys.path)
+from fastpath_profile import kernel_families, stage_times  # bench/ (this script's folder is on sys.path)
+from timing import measure, run
 from torch.utils.flop_counter import FlopCounterMode
 
 from zipmap_core import EngineConfig, ModelConfig, ZipMap
@@ -94,42 +96,6 @@ def time_variants(model, variants: dict, frames: list[int], timings: dict, H: in
         del images
 
 
-def breakdown(model, images, engine) -> dict[str, float]:
-    """Seconds in frame blocks, global blocks and the rest, from CUDA events around each block."""
-    spans: dict[str, list] = {"frame_blocks": [], "global_blocks": []}
-    handles = []
-    for name, blocks in (
-        ("frame_blocks", model.aggregator.frame_blocks),
-        ("global_blocks", model.aggregator.global_blocks),
-    ):
-        for block in blocks:
-            def pre(module, args, name=name):
-                module._t0 = torch.cuda.Event(enable_timing=True)
-                module._t0.record()
-
-            def post(module, args, out, name=name):
-                end = torch.cuda.Event(enable_timing=True)
-                end.record()
-                spans[name].append((module._t0, end))
-
-            handles += [block.register_forward_pre_hook(pre), block.register_forward_hook(post)]
-    total = run(model, images, engine)[0]
-    for h in handles:
-        h.remove()
-    out = {name: sum(a.elapsed_time(b) for a, b in pairs) / 1e3 for name, pairs in spans.items()}
-    out["rest (embed, heads, copies)"] = total - sum(out.values())
-    out["total"] = total
-    return out
-
-
-def profile_top(model, images, engine, rows: int = 18) -> str:
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        run(model, images, engine)
-    return prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=rows, max_name_column_width=60)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="offline_affine")
@@ -144,7 +110,7 @@ def main() -> None:
     ap.add_argument("--depth-only", action="store_true", help="skip the local-point head (our engines' default)")
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--variants", nargs="*", default=["offline", "chunked"], help="fast engine modes to time")
-    ap.add_argument("--profile", action="store_true", help="print the fast path's top CUDA kernels")
+    ap.add_argument("--profile", action="store_true", help="print the fast path's CUDA kernels by family")
     ap.add_argument("--compile", action="store_true", help="also time the fast path with torch.compile")
     ap.add_argument("--skip-eager", action="store_true", help="time the fast path only compiled (with --compile)")
     ap.add_argument("--json", help="also write the results here")
@@ -196,8 +162,8 @@ def main() -> None:
     else:
         time_variants(model, variants, args.frames, timings, H, W, args.repeats)
         images = torch.rand(args.breakdown_frames, 3, H, W, device="cuda")
-        results["breakdown"] = breakdown(model, images, fast["offline"])  # hooks: not on compiled blocks
-        log(f"breakdown at N={args.breakdown_frames} (fast offline): {results['breakdown']}")
+        results["breakdown"] = stage_times(model, images, lp)
+        log(f"stages at N={args.breakdown_frames} (fast, eager): {results['breakdown']}")
         del images
     if args.compile:  # in place and for good: from here on every fast run is compiled
         compiled = {f"compiled_{mode}": engine.model_copy(update={"compile": True}) for mode, engine in fast.items()}
@@ -216,7 +182,7 @@ def main() -> None:
     if args.profile:
         best = "compiled_chunked" if args.compile else "fast_chunked"
         log(f"{best}, {args.breakdown_frames} frames:")
-        log(profile_top(model, torch.rand(args.breakdown_frames, 3, H, W, device="cuda"), variants[best]))
+        kernel_families(model, torch.rand(args.breakdown_frames, 3, H, W, device="cuda"), variants[best])
 
     names = list(variants)
     log("\n| N | baseline s (GiB) | " + " | ".join(f"{v} s (GiB)" for v in names) + " | best speed-up | best MFU |")

@@ -19,7 +19,7 @@ from collections import defaultdict
 
 import torch
 import torch.nn.functional as F
-from timing import run  # bench/timing.py (this script's folder is on sys.path)
+from timing import gpu_time, run  # bench/timing.py (this script's folder is on sys.path)
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import ProfilerActivity, profile
 
@@ -27,20 +27,6 @@ from zipmap_core import EngineConfig, ModelConfig, ZipMap
 from zipmap_core.engines.compiled import compile_for_inference
 from zipmap_core.engines.precision import autocast, cast_for_inference, use_published_precision
 from zipmap_core.layers.ttt import TTTInputs, fast_weight_gradients
-
-
-def gpu_time(fn, repeats: int = 3) -> float:
-    """Median seconds of fn() on the GPU (after one warm-up call)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return sorted(times)[len(times) // 2]
 
 
 class StageClock:
@@ -90,13 +76,19 @@ def stage_times(model: ZipMap, images: torch.Tensor, local_points: bool) -> dict
             if i in keep:
                 layers[i] = torch.cat([frame_out, tokens], dim=-1)
         pose = clock("camera head", model.predict_cameras, layers[agg.cfg.depth - 1])
-        dense = clock("dense heads", model.predict_dense, layers, hw, 8, local_points)
+        dense = clock("dense heads", lambda: model.predict_dense(layers, hw, local_points=local_points))
     outputs = (pose, *dense.values())
     pinned = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in outputs]  # as the engines copy
     clock("copies to host", lambda: [h.copy_(t, non_blocking=True) for h, t in zip(pinned, outputs)])
     out = clock.seconds()
     out["total"] = sum(out.values())
     return out
+
+
+def cuda_kernels(prof) -> list:
+    """The profiled CUDA kernels that took time, longest first."""
+    events = [e for e in prof.key_averages() if e.device_type.name == "CUDA" and e.self_device_time_total > 0]
+    return sorted(events, key=lambda e: -e.self_device_time_total)
 
 
 @torch.inference_mode()
@@ -141,10 +133,10 @@ def stage_kernels(model: ZipMap, images: torch.Tensor, top: int = 8) -> None:
             with profile(activities=[ProfilerActivity.CUDA]) as prof:
                 fn()
                 torch.cuda.synchronize()
-            events = [e for e in prof.key_averages() if e.device_type.name == "CUDA" and e.self_device_time_total > 0]
+            events = cuda_kernels(prof)
             total = sum(e.self_device_time_total for e in events)
             print(f"\n{name}: {total / 1e3:.2f} ms in {sum(e.count for e in events)} kernels")
-            for e in sorted(events, key=lambda e: -e.self_device_time_total)[:top]:
+            for e in events[:top]:
                 print(f"  {e.self_device_time_total / 1e3:7.3f} ms x{e.count:<4d} {e.key[:120]}")
 
 
@@ -173,7 +165,7 @@ def family(name: str) -> str:
 def kernel_families(model, images, engine, top: int = 30) -> None:
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         run(model, images, engine)
-    events = [e for e in prof.key_averages() if e.device_type.name == "CUDA" and e.self_device_time_total > 0]
+    events = cuda_kernels(prof)
     total = sum(e.self_device_time_total for e in events)
     by_family: dict[str, float] = defaultdict(float)
     for e in events:
@@ -182,7 +174,7 @@ def kernel_families(model, images, engine, top: int = 30) -> None:
     for fam, t in sorted(by_family.items(), key=lambda kv: -kv[1]):
         print(f"  {fam:28s} {t / 1e6:8.3f} s  {t / total:6.1%}")
     print(f"\ntop {top} kernels:")
-    for e in sorted(events, key=lambda e: -e.self_device_time_total)[:top]:
+    for e in events[:top]:
         name = e.key if len(e.key) < 110 else e.key[:107] + "..."
         print(f"  {e.self_device_time_total / 1e6:7.3f} s {e.self_device_time_total / total:6.1%} x{e.count:<6d} "
               f"[{family(e.key)}] {name}")

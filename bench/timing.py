@@ -34,3 +34,17 @@ def measure(model, images, engine, repeats: int) -> dict:
         "peak_gib": max(r[1] for r in runs),
         "frames": len(runs[0][2]),
     }
+
+
+def gpu_time(fn, repeats: int = 3) -> float:
+    """Median seconds of fn() on the GPU by CUDA events (after one warm-up call)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return sorted(times)[len(times) // 2]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from fastpath_profile import gpu_time  # bench/ (this script's folder is on sys.path)
+from timing import gpu_time  # bench/timing.py (this script's folder is on sys.path)
 
 from zipmap_core.layers.ttt import WEIGHT_NORM_EPS, FastWeightSwiGLU, TTTState, newton_schulz
 
