@@ -1,8 +1,6 @@
-"""The per-sequence fast-weight update of one TTT layer (Newton-Schulz + weight norm), as the model
-runs it and as two candidates that issue #6 has not measured yet: compiled, and with the layer's
-three orthogonalisations batched into one (the wide orientation of w1's update is the shape of
-the other two). At 50 frames this step is about 7% of a compiled run (29 ms for 24 layers on an
-H200), and it does not shrink with fewer frames.
+"""The per-sequence fast-weight update of one TTT layer (Newton-Schulz + weight norm): the model's
+step, which orthogonalises a layer's three gradients as one batch, against orthogonalising them
+one at a time (as before issue #6's fourth session) and against compiling the step.
 
     python bench/ttt_step.py
 """
@@ -17,15 +15,10 @@ from timing import gpu_time  # bench/timing.py (this script's folder is on sys.p
 from zipmap_core.layers.ttt import WEIGHT_NORM_EPS, FastWeightSwiGLU, TTTState, newton_schulz
 
 
-def batched_step(ttt: FastWeightSwiGLU, state: TTTState, grads, norms) -> TTTState:
-    """TTTState.step with the three orthogonalisations as one batch of wide matrices."""
-    g0, g1, g2 = grads
-    b = g0.shape[0]
-    ortho = newton_schulz(torch.cat([g0, g1.mT, g2]), ttt.muon_steps, ttt.ns_dtype)
-    updates = (ortho[:b], ortho[b : 2 * b].mT, ortho[2 * b :])
+def one_at_a_time(ttt: FastWeightSwiGLU, state: TTTState, grads, norms) -> TTTState:
     new = []
-    for w, u, n in zip((state.w0, state.w1, state.w2), updates, norms):
-        w = w + u.to(w.dtype)
+    for w, g, n in zip((state.w0, state.w1, state.w2), grads, norms):
+        w = w + newton_schulz(g, ttt.muon_steps, ttt.ns_dtype).to(w.dtype)
         new.append(w / (w.norm(dim=1, keepdim=True) + WEIGHT_NORM_EPS) * n)
     return TTTState(*new)
 
@@ -43,14 +36,13 @@ def main() -> None:
     grads = tuple(torch.randn_like(w) for w in (state.w0, state.w1, state.w2))
     reference = ttt.step(state, grads, norms)
 
-    def batched(state, grads, norms):
-        return batched_step(ttt, state, grads, norms)
+    def separate(state, grads, norms):
+        return one_at_a_time(ttt, state, grads, norms)
 
     variants = {
-        "as the model runs it": ttt.step,
+        "the model's (batched)": ttt.step,
         "compiled": torch.compile(ttt.step),
-        "batched": batched,
-        "batched, compiled": torch.compile(batched),
+        "one at a time": separate,
     }
     for name, fn in variants.items():
         out = fn(state, grads, norms)
