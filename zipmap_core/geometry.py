@@ -110,5 +110,8 @@ def unproject_depth(depth: torch.Tensor, extrinsics: torch.Tensor, intrinsics: t
 def local_to_world(points: torch.Tensor, extrinsics: torch.Tensor) -> torch.Tensor:
     """Camera-frame points [..., H, W, 3] -> world points with camera-from-world [..., 3, 4]."""
     c2w = invert_rigid(extrinsics)
-    R, t = c2w[..., None, None, :3, :3], c2w[..., None, None, :3, 3]
-    return (R @ points[..., None]).squeeze(-1) + t
+    R, t = c2w[..., :3, :3], c2w[..., None, :3, 3]
+    # one [H*W, 3] x [3, 3] product per camera: broadcasting R over the pixels instead made one
+    # 3x3 matrix-vector product per pixel (2.5% of a 750-frame GPU run)
+    flat = points.flatten(-3, -2)
+    return (flat @ R.mT + t).unflatten(-2, points.shape[-3:-1])

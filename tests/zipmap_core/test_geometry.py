@@ -6,6 +6,7 @@ from zipmap_core.geometry import (
     align_to_first_view,
     cameras_to_pose_encoding,
     invert_rigid,
+    local_to_world,
     matrix_to_quaternion,
     pose_encoding_to_cameras,
     quaternion_to_matrix,
@@ -64,6 +65,19 @@ def test_unprojection_projects_back():
     uv = (cam @ K.T)[..., :2] / cam[..., 2:]
     v, u = torch.meshgrid(torch.arange(24.0), torch.arange(32.0), indexing="ij")
     assert torch.allclose(uv[..., 0], u.double(), atol=1e-8) and torch.allclose(uv[..., 1], v.double(), atol=1e-8)
+
+
+def test_local_to_world_per_camera():
+    R = random_rotations(3)
+    ext = torch.cat([R, torch.randn(3, 3, 1, dtype=R.dtype)], dim=-1)
+    points = torch.randn(3, 5, 7, 3, dtype=R.dtype)
+    world = local_to_world(points, ext)
+    assert world.shape == points.shape
+    c2w = invert_rigid(ext)
+    for i in range(3):
+        expected = points[i] @ c2w[i, :, :3].T + c2w[i, :, 3]
+        assert torch.allclose(world[i], expected, atol=1e-12)
+    assert torch.allclose(local_to_world(points[0], ext[0]), world[0], atol=1e-12)  # no batch dimension
 
 
 def test_invert_rigid():
