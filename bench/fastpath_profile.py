@@ -180,6 +180,30 @@ def kernel_families(model, images, engine, top: int = 30) -> None:
               f"[{family(e.key)}] {name}")
 
 
+def find_kernel(model, images, engine, pattern: str, top: int = 12) -> None:
+    """Which operators launch the kernels whose names match `pattern`: the launching op, its input
+    shapes, its enclosing ops and the innermost Python frames of the model code."""
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True,
+                 with_stack=True) as prof:
+        run(model, images, engine)
+    sites: dict[tuple, list] = defaultdict(lambda: [0, 0.0])
+    for op in prof.events():
+        hits = [k for k in op.kernels if re.search(pattern, k.name)]
+        if not hits:
+            continue
+        parents, p = [], op.cpu_parent
+        while p is not None and len(parents) < 3:
+            parents.append(p.name)
+            p = p.cpu_parent
+        frames = [f for f in (op.stack or []) if "zipmap_core" in f or "torchinductor" in f][:3]
+        key = (op.name, str(op.input_shapes)[:160], " < ".join(parents), " | ".join(frames))
+        sites[key][0] += len(hits)
+        sites[key][1] += sum(k.duration for k in hits)
+    print(f"\nkernels matching {pattern!r}, by launching op:")
+    for (name, shapes, parents, frames), (count, us) in sorted(sites.items(), key=lambda kv: -kv[1][1])[:top]:
+        print(f"  {us / 1e3:8.2f} ms x{count:<5d} {name} {shapes}\n      in: {parents}\n      at: {frames}")
+
+
 @torch.inference_mode()
 def kernel_rates(model: ZipMap, frames: int, tokens_per_frame: int) -> None:
     """TFLOP/s of the trunk's kernels on their real shapes and weights (under autocast, as in the
@@ -243,6 +267,7 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--local-points", action="store_true", help="run the local-point head too (as released)")
     ap.add_argument("--stage-kernels", action="store_true", help="only list the kernels of each stage of layer 0")
+    ap.add_argument("--find-kernel", metavar="REGEX", help="also list the ops that launch the kernels matching REGEX")
     args = ap.parse_args()
     torch.manual_seed(0)
     with torch.device("cuda"):
@@ -265,6 +290,8 @@ def main() -> None:
     for name, t in times.items():
         print(f"  {name:32s} {t:7.3f} s  {t / times['total']:6.1%}")
     kernel_families(model, images, engine)
+    if args.find_kernel:
+        find_kernel(model, images, engine, args.find_kernel)
     grid = (args.height // 14) * (args.width // 14)
     kernel_rates(model, args.frames, grid + model.config.patch_start_idx)
 
