@@ -268,30 +268,44 @@ def main() -> None:
     ap.add_argument("--local-points", action="store_true", help="run the local-point head too (as released)")
     ap.add_argument("--stage-kernels", action="store_true", help="only list the kernels of each stage of layer 0")
     ap.add_argument("--find-kernel", metavar="REGEX", help="also list the ops that launch the kernels matching REGEX")
+    ap.add_argument("--modes", nargs="+", default=["offline"], choices=["offline", "chunked"],
+                    help="engine modes whose runs are timed and profiled by kernel family")
+    ap.add_argument("--chunk-size", type=int, default=64)
+    ap.add_argument("--families-only", action="store_true", help="skip the stage times and kernel rates")
     args = ap.parse_args()
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = ZipMap(ModelConfig.preset(args.preset)).eval()
     cast_for_inference(model, "bfloat16")
     use_published_precision(model, "bfloat16")
-    engine = EngineConfig(dtype="bfloat16", fast=True, compile=args.compile, local_points=args.local_points)
+    engines = {
+        mode: EngineConfig(mode=mode, dtype="bfloat16", fast=True, compile=args.compile, local_points=args.local_points,
+                           chunk_size=args.chunk_size, gpu_cache_gb=8.0, host_memory_budget_gb=48.0)
+        for mode in args.modes
+    }
     images = torch.rand(args.frames, 3, args.height, args.width, device="cuda")
     if args.compile:
         compile_for_inference(model)
-        run(model, images[:4], engine)
+        for engine in engines.values():
+            run(model, images[:4], engine)
     print(torch.__version__, torch.cuda.get_device_name())
     if args.stage_kernels:
         stage_kernels(model, images)
         return
-    print(f"engine run, {args.frames} frames: {[round(run(model, images, engine)[0], 3) for _ in range(2)]} s")
+    for mode, engine in engines.items():
+        seconds = [round(run(model, images, engine)[0], 3) for _ in range(2)]
+        print(f"\n{mode} engine run, {args.frames} frames: {seconds} s")
+        kernel_families(model, images, engine)
+    engine = next(iter(engines.values()))
+    if args.find_kernel:
+        find_kernel(model, images, engine, args.find_kernel)
+    if args.families_only:
+        return
     stage_times(model, images, args.local_points)
     times = stage_times(model, images, args.local_points)
     print(f"\nstages of one offline pass, {args.frames} frames:")
     for name, t in times.items():
         print(f"  {name:32s} {t:7.3f} s  {t / times['total']:6.1%}")
-    kernel_families(model, images, engine)
-    if args.find_kernel:
-        find_kernel(model, images, engine, args.find_kernel)
     grid = (args.height // 14) * (args.width // 14)
     kernel_rates(model, args.frames, grid + model.config.patch_start_idx)
 
