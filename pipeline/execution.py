@@ -76,12 +76,16 @@ def plan_actors(spec: JobSpec, cluster_resources: dict[str, float], fixed_size: 
     else:
         plan = ActorPlan(res.num_actors or 1, 0.0, res.cpus_per_actor, dict(res.custom_resources))
     cpus = float(cluster_resources.get("CPU", 0))
-    if fixed_size and plan.num_actors * plan.num_cpus + res.decode_cpus > cpus:
-        raise SpecError(
+    if plan.num_actors * plan.num_cpus + res.decode_cpus > cpus:
+        starved = (
             f"{plan.num_actors} model actor(s) x {plan.num_cpus:g} CPUs (resources.cpus_per_actor) leave less than "
-            f"resources.decode_cpus={res.decode_cpus:g} of this cluster's {cpus:g} CPUs for decoding; "
-            "lower cpus_per_actor or num_actors"
+            f"resources.decode_cpus={res.decode_cpus:g} of this cluster's {cpus:g} CPUs for decoding"
         )
+        if fixed_size:
+            raise SpecError(f"{starved}; lower cpus_per_actor or num_actors")
+        # a joined cluster may have an autoscaler; if it has none, decoding waits forever
+        logger.warning("%s: the run waits until the cluster grows; if it cannot, lower cpus_per_actor or num_actors",
+                       starved)
     return plan
 
 

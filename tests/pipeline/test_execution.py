@@ -32,12 +32,17 @@ def test_plan_actors(fields, cluster, expected):
     assert (plan.num_actors, plan.num_gpus) == expected
 
 
-def test_plan_actors_refuses_to_starve_decoding_on_a_fixed_cluster():
+def test_plan_actors_refuses_to_starve_decoding_on_a_fixed_cluster(caplog):
     spec = _spec(resources__cpus_per_actor=2)
-    assert plan_actors(spec, {"CPU": 2}).num_actors == 1  # a cluster that may grow: allowed
+    with caplog.at_level("WARNING", logger="pipeline.execution"):
+        assert plan_actors(spec, {"CPU": 2}).num_actors == 1  # a cluster that may grow: allowed, with a warning
+    assert "waits until the cluster grows" in caplog.text
+    caplog.clear()
     with pytest.raises(SpecError, match="decode_cpus=1 of this cluster's 2 CPUs"):
         plan_actors(spec, {"CPU": 2}, fixed_size=True)
     assert plan_actors(spec, {"CPU": 3}, fixed_size=True).num_cpus == 2
+    assert plan_actors(spec, {"CPU": 3}).num_cpus == 2
+    assert "waits until the cluster grows" not in caplog.text  # enough CPUs: no warning
 
 
 def _task_error(cause: Exception) -> RayTaskError:
