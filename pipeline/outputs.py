@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from zipmap_core.engines.results import FramePrediction
 
 from .layout import DEPTH, FRAMES, POINTS, RunLayout
-from .pointcloud import PointCloudBuilder, frame_points
+from .pointcloud import PointCloudBuilder, VoxelSums, frame_points, voxel_sums
 from .spec import JobSpec
 from .storage import Store
 
@@ -89,8 +89,9 @@ class PreparedFrame:
     """One frame's output rows and points, ready to append."""
 
     row: dict
-    points: np.ndarray | None  # PLY vertices
+    points: np.ndarray | None  # PLY vertices (without voxels)
     depth: pa.Table | None  # its DEPTH_SCHEMA row, when depth maps are saved
+    voxels: tuple[VoxelSums, VoxelSums] | None = None  # the points' per-voxel sums (with voxels)
 
 
 @dataclass(frozen=True)
@@ -102,11 +103,13 @@ class FrameFormat:
     sequence_id: str
     conf_threshold: float | None  # None: no point cloud
     save_depth: bool
+    voxel_size: float | None = None
 
 
 def prepare_frame(fmt: FrameFormat, frame: FramePrediction) -> PreparedFrame:
-    """The expensive, per-pixel part of writing a frame (unprojection, filtering, packing)."""
-    points = None
+    """The expensive, per-pixel part of writing a frame (unprojection, filtering, packing, summing
+    per voxel: the sequence's grid then only merges sums)."""
+    points = voxels = None
     if fmt.conf_threshold is not None:
         points = frame_points(frame.depth, frame.depth_conf, frame.world_points, frame.image, fmt.conf_threshold)
     row = {
@@ -120,8 +123,10 @@ def prepare_frame(fmt: FrameFormat, frame: FramePrediction) -> PreparedFrame:
         "num_points": 0 if points is None else len(points),
         "camera_conf": float(frame.camera_conf),
     }
+    if points is not None and fmt.voxel_size:
+        points, voxels = None, voxel_sums(points, fmt.voxel_size)
     depth = _depth_row(fmt.sequence_id, frame) if fmt.save_depth else None
-    return PreparedFrame(row, points, depth)
+    return PreparedFrame(row, points, depth, voxels)
 
 
 def _depth_row(sequence_id: str, frame: FramePrediction) -> pa.Table:
@@ -165,14 +170,18 @@ class SequenceWriter:
     @property
     def frame_format(self) -> FrameFormat:
         pc = self.spec.point_cloud
-        return FrameFormat(self.sequence_id, pc.conf_threshold if pc.enabled else None, self.spec.save_depth)
+        if not pc.enabled:
+            return FrameFormat(self.sequence_id, None, self.spec.save_depth)
+        return FrameFormat(self.sequence_id, pc.conf_threshold, self.spec.save_depth, pc.voxel_size)
 
     def add_prepared(self, prepared: PreparedFrame) -> None:
         """Append a prepared frame; frames must come in order."""
         index = prepared.row["frame_index"]
         src_w, src_h = self.source_sizes[index]
         row = {**prepared.row, "source_uri": self.frame_uris[index], "source_width": src_w, "source_height": src_h}
-        if prepared.points is not None:
+        if prepared.voxels is not None:
+            self._points.add_voxel_sums(prepared.voxels)
+        elif prepared.points is not None:
             self._points.add_points(prepared.points)
         self._rows.append(row)
         if prepared.depth is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from typing import IO, BinaryIO
+from typing import IO, BinaryIO, NamedTuple
 
 import numpy as np
 
@@ -20,6 +20,7 @@ PLY_DTYPE = np.dtype(
 _PLY_TYPES = {np.dtype("<f4"): "float", np.dtype("u1"): "uchar"}
 _CONSOLIDATE_EVERY = 4_000_000  # buffered points before merging them into the voxel sums
 _AXIS_BITS = 21  # voxel indices per axis that pack into one int64 key (3 x 21 bits)
+_PACK_OFFSET = 1 << (_AXIS_BITS - 1)  # packed: indices in (-2**20, 2**20), about 10 km at 1 cm voxels
 
 
 def frame_points(
@@ -46,6 +47,72 @@ def frame_points(
     return packed.view(PLY_DTYPE).reshape(n)
 
 
+class VoxelSums(NamedTuple):
+    """Per-voxel sums of some points, one row per voxel, sorted by voxel.
+
+    `keys` are packed int64 voxel indices (`_pack`), or [n, 3] index rows in `far` sums (voxels
+    past the packing range, for which no one-integer order exists)."""
+
+    keys: np.ndarray
+    sums: np.ndarray  # [7, n] float64: x y z red green blue confidence (a row each: 1-D reductions)
+    counts: np.ndarray  # [n] int64
+
+    @staticmethod
+    def empty(rows: bool) -> VoxelSums:
+        return VoxelSums(np.empty((0, 3) if rows else 0, np.int64), np.empty((7, 0)), np.empty(0, np.int64))
+
+
+def voxel_sums(points: np.ndarray, voxel_size: float) -> tuple[VoxelSums, VoxelSums]:
+    """(near, far) per-voxel sums of PLY vertices: near voxels with packed keys, far ones by rows.
+
+    Runs per frame in the frame-writer processes, so the sequence's grid only merges sums."""
+    xyz = np.stack([points["x"], points["y"], points["z"]], axis=1).astype(np.float64)
+    values = np.stack([points[name] for name in PLY_DTYPE.names]).astype(np.float64)
+    # clipped so that absurdly distant (but finite) points cannot overflow the integer cast
+    index = np.clip(np.floor(xyz / voxel_size), -(2.0**62), 2.0**62).astype(np.int64)
+    near = (np.abs(index) < _PACK_OFFSET).all(axis=1)
+    counts = np.ones(len(points), np.int64)
+    if near.all():
+        return _reduce(_pack(index), values, counts), VoxelSums.empty(rows=True)
+    far = ~near
+    return (
+        _reduce(_pack(index[near]), values[:, near], counts[near]),
+        _reduce(index[far], values[:, far], counts[far]),
+    )
+
+
+def _pack(index: np.ndarray) -> np.ndarray:
+    """[n, 3] voxel indices in (-2**20, 2**20) -> one int64 each, ordered as the rows are."""
+    shifted = index + _PACK_OFFSET
+    return (shifted[:, 0] << (2 * _AXIS_BITS)) | (shifted[:, 1] << _AXIS_BITS) | shifted[:, 2]
+
+
+def _unpack(keys: np.ndarray) -> np.ndarray:
+    mask = (1 << _AXIS_BITS) - 1
+    return np.stack([keys >> (2 * _AXIS_BITS), (keys >> _AXIS_BITS) & mask, keys & mask], axis=1) - _PACK_OFFSET
+
+
+def _reduce(keys: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> VoxelSums:
+    """Sum the rows of equal keys; the result is sorted by key."""
+    if len(keys) == 0:
+        return VoxelSums(keys, sums, counts)
+    # the inputs are mostly concatenated sorted runs, which the stable sort (timsort) merges
+    order = np.argsort(keys, kind="stable") if keys.ndim == 1 else np.lexsort(keys.T[::-1])
+    keys = keys[order]
+    differs = keys[1:] != keys[:-1]
+    starts = np.flatnonzero(np.concatenate([[True], differs if keys.ndim == 1 else differs.any(axis=1)]))
+    sums = np.stack([np.add.reduceat(row[order], starts) for row in sums])
+    return VoxelSums(keys[starts], sums, np.add.reduceat(counts[order], starts))
+
+
+def _concatenate(parts: list[VoxelSums]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return (
+        np.concatenate([p.keys for p in parts]),
+        np.concatenate([p.sums for p in parts], axis=1),
+        np.concatenate([p.counts for p in parts]),
+    )
+
+
 class VoxelGrid:
     """Running per-voxel averages of position, colour and confidence."""
 
@@ -53,23 +120,32 @@ class VoxelGrid:
         if voxel_size <= 0:
             raise ValueError("voxel_size must be > 0")
         self.voxel_size = float(voxel_size)
-        self._keys = np.empty((0, 3), np.int64)
-        self._sums = np.empty((0, 7), np.float64)  # x y z r g b conf
-        self._counts = np.empty(0, np.int64)
-        self._pending: list[np.ndarray] = []
+        self._near, self._far = VoxelSums.empty(rows=False), VoxelSums.empty(rows=True)
+        self._pending: list[tuple[VoxelSums, VoxelSums]] = []
         self._pending_n = 0
 
     def add(self, points: np.ndarray) -> None:
         if len(points):
-            self._pending.append(points)
-            self._pending_n += len(points)
-            if self._pending_n >= _CONSOLIDATE_EVERY:
-                self._consolidate()
+            self.add_sums(voxel_sums(points, self.voxel_size))
+
+    def add_sums(self, sums: tuple[VoxelSums, VoxelSums]) -> None:
+        """Add (near, far) sums from `voxel_sums`. Merging waits until the pending rows are as many
+        as the grid's (and at least _CONSOLIDATE_EVERY), so each voxel is re-sorted O(log n) times."""
+        self._pending.append(sums)
+        self._pending_n += len(sums[0].keys) + len(sums[1].keys)
+        if self._pending_n >= max(_CONSOLIDATE_EVERY, len(self._near.keys) + len(self._far.keys)):
+            self._consolidate()
 
     def result(self) -> np.ndarray:
         """Averaged vertices, one per occupied voxel, sorted by voxel index."""
         self._consolidate()
-        mean = self._sums / self._counts[:, None]
+        keys = np.concatenate([_unpack(self._near.keys), self._far.keys])
+        sums = np.concatenate([self._near.sums, self._far.sums], axis=1)
+        counts = np.concatenate([self._near.counts, self._far.counts])
+        if len(self._far.keys):
+            order = np.lexsort(keys.T[::-1])
+            sums, counts = sums[:, order], counts[order]
+        mean = (sums / counts).T
         out = np.empty(len(mean), dtype=PLY_DTYPE)
         out["x"], out["y"], out["z"] = mean[:, 0], mean[:, 1], mean[:, 2]
         rgb = np.clip(np.rint(mean[:, 3:6]), 0, 255).astype(np.uint8)
@@ -80,38 +156,12 @@ class VoxelGrid:
     def _consolidate(self) -> None:
         if not self._pending:
             return
-        pts = np.concatenate(self._pending)
+        merged = []
+        for state, parts in ((self._near, [p[0] for p in self._pending]), (self._far, [p[1] for p in self._pending])):
+            parts = [state] + [p for p in parts if len(p.keys)]
+            merged.append(parts[0] if len(parts) == 1 else _reduce(*_concatenate(parts)))
+        self._near, self._far = merged
         self._pending, self._pending_n = [], 0
-        xyz = np.stack([pts["x"], pts["y"], pts["z"]], axis=1).astype(np.float64)
-        values = np.concatenate(
-            [xyz, np.stack([pts["red"], pts["green"], pts["blue"]], axis=1), pts["confidence"][:, None]], axis=1
-        )
-        keys = np.concatenate([self._keys, np.floor(xyz / self.voxel_size).astype(np.int64)])
-        sums = np.concatenate([self._sums, values])
-        counts = np.concatenate([self._counts, np.ones(len(pts), np.int64)])
-        self._keys, inverse = _unique_rows(keys)
-        n = len(self._keys)
-        self._sums = np.stack([np.bincount(inverse, weights=sums[:, c], minlength=n) for c in range(7)], axis=1)
-        self._counts = np.bincount(inverse, weights=counts, minlength=n).astype(np.int64)
-
-
-def _unique_rows(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """np.unique(keys, axis=0, return_inverse=True) for [N, 3] int64 voxel indices, ~15x faster.
-
-    When each axis spans fewer than 2**21 voxels, a row packs into one int64 whose order is the
-    rows' lexicographic order, and a 1-D sort replaces the row-wise one; otherwise the row-wise
-    sort runs. Same output either way.
-    """
-    lo = keys.min(axis=0)
-    if ((keys.max(axis=0) - lo) >> _AXIS_BITS).any():
-        unique, inverse = np.unique(keys, axis=0, return_inverse=True)
-        return unique, inverse.reshape(-1)
-    shifted = keys - lo
-    packed = (shifted[:, 0] << (2 * _AXIS_BITS)) | (shifted[:, 1] << _AXIS_BITS) | shifted[:, 2]
-    unique, inverse = np.unique(packed, return_inverse=True)
-    mask = (1 << _AXIS_BITS) - 1
-    rows = np.stack([unique >> (2 * _AXIS_BITS), (unique >> _AXIS_BITS) & mask, unique & mask], axis=1)
-    return rows + lo, inverse.reshape(-1)
 
 
 class PointCloudBuilder:
@@ -121,6 +171,12 @@ class PointCloudBuilder:
         self._grid = VoxelGrid(voxel_size) if voxel_size else None
         self._spool: IO[bytes] | None = None if self._grid else tempfile.TemporaryFile()
         self._count = 0
+
+    def add_voxel_sums(self, sums: tuple[VoxelSums, VoxelSums]) -> None:
+        """Add one frame's per-voxel sums (from `voxel_sums`, computed where the frame was prepared)."""
+        if self._grid is None:
+            raise ValueError("per-voxel sums need a builder with a voxel size")
+        self._grid.add_sums(sums)
 
     def add_points(self, points: np.ndarray) -> int:
         """Add one frame's vertices (from `frame_points`); returns how many."""

@@ -46,6 +46,15 @@ def test_frame_handoff_benchmark_smoke(capsys):
     assert all(float(r[3]) > 0 for r in rows)
 
 
+def test_voxel_merge_benchmark_smoke(capsys):
+    results = _load("voxel_merge").main(["--frames", "3", "--points", "2000", "--voxel-sizes", "0.5", "0.001"])
+    coarse, fine = results
+    assert coarse["rows_per_frame"] < fine["rows_per_frame"] <= 2000  # coarse voxels: fewer sums per frame
+    assert 0 < coarse["voxels"] < fine["voxels"] <= 6000
+    assert all(r["writer_s"] > 0 and r["main_thread_s"] > 0 for r in results)
+    assert "main thread" in capsys.readouterr().out
+
+
 def test_scaling_benchmark_smoke(ray_cluster, tmp_path, capsys):
     bench = _load("pipeline_scaling")
     args = ["--preset", "tiny", "--device", "cpu", "--sequences", "3", "--frames", "2", "--cpus-per-actor", "0.5"]

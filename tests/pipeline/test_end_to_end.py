@@ -102,6 +102,34 @@ def test_point_clouds_equal_direct_engine(local_run):
             np.testing.assert_allclose(ply[key], values, rtol=1e-5, atol=1e-6, err_msg=key)
 
 
+def test_voxel_point_clouds_average_the_direct_engine_points(local_run, tmp_path):
+    """With voxel_size, a frame-writer process sums each frame's points per voxel and the actor
+    merges the sums: the PLY holds the mean of every occupied voxel of the engine's points."""
+    base, refs, threshold = local_run["spec"], local_run["refs"], local_run["threshold"]
+    want = expected_points(refs["alpha"], threshold)
+    xyz = np.stack([want["x"], want["y"], want["z"]], axis=1).astype(np.float64)
+    size = float((xyz.max(0) - xyz.min(0)).max() / 6)  # a few points in most voxels
+    manifest = tmp_path / "one.csv"
+    manifest.write_text(f"sequence_id,uri\nalpha,{os.path.join(base.input.prefix, 'alpha')}\n")
+    spec = make_spec(
+        base.input.prefix, tmp_path / "out", base.model.checkpoint, run_id="voxels", input__prefix="null",
+        input__manifest=str(manifest), point_cloud__conf_threshold=threshold, point_cloud__voxel_size=size,
+        resources__frame_writers=1,
+    )
+    assert run_job(spec).done == 1
+    with open(os.path.join(spec.run_uri, "points", "alpha.ply"), "rb") as f:
+        ply = parse_ply(f.read())
+    groups: dict = {}
+    for i, key in enumerate(map(tuple, np.floor(xyz / size).astype(np.int64))):
+        groups.setdefault(key, []).append(i)
+    members = [groups[k] for k in sorted(groups)]  # the PLY's order: by voxel index
+    assert len(ply["x"]) == len(members) < len(xyz)
+    for key in ("x", "y", "z", "confidence"):
+        mean = [np.mean(want[key][m].astype(np.float64)) for m in members]
+        np.testing.assert_allclose(ply[key], mean, rtol=1e-5, atol=1e-6, err_msg=key)
+    np.testing.assert_array_equal(ply["red"], [np.rint(np.mean(want["red"][m].astype(np.float64))) for m in members])
+
+
 def test_depth_maps_equal_direct_engine(local_run):
     outputs = read_outputs(local_run["spec"].run_uri)
     depth = outputs.depth().to_pylist()

@@ -12,7 +12,7 @@ import pytest
 from pipeline.commit import clean_uncommitted, commit_sequence, committed_sequences
 from pipeline.layout import FRAMES, POINTS, RunLayout
 from pipeline.outputs import StagedOutputs, depth_statistics
-from pipeline.pointcloud import PointCloudBuilder, VoxelGrid, frame_points
+from pipeline.pointcloud import PointCloudBuilder, VoxelGrid, frame_points, voxel_sums
 from pipeline.reader import read_outputs
 from pipeline.storage import Store
 
@@ -60,6 +60,23 @@ def test_frame_points_drop_every_non_finite_pixel():
         np.testing.assert_array_equal(points[name], column[mask])
 
 
+def _naive_voxels(points, size):
+    """Reference: a dict of member lists per voxel, sorted by voxel index."""
+    groups: dict = {}
+    for p in points:
+        key = tuple(np.floor(np.array([p["x"], p["y"], p["z"]], np.float64) / size).astype(np.int64))
+        groups.setdefault(key, []).append(p)
+    return [groups[k] for k in sorted(groups)]
+
+
+def _assert_voxel_means(out, expected):
+    assert len(out) == len(expected)
+    for v, members in zip(out, expected):
+        for name in ("x", "y", "z", "confidence"):
+            np.testing.assert_allclose(v[name], np.mean([m[name] for m in members]), rtol=1e-5)
+        assert v["red"] == int(np.rint(np.mean([m["red"] for m in members])))
+
+
 def test_voxel_grid_averages_per_voxel():
     rng = np.random.default_rng(1)
     depth, conf, pts, img = _frame(rng, 20, 20)
@@ -68,18 +85,31 @@ def test_voxel_grid_averages_per_voxel():
     grid.add(points[: len(points) // 2])
     grid._consolidate()  # merging in two rounds must equal one round
     grid.add(points[len(points) // 2 :])
+    _assert_voxel_means(grid.result(), _naive_voxels(points, 0.5))
+
+
+@pytest.mark.parametrize("far", [False, True])
+def test_voxel_grid_merges_per_frame_sums(far):
+    """Frames summed apart (as the writer processes do), merged over several rounds, with voxels
+    inside and (far=True) outside the packed-key range, equal averaging all points at once."""
+    rng = np.random.default_rng(2)
+    frames = [frame_points(*_frame(rng, 12, 12), 0.0) for _ in range(6)]
+    if far:  # a few points about 2**21 voxels out, and one on the far side of int64
+        for f in frames[::2]:
+            f["x"][:3] += np.float32(2**21 * 0.25)
+        frames[1]["z"][0] = -3e38
+    points = np.concatenate(frames)
+    grid = VoxelGrid(0.25)
+    for i, f in enumerate(frames):
+        grid.add_sums(voxel_sums(f, 0.25))
+        if i % 2:
+            grid._consolidate()
     out = grid.result()
-    # naive reference: a dict of lists per voxel
-    groups: dict = {}
-    for p in points:
-        key = tuple(np.floor(np.array([p["x"], p["y"], p["z"]], np.float64) / 0.5).astype(int))
-        groups.setdefault(key, []).append(p)
-    assert len(out) == len(groups)
-    for v, key in zip(out, sorted(groups)):
-        members = groups[key]
-        np.testing.assert_allclose(v["x"], np.mean([m["x"] for m in members]), rtol=1e-5)
-        assert v["red"] == int(np.rint(np.mean([m["red"] for m in members])))
-        np.testing.assert_allclose(v["confidence"], np.mean([m["confidence"] for m in members]), rtol=1e-5)
+    assert (len(grid._far.keys) > 0) == far
+    if far:  # the point past int64 (its index is clipped) is a voxel of its own, kept
+        assert (out["z"] == np.float32(-3e38)).sum() == 1
+        out = out[out["z"] > -1e30]
+    _assert_voxel_means(out, _naive_voxels(points[points["z"] > -1e30], 0.25))
 
 
 def test_depth_statistics_ignore_invalid():
@@ -145,17 +175,3 @@ def test_outputs_without_marker_are_never_results(tmp_path):
     assert ds.dataset(layout.dataset_dir(FRAMES), partitioning="hive").to_table().column("sequence_id").to_pylist() == [
         "good"
     ]
-
-
-@pytest.mark.parametrize("spread", [1_000, 1 << 40])  # packed into one int64, and too wide for that
-def test_voxel_rows_dedup_like_numpy_unique(spread):
-    from pipeline.pointcloud import _unique_rows
-
-    rng = np.random.default_rng(spread)
-    keys = rng.integers(-spread, spread, (5000, 3))
-    keys[::7] = keys[1::7][: len(keys[::7])]  # plenty of repeated rows
-    keys[:, 2] = np.where(rng.random(5000) < 0.5, keys[:, 2], -3)
-    expected, expected_inverse = np.unique(keys, axis=0, return_inverse=True)
-    unique, inverse = _unique_rows(keys)
-    assert np.array_equal(unique, expected) and np.array_equal(inverse, expected_inverse.reshape(-1))
-    assert np.array_equal(unique[inverse], keys)
