@@ -18,7 +18,7 @@ PLY_DTYPE = np.dtype(
     [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1"), ("confidence", "<f4")]
 )
 _PLY_TYPES = {np.dtype("<f4"): "float", np.dtype("u1"): "uchar"}
-_CONSOLIDATE_EVERY = 4_000_000  # buffered points before merging them into the voxel sums
+_CONSOLIDATE_EVERY = 4_000_000  # buffered per-voxel rows before merging them into the grid (at least)
 _AXIS_BITS = 21  # voxel indices per axis that pack into one int64 key (3 x 21 bits)
 _PACK_OFFSET = 1 << (_AXIS_BITS - 1)  # packed: indices in (-2**20, 2**20), about 10 km at 1 cm voxels
 
@@ -129,8 +129,9 @@ class VoxelGrid:
             self.add_sums(voxel_sums(points, self.voxel_size))
 
     def add_sums(self, sums: tuple[VoxelSums, VoxelSums]) -> None:
-        """Add (near, far) sums from `voxel_sums`. Merging waits until the pending rows are as many
-        as the grid's (and at least _CONSOLIDATE_EVERY), so each voxel is re-sorted O(log n) times."""
+        """Add (near, far) sums from `voxel_sums`. Merging waits until the pending rows are at least
+        as many as the grid's (and _CONSOLIDATE_EVERY): re-sorting the grid then costs no more than
+        sorting the new rows, at the price of holding up to twice the grid's rows in between."""
         self._pending.append(sums)
         self._pending_n += len(sums[0].keys) + len(sums[1].keys)
         if self._pending_n >= max(_CONSOLIDATE_EVERY, len(self._near.keys) + len(self._far.keys)):
