@@ -18,7 +18,8 @@ PLY_DTYPE = np.dtype(
     [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1"), ("confidence", "<f4")]
 )
 _PLY_TYPES = {np.dtype("<f4"): "float", np.dtype("u1"): "uchar"}
-_CONSOLIDATE_EVERY = 4_000_000  # buffered per-voxel rows before merging them into the grid (at least)
+# per-voxel rows buffered before a merge into the grid: as many as the grid holds, within these
+_MIN_PENDING, _MAX_PENDING = 4_000_000, 16_000_000  # (at 72 bytes a row: 290 MB and 1.2 GB)
 _AXIS_BITS = 21  # voxel indices per axis that pack into one int64 key (3 x 21 bits)
 _PACK_OFFSET = 1 << (_AXIS_BITS - 1)  # packed: indices in (-2**20, 2**20), about 10 km at 1 cm voxels
 
@@ -129,12 +130,13 @@ class VoxelGrid:
             self.add_sums(voxel_sums(points, self.voxel_size))
 
     def add_sums(self, sums: tuple[VoxelSums, VoxelSums]) -> None:
-        """Add (near, far) sums from `voxel_sums`. Merging waits until the pending rows are at least
-        as many as the grid's (and _CONSOLIDATE_EVERY): re-sorting the grid then costs no more than
-        sorting the new rows, at the price of holding up to twice the grid's rows in between."""
+        """Add (near, far) sums from `voxel_sums`. Merging waits until the pending rows are as many
+        as the grid's (within _MIN_PENDING and _MAX_PENDING): re-sorting the grid then costs no more
+        than sorting the new rows, and memory stays bounded for very large grids."""
         self._pending.append(sums)
         self._pending_n += len(sums[0].keys) + len(sums[1].keys)
-        if self._pending_n >= max(_CONSOLIDATE_EVERY, len(self._near.keys) + len(self._far.keys)):
+        grid_rows = len(self._near.keys) + len(self._far.keys)
+        if self._pending_n >= min(max(_MIN_PENDING, grid_rows), _MAX_PENDING):
             self._consolidate()
 
     def result(self) -> np.ndarray:
