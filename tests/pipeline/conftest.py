@@ -146,3 +146,22 @@ def expected_points(frames, threshold: float) -> dict[str, np.ndarray]:
             cols[k].append(f.image[..., i][keep])
         cols["confidence"].append(f.depth_conf[keep])
     return {k: np.concatenate(v) for k, v in cols.items()}
+
+
+def assert_voxel_means(out, points, size: float, atol: float = 0.0) -> int:
+    """`out` (PLY columns) holds, in voxel order, the mean of the `points` (columns) in every
+    voxel floor(xyz / size): the documented averaging, written out independently of
+    pipeline.pointcloud. Returns the number of voxels."""
+    xyz = np.stack([np.asarray(points[k], np.float64) for k in ("x", "y", "z")], axis=1)
+    groups: dict = {}
+    for i, key in enumerate(map(tuple, np.floor(xyz / size).astype(np.int64))):
+        groups.setdefault(key, []).append(i)
+    members = [groups[k] for k in sorted(groups)]
+    assert len(out["x"]) == len(members)
+    for key in ("x", "y", "z", "red", "green", "blue", "confidence"):
+        mean = [np.mean(np.asarray(points[key][m], np.float64)) for m in members]
+        if key in ("red", "green", "blue"):  # rounded to the nearest colour value
+            np.testing.assert_array_equal(out[key], np.rint(mean), err_msg=key)
+        else:
+            np.testing.assert_allclose(out[key], mean, rtol=1e-5, atol=atol, err_msg=key)
+    return len(members)

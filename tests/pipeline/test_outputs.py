@@ -16,7 +16,7 @@ from pipeline.pointcloud import PointCloudBuilder, VoxelGrid, frame_points, voxe
 from pipeline.reader import read_outputs
 from pipeline.storage import Store
 
-from .conftest import parse_ply
+from .conftest import assert_voxel_means, parse_ply
 
 
 def _frame(rng, h=6, w=5):
@@ -60,23 +60,6 @@ def test_frame_points_drop_every_non_finite_pixel():
         np.testing.assert_array_equal(points[name], column[mask])
 
 
-def _naive_voxels(points, size):
-    """Reference: a dict of member lists per voxel, sorted by voxel index."""
-    groups: dict = {}
-    for p in points:
-        key = tuple(np.floor(np.array([p["x"], p["y"], p["z"]], np.float64) / size).astype(np.int64))
-        groups.setdefault(key, []).append(p)
-    return [groups[k] for k in sorted(groups)]
-
-
-def _assert_voxel_means(out, expected):
-    assert len(out) == len(expected)
-    for v, members in zip(out, expected):
-        for name in ("x", "y", "z", "confidence"):
-            np.testing.assert_allclose(v[name], np.mean([m[name] for m in members]), rtol=1e-5)
-        assert v["red"] == int(np.rint(np.mean([m["red"] for m in members])))
-
-
 def test_voxel_grid_averages_per_voxel():
     rng = np.random.default_rng(1)
     depth, conf, pts, img = _frame(rng, 20, 20)
@@ -85,7 +68,7 @@ def test_voxel_grid_averages_per_voxel():
     grid.add(points[: len(points) // 2])
     grid._consolidate()  # merging in two rounds must equal one round
     grid.add(points[len(points) // 2 :])
-    _assert_voxel_means(grid.result(), _naive_voxels(points, 0.5))
+    assert_voxel_means(grid.result(), points, 0.5)
 
 
 @pytest.mark.parametrize("far", [False, True])
@@ -109,7 +92,7 @@ def test_voxel_grid_merges_per_frame_sums(far):
     if far:  # the point past int64 (its index is clipped) is a voxel of its own, kept
         assert (out["z"] == np.float32(-3e38)).sum() == 1
         out = out[out["z"] > -1e30]
-    _assert_voxel_means(out, _naive_voxels(points[points["z"] > -1e30], 0.25))
+    assert_voxel_means(out, points[points["z"] > -1e30], 0.25)
 
 
 def test_depth_statistics_ignore_invalid():
