@@ -67,10 +67,9 @@ def voxel_sums(points: np.ndarray, voxel_size: float) -> tuple[VoxelSums, VoxelS
     """(near, far) per-voxel sums of PLY vertices: near voxels with packed keys, far ones by rows.
 
     Runs per frame in the frame-writer processes, so the sequence's grid only merges sums."""
-    xyz = np.stack([points["x"], points["y"], points["z"]], axis=1).astype(np.float64)
-    values = np.stack([points[name] for name in PLY_DTYPE.names]).astype(np.float64)
-    # clipped so that absurdly distant (but finite) points cannot overflow the integer cast
-    index = np.clip(np.floor(xyz / voxel_size), -(2.0**62), 2.0**62).astype(np.int64)
+    values = np.stack([points[name] for name in PLY_DTYPE.names]).astype(np.float64)  # x y z first
+    # [n, 3] voxel indices, clipped so that absurdly distant (but finite) points cannot overflow
+    index = np.clip(np.floor(values[:3].T / voxel_size), -(2.0**62), 2.0**62).astype(np.int64)
     near = (np.abs(index) < _PACK_OFFSET).all(axis=1)
     counts = np.ones(len(points), np.int64)
     if near.all():
