@@ -147,3 +147,21 @@ def test_bad_render_sizes_are_rejected(scene):
     model, state, _ = scene
     with pytest.raises(ValueError, match="multiple of the patch size"):
         list(render_views(model, state, QueryCameras(state.extrinsics, state.intrinsics, (50, 84))))
+
+
+def test_fast_path_model_renders_in_its_dtype(scene):
+    import copy
+
+    from zipmap_core.engines.precision import cast_for_inference, float32_parameters
+
+    model, state, _ = scene
+    fast = copy.deepcopy(model)
+    cast_for_inference(fast, "bfloat16")
+    assert fast.nvs_head.scratch.output_conv2[-1].weight in float32_parameters(fast)  # depth = exp(last conv)
+    assert fast.nvs_head.projects[0].weight.dtype == torch.bfloat16 and fast.nvs_head.channels_last
+    cameras = QueryCameras(state.extrinsics[:2], state.intrinsics[:2], state.image_hw)
+    exact = list(render_views(model, state, cameras))
+    rounded = list(render_views(fast, state, cameras, dtype="bfloat16"))
+    assert max(np.abs(a.rgb - b.rgb).max() for a, b in zip(exact, rounded)) < 0.05
+    with pytest.raises(ValueError, match="render with dtype='bfloat16'"):
+        list(render_views(fast, state, cameras))
