@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
-from .layout import DEPTH, FRAMES, POINTS, RunLayout
+from .layout import DEPTH, FRAMES, POINTS, STATE, RunLayout
 from .storage import Store
 
 Status = Literal["pending", "running", "done", "failed"]
@@ -38,6 +38,7 @@ MANIFEST_SCHEMA = pa.schema(
         ("frames_path", pa.string()),
         ("points_path", pa.string()),
         ("depth_path", pa.string()),
+        ("state_path", pa.string()),
         ("committed_at", pa.string()),
     ]
 )
@@ -63,6 +64,7 @@ class SequenceRecord:
     frames_path: str | None = None
     points_path: str | None = None
     depth_path: str | None = None
+    state_path: str | None = None
     committed_at: str | None = None
 
     @classmethod
@@ -84,6 +86,7 @@ class SequenceRecord:
             frames_path=outputs.get(FRAMES),
             points_path=outputs.get(POINTS),
             depth_path=outputs.get(DEPTH),
+            state_path=outputs.get(STATE),
             committed_at=marker.get("committed_at"),
             **{k: timings.get(k) for k in ("decode_s", "infer_s", "write_s", "total_s")},
         )

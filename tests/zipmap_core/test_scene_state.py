@@ -131,8 +131,9 @@ def test_rendering_does_not_depend_on_batching(scene):
     for a, b in zip(one, five):
         np.testing.assert_allclose(a.rgb, b.rgb, atol=1e-6)
         np.testing.assert_allclose(a.depth, b.depth, rtol=1e-5)
-    assert all((v.rgb > 0).all() and (v.rgb < 1).all() and (v.depth > 0).all() and (v.confidence > 1).all()
-               for v in one)
+    assert all(
+        (v.rgb > 0).all() and (v.rgb < 1).all() and (v.depth > 0).all() and (v.confidence > 1).all() for v in one
+    )
 
 
 def test_rendering_under_bfloat16_autocast_stays_close(scene):
