@@ -156,11 +156,11 @@ def _render_on_actors(job: RenderJobSpec, todo: list[str], results: dict, failur
     )
     actors = [actor_cls.remote(job) for _ in range(min(count, len(todo)))]
     try:
-        ray.get([a.ready.remote() for a in actors])
-    except Exception as exc:
-        raise InfrastructureError(f"render actors could not load the model: {describe(exc)}") from exc
-    logger.info("rendering %d sequence(s) on %d actor(s)", len(todo), len(actors))
-    try:
+        try:
+            ray.get([a.ready.remote() for a in actors])
+        except Exception as exc:
+            raise InfrastructureError(f"render actors could not load the model: {describe(exc)}") from exc
+        logger.info("rendering %d sequence(s) on %d actor(s)", len(todo), len(actors))
         _dispatch(job, todo, actors, actor_cls, results, failures)
     finally:
         for actor in actors:
@@ -180,6 +180,8 @@ def _dispatch(job: RenderJobSpec, todo: list[str], actors: list, actor_cls: Any,
             i, sid = running.pop(ref)
             try:
                 results[sid] = ray.get(ref)
+                finished = len(results) + len(failures)
+                logger.info("%s: %d views (%d of %d sequences)", sid, results[sid]["views"], finished, len(todo))
                 continue
             except Exception as exc:
                 kind, error = classify(exc), describe(exc)

@@ -124,16 +124,15 @@ class SceneState:
         return sum(getattr(layer, name).numel() for layer in self.layers for name in _WEIGHTS) * size
 
     def to(self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> SceneState:
-        """A copy of the fast weights on `device` / in `dtype` (cameras stay float32)."""
-        kwargs = {"device": device, "dtype": None if dtype is None else _dtype(dtype)}
-        kwargs = {k: v for k, v in kwargs.items() if v is not None}
-        move = (lambda t: t.to(device)) if device is not None else (lambda t: t)
-        return replace(
-            self,
-            layers=[layer.to(**kwargs) for layer in self.layers],
-            extrinsics=None if self.extrinsics is None else move(self.extrinsics),
-            intrinsics=None if self.intrinsics is None else move(self.intrinsics),
-        )
+        """The state on `device`, fast weights in `dtype` (cameras stay float32); tensors already
+        there are shared, not copied."""
+        weights = None if dtype is None else _dtype(dtype)
+
+        def moved(t: torch.Tensor | None, cast: torch.dtype | None = None) -> torch.Tensor | None:
+            return None if t is None else t.to(device=device or t.device, dtype=cast or t.dtype)
+
+        layers = [TTTState(*(moved(getattr(layer, n), weights) for n in _WEIGHTS)) for layer in self.layers]
+        return replace(self, layers=layers, extrinsics=moved(self.extrinsics), intrinsics=moved(self.intrinsics))
 
     def check_model(self, model: torch.nn.Module) -> None:
         """Refuse a model other than the one that made this state: its fast weights would mean

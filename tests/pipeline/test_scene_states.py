@@ -19,6 +19,7 @@ from pipeline import read_outputs, render_views, run_job
 from pipeline.cli import main
 from pipeline.errors import SpecError
 from pipeline.render_job import RenderJobSpec, run_render_job
+from tests.zipmap_core.reference_data import filled_state_dict
 from zipmap_core.checkpoint import load_checkpoint
 from zipmap_core.config import ModelConfig
 from zipmap_core.engines import EngineConfig, reconstruct
@@ -35,9 +36,11 @@ SEQUENCES = {"alpha": 3, "beta": 4, "gamma": 2}
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(99)
+    """Weights by the reference's fill rule: unlike the default initialisation (layer scales of
+    0.01), they make the rendered views depend on the state."""
+    model = ZipMap(ModelConfig.preset("tiny_state_query"))
     path = tmp_path_factory.mktemp("ckpt") / "tiny_state_query.pt"
-    torch.save(ZipMap(ModelConfig.preset("tiny_state_query")).state_dict(), path)
+    torch.save(filled_state_dict(model), path)
     return path
 
 

@@ -3,11 +3,14 @@ fsspec, refused by other models, rendered in batches."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import fsspec
 import numpy as np
 import pytest
 import torch
 
+from tests.zipmap_core.reference_data import assert_derived_camera_matches, filled_state_dict
 from zipmap_core.checkpoint import save_checkpoint
 from zipmap_core.config import ModelConfig
 from zipmap_core.engines import EngineConfig, reconstruct
@@ -17,9 +20,14 @@ from zipmap_core.query_cameras import QueryCameras, orbit
 from zipmap_core.scene_state import SceneState, SceneStateError
 
 
-def tiny(seed: int = 0, **overrides) -> ZipMap:
-    torch.manual_seed(seed)
-    return ZipMap(ModelConfig.preset("tiny_state_query").model_copy(update=overrides)).eval()
+def tiny(filled: bool = True, **overrides) -> ZipMap:
+    """The tiny state-query model; `filled` with the reference's weight rule, under which (unlike
+    the default initialisation's 0.01 layer scales) the rendered views depend on the state."""
+    torch.manual_seed(0)
+    model = ZipMap(ModelConfig.preset("tiny_state_query").model_copy(update=overrides)).eval()
+    if filled:
+        model.load_state_dict(filled_state_dict(model))
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +75,7 @@ def test_chunked_engine_state_equals_offline_state(images, chunk_size, affine):
     list(reconstruct(model, images, EngineConfig(mode="chunked", chunk_size=chunk_size), on_state=chunked.append))
     assert len(chunked) == 1
     assert_states_equal(chunked[0], offline[0])
-    np.testing.assert_allclose(chunked[0].extrinsics, offline[0].extrinsics, atol=1e-5)
+    assert_derived_camera_matches(chunked[0].extrinsics, offline[0].extrinsics.numpy(), "extrinsics")
 
 
 def test_states_need_a_bidirectional_engine_and_a_ttt_model(images):
@@ -101,7 +109,7 @@ def test_a_state_is_refused_by_other_models(scene):
     _, state, _ = scene
     cameras = QueryCameras(state.extrinsics[:1], state.intrinsics[:1], state.image_hw)
     with pytest.raises(SceneStateError, match="other weights"):
-        list(render_views(tiny(seed=1), state, cameras))
+        list(render_views(tiny(filled=False), state, cameras))
     with pytest.raises(SceneStateError, match="another architecture"):
         list(render_views(tiny(depth=5), state, cameras))
     with pytest.raises(ValueError, match="cannot render novel views"):
@@ -120,6 +128,15 @@ def test_unreadable_states_fail_clearly(scene, tmp_path):
     (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(SceneStateError, match="cannot read scene state"):
         SceneState.load(tmp_path / "cut.safetensors")
+
+
+def test_views_come_from_the_state(scene):
+    model, state, _ = scene
+    cameras = QueryCameras(state.extrinsics[:2], state.intrinsics[:2], state.image_hw)
+    untrained = replace(state, layers=[block.ttt_block.initial_state(1) for block in model.aggregator.global_blocks])
+    trained, initial = list(render_views(model, state, cameras)), list(render_views(model, untrained, cameras))
+    assert max(np.abs(a.rgb - b.rgb).max() for a, b in zip(trained, initial)) > 0.01
+    assert max(np.abs(a.depth / b.depth - 1).max() for a, b in zip(trained, initial)) > 0.01
 
 
 def test_rendering_does_not_depend_on_batching(scene):

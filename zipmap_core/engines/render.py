@@ -61,7 +61,8 @@ def render_views(
         state.check_model(model)
     held = weights_dtype(model)
     if held != torch.float32 and held != DTYPES[dtype]:
-        raise ValueError(f"this model's weights were cast to {held}: render with dtype={str(held)[6:]!r}")
+        name = next(n for n, d in DTYPES.items() if d == held)
+        raise ValueError(f"this model's weights were cast to {name} for the fast path: render with dtype={name!r}")
     device = resolve_device(device, model)
     model.eval()
     # read in the compute dtype once, not per batch (fast weights stay float32 unless autocast)
