@@ -60,19 +60,26 @@ def _error_lines(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.strip() and not line[:4].isdigit()]
 
 
-def test_credentials_in_an_input_uri_are_never_printed(s3, tiny_checkpoint, tmp_path):
+def test_credentials_in_an_input_uri_are_never_printed(s3, aws, tiny_checkpoint, tmp_path, capsys):
     """The issue's case: botocore echoes the bucket name, password included."""
-    spec = json.loads(
-        make_spec("s3://x/in", tmp_path / "out", tiny_checkpoint, storage__endpoint_url=s3.endpoint_url).to_json()
-    )
-    spec["input"]["prefix"] = f"s3://USER:{SECRET}@capture/in"
+    spec = make_spec("s3://x/in", tmp_path / "out", tiny_checkpoint, storage__endpoint_url=s3.endpoint_url)
+    data = json.loads(spec.to_json())
+    data["input"]["prefix"] = f"s3://USER:{SECRET}@capture/in"
     job = tmp_path / "job.json"
-    job.write_text(json.dumps(spec))
-    for verbose in ([], ["-v"]):
-        done = _cli(*verbose, "run", str(job), "--no-progress", env=FAKE_CREDENTIALS)
-        assert done.returncode == 3, done.stderr[-3000:]
-        assert SECRET not in done.stdout + done.stderr
-        assert "S3 URIs cannot hold credentials" in done.stderr
+    job.write_text(json.dumps(data))
+    assert main(["run", str(job), "--no-progress"]) == 3
+    captured = capsys.readouterr()
+    assert SECRET not in captured.out + captured.err
+    assert _error_lines(captured.err) == [
+        "infrastructure error: cannot read the input s3://***@capture/in: S3 URIs cannot hold credentials "
+        "(user:password@): give them to the process in its environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+        "AWS_PROFILE) (-v shows the traceback)"
+    ]
+    # with debug logs of every library and the traceback, in a process of its own (as a user runs it)
+    done = _cli("-v", "run", str(job), "--no-progress", env=FAKE_CREDENTIALS)
+    assert done.returncode == 3, done.stderr[-3000:]
+    assert "Traceback" in done.stderr and "botocore" in done.stderr
+    assert SECRET not in done.stdout + done.stderr
     assert not (tmp_path / "out").exists()
 
 
