@@ -172,15 +172,14 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
         p.add_argument("--retry-failed", action="store_true", help="run sequences that failed before again")
 
-    def store_options(p: argparse.ArgumentParser) -> None:
-        where = "the spec file and of the run, unless the spec sets storage" if p.prog.endswith(" run") else "the run"
+    def store_options(p: argparse.ArgumentParser, where: str = "the run") -> None:
         p.add_argument("--endpoint-url", help=f"S3 endpoint (MinIO, moto, ...) of {where}; credentials: environment")
         p.add_argument("--region", help=f"S3 region of {where}")
 
     p = sub.add_parser("run", help="run a job spec here (a local Ray of its own, or the cluster named by --address)")
     p.add_argument("spec", help="job spec file (YAML or JSON; path or URL)")
     p.add_argument("--run-id", help="the run's id (default: the spec's, else a new one)")
-    overrides(p), driver(p), store_options(p)
+    overrides(p), driver(p), store_options(p, "the spec file, and of the run unless the spec sets storage")
     p.set_defaults(func=_run)
 
     p = sub.add_parser("submit", help="submit a job spec to a Ray cluster's job server")
