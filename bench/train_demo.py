@@ -31,7 +31,7 @@ from zipmap_core import EngineConfig, ModelConfig, ZipMap, load_checkpoint, reco
 from zipmap_core.evaluation import evaluate_sequence, trivial_prediction  # noqa: E402
 from zipmap_core.evaluation.metrics import nanmean  # noqa: E402
 from zipmap_core.synthetic import generate_sequence  # noqa: E402
-from zipmap_core.training import TrainConfig, held_out_seeds, train  # noqa: E402
+from zipmap_core.training import LossWeights, TrainConfig, held_out_seeds, train  # noqa: E402
 
 COLUMNS = (
     ("depth_abs_rel", "AbsRel"),
@@ -64,6 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pool-size", type=int, default=128)
     p.add_argument("--pool-frames", type=int, default=16)
     p.add_argument("--new-per-step", type=float, default=0.5)
+    p.add_argument("--camera-weight", type=float, default=LossWeights.camera, help="weight of the camera loss")
     p.add_argument("--curriculum", type=float, default=0.0,
                    help="fraction of training over which sequence length and frame spacing ramp up")
     p.add_argument("--log-every", type=int, default=50)
@@ -85,7 +86,8 @@ def train_both(args: argparse.Namespace, paths: dict[str, str]) -> dict[str, dic
         height=args.size, width=args.size, max_frames=args.max_frames, frames_per_batch=args.frames_per_batch,
         pool_size=args.pool_size, pool_frames=args.pool_frames, new_per_step=args.new_per_step,
         curriculum=args.curriculum, paired_preset="demo_attention", paired_out=paths["demo_attention"],
-        resume=args.resume, state_out=args.state_out, stop_after_minutes=args.stop_after_minutes,
+        resume=args.resume, state_out=args.state_out, loss=LossWeights(camera=args.camera_weight),
+        stop_after_minutes=args.stop_after_minutes,
     )
     ttt = train(cfg, log=log)
     runs = {}
