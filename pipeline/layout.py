@@ -10,12 +10,15 @@
   states/<id>.safetensors                its scene state (scene_state.enabled)
   _commits/<id>.json                     commit marker: the sequence's outputs are complete
   _staging/<id>/<attempt_id>/...         an attempt's outputs before they are committed
+
+Sequence and attempt ids are checked (pipeline.names) wherever they become part of a path.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .names import check_name
 from .storage import join
 
 FRAMES = "frames"
@@ -53,10 +56,10 @@ class RunLayout:
         return join(self.run_uri, "_staging")
 
     def commit_marker(self, sequence_id: str) -> str:
-        return join(self.commits, f"{sequence_id}.json")
+        return join(self.commits, f"{_sequence(sequence_id)}.json")
 
     def staging(self, sequence_id: str, attempt_id: str) -> str:
-        return join(self.staging_root, sequence_id, attempt_id)
+        return join(self.staging_root, _sequence(sequence_id), check_name(attempt_id, "attempt id"))
 
     def staged(self, sequence_id: str, attempt_id: str, kind: str) -> str:
         return join(self.staging(sequence_id, attempt_id), STAGED_FILES[kind])
@@ -67,14 +70,14 @@ class RunLayout:
     def final(self, sequence_id: str, kind: str) -> str:
         """The committed location of one output of a sequence."""
         if kind in FILE_SUFFIXES:
-            return join(self.run_uri, kind, f"{sequence_id}{FILE_SUFFIXES[kind]}")
-        return join(self.run_uri, kind, f"sequence_id={sequence_id}", "part-0.parquet")
+            return join(self.run_uri, kind, f"{_sequence(sequence_id)}{FILE_SUFFIXES[kind]}")
+        return join(self.run_uri, kind, f"sequence_id={_sequence(sequence_id)}", "part-0.parquet")
 
     def final_owner(self, sequence_id: str, kind: str) -> str:
         """What to delete to remove one output of a sequence (its partition folder, or file)."""
         if kind in FILE_SUFFIXES:
             return self.final(sequence_id, kind)
-        return join(self.run_uri, kind, f"sequence_id={sequence_id}")
+        return join(self.run_uri, kind, f"sequence_id={_sequence(sequence_id)}")
 
     @staticmethod
     def owner_sequence(kind: str, name: str) -> str | None:
@@ -84,3 +87,7 @@ class RunLayout:
             suffix = FILE_SUFFIXES[kind]
             return name[: -len(suffix)] if name.endswith(suffix) else None
         return name[len("sequence_id=") :] if name.startswith("sequence_id=") else None
+
+
+def _sequence(sequence_id: str) -> str:
+    return check_name(sequence_id, "sequence id")

@@ -12,7 +12,6 @@ a lost actor is replaced and its sequence retried, a sequence without a state fa
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -21,15 +20,17 @@ import ray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .actors import load_model
+from .cluster import connect
 from .commit import committed_sequences
 from .errors import InfrastructureError, SpecError
-from .execution import classify, connect, describe
+from .execution import classify, describe
 from .layout import STATE, RunLayout
+from .redaction import get_logger
 from .rendering import RENDER_RECORD, CameraRequest, render_sequence
 from .spec import StorageSpec, _describe_validation, _read_document, apply_overrides
 from .storage import Store, join
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 class RenderJobSpec(BaseModel):

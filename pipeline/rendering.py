@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -28,10 +27,11 @@ from .actors import load_model
 from .errors import InputError, SpecError
 from .layout import FRAMES, STATE, RunLayout
 from .media import depth_range, depth_to_grey, mp4_bytes, png_bytes
+from .redaction import get_logger
 from .spec import ModelSpec, StorageSpec
 from .storage import Store, join
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 RENDER_RECORD = "render.json"  # written last: a render folder is complete once it exists
 
