@@ -152,6 +152,10 @@ def render_sequence(
 
     from .api import load_run_spec
 
+    try:
+        import av  # noqa: F401  (the MP4s; checked before any work)
+    except ImportError as exc:
+        raise SpecError(f"writing MP4s needs PyAV: pip install av, or the project's 'video' extra ({exc})") from None
     start = time.monotonic()
     run_uri = run_uri.rstrip("/")
     spec = load_run_spec(run_uri, storage=storage)
