@@ -1,5 +1,5 @@
-"""`reconstruct`: checks the input, readies the model for the requested precision, and hands the
-sequence to the engine of the requested mode."""
+"""`reconstruct`: checks the input, decides what was left to "auto", readies the model for the
+requested precision, and hands the sequence to the engine of the requested mode."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import torch
 
+from zipmap_core.engines.auto import resolve_engine
 from zipmap_core.engines.chunked import reconstruct_chunked
 from zipmap_core.engines.compiled import compile_for_inference
 from zipmap_core.engines.config import EngineConfig
@@ -14,7 +15,7 @@ from zipmap_core.engines.offline import reconstruct_offline
 from zipmap_core.engines.precision import (
     cast_for_inference,
     resolve_device,
-    use_published_precision,
+    set_newton_schulz_precision,
     weights_dtype,
 )
 from zipmap_core.engines.results import FramePrediction
@@ -42,6 +43,8 @@ def reconstruct(
     if images.shape[-2] % p or images.shape[-1] % p:
         raise ValueError(f"image size {tuple(images.shape[-2:])} is not a multiple of the patch size {p}")
     device = resolve_device(device, model)
+    if not engine.resolved:
+        engine = resolve_engine(engine, model, images.shape[0], tuple(images.shape[-2:]), device)
     model.eval()
     if engine.fast:
         cast_for_inference(model, engine.dtype)
@@ -52,5 +55,5 @@ def reconstruct(
             f"this model's weights were cast to {weights_dtype(model)} for the fast path; "
             "use EngineConfig(fast=True, ...) or load a fresh model"
         )
-    use_published_precision(model, engine.dtype)
+    set_newton_schulz_precision(model, engine.newton_schulz)
     return _ENGINES[engine.mode](model, images, engine, device)
