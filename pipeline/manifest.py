@@ -8,6 +8,7 @@ restarted driver knows which sequences already failed for good.
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
@@ -39,6 +40,7 @@ MANIFEST_SCHEMA = pa.schema(
         ("points_path", pa.string()),
         ("depth_path", pa.string()),
         ("committed_at", pa.string()),
+        ("engine", pa.string()),  # JSON: the engine settings it ran with, "auto" resolved
     ]
 )
 
@@ -64,6 +66,7 @@ class SequenceRecord:
     points_path: str | None = None
     depth_path: str | None = None
     committed_at: str | None = None
+    engine: str | None = None
 
     @classmethod
     def from_marker(cls, marker: dict[str, Any]) -> SequenceRecord:
@@ -85,6 +88,7 @@ class SequenceRecord:
             points_path=outputs.get(POINTS),
             depth_path=outputs.get(DEPTH),
             committed_at=marker.get("committed_at"),
+            engine=json.dumps(marker["engine"], sort_keys=True) if marker.get("engine") else None,
             **{k: timings.get(k) for k in ("decode_s", "infer_s", "write_s", "total_s")},
         )
 

@@ -50,6 +50,9 @@ def load_state_dict(
 ) -> dict[str, torch.Tensor]:
     """Read a checkpoint into a plain `{name: tensor}` dict on the CPU.
 
+    `uri` is a local path, an fsspec URL, or `bundled:<preset>` for the weights shipped in
+    `zipmap_core/assets` (`bundled:demo_ttt`, `bundled:demo_attention`).
+
     `.pt`/`.pth`/`.bin` files are read with `torch.load(weights_only=True)`, `.safetensors`
     with safetensors. Wrappers `{"model": sd, "ema": sd, ...}` and `{"state_dict": sd}` are
     unwrapped (`use_ema` selects the EMA weights), and a `module.` prefix on every key is
@@ -67,6 +70,10 @@ def _suffix(uri: str) -> str:
 
 
 def _read(uri: str, storage_options: dict[str, Any]) -> Any:
+    from zipmap_core.assets import bundled_preset, demo_checkpoint_path
+
+    if (preset := bundled_preset(uri)) is not None:
+        return _read_local(demo_checkpoint_path(preset), SAFETENSORS_SUFFIX)
     suffix = _suffix(uri)
     if suffix not in (*TORCH_SUFFIXES, SAFETENSORS_SUFFIX):
         raise CheckpointError(
