@@ -213,3 +213,61 @@ def test_depth_table_row_groups_and_compression(tmp_path, monkeypatch):
     for row, f in zip(table.to_pylist(), frames):
         np.testing.assert_array_equal(np.asarray(row["depth"], np.float32).reshape(48, 64), f.depth)
         np.testing.assert_array_equal(np.asarray(row["depth_conf"], np.float32).reshape(48, 64), f.depth_conf)
+
+
+@pytest.mark.parametrize("q", [0, 1, 33.3, 50, 99.9, 100])
+@pytest.mark.parametrize("kind", ["spread", "ties", "one_bin"])
+def test_confidence_percentile_is_numpys(q, kind):
+    """Streamed in batches, read back once: the same threshold as np.percentile over everything,
+    with many ties and with every value inside one 16-bit histogram bin."""
+    from pipeline.pointcloud import ConfidencePercentile
+
+    rng = np.random.default_rng(int(q * 10) + len(kind))
+    values = {
+        "spread": 1 + np.exp(rng.normal(0, 1, 5001)),
+        "ties": rng.choice([1.0, 2.0, 2.5, 7.0], 4000),
+        "one_bin": 1 + rng.random(3000) * 1e-3,
+    }[kind].astype(np.float32)
+    percentile = ConfidencePercentile(q)
+    for batch in np.array_split(values, 7):
+        percentile.add(batch)
+    threshold = percentile.threshold(lambda: np.array_split(values, 3))
+    assert threshold == pytest.approx(float(np.percentile(values, q)), rel=1e-7)
+    np.testing.assert_array_equal(values >= threshold, values >= np.percentile(values, q))
+
+
+@pytest.mark.parametrize("voxel_size", [None, 0.5])
+def test_point_cloud_percentile_over_the_whole_sequence(voxel_size):
+    """The released demo's rule: one percentile for the sequence (not per frame); each frame's
+    kept points are counted once it is known."""
+    rng = np.random.default_rng(5)
+    frames = [_frame(rng, 10, 12) for _ in range(4)]
+    frames[2][1][:] *= 2  # a frame more confident than the others keeps more than half its points
+    candidates = [frame_points(*f, 1.0) for f in frames]
+    cut = np.percentile(np.concatenate([p["confidence"] for p in candidates]), 50)
+    kept = [p[p["confidence"] >= cut] for p in candidates]
+    builder = PointCloudBuilder(voxel_size, percentile=50)
+    for points in candidates:
+        builder.add_points(points)
+    buf = io.BytesIO()
+    n = builder.write(buf)
+    builder.close()
+    ply = parse_ply(buf.getvalue())
+    assert builder.kept_per_frame == [len(k) for k in kept]
+    assert builder.kept_per_frame[2] > len(candidates[2]) / 2 > builder.kept_per_frame[0]
+    want = np.concatenate(kept)
+    if voxel_size is None:
+        assert n == len(want)
+        for key in ("x", "green", "confidence"):
+            np.testing.assert_array_equal(ply[key], want[key])
+    else:
+        assert_voxel_means(ply, {k: want[k] for k in want.dtype.names}, voxel_size)
+
+
+def test_confidence_floor_of_the_released_demo():
+    """conf <= 1e-5 never becomes a point, whatever the threshold (visual_util.predictions_to_glb)."""
+    rng = np.random.default_rng(3)
+    depth, conf, pts, img = _frame(rng)
+    conf[2, :] = 1e-6
+    points = frame_points(depth, conf, pts, img, -1.0)
+    assert len(points) == (np.isfinite(depth) & (depth > 0) & (conf > 1e-5)).sum()
