@@ -67,6 +67,11 @@ def _precision(engine: EngineConfig) -> str:
     return "fast" if engine.fast else "autocast"
 
 
+def _workspace(table: dict[str, float], engine: EngineConfig, cfg: ModelConfig) -> float:
+    """The per-sequence workspace, measured at embed_dim 1024 and taken to scale with the width."""
+    return table[_precision(engine)] * cfg.embed_dim / 1024
+
+
 def weight_bytes(model: torch.nn.Module, engine: EngineConfig) -> int:
     """Bytes of the weights on the device under `engine`'s (resolved) precision."""
     params = list(model.parameters())
@@ -86,7 +91,7 @@ def offline_peak_bytes(model: torch.nn.Module, engine: EngineConfig, num_frames:
     """Predicted peak accelerator memory of the offline engine (`engine` resolved but for mode)."""
     cfg: ModelConfig = model.config
     per_frame = tokens_per_frame(cfg, image_hw) * cfg.embed_dim * _BYTES_PER_TOKEN_CHANNEL[_precision(engine)]
-    return int(weight_bytes(model, engine) + _WORKSPACE_BYTES[_precision(engine)] + num_frames * per_frame)
+    return int(weight_bytes(model, engine) + _workspace(_WORKSPACE_BYTES, engine, cfg) + num_frames * per_frame)
 
 
 def chunked_peak_bytes(model: torch.nn.Module, engine: EngineConfig, num_frames: int, image_hw: tuple[int, int]) -> int:
@@ -100,7 +105,7 @@ def chunked_peak_bytes(model: torch.nn.Module, engine: EngineConfig, num_frames:
     cached = tokens * _TOKEN_CACHE_BYTES + heads * grid * sum(cfg.dpt.out_channels) * head_bytes
     chunk = min(num_frames, engine.chunk_size) * tokens * _CHUNK_BYTES_PER_TOKEN_CHANNEL[precision]
     gpu_cache = min(engine.gpu_cache_gb * GiB, num_frames * cached)
-    return int(weight_bytes(model, engine) + _CHUNK_WORKSPACE_BYTES[precision] + chunk + gpu_cache)
+    return int(weight_bytes(model, engine) + _workspace(_CHUNK_WORKSPACE_BYTES, engine, cfg) + chunk + gpu_cache)
 
 
 @dataclass(frozen=True)
