@@ -98,8 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
         repeats = args.repeats if n <= 1000 else 1
         row: dict = {"frames": n}
         for name, engine in manual.items():
-            first = measure(model, images, engine, 1, device=args.device)  # a new length: recompile, pin
-            row[name] = first if first["time_s"] is None else measure(model, images, engine, repeats, args.device)
+            row[name] = _measure_new_length(model, images, engine, repeats, args.device)
             log(f"N={n} {name}: {row[name]}")
         acc = Accelerator.of(device)
         default = resolve_engine(EngineConfig(), model, n, hw, acc, run_frames=args.run_frames)
@@ -120,6 +119,19 @@ def main(argv: list[str] | None = None) -> dict:
 
     _report(results, time.perf_counter() - start)
     return results
+
+
+def _measure_new_length(model, images, engine, repeats: int, device: str) -> dict:
+    """One unmeasured run (a new length may recompile or pin memory), then `repeats` measured; a
+    failure (out of memory, a compiler error at this size) is reported instead of ending the run."""
+    try:
+        first = measure(model, images, engine, 1, device=device)
+        return first if first["time_s"] is None else measure(model, images, engine, repeats, device=device)
+    except Exception as exc:  # noqa: BLE001 - the other variants are still worth measuring
+        gc.collect()
+        if torch.device(device).type == "cuda":
+            torch.cuda.empty_cache()
+        return {"time_s": None, "peak_gib": None, "error": f"{type(exc).__name__}: {exc}"[:200]}
 
 
 def _cell(r: dict) -> str:

@@ -183,6 +183,9 @@ def test_tables_open_in_pandas_and_pyarrow(local_run):
     assert frames_meta["engine"]["mode"] == "offline" and frames_meta["point_cloud"]["confidence_percentile"] == 50
     manifest = pd.read_parquet(os.path.join(run_uri, "manifest.parquet")).set_index("sequence_id")
     assert json.loads(manifest.loc["alpha", "engine"]) == meta["engine"]
+    # and as a Ray dataset, the sequence id a string taken from the path
+    rows = read_outputs(run_uri).frames_dataset().to_pandas()
+    assert sorted(set(rows["sequence_id"])) == ["alpha", "beta", "gamma_7"] and len(rows) == len(frames)
 
 
 def test_frames_prepared_in_writer_processes_give_the_same_outputs(local_run, tmp_path):
