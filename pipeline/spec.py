@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from zipmap_core.assets import bundled_preset
 from zipmap_core.config import ModelConfig
 from zipmap_core.engines.config import EngineConfig
 
@@ -61,7 +62,9 @@ class InputSpec(_Section):
 
 class ModelSpec(_Section):
     preset: str  # a name accepted by zipmap_core.config.ModelConfig.preset
-    checkpoint: str | None = None  # local path or fsspec URL (.pt/.pth/.safetensors)
+    # local path or fsspec URL (.pt/.pth/.safetensors), or bundled:<preset> for the weights shipped
+    # with the package (bundled:demo_ttt, bundled:demo_attention)
+    checkpoint: str | None = None
     use_ema: bool = False
     allow_random_weights: bool = False  # tests only, and only with the "tiny" preset
 
@@ -77,6 +80,11 @@ class ModelSpec(_Section):
             raise ValueError(
                 "model.checkpoint is required; random weights are only allowed with "
                 "preset 'tiny' and model.allow_random_weights: true (for tests)"
+            )
+        bundled = bundled_preset(self.checkpoint) if self.checkpoint else None
+        if bundled is not None and bundled != self.preset:
+            raise ValueError(
+                f"model.checkpoint {self.checkpoint!r} holds the weights of preset {bundled!r}, not {self.preset!r}"
             )
         return self
 
@@ -100,8 +108,12 @@ class PreprocessSpec(_Section):
 
 class PointCloudSpec(_Section):
     enabled: bool = True
-    # The depth head's confidence is 1 + exp(x) >= 1, so 1.0 keeps every finite point.
+    # Absolute: the depth head's confidence is 1 + exp(x) >= 1, so 1.0 keeps every finite point.
     conf_threshold: float = 1.0
+    # Relative, as the released demo filters (its default 50): keep the points at or above this
+    # percentile of the confidences of the whole sequence's points (those passing conf_threshold).
+    # null or 0: off.
+    confidence_percentile: float | None = Field(default=50.0, ge=0, le=100)
     voxel_size: float | None = Field(default=None, gt=0)  # average points per voxel when set
 
 
