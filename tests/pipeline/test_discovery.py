@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.decode import decode_sequence
-from pipeline.discovery import discover, sanitize_id
+from pipeline.discovery import discover, discover_inputs, sanitize_id
 from pipeline.errors import InputError
 
 from .conftest import make_spec, write_sequence
@@ -17,7 +17,7 @@ def _spec(prefix, **fields):
     return make_spec(prefix, "/unused/out", "/unused/ckpt.pt", **fields)
 
 
-def test_folders_and_videos_are_sequences(tmp_path):
+def test_folders_and_videos_are_sequences(tmp_path, caplog):
     write_sequence(tmp_path / "scene_a", 3, seed=0)
     write_sequence(tmp_path / "scene b", 2, seed=1, ext=".jpg")
     (tmp_path / "walk.MP4").write_bytes(b"\x00")
@@ -25,11 +25,47 @@ def test_folders_and_videos_are_sequences(tmp_path):
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "readme.txt").write_text("x")
     (tmp_path / "stray.png").write_bytes(b"")  # files at the top level are not sequences
-    write_sequence(tmp_path / "deep" / "nested", 2, seed=2)  # only immediate sub-folders count
-    found = {s.sequence_id: s for s in discover(_spec(tmp_path))}
-    assert set(found) == {"scene_a", "scene_b", "walk"}
-    assert found["walk"].kind == "video" and found["walk"].num_frames is None
-    assert found["scene_b"].num_frames == 2 and found["scene_b"].frames[0].endswith("frame1.jpg")
+    write_sequence(tmp_path / "deep" / "nested", 2, seed=2)  # folders of images at any depth are
+    with caplog.at_level("WARNING", logger="pipeline.discovery"):
+        found = discover_inputs(_spec(tmp_path))
+    sources = {s.sequence_id: s for s in found.sources}
+    assert set(sources) == {"scene_a", "scene_b", "walk", "deep_nested"}
+    assert sources["walk"].kind == "video" and sources["walk"].num_frames is None
+    assert sources["scene_b"].num_frames == 2 and sources["scene_b"].frames[0].endswith("frame1.jpg")
+    assert found.skipped_counts() == {"empty_folder": 1, "image_at_prefix": 1, "not_media": 1}
+    assert "skipped input notes/readme.txt: not an image or video file (type .txt)" in caplog.text
+    assert "skipped input empty: an empty folder" in caplog.text
+    assert "skipped input stray.png: an image directly under the prefix" in caplog.text
+    assert "skipped 3 input(s) under" in caplog.text
+
+
+def test_every_skipped_input_is_counted_and_logged(tmp_path, caplog):
+    """What a real capture folder holds besides frames: each is named in the log with the reason."""
+    write_sequence(tmp_path / "tifs", 2, seed=0, ext=".tif")  # supported now
+    write_sequence(tmp_path / "scene" / "images", 2, seed=1)  # COLMAP layout: a nested folder
+    (tmp_path / "scene" / "sparse" / "0").mkdir(parents=True)
+    (tmp_path / "scene" / "sparse" / "0" / "cameras.bin").write_bytes(b"\x00")
+    write_sequence(tmp_path / "scene" / ".thumbs", 2, seed=2)  # hidden: skipped once, with its files
+    (tmp_path / "scene" / "images" / ".DS_Store").write_bytes(b"\x00")
+    (tmp_path / "scene" / "images" / "poses.json").write_text("{}")
+    (tmp_path / "phone").mkdir()
+    (tmp_path / "phone" / "IMG_0001.HEIC").write_bytes(b"\x00")
+    for name in ("clip.webm", "clip2.m4v", "sub/clip3.mov"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"\x00")
+    with caplog.at_level("INFO", logger="pipeline.discovery"):
+        found = discover_inputs(_spec(tmp_path))
+    assert sorted(s.sequence_id for s in found.sources) == ["clip", "clip2", "scene_images", "sub_clip3", "tifs"]
+    assert found.skipped_counts() == {"hidden": 2, "not_media": 2, "unsupported_image": 1}
+    for line in [
+        "skipped input scene/.thumbs: hidden",
+        "skipped input scene/images/.DS_Store: hidden",
+        "skipped input scene/images/poses.json: not an image or video file (type .json)",
+        "skipped input scene/sparse/0/cameras.bin: not an image or video file (type .bin)",
+        "skipped input phone/IMG_0001.HEIC: an image type the pipeline does not decode (HEIC/HEIF needs",
+        "2 image folder(s), 3 video(s)",
+    ]:
+        assert line in caplog.text, line
 
 
 def test_frames_in_natural_order(tmp_path):
