@@ -22,7 +22,7 @@ from pipeline.errors import InputError, SpecError
 from pipeline.testing.media import encode_video, index_pattern, read_index, write_blank_png
 from zipmap_core.images import load_images
 
-from .conftest import IMAGE_H, IMAGE_W, make_spec, write_sequence
+from .conftest import IMAGE_H, IMAGE_W, input_errors, make_spec, write_sequence
 
 av = pytest.importorskip("av")
 
@@ -232,12 +232,7 @@ def test_oversized_frames_are_refused_before_decoding(tmp_path):
         for i in range(2):
             write_blank_png(tmp_path / name / f"{i}.png", side, side)
     encode_video(tmp_path / "wide.mp4", [np.zeros((64, 640, 3), np.uint8)] * 2)
-    errors = {}
-    spec = _spec(tmp_path, input__max_pixels=40000)
-    for source in discover(spec):
-        with pytest.raises(InputError) as exc:
-            decode_sequence(source, spec)
-        errors[source.sequence_id] = str(exc.value)
+    errors = input_errors(_spec(tmp_path, input__max_pixels=40000))
     assert "decompression bomb" in errors["bomb"]
     assert "13000x13000 is 169.0 megapixels, more than max_pixels=40000; not decoded" in errors["huge"]
     assert "640x64 are 0.0 megapixels, more than input.max_pixels=40000" in errors["wide"]

@@ -8,9 +8,8 @@ import pytest
 
 from pipeline.decode import decode_sequence
 from pipeline.discovery import discover, discover_inputs, sanitize_id
-from pipeline.errors import InputError
 
-from .conftest import make_spec, write_sequence
+from .conftest import input_errors, make_spec, write_sequence
 
 
 def _spec(prefix, **fields):
@@ -129,12 +128,7 @@ def test_bad_sequences_raise_input_errors(tmp_path):
     (tmp_path / "broken" / "0.png").write_bytes(b"not a png")
     (tmp_path / "broken" / "1.png").write_bytes(b"")
     (tmp_path / "clip.mp4").write_bytes(b"\x00" * 16)
-    spec = _spec(tmp_path)
-    errors = {}
-    for seq in discover(spec):
-        with pytest.raises(InputError) as exc:
-            decode_sequence(seq, spec)
-        errors[seq.sequence_id] = str(exc.value)
+    errors = input_errors(_spec(tmp_path))
     assert "fewer than min_frames=2" in errors["short"]
     assert "one image size" in errors["mixed"]
     assert "0.png" in errors["broken"]
