@@ -27,6 +27,7 @@ from PIL import features
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import SpecError
+from .sampling import FrameSelection
 from .spec import FrameSampling, JobSpec, redact_uri
 from .storage import Store, join
 
@@ -54,7 +55,7 @@ SKIP_REASONS = {
     "not_media": "not an image or video file",
     "unsupported_image": "an image type the pipeline does not decode",
     "image_at_prefix": "an image directly under the prefix (a sequence is a folder of images)",
-    "empty_folder": "an empty folder",
+    "empty_folder": "an empty folder (or one with hidden files only)",
     "duplicate": "listed again in the manifest",
 }
 MAX_ID_LENGTH = 100
@@ -69,13 +70,17 @@ class SequenceSource(BaseModel):
     sequence_id: str
     kind: Literal["images", "video"]
     uri: str  # the folder of images, or the video file
-    frames: tuple[str, ...] = ()  # image URIs in frame order (empty for videos)
-    sampling: FrameSampling | None = None  # this sequence's own (manifest row); None: the spec's
+    frames: tuple[str, ...] = ()  # image URIs in frame order (empty for videos), before sampling
+    sampling: FrameSampling | None = None  # the frames to keep (the spec's, or a manifest row's); None: the spec's
 
     @property
     def num_frames(self) -> int | None:
-        """Known before decoding for image folders (all frames, before sampling); None for videos."""
-        return len(self.frames) if self.kind == "images" else None
+        """Frames the model will see, known before decoding for image folders; None for videos."""
+        if self.kind != "images":
+            return None
+        if self.sampling is None:
+            return len(self.frames)
+        return sum(1 for _ in FrameSelection.plan(self.sampling, self.sampling.image_fps).indices(len(self.frames)))
 
 
 @dataclass(frozen=True)
@@ -110,18 +115,18 @@ def discover_inputs(spec: JobSpec) -> Discovery:
     if spec.input.prefix is not None:
         where = spec.input.prefix
         store = Store(where, spec.storage)
-        found = _scan_prefix(store, where, skipped)
+        found = [f.model_copy(update={"sampling": spec.input.sampling}) for f in _scan_prefix(store, where, skipped)]
     else:
         assert spec.input.manifest is not None
         where = spec.input.manifest
         store = Store(where, spec.storage)
         found = _read_manifest(store, where, spec.input.sampling, skipped)
     result = Discovery(sorted(_assign_ids(found), key=lambda s: s.sequence_id), skipped)
-    _log(result, redact_uri(where), spec)
+    _log(result, redact_uri(where))
     return result
 
 
-def _log(result: Discovery, where: str, spec: JobSpec) -> None:
+def _log(result: Discovery, where: str) -> None:
     kinds = Counter(s.kind for s in result.sources)
     logger.info("%s: %d image folder(s), %d video(s)", where, kinds["images"], kinds["video"])
     for item in result.skipped[:MAX_LOGGED_SKIPS]:
@@ -133,13 +138,14 @@ def _log(result: Discovery, where: str, spec: JobSpec) -> None:
             "skipped %d input(s) under %s: %s%s", len(result.skipped), where, counts,
             f" (the first {MAX_LOGGED_SKIPS} are listed above)" if more > 0 else "",
         )
-    samplings = [(s, s.sampling or spec.input.sampling) for s in result.sources if s.kind == "images"]
-    unsampled = [s for s, sampling in samplings if sampling.fps and not sampling.image_fps]
+    unsampled = [
+        s for s in result.sources if s.kind == "images" and s.sampling and s.sampling.fps and not s.sampling.image_fps
+    ]
     if unsampled:
         logger.warning(
             "fps sampling does not apply to %d image folder(s) without a capture rate (input.image_fps or the "
             "manifest's image_fps column), e.g. %s: they keep every frame (then stride and max_frames)",
-            len(unsampled), unsampled[0].uri,
+            len(unsampled), redact_uri(unsampled[0].uri),
         )
 
 
@@ -271,11 +277,11 @@ def _read_manifest(
 
 def _row_sampling(
     defaults: FrameSampling, cells: dict[str, Any], manifest_uri: str, row: int, uri: str
-) -> FrameSampling | None:
-    """The spec's sampling with a manifest row's non-empty cells on top (None: no cells set)."""
+) -> FrameSampling:
+    """The spec's sampling with a manifest row's non-empty cells on top."""
     given = {k: v for k, v in cells.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
     if not given:
-        return None
+        return defaults
     try:
         return FrameSampling.model_validate({**defaults.model_dump(), **given})
     except ValidationError as exc:

@@ -267,7 +267,8 @@ def open_image(data: bytes, name: str, *, max_pixels: int | None = None) -> Imag
         )
     try:
         img.load()  # a full decode, so truncated files fail here, not later
-        return ImageOps.exif_transpose(img)
+        ImageOps.exif_transpose(img, in_place=True)  # (not in place, an upright image is copied)
+        return img
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - corrupt data raises OSError, SyntaxError, struct.error, ...

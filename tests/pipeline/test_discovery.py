@@ -173,3 +173,11 @@ def test_video_frames_with_av(tmp_path):
     decoded = decode_sequence(seq, spec)
     assert seq.sequence_id == "walk" and decoded.num_frames == 3
     assert decoded.frame_uris[1].endswith("walk.mp4#frame=2") and decoded.source_sizes[0] == (112, 84)
+
+
+def test_frame_counts_known_before_decoding_follow_the_sampling(tmp_path):
+    write_sequence(tmp_path / "seq", 10, seed=0)
+    (seq,) = discover(_spec(tmp_path, input__max_frames=3))
+    assert seq.num_frames == 3 and len(seq.frames) == 10  # what the progress bar counts
+    (seq,) = discover(_spec(tmp_path, input__fps=2, input__image_fps=6, input__frame_stride=2))
+    assert seq.num_frames == 2  # frames 2, 5, 8 (every 3rd from the 3rd), then every 2nd: 2, 8
