@@ -5,18 +5,18 @@ any depth under the prefix, or one video file, at any depth. Everything else fou
 prefix is skipped, counted and logged with the reason (`Discovery.skipped`; the counts go into
 the run's summary). The id names the sequence's output files and hive partitions, so it is
 derived only from the input's relative path (stable across runs), restricted to
-[A-Za-z0-9._-], and never a path.
+[A-Za-z0-9._-], never a path, and never shared by two sequences (`assign_ids`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import logging
 import math
 import posixpath
 import re
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -26,12 +26,14 @@ import pyarrow.parquet as pq
 from PIL import features
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .errors import SpecError
+from .errors import PipelineError, SpecError, storage_error
+from .names import check_name
+from .redaction import REDACTED, get_logger, redact_uri
 from .sampling import FrameSelection
-from .spec import FrameSampling, JobSpec, redact_uri
+from .spec import FrameSampling, JobSpec
 from .storage import Store, join
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 # What Pillow decodes (AVIF and JPEG 2000 when this Pillow was built with them) and PyAV opens.
 IMAGE_EXTENSIONS = frozenset(
@@ -59,6 +61,7 @@ SKIP_REASONS = {
     "duplicate": "listed again in the manifest",
 }
 MAX_ID_LENGTH = 100
+MAX_DISAMBIGUATION_ROUNDS = 4  # more would need a sha256 prefix collision per round
 MAX_LOGGED_SKIPS = 50  # skipped inputs logged one by one; the rest only counted
 
 
@@ -104,24 +107,29 @@ class Discovery:
         return dict(sorted(Counter(s.reason for s in self.skipped).items()))
 
 
-def discover(spec: JobSpec) -> list[SequenceSource]:
-    """All sequences of the spec's input, sorted by id (skipped inputs are logged)."""
-    return discover_inputs(spec).sources
+def discover(spec: JobSpec, *, known: Mapping[str, str] | None = None) -> list[SequenceSource]:
+    """All sequences of the spec's input, sorted by id; no two share an id (skipped inputs are logged).
+
+    `known` maps the ids that earlier sessions of the run gave out to their source URIs: those
+    sources keep their ids, and no other source takes one of them (see `assign_ids`).
+    """
+    return discover_inputs(spec, known=known).sources
 
 
-def discover_inputs(spec: JobSpec) -> Discovery:
-    """All sequences of the spec's input, sorted by id, and every input skipped (logged)."""
+def discover_inputs(spec: JobSpec, *, known: Mapping[str, str] | None = None) -> Discovery:
+    """All sequences of the spec's input, as `discover`, and every input skipped (logged)."""
+    where = spec.input.prefix or spec.input.manifest
+    assert where is not None
     skipped: list[SkippedInput] = []
-    if spec.input.prefix is not None:
-        where = spec.input.prefix
+    try:
         store = Store(where, spec.storage)
-        found = [f.model_copy(update={"sampling": spec.input.sampling}) for f in _scan_prefix(store, where, skipped)]
-    else:
-        assert spec.input.manifest is not None
-        where = spec.input.manifest
-        store = Store(where, spec.storage)
-        found = _read_manifest(store, where, spec.input.sampling, skipped)
-    result = Discovery(sorted(_assign_ids(found), key=lambda s: s.sequence_id), skipped)
+        read = _scan_prefix if spec.input.prefix is not None else _read_manifest
+        found = read(store, where, spec.input.sampling, skipped)
+    except (PipelineError, FileNotFoundError):
+        raise
+    except Exception as exc:  # the input store failed us: say why in one line
+        raise storage_error(exc, where, endpoint_url=spec.storage.endpoint_url, doing="read the input") from exc
+    result = Discovery(sorted(assign_ids(found, known or {}), key=lambda s: s.sequence_id), skipped)
     _log(result, redact_uri(where))
     return result
 
@@ -161,11 +169,11 @@ class _Found(BaseModel):
     sampling: FrameSampling | None = None
 
 
-def _scan_prefix(store: Store, prefix: str, skipped: list[SkippedInput]) -> list[_Found]:
+def _scan_prefix(store: Store, prefix: str, sampling: FrameSampling, skipped: list[SkippedInput]) -> list[_Found]:
     root = store.path(prefix).rstrip("/")
     store.fs.invalidate_cache(root)
     if not store.fs.isdir(root):
-        raise SpecError(f"input.prefix {redact_uri(prefix)} is not a folder (or does not exist)")
+        raise SpecError(f"input.prefix {prefix} is not a folder (or does not exist)")
     entries = store.fs.find(root, withdirs=True, detail=True)
     folders: dict[str, list[str]] = {}
     found: list[_Found] = []
@@ -191,7 +199,7 @@ def _scan_prefix(store: Store, prefix: str, skipped: list[SkippedInput]) -> list
         if reason is not None:
             skipped.append(reason)
         elif _ext(rel) in VIDEO_EXTENSIONS:
-            found.append(_Found(rel=rel, kind="video", uri=store.uri(path)))
+            found.append(_Found(rel=rel, kind="video", uri=store.uri(path), sampling=sampling))
         else:
             folders.setdefault(parent, []).append(path)
     for path in sorted(entries):
@@ -201,7 +209,8 @@ def _scan_prefix(store: Store, prefix: str, skipped: list[SkippedInput]) -> list
                 skipped.append(SkippedInput(rel, "empty_folder"))
     for parent, paths in folders.items():
         frames = tuple(store.uri(p) for p in sorted(paths, key=natural_key))
-        found.append(_Found(rel=parent, kind="images", uri=store.uri(join(root, parent)), frames=frames))
+        uri = store.uri(join(root, parent))
+        found.append(_Found(rel=parent, kind="images", uri=uri, frames=frames, sampling=sampling))
     return found
 
 
@@ -258,19 +267,28 @@ def _read_manifest(
     uris = [str(u) for u in table.column("uri").to_pylist()]
     ids = table.column("sequence_id").to_pylist() if "sequence_id" in table.column_names else [None] * len(uris)
     columns = {c: table.column(c).to_pylist() for c in overrides}
-    found, seen = [], set()
-    for row, (uri, given) in enumerate(zip(uris, ids)):
+    found: list[_Found] = []
+    rows: dict[str, tuple[int, str | None]] = {}  # uri -> (first row, its sequence_id)
+    for row, (uri, given) in enumerate(zip(uris, ids), start=1):
         full = uri if ("://" in uri or uri.startswith("/")) else join(base, uri)
-        if full in seen:
-            skipped.append(SkippedInput(uri, "duplicate", f"row {row + 1}"))
+        given = str(given) if given not in (None, "") else None
+        if full in rows:  # the same sequence listed twice: once, unless the rows disagree on its id
+            first, first_id = rows[full]
+            if given is not None and first_id is not None and given != first_id:
+                raise SpecError(
+                    f"manifest {redact_uri(manifest_uri)} rows {first} and {row} list {redact_uri(full)} with two "
+                    f"sequence_ids ({first_id!r}, {given!r})"
+                )
+            skipped.append(SkippedInput(redact_uri(uri), "duplicate", f"row {row}, first listed in row {first}"))
             continue
-        seen.add(full)
-        sampling = _row_sampling(defaults, {c: values[row] for c, values in columns.items()}, manifest_uri, row, uri)
+        rows[full] = (row, given)
+        cells = {c: values[row - 1] for c, values in columns.items()}
+        sampling = _row_sampling(defaults, cells, manifest_uri, row, uri)
         kind: Literal["images", "video"] = "video" if _ext(full) in VIDEO_EXTENSIONS else "images"
         frames = list_images(store, full, skipped) if kind == "images" else ()
-        rel = str(given) if given else uri
+        rel = given or redact_uri(uri).replace(f"{REDACTED}@", "")  # an id never carries a password
         found.append(
-            _Found(rel=rel, kind=kind, uri=full, frames=frames, explicit_id=bool(given), sampling=sampling)
+            _Found(rel=rel, kind=kind, uri=full, frames=frames, explicit_id=given is not None, sampling=sampling)
         )
     return found
 
@@ -286,7 +304,7 @@ def _row_sampling(
         return FrameSampling.model_validate({**defaults.model_dump(), **given})
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise SpecError(f"manifest {manifest_uri}, row {row + 1} ({uri}): {problems}") from None
+        raise SpecError(f"manifest {redact_uri(manifest_uri)}, row {row} ({redact_uri(uri)}): {problems}") from None
 
 
 def _read_table(store: Store, uri: str) -> pa.Table:
@@ -304,14 +322,78 @@ def _read_table(store: Store, uri: str) -> pa.Table:
 # --- ids -------------------------------------------------------------------------------------
 
 
-def _assign_ids(found: list[_Found]) -> list[SequenceSource]:
-    bases = [sanitize_id(f.rel if f.explicit_id or f.kind == "images" else _strip_ext(f.rel)) for f in found]
-    counts = Counter(bases)
-    out = []
-    for f, base in zip(found, bases):
-        sid = f"{base}-{short_hash(f.uri)}" if counts[base] > 1 else base
-        out.append(SequenceSource(sequence_id=sid, kind=f.kind, uri=f.uri, frames=f.frames, sampling=f.sampling))
-    return out
+def assign_ids(found: list[_Found], known: Mapping[str, str]) -> list[SequenceSource]:
+    """Ids that are unique by construction, also when case is ignored (a case-insensitive disk
+    would merge `Scene` and `scene`), and stable across runs and sessions.
+
+    - A source that an earlier session of the run knew (`known`: id -> URI) keeps its id.
+    - An explicit manifest `sequence_id` is the source's id (made safe by `sanitize_id`); two
+      explicit ids that clash, or one that the run already gave another URI, are spec errors.
+    - Any other source gets the id of its relative path, unless that is taken or shared; then
+      `-<first 8 hex of sha256(uri)>` is appended, and again (salted) while the result still
+      clashes, e.g. with a folder that is already named like a hashed id.
+    """
+    public = [redact_uri(f.uri) for f in found]  # as stored in markers, hashed into ids, shown in errors
+    by_uri = {uri: sid for sid, uri in known.items()}
+    ids: dict[int, str] = {}
+    for i, uri in enumerate(public):
+        if (sid := by_uri.get(uri)) is not None:
+            ids[i] = sid
+    held = {sid.casefold(): uri for sid, uri in known.items()}  # every id the run gave out, here or not
+    held.update({sid.casefold(): found[i].uri for i, sid in ids.items()})
+    for i, f in enumerate(found):
+        if i in ids or not f.explicit_id:
+            continue
+        sid = sanitize_id(f.rel)
+        if (holder := held.get(sid.casefold())) is not None:
+            raise SpecError(
+                f"sequence_id {sid!r} of {redact_uri(f.uri)} clashes with the id of {redact_uri(holder)}"
+                + (" in this run (use a new run_id)" if sid.casefold() in {k.casefold() for k in known} else "")
+            )
+        ids[i] = sid
+        held[sid.casefold()] = f.uri
+    derived = [i for i in range(len(found)) if i not in ids]
+    bases = {i: _base_id(found[i]) for i in derived}
+    shared = Counter(b.casefold() for b in bases.values())
+    for i, base in bases.items():
+        unique = shared[base.casefold()] == 1 and base.casefold() not in held
+        ids[i] = base if unique else f"{base}-{short_hash(public[i])}"
+    for salt in range(1, MAX_DISAMBIGUATION_ROUNDS + 1):
+        clashing = _clashing(ids, bases, held)
+        if not clashing:
+            break
+        for i in clashing:
+            ids[i] = f"{ids[i]}-{short_hash(f'{public[i]}#{salt}')}"
+    else:
+        names = ", ".join(sorted(public[i] for i in clashing))
+        raise SpecError(f"cannot give these sequences distinct ids: {names}; rename them or list them in a manifest")
+    return [
+        SequenceSource(
+            sequence_id=check_name(ids[i], "sequence id"), kind=f.kind, uri=f.uri, frames=f.frames, sampling=f.sampling
+        )
+        for i, f in enumerate(found)
+    ]
+
+
+def _clashing(ids: dict[int, str], bases: dict[int, str], held: dict[str, str]) -> list[int]:
+    """The derived ids (those in `bases`) that must change: any that takes an id held by a fixed
+    or earlier source, and all but a plain (unhashed) one among derived ids that coincide."""
+    users: dict[str, list[int]] = {}
+    for i, sid in ids.items():
+        users.setdefault(sid.casefold(), []).append(i)
+    clashing = []
+    for key, members in users.items():
+        movable = [i for i in members if i in bases]
+        if key in held:
+            clashing += movable
+        elif len(members) > 1:
+            plain = [i for i in movable if ids[i] == bases[i]][:1]
+            clashing += [i for i in movable if i not in plain]
+    return clashing
+
+
+def _base_id(f: _Found) -> str:
+    return sanitize_id(f.rel if f.explicit_id or f.kind == "images" else _strip_ext(f.rel))
 
 
 def sanitize_id(rel_path: str) -> str:
