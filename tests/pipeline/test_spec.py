@@ -70,6 +70,7 @@ def test_json_round_trip(tmp_path):
         (["model.preset=demo_ttt", "engine.mode=streaming"], "needs engine.window"),
         (["model.preset=demo_attention", "engine.mode=chunked"], "needs a TTT model"),
         (["engine.fast=true"], "bfloat16 or float16"),
+        (["engine.mode=chunked", "engine.frame_parallel=2"], "one actor"),
     ],
 )
 def test_invalid_specs_are_rejected(overrides, message):

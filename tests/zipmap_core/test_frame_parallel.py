@@ -33,7 +33,7 @@ def _save(frames, path) -> None:
     np.savez(path, index=[f.index for f in frames], **{k: np.stack([getattr(f, k) for f in frames]) for k in FIELDS})
 
 
-def _load(paths) -> list[dict]:
+def load_shares(paths) -> list[dict]:
     """Every process's frames, concatenated in rank order, as one dict of arrays per frame."""
     frames = []
     for path in paths:
@@ -47,10 +47,18 @@ def _share_of(images: torch.Tensor, rank: int) -> torch.Tensor:
     return images[start:stop]
 
 
-def _worker(rank: int, model: ZipMap, images: torch.Tensor, out: str) -> None:
+def share_worker(rank: int, model: ZipMap, images: torch.Tensor, out: str, device: str = "cpu") -> None:
+    """One process of the group: every case of CASES on its share, saved as <case>-<rank>.npz
+    (test_gpu.py runs it on GPUs); on CPU also the bad-input check."""
     torch.set_num_threads(1)
+    if device == "cuda":
+        device = f"cuda:{rank % torch.cuda.device_count()}"
+    model = model.to(device)
     for name, engine in CASES.items():
-        _save(list(reconstruct_distributed(model, _share_of(images, rank), engine)), f"{out}/{name}-{rank}.npz")
+        frames = reconstruct_distributed(model, _share_of(images, rank), engine, device=device)
+        _save(list(frames), f"{out}/{name}-{rank}.npz")
+    if device != "cpu":
+        return
     # bad input on one process raises the same error on both, instead of leaving one waiting
     share = images[:0] if rank == 1 else _share_of(images, rank)
     try:
@@ -62,28 +70,43 @@ def _worker(rank: int, model: ZipMap, images: torch.Tensor, out: str) -> None:
         json.dump(error, f)
 
 
+def sensitive_tiny() -> ZipMap:
+    """The tiny model with the reference's weight rule: layer scales of 0.1 and distinct special
+    tokens make every frame depend on the others far more than at initialisation (layer scales
+    0.01, tokens 1e-6 apart); the first frame's reference token differs from the others'."""
+    model = tiny(affine_invariant=False)
+    model.load_state_dict(filled_state_dict(model))
+    return model
+
+
+def five_frames() -> torch.Tensor:
+    return torch.rand(5, 3, 56, 84, generator=torch.Generator().manual_seed(1))
+
+
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory):
     """5 frames (shares of 3 and 2) through 2 processes, once for every test of this module."""
     out = tmp_path_factory.mktemp("frame_parallel")
-    model = tiny(affine_invariant=False)  # the first frame's reference token: only rank 0 holds frame 0
-    # the reference's weight rule: layer scales of 0.1 and distinct special tokens make every frame
-    # depend on the others far more than at initialisation (layer scales 0.01, tokens 1e-6 apart)
-    model.load_state_dict(filled_state_dict(model))
-    images = torch.rand(5, 3, 56, 84, generator=torch.Generator().manual_seed(1))
-    spawn(_worker, 2, model, images, str(out), backend="gloo")
+    model, images = sensitive_tiny(), five_frames()
+    spawn(share_worker, 2, model, images, str(out), backend="gloo")
     return model, images, out
+
+
+def assert_shares_equal_one(one: list, out, case: str, tolerance: float = TOLERANCE) -> list:
+    """The frames that 2 processes saved for `case` (share_worker) against one process's; returns them."""
+    two = [SimpleNamespace(**f) for f in load_shares([out / f"{case}-0.npz", out / f"{case}-1.npz"])]
+    assert [int(f.index) for f in two] == [f.index for f in one]  # each process yielded its share, global indices
+    errors = max_rel_error(one, two)
+    assert set(errors) == set(FIELDS)
+    assert max(errors.values()) <= tolerance, errors
+    return two
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_two_processes_equal_one(two_processes, case):
     model, images, out = two_processes
     one = list(reconstruct(model, images, CASES[case]))
-    two = [SimpleNamespace(**f) for f in _load([out / f"{case}-0.npz", out / f"{case}-1.npz"])]
-    assert [int(f.index) for f in two] == list(range(5))  # each process yielded its share, global indices
-    errors = max_rel_error(one, two)
-    assert set(errors) == set(FIELDS)
-    assert max(errors.values()) <= TOLERANCE, errors
+    two = assert_shares_equal_one(one, out, case)
     # the shares really were combined: one process on the first share alone is far off (measured:
     # 1.7 of the local points' range, against 3.0e-6 between two processes and one)
     alone = list(reconstruct(model, images[:3], CASES[case]))
@@ -162,6 +185,6 @@ def test_two_processes_match_reference_offline_outputs(tmp_path):
     ref = load_arrays()
     images = torch.from_numpy(ref["images"])[0]
     spawn(_reference_worker, 2, model, images, str(tmp_path), backend="gloo")
-    frames = [SimpleNamespace(**f) for f in _load([tmp_path / "reference-0.npz", tmp_path / "reference-1.npz"])]
+    frames = [SimpleNamespace(**f) for f in load_shares([tmp_path / "reference-0.npz", tmp_path / "reference-1.npz"])]
     assert [int(f.index) for f in frames] == list(range(5))
     assert_matches_reference_offline_outputs(frames, ref)
