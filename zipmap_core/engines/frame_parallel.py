@@ -21,6 +21,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -126,20 +127,25 @@ def exchange_shards(images: torch.Tensor, device: torch.device, group=None) -> F
     return FrameShard(tuple(s[0] for s in shapes), dist.get_rank(group), group, comm_device)
 
 
-def spawn(fn: Callable[..., None], processes: int, *args: Any, backend: str | None = None) -> None:
+def spawn(
+    fn: Callable[..., None], processes: int, *args: Any, backend: str | None = None, timeout_s: float = 1800
+) -> None:
     """Run fn(rank, *args) in `processes` new processes of this host, each a member of one new
     torch.distributed group (NCCL with a GPU per process, else gloo): one sequence over the GPUs
-    of a host from one command (torchrun does the same across hosts). Raises if any process does."""
+    of a host from one command (torchrun does the same across hosts). A collective that waits
+    longer than `timeout_s` fails; so does spawn if any process raises."""
     backend = backend or ("nccl" if torch.cuda.device_count() >= processes else "gloo")
     with tempfile.TemporaryDirectory(prefix="zipmap-group-") as tmp:
         rendezvous = f"file://{os.path.join(tmp, 'rendezvous')}"
-        torch.multiprocessing.spawn(_in_group, (fn, processes, backend, rendezvous, args), nprocs=processes)
+        group = (fn, processes, backend, rendezvous, timeout_s, args)
+        torch.multiprocessing.spawn(_in_group, group, nprocs=processes)
 
 
-def _in_group(rank: int, fn, processes: int, backend: str, rendezvous: str, args: tuple) -> None:
+def _in_group(rank: int, fn, processes: int, backend: str, rendezvous: str, timeout_s: float, args: tuple) -> None:
     if backend == "nccl":
         torch.cuda.set_device(rank)
-    dist.init_process_group(backend, init_method=rendezvous, rank=rank, world_size=processes)
+    timeout = timedelta(seconds=timeout_s)
+    dist.init_process_group(backend, init_method=rendezvous, rank=rank, world_size=processes, timeout=timeout)
     try:
         fn(rank, *args)
     finally:
