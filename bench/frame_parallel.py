@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from timing import pinned_gib  # bench/timing.py (this script's folder is on sys.path)
 
 from zipmap_core import EngineConfig, ModelConfig, ZipMap, frame_shares, reconstruct, reconstruct_distributed
 from zipmap_core.engines.frame_parallel import spawn
@@ -250,14 +251,6 @@ def prepin(gib: float) -> dict:
     slabs = [torch.empty(SLAB, dtype=torch.uint8, pin_memory=True) for _ in range(int(gib * 2**30) // SLAB)]
     del slabs
     return {"gib": gib, "seconds": time.perf_counter() - start}
-
-
-def pinned_gib() -> float | None:
-    stats = getattr(torch.cuda.memory, "host_memory_stats", None)
-    if stats is None:
-        return None
-    current = [v for k, v in stats().items() if k.startswith("allocated_bytes") and k.endswith("current")]
-    return current[0] / 2**30 if current else None
 
 
 def everyone(obj) -> list:
