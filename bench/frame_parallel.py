@@ -50,6 +50,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     ap.add_argument("--backend", choices=["nccl", "gloo"], default=None, help="default: nccl on GPUs, gloo on CPU")
     ap.add_argument("--dtype", default=None, help="default: bfloat16 on GPUs, float32 on CPU")
+    ap.add_argument("--newton-schulz", choices=["bfloat16", "float32"], default="bfloat16",
+                    help="the TTT orthogonalisation: bfloat16 as released, float32 exact")
     ap.add_argument("--eager", action="store_true", help="no torch.compile (on CPU: always eager, no fast path)")
     ap.add_argument("--gpu-cache-gb", type=float, default=6.0)
     ap.add_argument("--host-budget-gb", type=float, default=64.0)
@@ -99,6 +101,7 @@ def worker(rank: int, args: argparse.Namespace, workdir: str, started: float) ->
             dist.broadcast(t, 0)  # the same weights in both processes, whatever the device's RNG
     engine = EngineConfig(
         mode="chunked", chunk_size=args.chunk_size, dtype=args.dtype, fast=args.fast, compile=args.compile,
+        newton_schulz=args.newton_schulz,
         gpu_cache_gb=args.gpu_cache_gb, host_memory_budget_gb=args.host_budget_gb,
     )
     one, two = engine.model_copy(update={"frame_parallel": 1}), engine.model_copy(update={"frame_parallel": 2})
@@ -274,7 +277,8 @@ def describe(row: dict) -> str:
 def print_tables(result: dict) -> None:
     a = result["args"]
     print(f"\n{a['preset']}, {a['height']}x{a['width']}, chunk {a['chunk_size']}, {a['dtype']}, "
-          f"{'compiled ' if a['compile'] else ''}{'fast path' if a['fast'] else 'eager'}, {a['backend']}, "
+          f"{'compiled ' if a['compile'] else ''}{'fast path' if a['fast'] else 'eager'}, "
+          f"Newton-Schulz {a['newton_schulz']}, {a['backend']}, "
           f"GPU cache {a['gpu_cache_gb']} GiB, host budget {a['host_budget_gb']} GiB per process, "
           f"{a['prepin_gb']:g} GiB pinned per process before timing; warm-up {result['warmup_s']:.0f} s\n")
     print("| N | GPUs | time s | frames/s | peak GiB per GPU | pinned GiB per process | scaling (target 1.8x) |")

@@ -17,6 +17,7 @@ pytestmark = pytest.mark.timeout(300)
 
 def test_gang_of_two_actors_equals_one_process(ray_cluster, tiny_checkpoint, tmp_path):
     spec = make_spec(tmp_path, tmp_path / "out", tiny_checkpoint, engine__mode="chunked", engine__chunk_size=2,
+                     engine__dtype="float32", engine__newton_schulz="float32",
                      resources__device="cpu")
     images = torch.rand(5, 3, 56, 84, generator=torch.Generator().manual_seed(4))
     gang = Gang(spec, 2, num_cpus=0.5, timeout_s=120)
@@ -27,7 +28,8 @@ def test_gang_of_two_actors_equals_one_process(ray_cluster, tiny_checkpoint, tmp
         gang.shutdown()
     assert [m["rank"] for m in members] == [0, 1] and len({m["pid"] for m in members}) == 2
     model = load_checkpoint(ZipMap(ModelConfig.preset("tiny")), str(tiny_checkpoint))
-    one = list(reconstruct(model, images, EngineConfig(mode="chunked", chunk_size=2)))
+    exact = EngineConfig(mode="chunked", chunk_size=2, dtype="float32", newton_schulz="float32")
+    one = list(reconstruct(model, images, exact))
     assert [f.index for f in frames] == list(range(5))
     errors = max_rel_error(one, frames)
     assert max(errors.values()) <= 1e-4, errors

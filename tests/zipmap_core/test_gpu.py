@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.zipmap_core.test_engines import max_rel_error
+from tests.zipmap_core.test_engines import EXACT, max_rel_error
 from tests.zipmap_core.test_fast_path import assert_fast_path_matches_float32, demo_scene, trained_demo
 from tests.zipmap_core.test_frame_parallel import (
     CASES,
@@ -104,8 +104,9 @@ def test_store_tiers_on_cuda(tmp_path):
 def test_chunked_on_cuda_is_exact_through_every_store_tier(tiers, tmp_path):
     model = sensitive_tiny().to(CUDA)
     images = five_frames()
-    offline = list(reconstruct(model, images, EngineConfig(local_points=True), device=CUDA))
-    engine = EngineConfig(mode="chunked", chunk_size=2, local_points=True, scratch_dir=str(tmp_path), **tiers)
+    exact = {"dtype": "float32", "local_points": True, **EXACT}  # on CUDA "auto" would be the bf16 fast path
+    offline = list(reconstruct(model, images, EngineConfig(mode="offline", **exact), device=CUDA))
+    engine = EngineConfig(mode="chunked", chunk_size=2, scratch_dir=str(tmp_path), **exact, **tiers)
     chunked = list(reconstruct(model, images, engine, device=CUDA))
     errors = max_rel_error(offline, chunked)
     assert max(errors.values()) <= 1e-4, errors

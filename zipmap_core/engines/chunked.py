@@ -26,6 +26,7 @@ import torch
 from zipmap_core.engines.config import EngineConfig
 from zipmap_core.engines.frame_parallel import FrameShard
 from zipmap_core.engines.frames import align_to_reference, frame_predictions
+from zipmap_core.engines.offline import StateSink
 from zipmap_core.engines.precision import autocast
 from zipmap_core.engines.results import FramePrediction
 from zipmap_core.engines.store import ActivationStore
@@ -33,6 +34,7 @@ from zipmap_core.geometry import pose_encoding_to_cameras
 from zipmap_core.layers.block import TTTBlock
 from zipmap_core.layers.ttt import TTTState
 from zipmap_core.models.zipmap import ZipMap, head_dtype
+from zipmap_core.scene_state import SceneState
 
 
 def _zeros_like_state(state: TTTState) -> list[torch.Tensor]:
@@ -65,10 +67,7 @@ class _GlobalLayer:
     def apply(self, tokens: torch.Tensor) -> torch.Tensor:
         """Pass 2 on one chunk: read the trained fast weights, finish the block."""
         B, S, P, C = tokens.shape
-        x = tokens.reshape(B, S * P, C)
-        xn = self.block.mixer_input(x)
-        mixed = self.ttt.output(self.ttt.read(self.state, self.ttt.query(xn)), xn)
-        return self.block.finish(x, mixed).reshape(B, S, P, C)
+        return self.block.apply(tokens.reshape(B, S * P, C), self.state).reshape(B, S, P, C)
 
 
 @torch.inference_mode()
@@ -77,6 +76,7 @@ def reconstruct_chunked(
     images: torch.Tensor,
     engine: EngineConfig,
     device: torch.device,
+    on_state: StateSink | None = None,
     shard: FrameShard | None = None,
 ) -> Iterator[FramePrediction]:
     """`images` are the frames of `shard` (default: the whole sequence); yields those frames."""
@@ -134,8 +134,11 @@ def reconstruct_chunked(
         # cameras as in the offline engine: the head and the conversion outside autocast
         pose_enc = model.predict_cameras(camera_tokens.unsqueeze(2))
         extrinsics, intrinsics = pose_encoding_to_cameras(pose_enc[0], image_hw)
-        extrinsics = align_to_reference(extrinsics, extrinsics[0])[first : first + S]
-        intrinsics = intrinsics[first : first + S]
+        extrinsics = align_to_reference(extrinsics, extrinsics[0])
+        if on_state is not None:  # every layer's fast weights are trained: the offline state
+            states = [layer.state for layer in trained]
+            on_state(SceneState.capture(model, states, image_hw, shard.total, extrinsics, intrinsics))
+        extrinsics, intrinsics = extrinsics[first : first + S], intrinsics[first : first + S]
 
         for c in chunks:
             # autocast is never held across a yield: the consumer's code runs between yields

@@ -1,6 +1,6 @@
-"""`reconstruct`: checks the input, readies the model for the requested precision, and hands the
-sequence to the engine of the requested mode; `reconstruct_distributed`: the same for one
-process's share of a sequence spread over several."""
+"""`reconstruct`: checks the input, decides what was left to "auto", readies the model for the
+requested precision, and hands the sequence to the engine of the requested mode;
+`reconstruct_distributed`: the same for one process's share of a sequence spread over several."""
 
 from __future__ import annotations
 
@@ -8,15 +8,16 @@ from collections.abc import Iterator
 
 import torch
 
+from zipmap_core.engines.auto import resolve_engine
 from zipmap_core.engines.chunked import reconstruct_chunked
 from zipmap_core.engines.compiled import compile_for_inference
-from zipmap_core.engines.config import EngineConfig
+from zipmap_core.engines.config import AUTO, EngineConfig
 from zipmap_core.engines.frame_parallel import exchange_shards, group_size
-from zipmap_core.engines.offline import reconstruct_offline
+from zipmap_core.engines.offline import StateSink, reconstruct_offline
 from zipmap_core.engines.precision import (
     cast_for_inference,
     resolve_device,
-    use_published_precision,
+    set_newton_schulz_precision,
     weights_dtype,
 )
 from zipmap_core.engines.results import FramePrediction
@@ -32,16 +33,29 @@ def reconstruct(
     engine: EngineConfig | None = None,
     *,
     device: str | torch.device | None = None,
+    on_state: StateSink | None = None,
 ) -> Iterator[FramePrediction]:
+    """Frames of `images` [S, 3, H, W] in order. `on_state`, if given, is called once with the
+    sequence's `SceneState` (every TTT layer's trained fast weights and the cameras) as soon as it
+    is known, before the frames' dense heads: offline and chunked engines only."""
     engine = engine or EngineConfig()
-    if engine.frame_parallel not in (1, "auto"):
+    if engine.frame_parallel not in (1, AUTO):
         raise ValueError(
             f"frame_parallel={engine.frame_parallel} spreads one sequence over {engine.frame_parallel} processes: "
             "call reconstruct_distributed in each of them (README: one sequence on several GPUs)"
         )
     images = _checked_images(model, _unbatched(images))
     device = resolve_device(device, model)
+    if not engine.resolved:
+        engine = resolve_engine(engine, model, images.shape[0], tuple(images.shape[-2:]), device)
+    if on_state is not None and engine.mode == "streaming":
+        raise ValueError("scene states come from one bidirectional update over all frames: use engine mode "
+                         "'offline' or 'chunked' (streaming keeps per-window states)")
     _ready(model, engine)
+    if on_state is not None:
+        if not model.aggregator.is_ttt:
+            raise ValueError(f"model {model.config.name!r} has no fast weights to keep (global_block='attention')")
+        return _ENGINES[engine.mode](model, images, engine, device, on_state)
     return _ENGINES[engine.mode](model, images, engine, device)
 
 
@@ -59,19 +73,24 @@ def reconstruct_distributed(
     order (`frame_shares` gives an even split), and consume every frame in every process: the
     engine's collectives run between yields. Each process yields its own share's frames, with
     their indices in the whole sequence; the result is one process's up to summation order
-    (frame_parallel.py)."""
-    engine = engine or EngineConfig(mode="chunked", frame_parallel="auto")
+    (frame_parallel.py). "auto" settings are decided as for one process running the whole
+    sequence (mode: chunked), identically in every process."""
+    engine = engine or EngineConfig(mode="chunked")
     processes = group_size(group)
-    if engine.mode != "chunked":
+    if engine.mode not in ("chunked", AUTO):
         raise ValueError(f"reconstruct_distributed runs the chunked engine: got mode={engine.mode!r}")
-    if engine.frame_parallel not in ("auto", processes):
+    if engine.frame_parallel not in (AUTO, processes):
         raise ValueError(f"engine.frame_parallel={engine.frame_parallel}, but the process group has {processes}")
     images = _unbatched(images)
     device = resolve_device(device, model)
     shard = exchange_shards(images, device, group)  # first: bad input then raises in every process
     images = _checked_images(model, images)
+    engine = engine.model_copy(update={"mode": "chunked", "frame_parallel": processes})
+    if not engine.resolved:  # every process decides alike: from the whole sequence and the largest share
+        hw = tuple(images.shape[-2:])
+        engine = resolve_engine(engine, model, shard.total, hw, device, run_frames=max(shard.counts))
     _ready(model, engine)
-    return reconstruct_chunked(model, images, engine, device, shard)
+    return reconstruct_chunked(model, images, engine, device, shard=shard)
 
 
 def _unbatched(images: torch.Tensor) -> torch.Tensor:
@@ -101,4 +120,4 @@ def _ready(model: ZipMap, engine: EngineConfig) -> None:
             f"this model's weights were cast to {weights_dtype(model)} for the fast path; "
             "use EngineConfig(fast=True, ...) or load a fresh model"
         )
-    use_published_precision(model, engine.dtype)
+    set_newton_schulz_precision(model, engine.newton_schulz)
