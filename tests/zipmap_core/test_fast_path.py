@@ -74,8 +74,10 @@ def assert_fast_path_matches_float32(trained: ZipMap, scene: torch.Tensor, mode:
     the device `trained` is on (test_gpu.py runs it on CUDA)."""
     device = next(trained.parameters()).device
     common = {"mode": mode, "chunk_size": 4, "window": 3, "local_points": True}
-    ref = list(reconstruct(trained, scene, EngineConfig(**common), device=device))
-    autocast = errors(list(reconstruct(trained, scene, EngineConfig(dtype="bfloat16", **common), device=device)), ref)
+    # explicit precisions: on CUDA "auto" would be the fast path, which casts `trained` in place
+    ref = list(reconstruct(trained, scene, EngineConfig(dtype="float32", **common), device=device))
+    plain_bf16 = EngineConfig(dtype="bfloat16", fast=False, **common)
+    autocast = errors(list(reconstruct(trained, scene, plain_bf16, device=device)), ref)
     fast_model = copy.deepcopy(trained)
     fast_engine = EngineConfig(dtype="bfloat16", fast=True, **common)
     fast = errors(list(reconstruct(fast_model, scene, fast_engine, device=device)), ref)
