@@ -53,6 +53,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--newton-schulz", choices=["bfloat16", "float32"], default="bfloat16",
                     help="the TTT orthogonalisation: bfloat16 as released, float32 exact")
     ap.add_argument("--eager", action="store_true", help="no torch.compile (on CPU: always eager, no fast path)")
+    ap.add_argument("--head-inputs", choices=["auto", "keep", "recompute"], default="auto",
+                    help="auto keeps the dense heads' inputs when a process's share fits its budgets, so at "
+                         "10000 frames 1 GPU may rerun the trunk for the heads where 2 GPUs do not")
     ap.add_argument("--gpu-cache-gb", type=float, default=6.0)
     ap.add_argument("--host-budget-gb", type=float, default=64.0)
     ap.add_argument("--prepin-gb", type=float, default=40.0, help="pinned host memory per process, before timing")
@@ -101,7 +104,7 @@ def worker(rank: int, args: argparse.Namespace, workdir: str, started: float) ->
             dist.broadcast(t, 0)  # the same weights in both processes, whatever the device's RNG
     engine = EngineConfig(
         mode="chunked", chunk_size=args.chunk_size, dtype=args.dtype, fast=args.fast, compile=args.compile,
-        newton_schulz=args.newton_schulz,
+        newton_schulz=args.newton_schulz, head_inputs=args.head_inputs,
         gpu_cache_gb=args.gpu_cache_gb, host_memory_budget_gb=args.host_budget_gb,
     )
     one, two = engine.model_copy(update={"frame_parallel": 1}), engine.model_copy(update={"frame_parallel": 2})
@@ -278,7 +281,7 @@ def print_tables(result: dict) -> None:
     a = result["args"]
     print(f"\n{a['preset']}, {a['height']}x{a['width']}, chunk {a['chunk_size']}, {a['dtype']}, "
           f"{'compiled ' if a['compile'] else ''}{'fast path' if a['fast'] else 'eager'}, "
-          f"Newton-Schulz {a['newton_schulz']}, {a['backend']}, "
+          f"Newton-Schulz {a['newton_schulz']}, head inputs {a['head_inputs']}, {a['backend']}, "
           f"GPU cache {a['gpu_cache_gb']} GiB, host budget {a['host_budget_gb']} GiB per process, "
           f"{a['prepin_gb']:g} GiB pinned per process before timing; warm-up {result['warmup_s']:.0f} s\n")
     print("| N | GPUs | time s | frames/s | peak GiB per GPU | pinned GiB per process | scaling (target 1.8x) |")
