@@ -278,6 +278,11 @@ class JobSpec(_Section):
             raise ValueError(
                 f"engine.mode 'streaming' needs engine.window: preset {model.name!r} has no default window"
             )
+        if self.engine.frame_parallel not in (1, "auto"):
+            raise ValueError(
+                f"engine.frame_parallel={self.engine.frame_parallel}: the pipeline runs each sequence on one "
+                "actor (auto means 1 here); spread one sequence over GPUs with torchrun (README)"
+            )
         return self
 
     @model_serializer(mode="wrap")

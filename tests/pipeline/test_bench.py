@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -83,6 +85,23 @@ def test_scaling_benchmark_reports_differences():
         "sequences differ: ['b']",
         "frames tables have 2 and 1 rows",
     ]
+
+
+def test_frame_parallel_benchmark_smoke(tmp_path, monkeypatch):
+    """bench/frame_parallel.py on 2 gloo processes with the tiny model: the same table as on 2 GPUs."""
+    monkeypatch.syspath_prepend(str(BENCH))  # the spawned processes import the script by its name
+    bench = importlib.import_module("frame_parallel")
+    args = ["--device", "cpu", "--preset", "tiny", "--frames", "5", "--height", "28", "--width", "42",
+            "--newton-schulz", "float32"]
+    result = bench.main([*args, "--chunk-size", "2", "--workdir", str(tmp_path), "--json", str(tmp_path / "r.json")])
+    one, two = result["rows"]
+    assert (one["frames"], one["gpus"], two["frames"], two["gpus"]) == (5, 1, 5, 2)
+    assert one["time_s"] > 0 and len(two["per_process"]) == 2 and all(p["time_s"] > 0 for p in two["per_process"])
+    d = two["differences"]  # float32: the 2-process result is the 1-process one up to summation order
+    assert d["depth_of_max"] < 1e-4 and d["translation_of_max"] < 1e-4 and d["rotation_deg"] < 1e-2, d
+    assert d["depth_max"] > 0
+    assert json.loads((tmp_path / "r.json").read_text())["rows"] == result["rows"]
+    assert list(tmp_path.iterdir()) == [tmp_path / "r.json"]  # the 1-GPU depth maps were cleaned up
 
 
 def test_video_benchmark_smoke(ray_cluster, tmp_path, capsys):
