@@ -1,4 +1,4 @@
-"""`zipmap-pipeline run|submit|status|resume`.
+"""`zipmap-pipeline run|submit|status|resume|export|report`.
 
 Exit codes a scheduler can act on: 0 every sequence done, 1 some sequences failed (or are
 unfinished), 2 bad spec or usage, 3 infrastructure error (cluster, storage, model loading).
@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Sequence
 
 from .errors import InfrastructureError, SpecError
+from .output_commands import add_commands
 from .spec import REDACTED, StorageSpec, load_spec
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INFRA = 0, 1, 2, 3
@@ -185,6 +186,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run_uri")
     overrides(p), driver(p), store_options(p)
     p.set_defaults(func=_resume)
+
+    add_commands(sub, store_options, _storage)  # export, report
     return parser
 
 

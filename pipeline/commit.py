@@ -15,7 +15,7 @@ import logging
 import time
 from typing import Any
 
-from .layout import DEPTH, FRAMES, POINTS, RunLayout
+from .layout import DEPTH, EXPORTS, FRAMES, POINTS, PREVIEWS, RunLayout
 from .outputs import StagedOutputs
 from .storage import Store
 
@@ -41,7 +41,7 @@ def commit_sequence(
     if store.exists(marker):
         discard_attempt(store, layout, sequence_id, attempt_id)
         return store.read_json(marker)
-    remove_outputs(store, layout, sequence_id)
+    remove_outputs(store, layout, sequence_id, kinds=(*OUTPUT_KINDS, *staged.files))
     outputs = {}
     for kind, staged_uri in staged.files.items():
         final = layout.final(sequence_id, kind)
@@ -74,9 +74,33 @@ def committed_sequences(store: Store, layout: RunLayout) -> dict[str, dict[str, 
     return records
 
 
-def remove_outputs(store: Store, layout: RunLayout, sequence_id: str) -> None:
+def commit_derived(
+    store: Store, layout: RunLayout, sequence_id: str, staged: dict[str, str]
+) -> dict[str, Any]:
+    """Publish outputs derived later from a committed sequence (exports, previews), replacing
+    earlier ones of the same kinds; returns the updated marker record.
+
+    Each kind is swapped in place (old folder removed, staged one moved there), then the marker is
+    rewritten to list it. A crash in between leaves the kind missing or unlisted, never mixed with
+    an older version; running the export again repairs it.
+    """
+    marker = store.read_json(layout.commit_marker(sequence_id))
+    outputs = dict(marker.get("outputs", {}))
+    for kind, staged_uri in staged.items():
+        final = layout.final(sequence_id, kind)
+        store.delete(layout.final_owner(sequence_id, kind))
+        store.move(staged_uri, final)
+        outputs[kind] = final
+    marker["outputs"] = outputs
+    store.write_json(layout.commit_marker(sequence_id), marker)
+    return marker
+
+
+def remove_outputs(
+    store: Store, layout: RunLayout, sequence_id: str, kinds: tuple[str, ...] = OUTPUT_KINDS
+) -> None:
     """Delete any final outputs of a sequence (leftovers of a commit that never finished)."""
-    for kind in OUTPUT_KINDS:
+    for kind in dict.fromkeys(kinds):
         store.delete(layout.final_owner(sequence_id, kind))
 
 
@@ -106,3 +130,8 @@ def clean_uncommitted(store: Store, layout: RunLayout, committed: set[str]) -> N
         name = entry["name"].rsplit("/", 1)[-1]
         if name.endswith(".ply") and name[: -len(".ply")] not in committed:
             store.delete(store.uri(entry["name"]))
+    exports = [f"{EXPORTS}/{e['name'].rstrip('/').rsplit('/', 1)[-1]}" for e in store.ls(layout.dataset_dir(EXPORTS))]
+    for kind in (PREVIEWS, *exports):  # folder outputs: <kind>/<id>/
+        for entry in store.ls(layout.dataset_dir(kind)):
+            if entry["name"].rstrip("/").rsplit("/", 1)[-1] not in committed:
+                store.delete(store.uri(entry["name"]))

@@ -7,6 +7,9 @@
   frames/sequence_id=<id>/part-0.parquet per-frame cameras and depth statistics
   depth/sequence_id=<id>/part-0.parquet  per-frame depth + confidence maps (save_depth)
   points/<id>.ply                        the sequence's point cloud
+  previews/<id>/                         trajectory and point-cloud PNGs, GLB scene (report.enabled)
+  exports/<format>/<id>/                 COLMAP model, nerfstudio transforms.json (exports: [...])
+  report.html                            the run report (links the previews)
   _commits/<id>.json                     commit marker: the sequence's outputs are complete
   _staging/<id>/<attempt_id>/...         an attempt's outputs before they are committed
 """
@@ -20,7 +23,10 @@ from .storage import join
 FRAMES = "frames"
 DEPTH = "depth"
 POINTS = "points"
+PREVIEWS = "previews"
+EXPORTS = "exports"  # one kind per format: "exports/colmap", ...
 STAGED_FILES = {FRAMES: "frames.parquet", DEPTH: "depth.parquet", POINTS: "points.ply"}
+# Every other output kind is a folder per sequence, <run>/<kind>/<id>/, staged as <attempt>/<kind>/.
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,10 @@ class RunLayout:
         return join(self.run_uri, "summary.json")
 
     @property
+    def report(self) -> str:
+        return join(self.run_uri, "report.html")
+
+    @property
     def commits(self) -> str:
         return join(self.run_uri, "_commits")
 
@@ -54,7 +64,7 @@ class RunLayout:
         return join(self.staging_root, sequence_id, attempt_id)
 
     def staged(self, sequence_id: str, attempt_id: str, kind: str) -> str:
-        return join(self.staging(sequence_id, attempt_id), STAGED_FILES[kind])
+        return join(self.staging(sequence_id, attempt_id), STAGED_FILES.get(kind, kind))
 
     def dataset_dir(self, kind: str) -> str:
         return join(self.run_uri, kind)
@@ -63,10 +73,12 @@ class RunLayout:
         """The committed location of one output of a sequence."""
         if kind == POINTS:
             return join(self.run_uri, POINTS, f"{sequence_id}.ply")
+        if kind not in STAGED_FILES:  # a folder output
+            return join(self.run_uri, kind, sequence_id)
         return join(self.run_uri, kind, f"sequence_id={sequence_id}", "part-0.parquet")
 
     def final_owner(self, sequence_id: str, kind: str) -> str:
-        """What to delete to remove one output of a sequence (its partition folder, or file)."""
-        if kind == POINTS:
+        """What to delete to remove one output of a sequence (its partition folder, file or folder)."""
+        if kind == POINTS or kind not in STAGED_FILES:
             return self.final(sequence_id, kind)
         return join(self.run_uri, kind, f"sequence_id={sequence_id}")

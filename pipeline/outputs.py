@@ -18,8 +18,10 @@ import pyarrow.parquet as pq
 
 from zipmap_core.engines.results import FramePrediction
 
+from .exports.sequence import FrameData
+from .exports.writers import DerivedOutputs, derived_frame_files, derived_writers
 from .layout import DEPTH, FRAMES, POINTS, RunLayout
-from .pointcloud import PointCloudBuilder, VoxelSums, frame_points, voxel_sums
+from .pointcloud import PLY_DTYPE, PointCloudBuilder, VoxelSums, frame_points, voxel_sums
 from .spec import JobSpec
 from .storage import Store
 
@@ -92,6 +94,7 @@ class PreparedFrame:
     points: np.ndarray | None  # PLY vertices (without voxels)
     depth: pa.Table | None  # its DEPTH_SCHEMA row, when depth maps are saved
     voxels: tuple[VoxelSums, VoxelSums] | None = None  # the points' per-voxel sums (with voxels)
+    files: dict[str, dict[str, bytes]] | None = None  # exports' and previews' frame files, by kind
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,7 @@ class FrameFormat:
     conf_threshold: float | None  # None: no point cloud
     save_depth: bool
     voxel_size: float | None = None
+    derived: tuple = ()  # pipeline.exports.writers: exports and previews with frame files
 
 
 def prepare_frame(fmt: FrameFormat, frame: FramePrediction) -> PreparedFrame:
@@ -126,7 +130,8 @@ def prepare_frame(fmt: FrameFormat, frame: FramePrediction) -> PreparedFrame:
     if points is not None and fmt.voxel_size:
         points, voxels = None, voxel_sums(points, fmt.voxel_size)
     depth = _depth_row(fmt.sequence_id, frame) if fmt.save_depth else None
-    return PreparedFrame(row, points, depth, voxels)
+    files = derived_frame_files(fmt.derived, FrameData(frame.index, frame.image, frame.depth)) if fmt.derived else None
+    return PreparedFrame(row, points, depth, voxels, files)
 
 
 def _depth_row(sequence_id: str, frame: FramePrediction) -> pa.Table:
@@ -157,11 +162,16 @@ class SequenceWriter:
     _points: PointCloudBuilder | None = None
     _depth_path: str | None = None
     _depth_writer: pq.ParquetWriter | None = None
+    _derived: DerivedOutputs | None = None
 
     def __post_init__(self) -> None:
         pc = self.spec.point_cloud
         if pc.enabled:
             self._points = PointCloudBuilder(pc.voxel_size)
+        writers = derived_writers(self.spec.exports, self.spec.report)
+        if writers:
+            pre = self.spec.preprocess
+            self._derived = DerivedOutputs(writers, self.sequence_id, pre.size, pre.mode)
         if self.spec.save_depth:
             fd, self._depth_path = tempfile.mkstemp(suffix=".parquet")
             os.close(fd)
@@ -170,9 +180,10 @@ class SequenceWriter:
     @property
     def frame_format(self) -> FrameFormat:
         pc = self.spec.point_cloud
+        derived = self._derived.writers if self._derived is not None else ()
         if not pc.enabled:
-            return FrameFormat(self.sequence_id, None, self.spec.save_depth)
-        return FrameFormat(self.sequence_id, pc.conf_threshold, self.spec.save_depth, pc.voxel_size)
+            return FrameFormat(self.sequence_id, None, self.spec.save_depth, derived=derived)
+        return FrameFormat(self.sequence_id, pc.conf_threshold, self.spec.save_depth, pc.voxel_size, derived)
 
     def add_prepared(self, prepared: PreparedFrame) -> None:
         """Append a prepared frame; frames must come in order."""
@@ -186,6 +197,8 @@ class SequenceWriter:
         self._rows.append(row)
         if prepared.depth is not None:
             self._depth_writer.write_table(prepared.depth)
+        if self._derived is not None:
+            self._derived.add(prepared.files)
 
     def finish(self, store: Store, layout: RunLayout, attempt_id: str) -> StagedOutputs:
         """Write all staged files; returns where they are."""
@@ -205,10 +218,16 @@ class SequenceWriter:
             self._depth_writer = None
             files[DEPTH] = layout.staged(sid, attempt_id, DEPTH)
             store.upload(self._depth_path, files[DEPTH])
+        if self._derived is not None:
+            vertices = self._points.vertices() if self._points is not None else np.empty(0, PLY_DTYPE)
+            by_frame = self.spec.point_cloud.voxel_size is None
+            files.update(self._derived.finish(store, layout, attempt_id, self._rows, vertices, by_frame, True))
         return StagedOutputs(files=files, num_frames=len(self._rows), num_points=num_points)
 
     def close(self) -> None:
         """Release spool files (safe to call more than once)."""
+        if self._derived is not None:
+            self._derived.close()
         if self._points is not None:
             self._points.close()
         if self._depth_writer is not None:

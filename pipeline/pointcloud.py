@@ -173,6 +173,7 @@ class PointCloudBuilder:
         self._grid = VoxelGrid(voxel_size) if voxel_size else None
         self._spool: IO[bytes] | None = None if self._grid else tempfile.TemporaryFile()
         self._count = 0
+        self._voxels: np.ndarray | None = None  # the grid's averages, once computed
 
     def add_voxel_sums(self, sums: tuple[VoxelSums, VoxelSums]) -> None:
         """Add one frame's per-voxel sums (from `voxel_sums`, computed where the frame was prepared)."""
@@ -190,10 +191,22 @@ class PointCloudBuilder:
             self._count += len(points)
         return len(points)
 
+    def vertices(self) -> np.ndarray:
+        """All vertices so far, in PLY order (without voxels: a read-only view of the spool file)."""
+        if self._grid is not None:
+            if self._voxels is None:
+                self._voxels = self._grid.result()
+            return self._voxels
+        assert self._spool is not None
+        if self._count == 0:
+            return np.empty(0, PLY_DTYPE)
+        self._spool.flush()
+        return np.memmap(self._spool, dtype=PLY_DTYPE, mode="r", shape=(self._count,))
+
     def write(self, out: BinaryIO, comment: str = "") -> int:
         """Write the PLY to a binary file object; returns the number of vertices."""
         if self._grid is not None:
-            vertices = self._grid.result()
+            vertices = self.vertices()
             out.write(ply_header(len(vertices), comment))
             out.write(vertices.tobytes())
             return len(vertices)

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
@@ -33,6 +34,19 @@ class RunOutputs:
     def depth(self) -> pa.Table:
         """Depth maps of all committed sequences (empty if the run did not save them)."""
         return self._read(DEPTH, DEPTH_SCHEMA)
+
+    def sequence_frames(self, sequence_id: str) -> list[dict[str, Any]]:
+        """The frames-table rows of one committed sequence, in frame order."""
+        mask = pa.compute.equal(self.frames["sequence_id"], sequence_id)
+        return self.frames.filter(mask).to_pylist()
+
+    def sequence_depth(self, sequence_id: str) -> pa.Table | None:
+        """One committed sequence's depth maps (DEPTH_SCHEMA, frame order), or None if not saved."""
+        uri = self.committed[sequence_id].get("outputs", {}).get(DEPTH)
+        if uri is None:
+            return None
+        table = pq.read_table(io.BytesIO(self.store.read_bytes(uri)), schema=DEPTH_SCHEMA)
+        return table.sort_by([("frame_index", "ascending")])
 
     def point_cloud(self, sequence_id: str) -> np.ndarray:
         """The sequence's PLY vertices (x y z red green blue confidence)."""

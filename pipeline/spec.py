@@ -34,6 +34,8 @@ from zipmap_core.config import ModelConfig
 from zipmap_core.engines.config import EngineConfig
 
 from .errors import SpecError
+from .exports.options import ExportOptions, unique_formats
+from .report.options import ReportSpec
 
 REDACTED = "***"
 REVEAL_SECRETS = "reveal_secrets"  # serialisation context key for in-process, unredacted copies
@@ -197,6 +199,8 @@ class JobSpec(_Section):
     preprocess: PreprocessSpec = Field(default_factory=PreprocessSpec)
     point_cloud: PointCloudSpec = Field(default_factory=PointCloudSpec)
     save_depth: bool = False  # per-frame depth + confidence maps as a Parquet table
+    exports: list[ExportOptions] = Field(default_factory=list)  # colmap, nerfstudio (pipeline.exports)
+    report: ReportSpec = Field(default_factory=ReportSpec)  # previews per sequence, report.html per run
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     retry: RetrySpec = Field(default_factory=RetrySpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
@@ -208,6 +212,11 @@ class JobSpec(_Section):
         if run_id is not None and not _RUN_ID.fullmatch(run_id):
             raise ValueError(f"run_id {run_id!r} must match {_RUN_ID.pattern}")
         return run_id
+
+    @field_validator("exports")
+    @classmethod
+    def _one_of_each(cls, exports: list) -> list:
+        return unique_formats(exports)
 
     @field_validator("output")
     @classmethod
