@@ -9,6 +9,7 @@ and a "move" is a rename locally but a server-side copy + delete on S3.
 from __future__ import annotations
 
 import json
+import mimetypes
 import os
 import posixpath
 import shutil
@@ -119,7 +120,7 @@ class Store:
                 os.fsync(f.fileno())
             os.replace(tmp, path)
         else:
-            self.fs.pipe_file(path, data)  # one PUT: atomic on object stores
+            self.fs.pipe_file(path, data, **self._put_options(uri))  # one PUT: atomic on object stores
 
     def remove_partial_writes(self, folder_uri: str) -> int:
         """Delete the temporary files of atomic writes that never finished (a process killed
@@ -183,6 +184,12 @@ class Store:
         except FileNotFoundError:
             if not missing_ok:
                 raise
+
+    def _put_options(self, uri: str) -> dict[str, str]:
+        """S3 objects carry their media type, so a report or a preview opens in a browser from the
+        bucket (s3fs guesses it for uploaded files, not for written bytes)."""
+        media, _ = mimetypes.guess_type(uri)
+        return {"ContentType": media} if media and self._scheme in ("s3://", "s3a://") else {}
 
     def _parent(self, uri: str) -> None:
         if self.local:

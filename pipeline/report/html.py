@@ -27,16 +27,19 @@ THUMB = 160  # px: previews are shown at half size, full size on click
 
 STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:0 24px 40px;color:#222;background:#fafaf8}
-h1{font-size:22px;margin:20px 0 4px}h2{font-size:17px;margin:24px 0 8px}
+h1{font-size:22px;margin:20px 0 4px}h2{font-size:17px;margin:20px 0 8px}
+.row{display:flex;flex-wrap:wrap;gap:8px 40px}
 table{border-collapse:collapse}td,th{padding:3px 10px;text-align:left;border-bottom:1px solid #e4e4e0}
-th{font-weight:600;background:#f0f0ec}.num{text-align:right;font-variant-numeric:tabular-nums}
-.badge{display:inline-block;padding:1px 8px;border-radius:9px;font-size:12px;color:#fff}
+th{font-weight:600;background:#f0f0ec}
+.badge{display:inline-block;padding:1px 8px;border-radius:9px;font-size:12px;color:#fff;vertical-align:1px}
 .done,.succeeded{background:#2e7d32}.failed{background:#c62828}.partial{background:#ef6c00}
 .pending,.running,.incomplete{background:#757575}
 #cards{display:flex;flex-wrap:wrap;gap:12px}.card{background:#fff;border:1px solid #ddd;border-radius:6px;
-padding:8px 10px;width:350px}.card h3{font-size:14px;margin:0 0 4px;word-break:break-all}
-.card img{width:160px;height:160px;object-fit:contain;background:#f6f6f4;border:1px solid #eee}
-.card .err{color:#c62828;font-size:12px;word-break:break-word}.small{font-size:12px;color:#555}
+padding:8px 10px;width:336px}.card h3{font-size:14px;margin:0 0 6px;word-break:break-all}
+.card img{width:160px;height:160px;object-fit:contain;background:#f6f6f4;border:1px solid #eee;margin-right:2px}
+.nums{display:grid;grid-template-columns:auto auto auto auto;gap:0 8px;margin:4px 0;font-size:12px}
+.nums dt{color:#666}.nums dd{margin:0;text-align:right;font-variant-numeric:tabular-nums}
+.err{color:#c62828;font-size:12px;word-break:break-word}.small{font-size:12px;color:#555}
 .hidden{display:none}#filter{margin:0 8px 12px 0;padding:3px 6px}
 """
 
@@ -111,10 +114,11 @@ def render_report(store: Store, layout: RunLayout, committed: dict[str, dict[str
         f"<title>run {html.escape(summary.run_id)}</title><style>{STYLE}</style></head><body>",
         f"<h1>zipmap-pipeline run {html.escape(summary.run_id)}</h1>",
         f"<div class=small>report written {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M:%S')} UTC</div>",
-        "<h2>Summary</h2>",
-        _table([(k, v) for k, v in rows]),
-        "<h2>Settings</h2>",
+        "<div class=row><div><h2>Summary</h2>",
+        _table(rows),
+        "</div><div><h2>Settings</h2>",
         _table(_settings(spec)),
+        "</div></div>",
     ]
     failed = [r for r in records.values() if r.status == "failed"]
     if failed:
@@ -180,18 +184,19 @@ def _card(record: SequenceRecord, marker: dict[str, Any] | None, stats: dict[str
     numbers = [
         ("frames", _fmt(record.num_frames)),
         ("points", _fmt(record.num_points)),
-        ("infer / total", f"{_fmt(record.infer_s, '.2f')} / {_fmt(record.total_s, '.2f')} s"),
+        ("infer", f"{_fmt(record.infer_s, '.2f')} s"),
+        ("total", f"{_fmt(record.total_s, '.2f')} s"),
     ]
     if stats:
         numbers += [
-            ("path length", _fmt(stats.get("path_length"), ".3g")),
-            ("median depth", _fmt(stats.get("median_depth"), ".3g")),
-            ("camera conf.", _fmt(stats.get("camera_conf"), ".3g")),
+            ("path", _fmt(stats.get("path_length"), ".3g")),
+            ("depth", _fmt(stats.get("median_depth"), ".3g")),
+            ("conf.", _fmt(stats.get("camera_conf"), ".3g")),
+            ("scene", _fmt(stats.get("scene_scale"), ".3g")),
         ]
     body = [
         f"<div class=card data-id='{html.escape(sid)}' data-status={record.status}>",
         f"<h3>{html.escape(sid)} {_badge(record.status)}</h3>",
-        "<table>" + "".join(f"<tr><td>{k}</td><td class=num>{v}</td></tr>" for k, v in numbers) + "</table>",
     ]
     if PREVIEWS in outputs:
         body.append(
@@ -201,6 +206,7 @@ def _card(record: SequenceRecord, marker: dict[str, Any] | None, stats: dict[str
                 for name, alt in ((TRAJECTORY, "top-down trajectory"), (POINTS_VIEW, "point cloud"))
             )
         )
+    body.append("<dl class=nums>" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in numbers) + "</dl>")
     links = []
     if PREVIEWS in outputs:
         links.append(f"<a href='{PREVIEWS}/{sid}/{SCENE}'>scene.glb</a>")

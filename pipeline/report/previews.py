@@ -112,11 +112,13 @@ def trajectory_plot(centres: np.ndarray, c2w: np.ndarray, xyz: np.ndarray) -> Im
     basis = np.stack([first, np.cross(up, first)])  # [2, 3]: the ground plane
     path = centres @ basis.T
     cloud = xyz @ basis.T
+    # framed on the path (its surroundings as context, at least 30% of the cloud's extent)
     extent = path if len(path) else np.zeros((1, 2))
-    if len(cloud) >= 10:
-        extent = np.concatenate([extent, np.percentile(cloud, [2, 98], axis=0)])
     lo, hi = extent.min(0), extent.max(0)
-    span = float(max((hi - lo).max(), 1e-9))
+    span = 1.5 * float((hi - lo).max())
+    if len(cloud) >= 10:
+        span = max(span, 0.3 * float((np.percentile(cloud, 95, axis=0) - np.percentile(cloud, 5, axis=0)).max()))
+    span = max(span, 1e-9)
     margin = 16
     pixels = (PLOT_SIZE - 2 * margin) / span
 

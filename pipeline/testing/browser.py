@@ -80,3 +80,33 @@ def load_page(driver: Any, url: str) -> PageLoad:
         images_loaded=int(timing["done"]),
         images_total=int(timing["total"]),
     )
+
+
+def screenshot(driver: Any, path: str, *, full_page: bool = True, max_height: int = 8000) -> None:
+    """A PNG of the page (its whole height, up to `max_height` pixels, when `full_page`)."""
+    if full_page:
+        width = driver.get_window_size()["width"]
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(width, min(int(height) + 100, max_height))
+    driver.save_screenshot(path)
+
+
+def wait_for_images(driver: Any, timeout_s: float = 10.0) -> int:
+    """Scroll through the whole page (so lazy images load), wait until every image has loaded;
+    returns how many there are."""
+    import time
+
+    driver.execute_script("window.scrollTo(0, document.documentElement.scrollHeight)")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        pending = driver.execute_script(
+            "const imgs = Array.from(document.images); imgs.forEach(i => i.loading = 'eager');"
+            "return imgs.filter(i => !(i.complete && i.naturalWidth > 0)).length"
+        )
+        if pending == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    driver.execute_script("window.scrollTo(0, 0)")
+    if pending:
+        raise TimeoutError(f"{pending} images did not load within {timeout_s} s")
+    return int(driver.execute_script("return document.images.length"))
