@@ -112,13 +112,12 @@ def trajectory_plot(centres: np.ndarray, c2w: np.ndarray, xyz: np.ndarray) -> Im
     basis = np.stack([first, np.cross(up, first)])  # [2, 3]: the ground plane
     path = centres @ basis.T
     cloud = xyz @ basis.T
-    # framed on the path (its surroundings as context, at least 30% of the cloud's extent)
+    # framed on the path and the middle of the cloud around it (10th to 90th percentile)
     extent = path if len(path) else np.zeros((1, 2))
-    lo, hi = extent.min(0), extent.max(0)
-    span = 1.5 * float((hi - lo).max())
     if len(cloud) >= 10:
-        span = max(span, 0.3 * float((np.percentile(cloud, 95, axis=0) - np.percentile(cloud, 5, axis=0)).max()))
-    span = max(span, 1e-9)
+        extent = np.concatenate([extent, np.percentile(cloud, [10, 90], axis=0)])
+    lo, hi = extent.min(0), extent.max(0)
+    span = max(1.1 * float((hi - lo).max()), 1e-9)
     margin = 16
     pixels = (PLOT_SIZE - 2 * margin) / span
 
