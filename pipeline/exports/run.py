@@ -84,8 +84,7 @@ def write_derived(
     from ..api import load_run_spec
 
     run_uri = run_uri.rstrip("/")
-    if not Store(run_uri, storage).exists(RunLayout(run_uri).spec):
-        raise SpecError(f"{run_uri} is not a run folder (it has no spec.json)")
+    require_run_folder(Store(run_uri, storage), RunLayout(run_uri))
     spec = load_run_spec(run_uri, storage=storage)
     outputs = read_outputs(run_uri, spec.storage)
     if not outputs.committed:
@@ -111,6 +110,12 @@ def write_derived(
     finally:
         _remove_empty_staging(outputs, chosen)
     return result
+
+
+def require_run_folder(store: Store, layout: RunLayout) -> None:
+    """SpecError unless `layout` is a run's folder (it has the spec every run writes first)."""
+    if not store.exists(layout.spec):
+        raise SpecError(f"{layout.run_uri} is not a run folder (it has no spec.json)")
 
 
 def export_sequence(

@@ -16,8 +16,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from zipmap_core.images import input_to_source
-
 SAMPLE_SEED = 0  # point samples are deterministic: the same cloud gives the same sample
 
 
@@ -93,6 +91,8 @@ class Camera:
         return np.stack([(uv[:, 0] + m.offset_x) * m.scale_x, (uv[:, 1] + m.offset_y) * m.scale_y], axis=1)
 
     def _source_map(self, size: int, mode: str):
+        from zipmap_core.images import input_to_source  # torch: not in the frame-writer processes
+
         return input_to_source(self.source_width, self.source_height, size=size, mode=mode)
 
 

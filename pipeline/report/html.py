@@ -73,8 +73,11 @@ def write_report(
 ) -> str:
     """Write `<run>/report.html` (making missing previews first, unless `fill_previews` is
     False); returns its URI."""
+    from ..exports.run import require_run_folder
+
     run_uri = run_uri.rstrip("/")
     store, layout = Store(run_uri, storage), RunLayout(run_uri)
+    require_run_folder(store, layout)
     committed = committed_sequences(store, layout)
     missing = [sid for sid, marker in committed.items() if PREVIEWS not in marker.get("outputs", {})]
     if fill_previews and missing:

@@ -81,3 +81,11 @@ def test_scaling_benchmark_reports_differences():
         "sequences differ: ['b']",
         "frames tables have 2 and 1 rows",
     ]
+
+
+def test_exports_benchmark_smoke(ray_cluster, tmp_path, capsys):
+    result = _load("exports").main(["--frames", "3", "--size", "112", "--workdir", str(tmp_path)])
+    assert set(result["exports"]) == {"colmap", "colmap (text too)", "nerfstudio", "previews"}
+    assert all(r["seconds"] > 0 and r["bytes"] > 0 for r in result["exports"].values())
+    assert result["exports"]["colmap (text too)"]["bytes"] > result["exports"]["colmap"]["bytes"]
+    assert "| colmap |" in capsys.readouterr().out
