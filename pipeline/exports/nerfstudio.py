@@ -47,8 +47,8 @@ class NerfstudioWriter:
         document = transforms(sequence, self.options, with_depth=self.options.depth and has_depth)
         if self.options.images == "source" and not local_sources:
             document["zipmap"]["note"] = "file_path values are the source frames' URIs; nerfstudio reads local files"
-        if self.options.points:
-            sample = sequence.sample(self.options.points)
+        sample = sequence.sample(self.options.points)
+        if len(sample.vertices):  # splatfacto initialises from these (randomly without)
             with open(os.path.join(folder, POINTS_FILE), "wb") as f:
                 f.write(ply_header(len(sample.vertices), f"zipmap-pipeline sequence {sequence.sequence_id}"))
                 f.write(np.ascontiguousarray(sample.vertices).tobytes())

@@ -92,7 +92,7 @@ def statistics(sequence: ExportSequence, centres: np.ndarray, scale: float) -> d
 
 def _png(image: Image.Image) -> bytes:
     buf = io.BytesIO()
-    image.save(buf, format="PNG", optimize=True)
+    image.save(buf, format="PNG")
     return buf.getvalue()
 
 

@@ -54,12 +54,17 @@ def write_sources(folder: Path, frames: list[FramePrediction], scale: int = 1) -
     return paths
 
 
-def commit_run(spec: JobSpec, sequences: dict[str, tuple[list[FramePrediction], list[str]]]) -> str:
-    """Write and commit every sequence as a model actor and the coordinator would; returns the run URI."""
+def commit_run(
+    spec: JobSpec,
+    sequences: dict[str, tuple[list[FramePrediction], list[str]]],
+    source_size: tuple[int, int] | None = None,
+) -> str:
+    """Write and commit every sequence as a model actor and the coordinator would; returns the run
+    URI. The sources' sizes are read from the files unless given."""
     store, layout = Store(spec.run_uri, spec.storage), RunLayout(spec.run_uri)
     store.write_bytes(layout.spec, spec.to_json().encode())
     for sid, (frames, uris) in sequences.items():
-        sizes = [Image.open(u).size for u in uris]
+        sizes = [source_size or Image.open(u).size for u in uris]
         writer = SequenceWriter(spec, sid, uris, sizes)
         try:
             for frame in frames:
@@ -67,5 +72,5 @@ def commit_run(spec: JobSpec, sequences: dict[str, tuple[list[FramePrediction], 
             staged = writer.finish(store, layout, "attempt1")
         finally:
             writer.close()
-        commit_sequence(store, layout, sid, "attempt1", staged, {"source_uri": str(Path(uris[0]).parent)})
+        commit_sequence(store, layout, sid, "attempt1", staged, {"source_uri": uris[0].split("#")[0]})
     return spec.run_uri

@@ -1,0 +1,84 @@
+"""Exports of runs made with other settings: voxel-averaged clouds, no point cloud, video input."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pycolmap
+import pytest
+from PIL import Image
+
+from pipeline import read_outputs
+from pipeline.decode import decode_sequence
+from pipeline.discovery import SequenceSource
+from pipeline.exports.run import export_run
+
+from ..conftest import make_spec
+from .ground_truth import HEIGHT, WIDTH, commit_run, ground_truth_frames, write_sources
+
+
+def test_voxel_clouds_export_points_without_tracks(tmp_path):
+    """Voxel-averaged points belong to no single frame: points3D with empty tracks, still read."""
+    frames = ground_truth_frames("room_orbit", num_frames=3)
+    spec = make_spec(
+        tmp_path / "in", tmp_path / "out", None, run_id="vox", model__allow_random_weights="true",
+        point_cloud__voxel_size=0.05, exports="[{format: colmap, points: 1000}, nerfstudio]", report__points=1000,
+    )
+    run_uri = commit_run(spec, {"s": (frames, write_sources(tmp_path / "in" / "s", frames))})
+    rec = pycolmap.Reconstruction(os.path.join(run_uri, "exports", "colmap", "s", "sparse", "0"))
+    assert rec.num_points3D() == 1000 and rec.num_images() == 3
+    assert all(len(p.track.elements) == 0 for p in rec.points3D.values())
+    assert all(image.num_points2D() == 0 for image in rec.images.values())
+    cloud = read_outputs(run_uri).point_cloud("s")
+    assert len(cloud) < sum(int((f.depth > 0).sum()) for f in frames)  # voxels merged points
+    doc = json.load(open(os.path.join(run_uri, "exports", "nerfstudio", "s", "transforms.json")))
+    assert doc["ply_file_path"] == "sparse_pc.ply"
+
+
+def test_without_a_point_cloud_the_exports_have_cameras_only(tmp_path):
+    frames = ground_truth_frames("room_orbit", num_frames=2)
+    spec = make_spec(
+        tmp_path / "in", tmp_path / "out", None, run_id="nopc", model__allow_random_weights="true",
+        point_cloud__enabled="false", exports="[colmap, nerfstudio]",
+    )
+    run_uri = commit_run(spec, {"s": (frames, write_sources(tmp_path / "in" / "s", frames))})
+    rec = pycolmap.Reconstruction(os.path.join(run_uri, "exports", "colmap", "s", "sparse", "0"))
+    assert (rec.num_images(), rec.num_points3D()) == (2, 0)
+    folder = os.path.join(run_uri, "exports", "nerfstudio", "s")
+    assert "ply_file_path" not in json.load(open(os.path.join(folder, "transforms.json")))
+    assert not os.path.exists(os.path.join(folder, "sparse_pc.ply"))
+    assert os.path.exists(os.path.join(run_uri, "previews", "s", "trajectory.png"))
+
+
+def test_exports_of_a_video_run_decode_the_frames_again(tmp_path):
+    """A finished run from a video: `export` decodes the same frames (stride included) as the run."""
+    av = pytest.importorskip("av")
+    frames = ground_truth_frames("objects_walk", num_frames=5)
+    video = tmp_path / "in" / "walk.mp4"
+    video.parent.mkdir(parents=True)
+    with av.open(str(video), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        for f in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(f.image, format="rgb24")))
+        container.mux(stream.encode())
+    spec = make_spec(
+        tmp_path / "in", tmp_path / "out", None, run_id="vid", model__allow_random_weights="true",
+        input__frame_stride=2, report__enabled="false",
+    )
+    kept = [f.__class__(**{**f.__dict__, "index": i}) for i, f in enumerate(frames[::2])]
+    uris = [f"{video}#frame={i}" for i in (0, 2, 4)]
+    run_uri = commit_run(spec, {"walk": (kept, uris)}, source_size=(WIDTH, HEIGHT))
+
+    result = export_run(run_uri, [{"format": "colmap", "image_format": "png", "points": 100}])
+    assert list(result.done) == ["walk"], result.failed
+    decoded = decode_sequence(SequenceSource(sequence_id="walk", kind="video", uri=str(video)), spec)
+    assert decoded.frame_uris == uris
+    for i in range(3):
+        path = os.path.join(run_uri, "exports", "colmap", "walk", "images", f"frame_{i:05d}.png")
+        np.testing.assert_array_equal(np.asarray(Image.open(path)), decoded.pixels[i].transpose(1, 2, 0))
+
+    linked = export_run(run_uri, [{"format": "colmap", "images": "source"}])
+    assert "is a frame of a video: export it with images: copy" in linked.failed["walk"]
