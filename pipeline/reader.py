@@ -46,7 +46,10 @@ class RunOutputs:
         if uri is None:
             return None
         table = pq.read_table(io.BytesIO(self.store.read_bytes(uri)), schema=DEPTH_SCHEMA)
-        return table.sort_by([("frame_index", "ascending")])
+        order = table.column("frame_index").to_numpy()
+        if (order[1:] < order[:-1]).any():  # written in frame order; sorting copies every map
+            table = table.sort_by([("frame_index", "ascending")])
+        return table
 
     def point_cloud(self, sequence_id: str) -> np.ndarray:
         """The sequence's PLY vertices (x y z red green blue confidence)."""

@@ -127,7 +127,8 @@ def export_sequence(
     rows = outputs.sequence_frames(sequence_id)
     record = outputs.committed[sequence_id]
     vertices = outputs.point_cloud(sequence_id) if POINTS in record.get("outputs", {}) else np.empty(0, PLY_DTYPE)
-    depth = outputs.sequence_depth(sequence_id) if DEPTH in record.get("outputs", {}) else None
+    wants_depth = any(_needs_depth(w) for w in writers)
+    depth = outputs.sequence_depth(sequence_id) if wants_depth and DEPTH in record.get("outputs", {}) else None
     attempt_id = f"export-{uuid.uuid4().hex[:12]}"
     derived = DerivedOutputs(writers, sequence_id, spec.preprocess.size, spec.preprocess.mode)
     try:
@@ -141,7 +142,7 @@ def export_sequence(
                     maps.get(int(row["frame_index"])),
                 )
                 derived.add(derived_frame_files(writers, frame))
-        if depth is None and any(getattr(w.options, "depth", False) for w in writers):
+        if depth is None and wants_depth:
             logger.warning("%s: the run saved no depth maps (save_depth: false); exporting without depth", sequence_id)
         by_frame = spec.point_cloud.voxel_size is None
         staged = derived.finish(store, layout, attempt_id, rows, vertices, by_frame, depth is not None)
@@ -166,19 +167,30 @@ def _remove_empty_staging(outputs: RunOutputs, sequence_ids: Sequence[str]) -> N
 
 
 def _needs_frames(writer: DerivedWriter) -> bool:
-    return _needs_images(writer) or bool(getattr(writer.options, "depth", False))
+    return _needs_images(writer) or _needs_depth(writer)
 
 
 def _needs_images(writer: DerivedWriter) -> bool:
     return getattr(writer.options, "images", None) == "copy"
 
 
+def _needs_depth(writer: DerivedWriter) -> bool:
+    return bool(getattr(writer.options, "depth", False))
+
+
 def _depth_maps(table) -> dict[int, np.ndarray]:
+    """frame index -> [H, W] float32 depth, straight from the Arrow buffers (no Python floats)."""
     if table is None:
         return {}
+    flat = table.column("depth").combine_chunks().flatten().to_numpy()
+    sizes = table.column("height").to_numpy().astype(np.int64) * table.column("width").to_numpy()
+    starts = np.concatenate([[0], np.cumsum(sizes)])
     return {
-        int(r["frame_index"]): np.asarray(r["depth"], np.float32).reshape(r["height"], r["width"])
-        for r in table.to_pylist()
+        int(index): flat[starts[i] : starts[i + 1]].reshape(int(h), int(w))
+        for i, (index, h, w) in enumerate(
+            zip(table.column("frame_index").to_pylist(), table.column("height").to_pylist(),
+                table.column("width").to_pylist())
+        )
     }
 
 

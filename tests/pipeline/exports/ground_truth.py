@@ -20,6 +20,8 @@ from pipeline.storage import Store
 from zipmap_core.engines.results import FramePrediction
 from zipmap_core.synthetic import generate_sequence
 
+from ..conftest import make_spec
+
 WIDTH, HEIGHT = 112, 84  # a multiple of 14 wide and high: preprocessing at size 112 keeps the images as they are
 SCENES = {"room_orbit": (11, "room", "orbit"), "objects_walk": (12, "objects", "walkthrough")}
 
@@ -74,3 +76,12 @@ def commit_run(
             writer.close()
         commit_sequence(store, layout, sid, "attempt1", staged, {"source_uri": uris[0].split("#")[0]})
     return spec.run_uri
+
+
+def ground_truth_run(root: Path, num_frames: int = 5, **fields) -> tuple[str, dict[str, list[FramePrediction]]]:
+    """Every scene of SCENES committed into `<root>/out/gt`, with spec `fields` as in make_spec;
+    returns (run URI, frames by sequence id)."""
+    frames = {name: ground_truth_frames(name, num_frames) for name in SCENES}
+    sequences = {name: (f, write_sources(root / "in" / name, f)) for name, f in frames.items()}
+    spec = make_spec(root / "in", root / "out", None, run_id="gt", model__allow_random_weights="true", **fields)
+    return commit_run(spec, sequences), frames

@@ -16,21 +16,18 @@ from pipeline.exports.run import export_run
 from zipmap_core.geometry import matrix_to_quaternion
 
 from ..conftest import make_spec
-from .ground_truth import HEIGHT, SCENES, WIDTH, commit_run, ground_truth_frames, write_sources
+from .ground_truth import HEIGHT, WIDTH, commit_run, ground_truth_frames, ground_truth_run, write_sources
 
 POINTS = 3000
 
 
 @pytest.fixture(scope="module")
 def gt_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("colmap")
-    frames = {name: ground_truth_frames(name) for name in SCENES}
-    sequences = {name: (f, write_sources(root / "in" / name, f)) for name, f in frames.items()}
-    spec = make_spec(
-        root / "in", root / "out", None, run_id="gt", model__allow_random_weights="true",
-        exports=f"[{{format: colmap, model_format: both, points: {POINTS}}}]", report__enabled="false",
+    run_uri, frames = ground_truth_run(
+        tmp_path_factory.mktemp("colmap"), exports=f"[{{format: colmap, model_format: both, points: {POINTS}}}]",
+        report__enabled="false",
     )
-    return {"run_uri": commit_run(spec, sequences), "frames": frames, "root": root}
+    return {"run_uri": run_uri, "frames": frames}
 
 
 def _model(run_uri: str, name: str, reader: str = "read_binary") -> pycolmap.Reconstruction:

@@ -19,22 +19,18 @@ from PIL import Image
 
 from pipeline.exports.encode import decode_depth
 
-from ..conftest import make_spec, parse_ply
-from .ground_truth import HEIGHT, SCENES, WIDTH, commit_run, ground_truth_frames, write_sources
+from ..conftest import parse_ply
+from .ground_truth import HEIGHT, SCENES, WIDTH, ground_truth_run
 
 POINTS = 3000
 
 
 @pytest.fixture(scope="module")
 def ns_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("nerfstudio")
-    frames = {name: ground_truth_frames(name) for name in SCENES}
-    sequences = {name: (f, write_sources(root / "in" / name, f)) for name, f in frames.items()}
-    spec = make_spec(
-        root / "in", root / "out", None, run_id="gt", model__allow_random_weights="true",
-        exports=f"[{{format: nerfstudio, points: {POINTS}}}]", report__enabled="false",
+    run_uri, frames = ground_truth_run(
+        tmp_path_factory.mktemp("nerfstudio"), exports=f"[{{format: nerfstudio, points: {POINTS}}}]",
+        report__enabled="false",
     )
-    run_uri = commit_run(spec, sequences)
     folders = {name: os.path.join(run_uri, "exports", "nerfstudio", name) for name in SCENES}
     docs = {name: json.load(open(os.path.join(folder, "transforms.json"))) for name, folder in folders.items()}
     return {"frames": frames, "folders": folders, "docs": docs}

@@ -22,14 +22,6 @@ from ..conftest import make_spec, write_sequence
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.fixture(scope="module")
-def s3():
-    with LocalS3() as server:
-        server.create_bucket("capture")
-        server.create_bucket("results")
-        yield server
-
-
 def test_exports_and_report_on_s3(ray_cluster, tiny_checkpoint, tmp_path, s3, capsys):
     fs = s3fs.S3FileSystem(endpoint_url=s3.endpoint_url)
     for name, n in (("walk", 3), ("turn", 2)):

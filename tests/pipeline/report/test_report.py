@@ -23,8 +23,7 @@ from pipeline.report.html import write_report
 from pipeline.storage import Store
 from pipeline.testing.browser import chromium, load_page, screenshot, wait_for_images
 
-from ..conftest import make_spec
-from ..exports.ground_truth import SCENES, commit_run, ground_truth_frames, write_sources
+from ..exports.ground_truth import SCENES, ground_truth_run
 
 pytestmark = pytest.mark.timeout(300)
 PREVIEW_POINTS = 2000
@@ -40,16 +39,12 @@ def _artifact(name: str) -> str | None:
 
 @pytest.fixture(scope="module")
 def gt_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("report")
-    frames = {name: ground_truth_frames(name, num_frames=6) for name in SCENES}
-    sequences = {name: (f, write_sources(root / "in" / name, f)) for name, f in frames.items()}
-    spec = make_spec(
-        root / "in", root / "out", None, run_id="gt", model__allow_random_weights="true",
-        exports="[{format: colmap, points: 1000}]", report__points=PREVIEW_POINTS,
+    run_uri, frames = ground_truth_run(
+        tmp_path_factory.mktemp("report"), num_frames=6, exports="[{format: colmap, points: 1000}]",
+        report__points=PREVIEW_POINTS,
     )
-    run_uri = commit_run(spec, sequences)
     write_report(run_uri)
-    return {"run_uri": run_uri, "frames": frames, "spec": spec, "root": root}
+    return {"run_uri": run_uri, "frames": frames}
 
 
 def test_glb_holds_the_sampled_points_and_one_frustum_per_camera(gt_run):
