@@ -18,6 +18,7 @@ import posixpath
 
 import numpy as np
 
+from ..errors import InputError
 from .encode import encode_image
 from .options import ColmapExport
 from .sequence import ExportSequence, FrameData, frame_file_name, rgb_of, xyz_of
@@ -61,9 +62,10 @@ def image_name(sequence: ExportSequence, position: int, options: ColmapExport) -
 
 
 def source_name(uri: str) -> str:
-    """The file name of a source frame; frames inside a video cannot be linked."""
+    """The file name of a source frame; frames inside a video cannot be linked (an input error:
+    the sequence fails once, with this message, instead of being retried)."""
     if "#frame=" in uri:
-        raise ValueError(f"{uri} is a frame of a video: export it with images: copy")
+        raise InputError(f"{uri} is a frame of a video: export it with images: copy")
     return posixpath.basename(uri)
 
 

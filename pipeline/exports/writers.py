@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..layout import RunLayout
+from ..overlap import scratch_prefix
 from ..report.options import ReportSpec
 from ..storage import Store
 from .options import ColmapExport, NerfstudioExport
@@ -68,7 +69,7 @@ class DerivedOutputs:
         self.writers = tuple(writers)
         self.sequence_id = sequence_id
         self._size, self._mode = size, mode
-        self._dir: str | None = tempfile.mkdtemp(prefix="zipmap-derived-")
+        self._dir: str | None = tempfile.mkdtemp(prefix=f"{scratch_prefix()}derived-")
 
     def add(self, files: dict[str, dict[str, bytes]] | None) -> None:
         for kind, named in (files or {}).items():

@@ -89,3 +89,9 @@ def test_exports_benchmark_smoke(ray_cluster, tmp_path, capsys):
     assert all(r["seconds"] > 0 and r["bytes"] > 0 for r in result["exports"].values())
     assert result["exports"]["colmap (text too)"]["bytes"] > result["exports"]["colmap"]["bytes"]
     assert "| colmap |" in capsys.readouterr().out
+
+
+def test_report_load_benchmark_smoke(ray_cluster, tmp_path, capsys):
+    result = _load("report_load").main(["--sequences", "3", "--loads", "1", "--workdir", str(tmp_path)])
+    assert result["images"] == 6 and result["load_ms"] > 0 and result["html_bytes"] > 0
+    assert "DOMContentLoaded" in capsys.readouterr().out
