@@ -51,7 +51,8 @@ def ray_cluster():
 
 @pytest.fixture(scope="module")
 def s3():
-    """A local S3 endpoint (moto's server over HTTP) with the buckets `capture` and `results`."""
+    """A local S3 endpoint (moto's server over HTTP) with the buckets `capture` and `results`.
+    moto keeps its buckets per process, not per server: give each test its own prefixes."""
     from pipeline.testing.s3server import LocalS3
 
     with LocalS3() as server:

@@ -26,13 +26,13 @@ def test_exports_and_report_on_s3(ray_cluster, tiny_checkpoint, tmp_path, s3, ca
     fs = s3fs.S3FileSystem(endpoint_url=s3.endpoint_url)
     for name, n in (("walk", 3), ("turn", 2)):
         write_sequence(tmp_path / "in" / name, n, seed=n)
-    fs.put(str(tmp_path / "in") + "/", "capture/takes/", recursive=True)
+    fs.put(str(tmp_path / "in") + "/", "capture/export-takes/", recursive=True)
     spec = make_spec(
-        "s3://capture/takes", "s3://results/recon", tiny_checkpoint, run_id="s3x",
+        "s3://capture/export-takes", "s3://results/export-recon", tiny_checkpoint, run_id="s3x",
         storage__endpoint_url=s3.endpoint_url, exports="[{format: colmap, points: 2000}]", report__points=2000,
     )
     assert run_job(spec).done == 2
-    run = "results/recon/s3x"
+    run = "results/export-recon/s3x"
     fs.invalidate_cache()
     assert not fs.exists(f"{run}/_staging")
     outputs = read_outputs(spec.run_uri, StorageSpec(endpoint_url=s3.endpoint_url))
