@@ -18,7 +18,7 @@ from collections.abc import Callable
 import yaml
 from tqdm import tqdm
 
-from .errors import InfrastructureError, SpecError
+from .errors import PipelineError, SpecError, storage_error
 from .spec import StorageSpec
 
 
@@ -54,11 +54,12 @@ def _export(args: argparse.Namespace) -> int:
 
     formats = parse_exports([_format(f) for f in args.formats])
     with _progress(args, "export") as done:
+        storage = args.storage(args)
         result = _guard_store(
             args.run_uri,
+            storage,
             lambda: export_run(
-                args.run_uri, formats, sequences=args.sequences, storage=args.storage(args), workers=args.workers,
-                on_done=done,
+                args.run_uri, formats, sequences=args.sequences, storage=storage, workers=args.workers, on_done=done
             ),
         )
     print(json.dumps({"run_uri": args.run_uri.rstrip("/"), "exported": result.done, "failed": result.failed}, indent=2))
@@ -69,11 +70,12 @@ def _report(args: argparse.Namespace) -> int:
     from .report.html import write_report
 
     with _progress(args, "previews") as done:
+        storage = args.storage(args)
         uri = _guard_store(
             args.run_uri,
+            storage,
             lambda: write_report(
-                args.run_uri, storage=args.storage(args), fill_previews=not args.no_previews, workers=args.workers,
-                on_done=done,
+                args.run_uri, storage=storage, fill_previews=not args.no_previews, workers=args.workers, on_done=done
             ),
         )
     print(json.dumps({"report": uri}))
@@ -89,15 +91,14 @@ def _format(value: str):
     return parsed if isinstance(parsed, dict) else value
 
 
-def _guard_store(run_uri: str, work: Callable):
+def _guard_store(run_uri: str, storage: StorageSpec, work: Callable):
+    """The work's result; a store that fails us is one line that says why (exit 3)."""
     try:
         return work()
-    except (SpecError, InfrastructureError):
+    except PipelineError:
         raise
-    except FileNotFoundError as exc:
-        raise SpecError(f"{run_uri} is not a run folder (missing {exc})") from None
-    except OSError as exc:
-        raise InfrastructureError(f"cannot use {run_uri}: {exc}") from exc
+    except Exception as exc:
+        raise storage_error(exc, run_uri, endpoint_url=storage.endpoint_url, doing="use") from exc
 
 
 class _progress:

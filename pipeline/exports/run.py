@@ -8,7 +8,6 @@ bit for bit), writes the same files a run with `exports:` writes, and commits th
 
 from __future__ import annotations
 
-import logging
 import os
 import posixpath
 import uuid
@@ -25,13 +24,14 @@ from ..errors import SpecError
 from ..layout import DEPTH, POINTS, RunLayout
 from ..pointcloud import PLY_DTYPE
 from ..reader import RunOutputs, read_outputs
+from ..redaction import get_logger
 from ..spec import JobSpec, StorageSpec
 from ..storage import Store
 from .options import FORMATS, ExportOptions, unique_formats
 from .sequence import FrameData
 from .writers import DerivedOutputs, DerivedWriter, derived_frame_files, derived_writers
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 def parse_exports(formats: Sequence[Any]) -> list[Any]:

@@ -11,18 +11,18 @@ from __future__ import annotations
 import datetime as dt
 import html
 import json
-import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..commit import committed_sequences
 from ..layout import EXPORTS, POINTS, PREVIEWS, RunLayout
 from ..manifest import RunSummary, SequenceRecord, read_manifest
+from ..redaction import get_logger
 from ..spec import StorageSpec
 from ..storage import Store
 from .previews import POINTS_VIEW, SCENE, STATS, TRAJECTORY
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 THUMB = 160  # px: previews are shown at half size, full size on click
 
 STYLE = """
