@@ -14,13 +14,12 @@ import json
 import time
 from typing import Any
 
-from .layout import DEPTH, EXPORTS, FRAMES, POINTS, PREVIEWS, RunLayout
+from .layout import EXPORTS, OUTPUT_KINDS, PREVIEWS, RunLayout
 from .outputs import StagedOutputs
 from .redaction import get_logger, redact
 from .storage import Store
 
 logger = get_logger(__name__)
-OUTPUT_KINDS = (FRAMES, POINTS, DEPTH)
 
 
 def commit_sequence(
@@ -92,7 +91,7 @@ def commit_derived(
         store.move(staged_uri, final)
         outputs[kind] = final
     marker["outputs"] = outputs
-    store.write_json(layout.commit_marker(sequence_id), marker)
+    store.write_json(layout.commit_marker(sequence_id), redact(marker))
     return marker
 
 
@@ -121,17 +120,14 @@ def clean_uncommitted(store: Store, layout: RunLayout, committed: set[str]) -> N
         logger.warning("could not clean up %s: %s", layout.staging_root, exc)
     for folder in (layout.commits, layout.run_uri):
         store.remove_partial_writes(folder)
-    for kind in (FRAMES, DEPTH):
+    for kind in (*OUTPUT_KINDS, *folder_kinds(store, layout)):
         for entry in store.ls(layout.dataset_dir(kind)):
-            name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
-            if name.startswith("sequence_id=") and name[len("sequence_id=") :] not in committed:
+            owner = layout.owner_sequence(kind, entry["name"])
+            if owner is not None and owner not in committed:
                 store.delete(store.uri(entry["name"]))
-    for entry in store.ls(layout.dataset_dir(POINTS)):
-        name = entry["name"].rsplit("/", 1)[-1]
-        if name.endswith(".ply") and name[: -len(".ply")] not in committed:
-            store.delete(store.uri(entry["name"]))
-    exports = [f"{EXPORTS}/{e['name'].rstrip('/').rsplit('/', 1)[-1]}" for e in store.ls(layout.dataset_dir(EXPORTS))]
-    for kind in (PREVIEWS, *exports):  # folder outputs: <kind>/<id>/
-        for entry in store.ls(layout.dataset_dir(kind)):
-            if entry["name"].rstrip("/").rsplit("/", 1)[-1] not in committed:
-                store.delete(store.uri(entry["name"]))
+
+
+def folder_kinds(store: Store, layout: RunLayout) -> list[str]:
+    """The folder outputs a run may hold: the previews, and one kind per export format found."""
+    formats = [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in store.ls(layout.dataset_dir(EXPORTS))]
+    return [PREVIEWS, *(f"{EXPORTS}/{name}" for name in formats)]

@@ -287,6 +287,7 @@ class Coordinator:
                     "source_uri": record.source_uri,
                     "attempt": record.attempts,
                     "worker": result.worker,
+                    "engine": result.engine,
                     "timings": timings,
                 },
             )

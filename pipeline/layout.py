@@ -7,6 +7,7 @@
   frames/sequence_id=<id>/part-0.parquet per-frame cameras and depth statistics
   depth/sequence_id=<id>/part-0.parquet  per-frame depth + confidence maps (save_depth)
   points/<id>.ply                        the sequence's point cloud
+  states/<id>.safetensors                its scene state (scene_state.enabled)
   previews/<id>/                         trajectory and point-cloud PNGs, GLB scene (report.enabled)
   exports/<format>/<id>/                 COLMAP model, nerfstudio transforms.json (exports: [...])
   report.html                            the run report (links the previews)
@@ -26,10 +27,14 @@ from .storage import join
 FRAMES = "frames"
 DEPTH = "depth"
 POINTS = "points"
+STATE = "states"
+OUTPUT_KINDS = (FRAMES, POINTS, DEPTH, STATE)
+STAGED_FILES = {FRAMES: "frames.parquet", DEPTH: "depth.parquet", POINTS: "points.ply", STATE: "state.safetensors"}
+# kinds stored as one file per sequence, <kind>/<id><suffix>; the others are hive partitions
+FILE_SUFFIXES = {POINTS: ".ply", STATE: ".safetensors"}
+# Kinds without a staged file name are folders per sequence, <kind>/<id>/, staged as <attempt>/<kind>/:
 PREVIEWS = "previews"
 EXPORTS = "exports"  # one kind per format: "exports/colmap", ...
-STAGED_FILES = {FRAMES: "frames.parquet", DEPTH: "depth.parquet", POINTS: "points.ply"}
-# Every other output kind is a folder per sequence, <run>/<kind>/<id>/, staged as <attempt>/<kind>/.
 
 
 @dataclass(frozen=True)
@@ -74,17 +79,28 @@ class RunLayout:
 
     def final(self, sequence_id: str, kind: str) -> str:
         """The committed location of one output of a sequence."""
-        if kind == POINTS:
-            return join(self.run_uri, POINTS, f"{_sequence(sequence_id)}.ply")
+        if kind in FILE_SUFFIXES:
+            return join(self.run_uri, kind, f"{_sequence(sequence_id)}{FILE_SUFFIXES[kind]}")
         if kind not in STAGED_FILES:  # a folder output
             return join(self.run_uri, kind, _sequence(sequence_id))
         return join(self.run_uri, kind, f"sequence_id={_sequence(sequence_id)}", "part-0.parquet")
 
     def final_owner(self, sequence_id: str, kind: str) -> str:
         """What to delete to remove one output of a sequence (its partition folder, file or folder)."""
-        if kind == POINTS or kind not in STAGED_FILES:
+        if kind in FILE_SUFFIXES or kind not in STAGED_FILES:
             return self.final(sequence_id, kind)
         return join(self.run_uri, kind, f"sequence_id={_sequence(sequence_id)}")
+
+    @staticmethod
+    def owner_sequence(kind: str, name: str) -> str | None:
+        """The sequence an entry of `dataset_dir(kind)` (a listed path) belongs to, if any."""
+        name = name.rstrip("/").rsplit("/", 1)[-1]
+        if kind in FILE_SUFFIXES:
+            suffix = FILE_SUFFIXES[kind]
+            return name[: -len(suffix)] if name.endswith(suffix) else None
+        if kind not in STAGED_FILES:
+            return name
+        return name[len("sequence_id=") :] if name.startswith("sequence_id=") else None
 
 
 def _sequence(sequence_id: str) -> str:

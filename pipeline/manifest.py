@@ -8,6 +8,7 @@ restarted driver knows which sequences already failed for good.
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
@@ -15,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, SerializerFunctionWrapHandler, model_serializer
 
-from .layout import DEPTH, FRAMES, POINTS, RunLayout
+from .layout import DEPTH, FRAMES, POINTS, STATE, RunLayout
 from .redaction import redact
 from .storage import Store
 
@@ -39,7 +40,9 @@ MANIFEST_SCHEMA = pa.schema(
         ("frames_path", pa.string()),
         ("points_path", pa.string()),
         ("depth_path", pa.string()),
+        ("state_path", pa.string()),
         ("committed_at", pa.string()),
+        ("engine", pa.string()),  # JSON: the engine settings it ran with, "auto" resolved
     ]
 )
 
@@ -64,7 +67,9 @@ class SequenceRecord:
     frames_path: str | None = None
     points_path: str | None = None
     depth_path: str | None = None
+    state_path: str | None = None
     committed_at: str | None = None
+    engine: str | None = None
 
     @classmethod
     def from_marker(cls, marker: dict[str, Any]) -> SequenceRecord:
@@ -85,7 +90,9 @@ class SequenceRecord:
             frames_path=outputs.get(FRAMES),
             points_path=outputs.get(POINTS),
             depth_path=outputs.get(DEPTH),
+            state_path=outputs.get(STATE),
             committed_at=marker.get("committed_at"),
+            engine=json.dumps(marker["engine"], sort_keys=True) if marker.get("engine") else None,
             **{k: timings.get(k) for k in ("decode_s", "infer_s", "write_s", "total_s")},
         )
 

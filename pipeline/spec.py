@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from zipmap_core.assets import bundled_preset
 from zipmap_core.config import ModelConfig
 from zipmap_core.engines.config import EngineConfig
 
@@ -63,7 +64,9 @@ class InputSpec(_Section):
 
 class ModelSpec(_Section):
     preset: str  # a name accepted by zipmap_core.config.ModelConfig.preset
-    checkpoint: str | None = None  # local path or fsspec URL (.pt/.pth/.safetensors)
+    # local path or fsspec URL (.pt/.pth/.safetensors), or bundled:<preset> for the weights shipped
+    # with the package (bundled:demo_ttt, bundled:demo_attention)
+    checkpoint: str | None = None
     use_ema: bool = False
     allow_random_weights: bool = False  # tests only, and only with the "tiny" preset
 
@@ -79,6 +82,11 @@ class ModelSpec(_Section):
             raise ValueError(
                 "model.checkpoint is required; random weights are only allowed with "
                 "preset 'tiny' and model.allow_random_weights: true (for tests)"
+            )
+        bundled = bundled_preset(self.checkpoint) if self.checkpoint else None
+        if bundled is not None and bundled != self.preset:
+            raise ValueError(
+                f"model.checkpoint {self.checkpoint!r} holds the weights of preset {bundled!r}, not {self.preset!r}"
             )
         return self
 
@@ -102,9 +110,21 @@ class PreprocessSpec(_Section):
 
 class PointCloudSpec(_Section):
     enabled: bool = True
-    # The depth head's confidence is 1 + exp(x) >= 1, so 1.0 keeps every finite point.
+    # Absolute: the depth head's confidence is 1 + exp(x) >= 1, so 1.0 keeps every finite point.
     conf_threshold: float = 1.0
+    # Relative, as the released demo filters (its default 50): keep the points at or above this
+    # percentile of the confidences of the whole sequence's points (those passing conf_threshold).
+    # null or 0: off.
+    confidence_percentile: float | None = Field(default=50.0, ge=0, le=100)
     voxel_size: float | None = Field(default=None, gt=0)  # average points per voxel when set
+
+
+class SceneStateSpec(_Section):
+    """Keep each sequence's scene state (its TTT fast weights, zipmap_core.scene_state) next to its
+    outputs, to render novel views later without the images. Needs a state-query model."""
+
+    enabled: bool = False
+    dtype: Literal["float32", "bfloat16"] = "float32"  # 576 MiB / 288 MiB per sequence at full size
 
 
 class ResourcesSpec(_Section):
@@ -199,6 +219,7 @@ class JobSpec(_Section):
     save_depth: bool = False  # per-frame depth + confidence maps as a Parquet table
     exports: list[ExportOptions] = Field(default_factory=list)  # colmap, nerfstudio (pipeline.exports)
     report: ReportSpec = Field(default_factory=ReportSpec)  # previews per sequence, report.html per run
+    scene_state: SceneStateSpec = Field(default_factory=SceneStateSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     retry: RetrySpec = Field(default_factory=RetrySpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
@@ -230,6 +251,13 @@ class JobSpec(_Section):
         model = self.model.config()
         if self.engine.mode in ("chunked", "streaming") and model.global_block != "ttt":
             raise ValueError(f"engine.mode {self.engine.mode!r} needs a TTT model; preset {model.name!r} is not one")
+        if self.scene_state.enabled and not model.enable_nvs:
+            raise ValueError(
+                f"scene_state.enabled keeps states to render novel views from: preset {model.name!r} has no "
+                "novel-view head (use a state-query preset, e.g. 'state_query')"
+            )
+        if self.scene_state.enabled and self.engine.mode == "streaming":
+            raise ValueError("scene_state.enabled needs engine.mode 'offline' or 'chunked' (one update of all frames)")
         if self.engine.mode == "streaming" and self.engine.window is None and model.streaming_window is None:
             raise ValueError(
                 f"engine.mode 'streaming' needs engine.window: preset {model.name!r} has no default window"
@@ -260,7 +288,7 @@ class JobSpec(_Section):
     def result_fields(self) -> dict[str, Any]:
         """The parts of the spec that shape the outputs; a run must keep them to stay consistent."""
         data = self.model_dump(mode="json")
-        keep = {"model", "engine", "preprocess", "point_cloud", "save_depth"}
+        keep = {"model", "engine", "preprocess", "point_cloud", "save_depth", "scene_state"}
         result = {k: v for k, v in data.items() if k in keep}
         result["input"] = {k: data["input"][k] for k in ("min_frames", "max_frames", "frame_stride")}
         return result

@@ -150,7 +150,7 @@ def export_sequence(
     finally:
         derived.close()
         discard_attempt(store, layout, sequence_id, attempt_id)
-    return {kind: marker["outputs"][kind] for kind in staged}
+    return {kind: layout.final(sequence_id, kind) for kind in marker["outputs"] if kind in staged}
 
 
 def _remove_empty_staging(outputs: RunOutputs, sequence_ids: Sequence[str]) -> None:

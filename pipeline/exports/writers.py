@@ -13,12 +13,13 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 
 from ..layout import RunLayout
 from ..overlap import scratch_prefix
+from ..pointcloud import PLY_DTYPE
 from ..report.options import ReportSpec
 from ..storage import Store
 from .options import ColmapExport, NerfstudioExport
@@ -70,6 +71,8 @@ class DerivedOutputs:
         self.sequence_id = sequence_id
         self._size, self._mode = size, mode
         self._dir: str | None = tempfile.mkdtemp(prefix=f"{scratch_prefix()}derived-")
+        self._ply: str | None = None  # the sequence's PLY as written, on the local disk
+        self._ply_copy: BinaryIO | None = None
 
     def add(self, files: dict[str, dict[str, bytes]] | None) -> None:
         for kind, named in (files or {}).items():
@@ -79,17 +82,32 @@ class DerivedOutputs:
                 with open(path, "wb") as f:
                     f.write(data)
 
+    def keep_points(self, store: Store, staged_uri: str, out: BinaryIO) -> BinaryIO:
+        """Where to write the sequence's PLY so that its points can be read back here: the staged
+        file itself on a local disk, else a copy made on the way (no download afterwards)."""
+        if store.local:
+            self._ply = store.path(staged_uri)
+            return out
+        self._ply = os.path.join(self._dir, "points.ply")
+        self._ply_copy = open(self._ply, "wb")
+        return _Tee(out, self._ply_copy)
+
     def finish(
         self,
         store: Store,
         layout: RunLayout,
         attempt_id: str,
         rows: list[dict[str, Any]],
-        vertices: np.ndarray,
         points_by_frame: bool,
         has_depth: bool,
+        vertices: np.ndarray | None = None,
     ) -> dict[str, str]:
-        """Write the sequence-level files and stage everything; returns kind -> staged URI."""
+        """Write the sequence-level files and stage everything; returns kind -> staged URI. The
+        points are `vertices`, or those of the PLY written through `keep_points`."""
+        if self._ply_copy is not None:
+            self._ply_copy.close()
+        if vertices is None:
+            vertices = map_ply(self._ply) if self._ply is not None else np.empty(0, PLY_DTYPE)
         sequence = ExportSequence(self.sequence_id, rows, vertices, points_by_frame, self._size, self._mode)
         local_sources = store.local and sources_are_local(rows)
         staged = {}
@@ -102,6 +120,31 @@ class DerivedOutputs:
         return staged
 
     def close(self) -> None:
+        if self._ply_copy is not None:
+            self._ply_copy.close()
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+
+
+class _Tee:
+    """Writes go to the store's file and to a local copy."""
+
+    def __init__(self, out: BinaryIO, copy: BinaryIO):
+        self._out, self._copy = out, copy
+
+    def write(self, data) -> int:
+        self._copy.write(data)
+        return self._out.write(data)
+
+
+def map_ply(path: str) -> np.ndarray:
+    """The vertices of a PLY of `pipeline.pointcloud` as a read-only memory map (no copy)."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    end = head.index(b"end_header\n") + len(b"end_header\n")
+    count = next(int(line.split()[2]) for line in head[:end].decode("ascii").splitlines()
+                 if line.startswith("element vertex"))
+    if count == 0:
+        return np.empty(0, PLY_DTYPE)
+    return np.memmap(path, dtype=PLY_DTYPE, mode="r", offset=end, shape=(count,))

@@ -102,7 +102,7 @@ def render_report(store: Store, layout: RunLayout, committed: dict[str, dict[str
         records[sid] = SequenceRecord.from_marker(marker)
     run_id = layout.run_uri.rsplit("/", 1)[-1]
     summary = RunSummary.from_records(run_id, layout.run_uri, list(records.values()), 0.0, 0)
-    stats = _read_stats(store, committed)
+    stats = _read_stats(store, layout, committed)
     rows = [
         ("status", _badge(summary.status)),
         ("sequences", f"{summary.sequences} ({summary.done} done, {summary.failed} failed, {summary.pending} pending)"),
@@ -153,9 +153,11 @@ def _read_json(store: Store, uri: str) -> dict[str, Any]:
         return {}
 
 
-def _read_stats(store: Store, committed: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def _read_stats(store: Store, layout: RunLayout, committed: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Every committed sequence's previews/stats.json (fetched concurrently on object stores)."""
-    wanted = {sid: f"{m['outputs'][PREVIEWS]}/{STATS}" for sid, m in committed.items() if PREVIEWS in m["outputs"]}
+    wanted = {
+        sid: f"{layout.final(sid, PREVIEWS)}/{STATS}" for sid, m in committed.items() if PREVIEWS in m["outputs"]
+    }
     if not wanted:
         return {}
     try:

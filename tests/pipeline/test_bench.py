@@ -95,3 +95,31 @@ def test_report_load_benchmark_smoke(ray_cluster, tmp_path, capsys):
     result = _load("report_load").main(["--sequences", "3", "--loads", "1", "--workdir", str(tmp_path)])
     assert result["images"] == 6 and result["load_ms"] > 0 and result["html_bytes"] > 0
     assert "DOMContentLoaded" in capsys.readouterr().out
+
+
+def test_state_query_benchmark_smoke(capsys):
+    bench = _load("state_query")
+    args = ["--preset", "tiny_state_query", "--device", "cpu", "--height", "28", "--width", "42", "--frames", "2"]
+    results = bench.main([*args, "--views", "2", "--batch-sizes", "1", "2", "--repeats", "1", "--dtype", "float32"])
+    (row,) = results["sequences"]
+    assert row["state_mib"]["float32"] == 2 * row["state_mib"]["bfloat16"] == 4 * 3 * 32 * 64 * 4 / 2**20
+    assert row["file_mib_float32"] > row["state_mib"]["float32"] > row["file_mib_bfloat16"]
+    assert all(row["render_s_per_view"][b] > 0 for b in (1, 2)) and row["recompute_over_from_state"] > 0
+    assert row["max_rgb_difference"] < 1e-4  # from the state and recomputed: the same views
+    assert "recompute / from state" in capsys.readouterr().out
+
+
+def test_engine_auto_benchmark_smoke(capsys):
+    """bench/engine_auto.py end to end on the CPU: the default spec resolved and measured beside
+    the manual candidates, the ratio and the compile rule printed (GPU numbers: the lead's run)."""
+    results = _load("engine_auto").main([
+        "--device", "cpu", "--preset", "tiny", "--frames", "3", "5", "--height", "56", "--width", "84",
+        "--no-compile", "--payback-frames", "3", "--repeats", "1", "--chunk-size", "2",
+    ])
+    assert [r["frames"] for r in results["rows"]] == [3, 5]
+    for row in results["rows"]:
+        assert row["default_engine"]["mode"] == "offline" and row["default_engine"]["dtype"] == "float32"
+        assert row["offline"]["frames"] == row["chunked"]["frames"] == row["default"]["frames"] == row["frames"]
+        assert row["ratio"] > 0
+    out = capsys.readouterr().out
+    assert "default / best" in out and "compile rule" in out
