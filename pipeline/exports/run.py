@@ -145,7 +145,7 @@ def export_sequence(
         if depth is None and wants_depth:
             logger.warning("%s: the run saved no depth maps (save_depth: false); exporting without depth", sequence_id)
         by_frame = spec.point_cloud.voxel_size is None
-        staged = derived.finish(store, layout, attempt_id, rows, vertices, by_frame, depth is not None)
+        staged = derived.finish(store, layout, attempt_id, rows, by_frame, depth is not None, vertices=vertices)
         marker = commit_derived(store, layout, sequence_id, staged)
     finally:
         derived.close()
