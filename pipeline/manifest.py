@@ -131,6 +131,7 @@ class RunSummary(BaseModel):
     elapsed_s: float
     frames_per_s: float
     failures: list[dict[str, Any]]  # sequence_id, attempts, error
+    skipped_inputs: dict[str, int] = {}  # inputs discovery skipped, by reason (pipeline.discovery.SKIP_REASONS)
 
     @model_serializer(mode="wrap")
     def _redacting(self, handler: SerializerFunctionWrapHandler) -> Any:
@@ -143,7 +144,13 @@ class RunSummary(BaseModel):
 
     @classmethod
     def from_records(
-        cls, run_id: str, run_uri: str, records: list[SequenceRecord], elapsed_s: float, frames_this_session: int
+        cls,
+        run_id: str,
+        run_uri: str,
+        records: list[SequenceRecord],
+        elapsed_s: float,
+        frames_this_session: int,
+        skipped_inputs: dict[str, int] | None = None,
     ) -> RunSummary:
         done = [r for r in records if r.status == "done"]
         failed = [r for r in records if r.status == "failed"]
@@ -170,4 +177,5 @@ class RunSummary(BaseModel):
                 {"sequence_id": r.sequence_id, "attempts": r.attempts, "error_kind": r.error_kind, "error": r.error}
                 for r in sorted(failed, key=lambda r: r.sequence_id)
             ],
+            skipped_inputs=dict(skipped_inputs or {}),
         )

@@ -46,20 +46,45 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class InputSpec(_Section):
-    """Where the sequences come from: a prefix to scan, or a manifest table listing them."""
+class FrameSampling(_Section):
+    """Which frames of a sequence the model sees, applied in this order: fps, stride, max_frames.
 
-    prefix: str | None = None  # sub-folders of images and video files directly under it
-    manifest: str | None = None  # parquet/csv with a `uri` column (and optional `sequence_id`)
-    min_frames: int = Field(default=2, ge=1)  # shorter sequences fail as bad input
-    max_frames: int | None = Field(default=None, ge=1)  # keep at most this many (after stride)
-    frame_stride: int = Field(default=1, ge=1)  # keep every k-th frame
+    The spec's `input:` section sets it for every sequence; a manifest table may override any
+    field per sequence (columns of the same names). See pipeline.sampling for the exact rule.
+    """
+
+    # Frames per second to sample with the released demo's rule (None: every frame). Videos take
+    # their rate from the container; image folders sample by fps only when `image_fps` is known.
+    fps: float | None = Field(default=None, gt=0)
+    image_fps: float | None = Field(default=None, gt=0)  # the capture rate of image folders
+    frame_stride: int = Field(default=1, ge=1)  # then keep every k-th frame
+    max_frames: int | None = Field(default=None, ge=1)  # then keep at most this many
+    spread: Literal["first", "uniform"] = "first"  # max_frames: the first N, or N evenly spread
+
+
+# Pixels per source frame above which a frame is bad input (2**27: a 108 MP phone photo fits; a
+# decoded RGB frame of that size takes 384 MiB). Pillow refuses more than 2 * 89.5 M in any case.
+DEFAULT_MAX_PIXELS = 2**27
+
+
+class InputSpec(FrameSampling):
+    """Where the sequences come from (a prefix to scan, or a manifest table), and which frames."""
+
+    prefix: str | None = None  # folders of images and video files at any depth under it
+    manifest: str | None = None  # parquet/csv with a `uri` column (optional `sequence_id`, sampling columns)
+    min_frames: int = Field(default=2, ge=1)  # shorter sequences (after sampling) fail as bad input
+    max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)  # larger frames fail as bad input, undecoded
 
     @model_validator(mode="after")
     def _one_source(self) -> InputSpec:
         if (self.prefix is None) == (self.manifest is None):
             raise ValueError("set exactly one of input.prefix and input.manifest")
         return self
+
+    @property
+    def sampling(self) -> FrameSampling:
+        """The frame selection every sequence gets unless its manifest row overrides it."""
+        return FrameSampling.model_validate({k: getattr(self, k) for k in FrameSampling.model_fields})
 
 
 class ModelSpec(_Section):
@@ -290,7 +315,7 @@ class JobSpec(_Section):
         data = self.model_dump(mode="json")
         keep = {"model", "engine", "preprocess", "point_cloud", "save_depth", "scene_state"}
         result = {k: v for k, v in data.items() if k in keep}
-        result["input"] = {k: data["input"][k] for k in ("min_frames", "max_frames", "frame_stride")}
+        result["input"] = {k: data["input"][k] for k in ("min_frames", *FrameSampling.model_fields)}
         return result
 
     def with_storage_default(self, storage: StorageSpec | None) -> JobSpec:

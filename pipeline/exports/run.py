@@ -25,7 +25,7 @@ from ..layout import DEPTH, POINTS, RunLayout
 from ..pointcloud import PLY_DTYPE
 from ..reader import RunOutputs, read_outputs
 from ..redaction import get_logger
-from ..spec import JobSpec, StorageSpec
+from ..spec import FrameSampling, JobSpec, StorageSpec
 from ..storage import Store
 from .options import FORMATS, ExportOptions, unique_formats
 from .sequence import FrameData
@@ -206,13 +206,12 @@ def model_inputs(rows: list[dict[str, Any]], spec: JobSpec) -> np.ndarray:
         source = SequenceSource(sequence_id=rows[0]["sequence_id"], kind="video", uri=video)
         run_spec = spec
     else:
+        # the frames are already the run's selection: decode exactly these, every one
         source = SequenceSource(
-            sequence_id=rows[0]["sequence_id"], kind="images", uri=posixpath.dirname(uris[0]), frames=tuple(uris)
+            sequence_id=rows[0]["sequence_id"], kind="images", uri=posixpath.dirname(uris[0]), frames=tuple(uris),
+            sampling=FrameSampling(),
         )
-        # the frames are already the run's selection: decode exactly these
-        run_spec = spec.model_copy(
-            update={"input": spec.input.model_copy(update={"frame_stride": 1, "max_frames": None, "min_frames": 1})}
-        )
+        run_spec = spec.model_copy(update={"input": spec.input.model_copy(update={"min_frames": 1})})
     decoded = decode_sequence(source, run_spec)
     if decoded.frame_uris != uris:
         raise RuntimeError(f"{source.uri} no longer gives the frames the run reconstructed")

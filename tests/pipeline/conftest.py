@@ -104,6 +104,20 @@ def make_spec(input_prefix: str, output: str, checkpoint: str | os.PathLike | No
     return load_spec(data, overrides)
 
 
+def input_errors(spec: JobSpec) -> dict[str, str]:
+    """Decode every sequence of the spec's input, each of which must fail as bad input: the messages by id."""
+    from pipeline.decode import decode_sequence
+    from pipeline.discovery import discover
+    from pipeline.errors import InputError
+
+    errors = {}
+    for source in discover(spec):
+        with pytest.raises(InputError) as exc:
+            decode_sequence(source, spec)
+        errors[source.sequence_id] = str(exc.value)
+    return errors
+
+
 def reference_frames(checkpoint: Path, sources: list, *, size: int = IMAGE_W, storage_options=None, engine=None):
     """The engine run directly (no pipeline) on the same images: what the outputs must equal."""
     from zipmap_core.checkpoint import load_checkpoint

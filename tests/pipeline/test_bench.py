@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 def _load(name: str):
     spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # so worker processes find its functions by name
     spec.loader.exec_module(module)
     return module
 
@@ -95,6 +97,26 @@ def test_report_load_benchmark_smoke(ray_cluster, tmp_path, capsys):
     result = _load("report_load").main(["--sequences", "3", "--loads", "1", "--workdir", str(tmp_path)])
     assert result["images"] == 6 and result["load_ms"] > 0 and result["html_bytes"] > 0
     assert "DOMContentLoaded" in capsys.readouterr().out
+
+
+def test_video_benchmark_smoke(ray_cluster, tmp_path, capsys):
+    pytest.importorskip("av")
+    bench = _load("video_throughput")
+    threads = torch.get_num_threads()
+    try:
+        result = bench.main(
+            ["--preset", "tiny", "--device", "cpu", "--videos", "2", "--frames", "5", "--width", "224",
+             "--height", "126", "--size", "112", "--processes", "2", "--workdir", str(tmp_path)]
+        )
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert result["encode"]["frames"] == result["decode"]["frames"] == result["engine"]["frames"] == 10
+    assert result["pipeline"]["frames"] == 10 and result["pipeline"]["steady_frames_per_s"] > 0
+    assert result["decode"]["frames_per_core_s"] > 0 and result["decode_cores_per_gpu"] > 0
+    steps = result["decode_breakdown_ms"]
+    assert 0 < steps["ffmpeg decode"] <= steps["+ RGB"] <= steps["+ resize"]
+    assert "ratio pipeline / engine" in out and "decode cores per GPU" in out
 
 
 def test_state_query_benchmark_smoke(capsys):
