@@ -25,7 +25,7 @@ from ..layout import DEPTH, POINTS, RunLayout
 from ..pointcloud import PLY_DTYPE
 from ..reader import RunOutputs, read_outputs
 from ..redaction import get_logger
-from ..spec import FrameSampling, JobSpec, StorageSpec
+from ..spec import JobSpec, StorageSpec
 from ..storage import Store
 from .options import FORMATS, ExportOptions, unique_formats
 from .sequence import FrameData
@@ -199,20 +199,22 @@ def model_inputs(rows: list[dict[str, Any]], spec: JobSpec) -> np.ndarray:
     from ..decode import decode_sequence
     from ..discovery import SequenceSource
 
+    # Decode exactly the frames the frames table records: the run's sampling may have come from a
+    # manifest row, which the run does not keep.
     uris = [r["source_uri"] for r in rows]
+    sequence_id = rows[0]["sequence_id"]
     videos = {u.split("#frame=", 1)[0] for u in uris if "#frame=" in u}
     if videos:
         (video,) = videos
-        source = SequenceSource(sequence_id=rows[0]["sequence_id"], kind="video", uri=video)
-        run_spec = spec
+        source = SequenceSource(sequence_id=sequence_id, kind="video", uri=video)
+        indices = [int(u.split("#frame=", 1)[1]) for u in uris]
     else:
-        # the frames are already the run's selection: decode exactly these, every one
         source = SequenceSource(
-            sequence_id=rows[0]["sequence_id"], kind="images", uri=posixpath.dirname(uris[0]), frames=tuple(uris),
-            sampling=FrameSampling(),
+            sequence_id=sequence_id, kind="images", uri=posixpath.dirname(uris[0]), frames=tuple(uris)
         )
-        run_spec = spec.model_copy(update={"input": spec.input.model_copy(update={"min_frames": 1})})
-    decoded = decode_sequence(source, run_spec)
+        indices = list(range(len(uris)))
+    run_spec = spec.model_copy(update={"input": spec.input.model_copy(update={"min_frames": 1})})
+    decoded = decode_sequence(source, run_spec, indices=indices)
     if decoded.frame_uris != uris:
         raise RuntimeError(f"{source.uri} no longer gives the frames the run reconstructed")
     pixels = decoded.pixels

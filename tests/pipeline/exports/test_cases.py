@@ -14,6 +14,7 @@ from pipeline import read_outputs
 from pipeline.decode import decode_sequence
 from pipeline.discovery import SequenceSource
 from pipeline.exports.run import export_run
+from pipeline.spec import FrameSampling
 
 from ..conftest import make_spec
 from .ground_truth import HEIGHT, WIDTH, commit_run, ground_truth_frames, write_sources
@@ -52,8 +53,10 @@ def test_without_a_point_cloud_the_exports_have_cameras_only(tmp_path):
     assert os.path.exists(os.path.join(run_uri, "previews", "s", "trajectory.png"))
 
 
-def test_exports_of_a_video_run_decode_the_frames_again(tmp_path):
-    """A finished run from a video: `export` decodes the same frames (stride included) as the run."""
+@pytest.mark.parametrize("spec_stride", [2, 1], ids=["spec stride", "manifest row stride"])
+def test_exports_of_a_video_run_decode_the_frames_again(tmp_path, spec_stride):
+    """A finished run from a video: `export` decodes the frames the run recorded (every other one),
+    whether the spec or a manifest row (which the run does not keep) sampled them."""
     av = pytest.importorskip("av")
     frames = ground_truth_frames("objects_walk", num_frames=5)
     video = tmp_path / "in" / "walk.mp4"
@@ -66,7 +69,7 @@ def test_exports_of_a_video_run_decode_the_frames_again(tmp_path):
         container.mux(stream.encode())
     spec = make_spec(
         tmp_path / "in", tmp_path / "out", None, run_id="vid", model__allow_random_weights="true",
-        input__frame_stride=2, report__enabled="false",
+        input__frame_stride=spec_stride, report__enabled="false",
     )
     kept = [f.__class__(**{**f.__dict__, "index": i}) for i, f in enumerate(frames[::2])]
     uris = [f"{video}#frame={i}" for i in (0, 2, 4)]
@@ -74,7 +77,8 @@ def test_exports_of_a_video_run_decode_the_frames_again(tmp_path):
 
     result = export_run(run_uri, [{"format": "colmap", "image_format": "png", "points": 100}])
     assert list(result.done) == ["walk"], result.failed
-    decoded = decode_sequence(SequenceSource(sequence_id="walk", kind="video", uri=str(video)), spec)
+    source = SequenceSource(sequence_id="walk", kind="video", uri=str(video), sampling=FrameSampling(frame_stride=2))
+    decoded = decode_sequence(source, spec)
     assert decoded.frame_uris == uris
     for i in range(3):
         path = os.path.join(run_uri, "exports", "colmap", "walk", "images", f"frame_{i:05d}.png")
@@ -82,3 +86,22 @@ def test_exports_of_a_video_run_decode_the_frames_again(tmp_path):
 
     linked = export_run(run_uri, [{"format": "colmap", "images": "source"}])
     assert "is a frame of a video: export it with images: copy" in linked.failed["walk"]
+
+
+def test_exports_of_an_image_run_sampled_by_fps_decode_the_recorded_frames(tmp_path):
+    """Frames 1 and 3 of a 10 fps folder sampled at 5 fps: the export decodes those two, not the
+    fps rule applied again to them (which keeps one)."""
+    frames = ground_truth_frames("room_orbit", num_frames=4)
+    paths = write_sources(tmp_path / "in" / "s", frames)
+    spec = make_spec(
+        tmp_path / "in", tmp_path / "out", None, run_id="fps", model__allow_random_weights="true",
+        input__fps=5, input__image_fps=10, report__enabled="false",
+    )
+    kept = [f.__class__(**{**f.__dict__, "index": i}) for i, f in enumerate(frames[1::2])]
+    run_uri = commit_run(spec, {"s": (kept, paths[1::2])})
+
+    result = export_run(run_uri, [{"format": "colmap", "image_format": "png", "points": 100}])
+    assert list(result.done) == ["s"], result.failed
+    for i, f in enumerate(kept):
+        path = os.path.join(run_uri, "exports", "colmap", "s", "images", f"frame_{i:05d}.png")
+        np.testing.assert_array_equal(np.asarray(Image.open(path)), f.image)
