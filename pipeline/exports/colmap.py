@@ -25,6 +25,7 @@ from .sequence import ExportSequence, FrameData, frame_file_name, rgb_of, xyz_of
 
 MODEL_DIR = "sparse/0"
 SOURCES_FILE = "source_images.json"  # images: source: where every image of the model lies
+EXIF_ORIENTATION = 0x0112
 
 
 class ColmapWriter:
@@ -62,11 +63,29 @@ def image_name(sequence: ExportSequence, position: int, options: ColmapExport) -
 
 
 def source_name(uri: str) -> str:
-    """The file name of a source frame; frames inside a video cannot be linked (an input error:
-    the sequence fails once, with this message, instead of being retried)."""
+    """The file name of a source frame that can be linked as it is stored (`check_linkable`)."""
+    check_linkable(uri)
+    return posixpath.basename(uri)
+
+
+def check_linkable(uri: str) -> None:
+    """Refuse a source frame that COLMAP or nerfstudio would not read as the model saw it (an input
+    error: the sequence fails once, with this message, instead of being retried): a frame inside a
+    video, or a local photo stored sideways with an EXIF orientation (the run turned it upright,
+    so its camera is upright; both tools read the stored pixels as they are)."""
     if "#frame=" in uri:
         raise InputError(f"{uri} is a frame of a video: export it with images: copy")
-    return posixpath.basename(uri)
+    if "://" in uri and not uri.startswith("file://"):
+        return  # not linked: only its URI is recorded
+    from PIL import Image
+
+    with Image.open(uri.removeprefix("file://")) as image:  # the header only
+        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    if orientation not in (0, 1):
+        raise InputError(
+            f"{uri} is stored rotated (EXIF orientation {orientation}), which COLMAP and nerfstudio do not apply: "
+            "export it with images: copy"
+        )
 
 
 def reconstruction(sequence: ExportSequence, options: ColmapExport):

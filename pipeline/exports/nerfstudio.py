@@ -18,7 +18,7 @@ import os
 import numpy as np
 
 from ..pointcloud import ply_header
-from .colmap import source_name
+from .colmap import check_linkable
 from .encode import encode_depth, encode_image
 from .options import NerfstudioExport
 from .sequence import ExportSequence, FrameData, frame_file_name
@@ -65,7 +65,7 @@ def transforms(sequence: ExportSequence, options: NerfstudioExport, *, with_dept
         pin = camera.pinhole(at_source, sequence.preprocess_size, sequence.preprocess_mode)
         if at_source:
             path = camera.source_uri if "://" in camera.source_uri else os.path.abspath(camera.source_uri)
-            source_name(camera.source_uri)  # refuses frames of a video
+            check_linkable(camera.source_uri)
         else:
             path = f"images/{frame_file_name(camera, options.image_format)}"
         frame = {

@@ -105,3 +105,26 @@ def test_exports_of_an_image_run_sampled_by_fps_decode_the_recorded_frames(tmp_p
     for i, f in enumerate(kept):
         path = os.path.join(run_uri, "exports", "colmap", "s", "images", f"frame_{i:05d}.png")
         np.testing.assert_array_equal(np.asarray(Image.open(path)), f.image)
+
+
+def test_photos_stored_rotated_are_copied_upright_not_linked(tmp_path):
+    """A phone photo stored sideways (EXIF orientation 6): the run saw it upright, so its camera is
+    upright; linking the stored file would hand COLMAP and nerfstudio sideways pixels."""
+    frames = ground_truth_frames("room_orbit", num_frames=2)
+    paths = write_sources(tmp_path / "in" / "s", frames)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed after turning 90 degrees clockwise
+    Image.fromarray(np.rot90(frames[1].image)).save(paths[1], exif=exif)
+    spec = make_spec(
+        tmp_path / "in", tmp_path / "out", None, run_id="rot", model__allow_random_weights="true",
+        report__enabled="false",
+    )
+    run_uri = commit_run(spec, {"s": (frames, paths)}, source_size=(WIDTH, HEIGHT))
+
+    for options in ({"format": "colmap"}, {"format": "nerfstudio", "depth": False}):
+        linked = export_run(run_uri, [{**options, "images": "source"}])
+        assert "stored rotated (EXIF orientation 6)" in linked.failed["s"] and "images: copy" in linked.failed["s"]
+    copied = export_run(run_uri, [{"format": "colmap", "image_format": "png", "points": 100}])
+    assert list(copied.done) == ["s"], copied.failed
+    path = os.path.join(run_uri, "exports", "colmap", "s", "images", "frame_00001.png")
+    np.testing.assert_array_equal(np.asarray(Image.open(path)), frames[1].image)
