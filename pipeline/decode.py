@@ -100,11 +100,7 @@ def _check_count(source: SequenceSource, count: int, spec: JobSpec, selection: F
 
 
 def _read_images(
-    source: SequenceSource,
-    spec: JobSpec,
-    sampling: FrameSampling,
-    frames: FrameBuffer,
-    uris: list[str],
+    source: SequenceSource, spec: JobSpec, sampling: FrameSampling, frames: FrameBuffer, uris: list[str],
     explicit: ChosenFrames | None = None,
 ) -> FrameSelection | ChosenFrames:
     selection = explicit or FrameSelection.plan(sampling, sampling.image_fps)
@@ -127,11 +123,7 @@ def _read_images(
 
 
 def _read_video(
-    source: SequenceSource,
-    spec: JobSpec,
-    sampling: FrameSampling,
-    frames: FrameBuffer,
-    uris: list[str],
+    source: SequenceSource, spec: JobSpec, sampling: FrameSampling, frames: FrameBuffer, uris: list[str],
     explicit: ChosenFrames | None = None,
 ) -> FrameSelection | ChosenFrames:
     av = _import_av(source)
