@@ -14,7 +14,7 @@ import json
 import time
 from typing import Any
 
-from .layout import OUTPUT_KINDS, RunLayout
+from .layout import EXPORTS, OUTPUT_KINDS, PREVIEWS, RunLayout
 from .outputs import StagedOutputs
 from .redaction import get_logger, redact
 from .storage import Store
@@ -40,7 +40,7 @@ def commit_sequence(
     if store.exists(marker):
         discard_attempt(store, layout, sequence_id, attempt_id)
         return store.read_json(marker)
-    remove_outputs(store, layout, sequence_id)
+    remove_outputs(store, layout, sequence_id, kinds=(*OUTPUT_KINDS, *staged.files))
     outputs = {}
     for kind, staged_uri in staged.files.items():
         final = layout.final(sequence_id, kind)
@@ -73,9 +73,33 @@ def committed_sequences(store: Store, layout: RunLayout) -> dict[str, dict[str, 
     return records
 
 
-def remove_outputs(store: Store, layout: RunLayout, sequence_id: str) -> None:
+def commit_derived(
+    store: Store, layout: RunLayout, sequence_id: str, staged: dict[str, str]
+) -> dict[str, Any]:
+    """Publish outputs derived later from a committed sequence (exports, previews), replacing
+    earlier ones of the same kinds; returns the updated marker record.
+
+    Each kind is swapped in place (old folder removed, staged one moved there), then the marker is
+    rewritten to list it. A crash in between leaves the kind missing or unlisted, never mixed with
+    an older version; running the export again repairs it.
+    """
+    marker = store.read_json(layout.commit_marker(sequence_id))
+    outputs = dict(marker.get("outputs", {}))
+    for kind, staged_uri in staged.items():
+        final = layout.final(sequence_id, kind)
+        store.delete(layout.final_owner(sequence_id, kind))
+        store.move(staged_uri, final)
+        outputs[kind] = final
+    marker["outputs"] = outputs
+    store.write_json(layout.commit_marker(sequence_id), redact(marker))
+    return marker
+
+
+def remove_outputs(
+    store: Store, layout: RunLayout, sequence_id: str, kinds: tuple[str, ...] = OUTPUT_KINDS
+) -> None:
     """Delete any final outputs of a sequence (leftovers of a commit that never finished)."""
-    for kind in OUTPUT_KINDS:
+    for kind in dict.fromkeys(kinds):
         store.delete(layout.final_owner(sequence_id, kind))
 
 
@@ -96,8 +120,14 @@ def clean_uncommitted(store: Store, layout: RunLayout, committed: set[str]) -> N
         logger.warning("could not clean up %s: %s", layout.staging_root, exc)
     for folder in (layout.commits, layout.run_uri):
         store.remove_partial_writes(folder)
-    for kind in OUTPUT_KINDS:
+    for kind in (*OUTPUT_KINDS, *folder_kinds(store, layout)):
         for entry in store.ls(layout.dataset_dir(kind)):
             owner = layout.owner_sequence(kind, entry["name"])
             if owner is not None and owner not in committed:
                 store.delete(store.uri(entry["name"]))
+
+
+def folder_kinds(store: Store, layout: RunLayout) -> list[str]:
+    """The folder outputs a run may hold: the previews, and one kind per export format found."""
+    formats = [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in store.ls(layout.dataset_dir(EXPORTS))]
+    return [PREVIEWS, *(f"{EXPORTS}/{name}" for name in formats)]

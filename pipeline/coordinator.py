@@ -25,6 +25,7 @@ from .execution import RayExecutor, classify, describe, plan_actors
 from .layout import RunLayout
 from .manifest import RunSummary, SequenceRecord, read_manifest, write_manifest
 from .redaction import get_logger, redact_uri
+from .report.html import report_at_end
 from .spec import JobSpec
 from .storage import Store
 
@@ -112,6 +113,7 @@ class Coordinator:
                 self.store.write_json(self.layout.summary, summary.model_dump(mode="json"))
             except Exception as exc:  # do not mask the error that stopped the run
                 logger.warning("could not write %s: %s", self.layout.summary, exc)
+            report_at_end(self.spec)
         return summary
 
     def _prepare(self) -> None:

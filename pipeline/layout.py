@@ -8,6 +8,9 @@
   depth/sequence_id=<id>/part-0.parquet  per-frame depth + confidence maps (save_depth)
   points/<id>.ply                        the sequence's point cloud
   states/<id>.safetensors                its scene state (scene_state.enabled)
+  previews/<id>/                         trajectory and point-cloud PNGs, GLB scene (report.enabled)
+  exports/<format>/<id>/                 COLMAP model, nerfstudio transforms.json (exports: [...])
+  report.html                            the run report (links the previews)
   _commits/<id>.json                     commit marker: the sequence's outputs are complete
   _staging/<id>/<attempt_id>/...         an attempt's outputs before they are committed
 
@@ -29,6 +32,9 @@ OUTPUT_KINDS = (FRAMES, POINTS, DEPTH, STATE)
 STAGED_FILES = {FRAMES: "frames.parquet", DEPTH: "depth.parquet", POINTS: "points.ply", STATE: "state.safetensors"}
 # kinds stored as one file per sequence, <kind>/<id><suffix>; the others are hive partitions
 FILE_SUFFIXES = {POINTS: ".ply", STATE: ".safetensors"}
+# Kinds without a staged file name are folders per sequence, <kind>/<id>/, staged as <attempt>/<kind>/:
+PREVIEWS = "previews"
+EXPORTS = "exports"  # one kind per format: "exports/colmap", ...
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,10 @@ class RunLayout:
         return join(self.run_uri, "summary.json")
 
     @property
+    def report(self) -> str:
+        return join(self.run_uri, "report.html")
+
+    @property
     def commits(self) -> str:
         return join(self.run_uri, "_commits")
 
@@ -62,7 +72,7 @@ class RunLayout:
         return join(self.staging_root, _sequence(sequence_id), check_name(attempt_id, "attempt id"))
 
     def staged(self, sequence_id: str, attempt_id: str, kind: str) -> str:
-        return join(self.staging(sequence_id, attempt_id), STAGED_FILES[kind])
+        return join(self.staging(sequence_id, attempt_id), STAGED_FILES.get(kind, kind))
 
     def dataset_dir(self, kind: str) -> str:
         return join(self.run_uri, kind)
@@ -71,11 +81,13 @@ class RunLayout:
         """The committed location of one output of a sequence."""
         if kind in FILE_SUFFIXES:
             return join(self.run_uri, kind, f"{_sequence(sequence_id)}{FILE_SUFFIXES[kind]}")
+        if kind not in STAGED_FILES:  # a folder output
+            return join(self.run_uri, kind, _sequence(sequence_id))
         return join(self.run_uri, kind, f"sequence_id={_sequence(sequence_id)}", "part-0.parquet")
 
     def final_owner(self, sequence_id: str, kind: str) -> str:
-        """What to delete to remove one output of a sequence (its partition folder, or file)."""
-        if kind in FILE_SUFFIXES:
+        """What to delete to remove one output of a sequence (its partition folder, file or folder)."""
+        if kind in FILE_SUFFIXES or kind not in STAGED_FILES:
             return self.final(sequence_id, kind)
         return join(self.run_uri, kind, f"sequence_id={_sequence(sequence_id)}")
 
@@ -86,6 +98,8 @@ class RunLayout:
         if kind in FILE_SUFFIXES:
             suffix = FILE_SUFFIXES[kind]
             return name[: -len(suffix)] if name.endswith(suffix) else None
+        if kind not in STAGED_FILES:
+            return name
         return name[len("sequence_id=") :] if name.startswith("sequence_id=") else None
 
 

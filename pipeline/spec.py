@@ -33,8 +33,10 @@ from zipmap_core.config import ModelConfig
 from zipmap_core.engines.config import EngineConfig
 
 from .errors import SpecError, storage_error
+from .exports.options import ExportOptions, unique_formats
 from .names import check_run_id
 from .redaction import SECRET_NAME, redact, redact_uri
+from .report.options import ReportSpec
 
 REVEAL_SECRETS = "reveal_secrets"  # serialisation context key for in-process, unredacted copies
 PATCH = 14
@@ -240,6 +242,8 @@ class JobSpec(_Section):
     preprocess: PreprocessSpec = Field(default_factory=PreprocessSpec)
     point_cloud: PointCloudSpec = Field(default_factory=PointCloudSpec)
     save_depth: bool = False  # per-frame depth + confidence maps as a Parquet table
+    exports: list[ExportOptions] = Field(default_factory=list)  # colmap, nerfstudio (pipeline.exports)
+    report: ReportSpec = Field(default_factory=ReportSpec)  # previews per sequence, report.html per run
     scene_state: SceneStateSpec = Field(default_factory=SceneStateSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     retry: RetrySpec = Field(default_factory=RetrySpec)
@@ -255,6 +259,11 @@ class JobSpec(_Section):
             except SpecError as exc:
                 raise ValueError(str(exc)) from None
         return run_id
+
+    @field_validator("exports")
+    @classmethod
+    def _one_of_each(cls, exports: list) -> list:
+        return unique_formats(exports)
 
     @field_validator("output")
     @classmethod

@@ -104,6 +104,20 @@ def test_frame_parallel_benchmark_smoke(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == [tmp_path / "r.json"]  # the 1-GPU depth maps were cleaned up
 
 
+def test_exports_benchmark_smoke(ray_cluster, tmp_path, capsys):
+    result = _load("exports").main(["--frames", "3", "--size", "112", "--workdir", str(tmp_path)])
+    assert set(result["exports"]) == {"colmap", "colmap (text too)", "nerfstudio", "previews"}
+    assert all(r["seconds"] > 0 and r["bytes"] > 0 for r in result["exports"].values())
+    assert result["exports"]["colmap (text too)"]["bytes"] > result["exports"]["colmap"]["bytes"]
+    assert "| colmap |" in capsys.readouterr().out
+
+
+def test_report_load_benchmark_smoke(ray_cluster, tmp_path, capsys):
+    result = _load("report_load").main(["--sequences", "3", "--loads", "1", "--workdir", str(tmp_path)])
+    assert result["images"] == 6 and result["load_ms"] > 0 and result["html_bytes"] > 0
+    assert "DOMContentLoaded" in capsys.readouterr().out
+
+
 def test_video_benchmark_smoke(ray_cluster, tmp_path, capsys):
     pytest.importorskip("av")
     bench = _load("video_throughput")
