@@ -1,7 +1,7 @@
 """Distributed batch reconstruction of capture sequences with ZipMap on Ray.
 
     from pipeline import load_spec, run_job, read_outputs
-    summary = run_job(load_spec("job.yaml", ["engine.mode=chunked"]))
+    summary = run_job(load_spec("job.yaml", ["engine.mode=chunked"]))   # RunFailedError if any sequence failed
     outputs = read_outputs(summary.run_uri)   # .frames (pyarrow), .point_cloud(id), ...
 
 Exports are imported lazily so that `pipeline.spec` (and the CLI's argument parsing) stay
@@ -22,6 +22,7 @@ _EXPORTS = {
     "run_status": "pipeline.api",
     "read_outputs": "pipeline.reader",
     "RunOutputs": "pipeline.reader",
+    "RunFailedError": "pipeline.errors",
 }
 
 __all__ = sorted(_EXPORTS)
