@@ -2,7 +2,8 @@
 
 One head serves the module (job submission is slow on 2 cores). Each test runs the CLI in a
 subprocess, as a user would, submits a real tiny job and reads what the CLI prints while the job
-runs. The head uses token authentication, as new Ray clusters do by default.
+runs. The head uses token authentication, as clusters that Ray 2.60 starts do by default; the CLI
+gets the token from its environment, the test's own client in a header.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from pathlib import Path
 import pytest
 import s3fs
 import yaml
+from ray.job_submission import JobSubmissionClient
 
 from pipeline import read_outputs
 from pipeline.cli import main
-from pipeline.submission import RESULT_MARKER, connect_job_server, runtime_env
+from pipeline.submission import RESULT_MARKER, runtime_env
 from pipeline.testing.s3server import FAKE_CREDENTIALS, LocalS3, free_port
 
 from .conftest import make_spec, write_sequence
@@ -60,14 +62,12 @@ def job_server():
         command, cwd=temp_dir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     address = f"http://127.0.0.1:{dashboard}"
-    saved = {k: os.environ.get(k) for k in AUTH}
-    os.environ.update(AUTH)  # for the test's own job client
     try:
         deadline = time.monotonic() + 120
         while True:
             assert head.poll() is None, open(log.name).read()[-3000:]
-            try:
-                client = connect_job_server(address)
+            try:  # the token in a header: this process's own Ray auth settings stay as they are
+                client = JobSubmissionClient(address, headers={"Authorization": f"Bearer {AUTH['RAY_AUTH_TOKEN']}"})
                 break
             except Exception:
                 assert time.monotonic() < deadline, "the job server did not come up"
@@ -77,11 +77,6 @@ def job_server():
             if not job.status.is_terminal():
                 client.stop_job(job.submission_id)
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         os.killpg(head.pid, signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             head.wait(3)
