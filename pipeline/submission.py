@@ -154,7 +154,12 @@ def connect_job_server(address: str):
     try:
         return BoundedClient(address)
     except Exception as exc:
-        raise InfrastructureError(f"cannot reach the job server at {address}: {_one_line(exc)}") from exc
+        from ray.exceptions import AuthenticationError
+
+        hint = ""
+        if isinstance(exc, AuthenticationError):
+            hint = " (the cluster wants its token: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN, or ~/.ray/auth_token)"
+        raise InfrastructureError(f"cannot reach the job server at {address}: {_one_line(exc)}{hint}") from exc
 
 
 def submit(

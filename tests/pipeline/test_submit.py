@@ -309,6 +309,14 @@ def test_losing_the_job_server_gives_up_in_bounded_time(job_server, tiny_checkpo
     _wait_status(client, job_id, {"STOPPED"})
 
 
+def test_a_missing_token_is_named(job_server, tiny_checkpoint, tmp_path):
+    address, _ = job_server
+    spec = make_spec(tmp_path / "in", tmp_path / "out", tiny_checkpoint)
+    cli = Cli(_spec_file(tmp_path, spec), "--address", address, env={"RAY_AUTH_MODE": "disabled"})
+    assert cli.finish(timeout=60) == 3
+    assert "Unauthorized" in cli.stderr[-1] and "set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN" in cli.stderr[-1]
+
+
 def test_submit_checks_its_arguments_before_contacting_the_cluster(tmp_path, tiny_checkpoint, capsys):
     spec = make_spec(tmp_path / "in", tmp_path / "out", tiny_checkpoint)
     path = _spec_file(tmp_path, spec)
