@@ -365,6 +365,11 @@ def save_checkpoint(
         def write(f: Any) -> None:
             torch.save(obj, f)
 
+    write_file(uri, write, storage_options=storage_options)
+
+
+def write_file(uri: str, write: Any, *, storage_options: dict[str, Any] | None = None) -> None:
+    """Call `write(file)` on `uri` opened for binary writing; local files appear atomically."""
     fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
     if isinstance(fs, LocalFileSystem):
         _write_local_atomic(path, write)

@@ -148,6 +148,7 @@ class SyntheticBatches:
         self.heights = crop_heights(height, crop_multiple, min_crop_ratio) if crop_multiple else [height]
         self.rng = random.Random(seed)
         self.pool: deque[SyntheticSequence] = deque()
+        self.pool_seeds: deque[int] = deque()  # the seed of each pool sequence, in pool order
         self.rendered = 0  # sequences rendered so far
         self._owed = 0.0  # fractional sequences owed to the pool
 
@@ -159,19 +160,43 @@ class SyntheticBatches:
         twin.rng = random.Random()
         twin.rng.setstate(self.rng.getstate())
         twin.pool = deque(self.pool)
+        twin.pool_seeds = deque(self.pool_seeds)
         return twin
 
-    def render_one(self) -> SyntheticSequence:
-        seed = self.rng.randrange(TRAIN_SEED_START, TRAIN_SEED_END)
+    def state_dict(self) -> dict:
+        """What a resumed run needs to yield the batches this one would have yielded next: the
+        generator's state and the pool's seeds (the pool itself is rendered again, not stored)."""
+        return {
+            "rng": self.rng.getstate(),
+            "pool_seeds": list(self.pool_seeds),
+            "rendered": self.rendered,
+            "owed": self._owed,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from `state_dict()` of a stream with the same settings (renders its pool)."""
+        self.rng.setstate(state["rng"])
+        self.pool.clear()
+        self.pool_seeds.clear()
+        for seed in state["pool_seeds"]:
+            self._append(seed)
+        self.rendered = state["rendered"]
+        self._owed = state["owed"]
+
+    def _append(self, seed: int) -> None:
+        size = {"height": self.height, "width": self.width}
+        self.pool.append(generate_sequence(seed, num_frames=self.pool_frames, device=self.device, **size))
+        self.pool_seeds.append(seed)
+
+    def render_one(self) -> None:
+        """Render a new training sequence into the pool."""
         self.rendered += 1
-        return generate_sequence(
-            seed, num_frames=self.pool_frames, height=self.height, width=self.width, device=self.device
-        )
+        self._append(self.rng.randrange(TRAIN_SEED_START, TRAIN_SEED_END))
 
     def fill(self) -> None:
         """Render the initial pool (called by the first batch if not before)."""
         while len(self.pool) < self.pool_size:
-            self.pool.append(self.render_one())
+            self.render_one()
 
     def refresh(self) -> None:
         """Replace the oldest pool sequences by `new_per_step` new ones (on average)."""
@@ -179,7 +204,8 @@ class SyntheticBatches:
         while self._owed >= 1.0:
             self._owed -= 1.0
             self.pool.popleft()
-            self.pool.append(self.render_one())
+            self.pool_seeds.popleft()
+            self.render_one()
 
     def sample(self) -> Batch:
         """One batch from the current pool (no rendering)."""
