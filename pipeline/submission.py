@@ -37,6 +37,9 @@ from .errors import InfrastructureError, SpecError
 from .spec import REDACTED, JobSpec, secret_keys
 
 RESULT_MARKER = "zipmap-pipeline driver exit code:"
+# Seconds Ray waits after SIGTERM before it kills a stopped job's driver (its default, 3 s, can cut
+# the driver off while it cancels work and writes the manifest); the job's own setting wins.
+STOP_GRACE_S = 30
 WORKING_DIR_EXCLUDES = [".venv", ".git", "outputs", "**/__pycache__"]
 # (connect, read) seconds per HTTP method: no request to the job server waits forever
 _TIMEOUTS = {"GET": (10, 15), "POST": (10, 60), "PUT": (10, 300)}
@@ -172,6 +175,8 @@ def submit(
 ) -> SubmittedJob:
     command = entrypoint(spec)
     job_id = submission_id or f"zipmap-{spec.run_id}-{uuid.uuid4().hex[:6]}"
+    runtime_env = dict(runtime_env or {})
+    runtime_env["env_vars"] = {"RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_S), **runtime_env.get("env_vars", {})}
     try:
         client.submit_job(
             entrypoint=command,

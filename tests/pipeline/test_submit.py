@@ -101,25 +101,27 @@ class Cli:
         )
         self.stdout: list[str] = []
         self.stderr: list[str] = []
+        self.stderr_times: list[float] = []  # time.time() when each stderr line arrived
         self._readers = [
-            threading.Thread(target=self._read, args=(self.proc.stdout, self.stdout), daemon=True),
-            threading.Thread(target=self._read, args=(self.proc.stderr, self.stderr), daemon=True),
+            threading.Thread(target=self._read, args=(self.proc.stdout, self.stdout, []), daemon=True),
+            threading.Thread(target=self._read, args=(self.proc.stderr, self.stderr, self.stderr_times), daemon=True),
         ]
         for reader in self._readers:
             reader.start()
 
     @staticmethod
-    def _read(stream, lines: list[str]) -> None:
+    def _read(stream, lines: list[str], times: list[float]) -> None:
         for line in stream:
+            times.append(time.time())
             lines.append(line)
 
-    def wait_for(self, pattern: str, timeout: float = 150) -> str:
-        """The first stderr line matching `pattern`, waiting for it while the CLI runs."""
+    def wait_for(self, pattern: str, timeout: float = 150) -> float:
+        """When the first stderr line matching `pattern` arrived (time.time()), waiting for it."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for line in list(self.stderr):
+            for line, at in zip(list(self.stderr), list(self.stderr_times)):
                 if re.search(pattern, line):
-                    return line
+                    return at
             if self.proc.poll() is not None and not self._readers[1].is_alive():
                 break
             time.sleep(0.1)
@@ -173,19 +175,20 @@ def test_submit_streams_the_log_passes_the_environment_and_exits_with_the_run_co
             (tmp_path / "in" / "bad" / frame).write_bytes(b"nope")
         fs = s3fs.S3FileSystem(endpoint_url=s3.endpoint_url, key="testing", secret="testing")
         fs.put(str(tmp_path / "in") + "/", "capture/takes/", recursive=True)
-        spec = make_spec("s3://capture/takes", tmp_path / "out", tiny_checkpoint, run_id="env", faults__delay_s=2)
+        spec = make_spec("s3://capture/takes", tmp_path / "out", tiny_checkpoint, run_id="env", faults__delay_s=3)
 
         cli = Cli(
             _spec_file(tmp_path, spec), "--address", address, "--wait", "--env", f"AWS_ENDPOINT_URL={s3.endpoint_url}"
         )
         job_id = cli.job_id()
-        cli.wait_for("model actor ready")  # a line of the driver's log ...
-        assert str(client.get_job_status(job_id)) == "RUNNING"  # ... shown while the job still runs
+        shown_at = cli.wait_for("model actor ready")  # a line of the driver's log ...
         code = cli.finish()
 
     assert code == 1, cli.text
+    info = client.get_job_info(job_id)
+    assert shown_at < info.end_time / 1000, "... shown while the job still ran (it ran 2 x 3 s longer)"
     assert f"{RESULT_MARKER} 1" in cli.text and "ended with exit code 1" in cli.text
-    assert client.get_job_info(job_id).runtime_env["env_vars"] == {"AWS_ENDPOINT_URL": s3.endpoint_url}
+    assert info.runtime_env["env_vars"] == {"AWS_ENDPOINT_URL": s3.endpoint_url, "RAY_JOB_STOP_WAIT_TIME_S": "30"}
     outputs = read_outputs(str(tmp_path / "out" / "env"))
     assert sorted(set(outputs.frames.column("sequence_id").to_pylist())) == ["day", "night"]
     assert len(outputs.manifest) == 3
