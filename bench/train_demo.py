@@ -31,7 +31,7 @@ from zipmap_core import EngineConfig, ModelConfig, ZipMap, load_checkpoint, reco
 from zipmap_core.evaluation import evaluate_sequence, trivial_prediction  # noqa: E402
 from zipmap_core.evaluation.metrics import nanmean  # noqa: E402
 from zipmap_core.synthetic import generate_sequence  # noqa: E402
-from zipmap_core.training import TrainConfig, held_out_seeds, train  # noqa: E402
+from zipmap_core.training import LossWeights, TrainConfig, held_out_seeds, train  # noqa: E402
 
 COLUMNS = (
     ("depth_abs_rel", "AbsRel"),
@@ -64,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pool-size", type=int, default=128)
     p.add_argument("--pool-frames", type=int, default=16)
     p.add_argument("--new-per-step", type=float, default=0.5)
+    p.add_argument("--camera-weight", type=float, default=LossWeights.camera, help="weight of the camera loss")
+    p.add_argument("--curriculum", type=float, default=0.0,
+                   help="fraction of training over which sequence length and frame spacing ramp up")
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-sequences", type=int, default=16)
@@ -82,8 +85,9 @@ def train_both(args: argparse.Namespace, paths: dict[str, str]) -> dict[str, dic
         lr=args.lr, warmup_steps=args.warmup_steps, seed=args.seed, log_every=args.log_every, ckpt_every=500,
         height=args.size, width=args.size, max_frames=args.max_frames, frames_per_batch=args.frames_per_batch,
         pool_size=args.pool_size, pool_frames=args.pool_frames, new_per_step=args.new_per_step,
-        paired_preset="demo_attention", paired_out=paths["demo_attention"], resume=args.resume,
-        state_out=args.state_out, stop_after_minutes=args.stop_after_minutes,
+        curriculum=args.curriculum, paired_preset="demo_attention", paired_out=paths["demo_attention"],
+        resume=args.resume, state_out=args.state_out, loss=LossWeights(camera=args.camera_weight),
+        stop_after_minutes=args.stop_after_minutes,
     )
     ttt = train(cfg, log=log)
     runs = {}
@@ -166,13 +170,18 @@ def main(argv: list[str] | None = None) -> int:
     log(f"torch {torch.__version__}, device {args.device}"
         + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ""))
     runs = None if args.skip_training else train_both(args, paths)
-    results = evaluate_all(args, paths)
-    results["runs"] = runs
-    results["args"] = vars(args)
-    with open(os.path.join(args.out_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1, default=str)
-    log(table(results["summary"], runs, args))
+    results = {"runs": runs, "args": vars(args)}
+    write_results(args.out_dir, results)  # the training history survives an evaluation cut short
+    if args.eval_sequences > 0:
+        results.update(evaluate_all(args, paths))
+        write_results(args.out_dir, results)
+        log(table(results["summary"], runs, args))
     return 0
+
+
+def write_results(out_dir: str, results: dict) -> None:
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=1, default=str)
 
 
 if __name__ == "__main__":

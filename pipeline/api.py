@@ -14,7 +14,7 @@ from typing import Any
 
 from .commit import committed_sequences
 from .coordinator import Coordinator
-from .errors import RunFailedError
+from .errors import PipelineError, RunFailedError, storage_error
 from .layout import RunLayout
 from .manifest import RunSummary, SequenceRecord, read_manifest
 from .spec import JobSpec, StorageSpec, load_spec
@@ -30,7 +30,11 @@ def run_job(
     ray_address: str | None = None,
     raise_on_failure: bool = True,
 ) -> RunSummary:
-    """Run (or re-run: committed sequences are skipped) a job on the current/local Ray cluster.
+    """Run (or re-run: committed sequences are skipped) a job.
+
+    It runs on the Ray cluster this process is connected to; else on the one at `ray_address`
+    (HOST:PORT, ray://HOST:PORT or "auto") or RAY_ADDRESS, raising InfrastructureError if that
+    does not answer within `resources.ray_connect_timeout_s`; else on a local Ray it starts.
 
     Returns the summary when every sequence is done; otherwise raises `RunFailedError` with the
     summary, or returns it when `raise_on_failure=False` (the CLI does, and exits 1).
@@ -51,10 +55,7 @@ def load_run_spec(run_uri: str, *, storage: StorageSpec | None = None, overrides
     layout = RunLayout(run_uri)
     output, _, run_id = run_uri.rpartition("/")
     spec = load_spec(layout.spec, overrides, storage_options=storage.for_uri(layout.spec))
-    changes: dict[str, Any] = {"output": output, "run_id": run_id}
-    if storage != StorageSpec() and spec.storage == StorageSpec():
-        changes["storage"] = storage.model_dump(mode="json")
-    return spec.updated(**changes)
+    return spec.updated(output=output, run_id=run_id).with_storage_default(storage)
 
 
 def resume_job(
@@ -81,6 +82,15 @@ def resume_job(
 def run_status(run_uri: str, *, storage: StorageSpec | None = None) -> RunSummary:
     """The state of a run from its manifest and commit markers (no Ray needed)."""
     run_uri = run_uri.rstrip("/")
+    try:
+        return _run_status(run_uri, storage)
+    except PipelineError:
+        raise
+    except Exception as exc:  # the store failed us: one line that says why, not a client's traceback
+        raise storage_error(exc, run_uri, endpoint_url=(storage or StorageSpec()).endpoint_url, doing="read") from exc
+
+
+def _run_status(run_uri: str, storage: StorageSpec | None) -> RunSummary:
     store, layout = Store(run_uri, storage), RunLayout(run_uri)
     records: dict[str, SequenceRecord] = read_manifest(store, layout)
     for sid, marker in committed_sequences(store, layout).items():

@@ -8,7 +8,6 @@ done, the manifest says what failed for good, and everything else simply runs ag
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -17,16 +16,19 @@ from typing import Any
 from pydantic import ValidationError
 from tqdm import tqdm
 
+from .actors import check_checkpoint
+from .cluster import connect
 from .commit import clean_uncommitted, commit_sequence, committed_sequences, discard_attempt
 from .discovery import SequenceSource, discover
-from .errors import InfrastructureError, PipelineError, SpecError
-from .execution import RayExecutor, classify, connect, describe, plan_actors
+from .errors import InfrastructureError, PipelineError, SpecError, storage_error
+from .execution import RayExecutor, classify, describe, plan_actors
 from .layout import RunLayout
 from .manifest import RunSummary, SequenceRecord, read_manifest, write_manifest
-from .spec import JobSpec, redact_uri
+from .redaction import get_logger, redact_uri
+from .spec import JobSpec
 from .storage import Store
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 MANIFEST_INTERVAL_S = 10.0  # how often the manifest is rewritten while the run goes on
 POLL_S = 1.0
@@ -87,7 +89,7 @@ class Coordinator:
         started_ray = False
         try:
             if self._pending_ids():
-                started_ray = connect(self._ray_address)
+                started_ray = connect(self._ray_address, self.spec.resources.ray_connect_timeout_s)
                 self._start_executor(fixed_size=started_ray)  # a cluster we started cannot grow
                 self._loop()
         finally:
@@ -115,14 +117,18 @@ class Coordinator:
         try:
             self._check_same_results()
             committed = committed_sequences(self.store, self.layout)
-            sources = self._discover(bool(committed))
-            self.store.write_bytes(self.layout.spec, self.spec.to_json().encode())
             previous = read_manifest(self.store, self.layout)
+            known = {r.sequence_id: r.source_uri for r in previous.values() if r.source_uri}
+            known.update({sid: m["source_uri"] for sid, m in committed.items() if m.get("source_uri")})
+            sources = self._discover(bool(committed), known)
+            if any(s.sequence_id not in committed for s in sources):
+                check_checkpoint(self.spec)  # before the run folder or a cluster exists
+            self.store.write_bytes(self.layout.spec, self.spec.to_json().encode())
             clean_uncommitted(self.store, self.layout, set(committed))
         except PipelineError:
             raise
         except Exception as exc:  # OSError, or a store client's own errors (e.g. unreachable endpoint)
-            raise InfrastructureError(f"cannot use the run's storage {redact_uri(self.spec.run_uri)}: {exc}") from exc
+            raise storage_error(exc, self.spec.run_uri, endpoint_url=self.spec.storage.endpoint_url) from exc
         self._sources = {s.sequence_id: s for s in sources}
         for sid, marker in committed.items():
             self._records[sid] = SequenceRecord.from_marker(marker)
@@ -164,10 +170,10 @@ class Coordinator:
                 "its committed outputs would not match: use a new run_id"
             )
 
-    def _discover(self, resuming: bool) -> list[SequenceSource]:
+    def _discover(self, resuming: bool, known: dict[str, str]) -> list[SequenceSource]:
         """The input's sequences; an empty input is a spec error unless the run has results."""
         try:
-            sources = discover(self.spec)
+            sources = discover(self.spec, known=known)
         except SpecError as exc:
             if not resuming:
                 raise

@@ -13,9 +13,10 @@ from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel
+from pydantic import BaseModel, SerializerFunctionWrapHandler, model_serializer
 
 from .layout import DEPTH, FRAMES, POINTS, RunLayout
+from .redaction import redact
 from .storage import Store
 
 Status = Literal["pending", "running", "done", "failed"]
@@ -90,7 +91,7 @@ class SequenceRecord:
 
 
 def write_manifest(store: Store, layout: RunLayout, records: list[SequenceRecord]) -> None:
-    rows = [asdict(r) for r in sorted(records, key=lambda r: r.sequence_id)]
+    rows = [redact(asdict(r)) for r in sorted(records, key=lambda r: r.sequence_id)]
     table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
     buf = io.BytesIO()
     pq.write_table(table, buf)
@@ -123,6 +124,10 @@ class RunSummary(BaseModel):
     elapsed_s: float
     frames_per_s: float
     failures: list[dict[str, Any]]  # sequence_id, attempts, error
+
+    @model_serializer(mode="wrap")
+    def _redacting(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return redact(handler(self))  # printed and stored: summary.json, the CLI's output
 
     @property
     def exit_code(self) -> int:

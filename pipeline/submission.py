@@ -33,8 +33,9 @@ from typing import Any, TextIO
 
 import yaml
 
-from .errors import InfrastructureError, SpecError
-from .spec import REDACTED, JobSpec, secret_keys
+from .errors import InfrastructureError, SpecError, one_line
+from .redaction import REDACTED
+from .spec import JobSpec, secret_keys
 
 RESULT_MARKER = "zipmap-pipeline driver exit code:"
 # Seconds Ray waits after SIGTERM before it kills a stopped job's driver (its default, 3 s, can cut
@@ -162,7 +163,7 @@ def connect_job_server(address: str):
         hint = ""
         if isinstance(exc, AuthenticationError):
             hint = " (the cluster wants its token: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN, or ~/.ray/auth_token)"
-        raise InfrastructureError(f"cannot reach the job server at {address}: {_one_line(exc)}{hint}") from exc
+        raise InfrastructureError(f"cannot reach the job server at {address}: {one_line(exc)}{hint}") from exc
 
 
 def submit(
@@ -191,7 +192,7 @@ def submit(
     except (ValueError, TypeError) as exc:  # Ray validates the runtime environment before sending it
         raise SpecError(f"invalid runtime environment: {exc}") from exc
     except Exception as exc:
-        raise InfrastructureError(f"cannot submit to {address}: {_one_line(exc)}") from exc
+        raise InfrastructureError(f"cannot submit to {address}: {one_line(exc)}") from exc
     return SubmittedJob(address, job_id, spec.run_id, spec.run_uri)
 
 
@@ -273,7 +274,7 @@ class Follower:
         try:
             await asyncio.to_thread(self.client.stop_job, self.job.job_id)
         except Exception as exc:
-            self._note(f"could not ask the job server to stop job {self.job.job_id}: {_one_line(exc)}")
+            self._note(f"could not ask the job server to stop job {self.job.job_id}: {one_line(exc)}")
 
     async def _job_info(self) -> Any:
         """The job's info, or None while the job server does not answer (for at most `unreachable_timeout_s`)."""
@@ -284,7 +285,7 @@ class Follower:
             if self._lost_since is None:
                 self._lost_since = now
                 self._note(
-                    f"cannot reach the job server at {self.job.address} ({_one_line(exc)}); "
+                    f"cannot reach the job server at {self.job.address} ({one_line(exc)}); "
                     f"trying again for {self.unreachable_timeout_s:.0f} s"
                 )
             if now - self._lost_since >= self.unreachable_timeout_s:
@@ -388,7 +389,3 @@ class Follower:
         self.out.write(f"[submit] {message}\n")
         self.out.flush()
 
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]

@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-after-minutes", type=float,
                    help="end this run after this long and save the state (the budgets span all runs)")
     p.add_argument("--stop-at-step", type=int, help="likewise, end this run at this step")
-    for name in ("lr", "weight_decay", "grad_clip", "new_per_step"):
+    for name in ("lr", "weight_decay", "grad_clip", "new_per_step", "curriculum"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
     for name in ("warmup_steps", "seed", "log_every", "ckpt_every", "height", "width", "min_frames", "max_frames",
                  "frames_per_batch", "pool_size", "pool_frames"):
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         bf16=not args.no_bf16, seed=args.seed, log_every=args.log_every, ckpt_every=args.ckpt_every,
         save_dtype=args.save_dtype, height=args.height, width=args.width, min_frames=args.min_frames,
         max_frames=args.max_frames, frames_per_batch=args.frames_per_batch, pool_size=args.pool_size,
-        pool_frames=args.pool_frames, new_per_step=args.new_per_step,
+        pool_frames=args.pool_frames, new_per_step=args.new_per_step, curriculum=args.curriculum,
         aspect_crops=not args.no_aspect_crops, loss=loss, paired_preset=args.paired_config,
         paired_out=args.paired_out, resume=args.resume, state_out=args.state_out,
         stop_after_minutes=args.stop_after_minutes, stop_at_step=args.stop_at_step,

@@ -117,6 +117,12 @@ class SyntheticBatches:
     `crop_multiple` set, every batch is centre-cropped to a random height (a multiple of it, at
     least `min_crop_ratio` of the full height): images preprocessed for the model are `size`
     wide and at most as high, so the model has to work at landscape aspect ratios too.
+
+    With `curriculum` c > 0, the first fraction c of the run (`progress`, set by the trainer)
+    starts easy and ramps up linearly: sequences of `min_frames` frames that are neighbours in
+    the rendered path (small camera motion, large overlap), growing to `max_frames` frames spread
+    over the whole path. Relative poses are learnt from matching frames; wide baselines and long
+    sequences make that matching hard before the features are any good.
     """
 
     def __init__(
@@ -134,6 +140,7 @@ class SyntheticBatches:
         device: torch.device | str = "cpu",
         crop_multiple: int | None = None,
         min_crop_ratio: float = 0.5,
+        curriculum: float = 0.0,
     ):
         if not 1 <= min_frames <= max_frames <= pool_frames:
             raise ValueError("need 1 <= min_frames <= max_frames <= pool_frames")
@@ -146,6 +153,8 @@ class SyntheticBatches:
         self.new_per_step = new_per_step
         self.device = torch.device(device)
         self.heights = crop_heights(height, crop_multiple, min_crop_ratio) if crop_multiple else [height]
+        self.curriculum = curriculum
+        self.progress = 0.0  # of the training run, in [0, 1]; the trainer keeps it current
         self.rng = random.Random(seed)
         self.pool: deque[SyntheticSequence] = deque()
         self.pool_seeds: deque[int] = deque()  # the seed of each pool sequence, in pool order
@@ -210,7 +219,9 @@ class SyntheticBatches:
     def sample(self) -> Batch:
         """One batch from the current pool (no rendering)."""
         self.fill()
-        frames = self.rng.randint(self.min_frames, self.max_frames)
+        ramp = 1.0 if self.curriculum <= 0 else min(1.0, self.progress / self.curriculum)
+        frames = self.rng.randint(self.min_frames, self.min_frames + round((self.max_frames - self.min_frames) * ramp))
+        span = frames + round((self.pool_frames - frames) * ramp)
         count = max(1, self.frames_per_batch // frames)
         picks = (
             self.rng.sample(range(len(self.pool)), count)
@@ -219,7 +230,8 @@ class SyntheticBatches:
         )
         sequences, indices = [], []
         for pick in picks:
-            idx = sorted(self.rng.sample(range(self.pool_frames), frames))
+            first = self.rng.randrange(self.pool_frames - span + 1) if span < self.pool_frames else 0
+            idx = sorted(self.rng.sample(range(first, first + span), frames))
             if self.rng.random() < 0.5:
                 idx.reverse()
             sequences.append(self.pool[pick])

@@ -55,6 +55,7 @@ class TrainConfig:
     pool_size: int = 128
     pool_frames: int = 16
     new_per_step: float = 0.5
+    curriculum: float = 0.0  # fraction of the run over which frames per sequence and baselines ramp up
     aspect_crops: bool = True  # random landscape centre crops (see SyntheticBatches)
     loss: LossWeights = field(default_factory=LossWeights)
     paired_preset: str | None = None  # a second model trained in lockstep on the same batches
@@ -197,6 +198,7 @@ def make_data(cfg: TrainConfig) -> SyntheticBatches:
         seed=cfg.seed,
         device=cfg.device,
         crop_multiple=ModelConfig.preset(cfg.preset).patch_size if cfg.aspect_crops else None,
+        curriculum=cfg.curriculum,
     )
 
 
@@ -317,6 +319,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, data: SyntheticB
             break
         progress = max(step / cfg.steps if cfg.steps else 0.0, trained_s() / budget_s)
         lr = cfg.lr * lr_factor(step, progress, cfg.warmup_steps)
+        data.progress = progress
         batch = next(data)
         for m in members:
             for group in m.optimizer.param_groups:
