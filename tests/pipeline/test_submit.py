@@ -167,15 +167,15 @@ def test_submit_streams_the_log_passes_the_environment_and_exits_with_the_run_co
     partial results."""
     address, client = job_server
     with LocalS3() as s3:
-        s3.create_bucket("capture")
+        s3.create_bucket("submit-inputs")  # moto keeps buckets per process: a name no other test uses
         for name, n in (("day", 2), ("night", 3)):
             write_sequence(tmp_path / "in" / name, n, seed=n)
         (tmp_path / "in" / "bad").mkdir()
         for frame in ("x.jpg", "y.jpg"):
             (tmp_path / "in" / "bad" / frame).write_bytes(b"nope")
         fs = s3fs.S3FileSystem(endpoint_url=s3.endpoint_url, key="testing", secret="testing")
-        fs.put(str(tmp_path / "in") + "/", "capture/takes/", recursive=True)
-        spec = make_spec("s3://capture/takes", tmp_path / "out", tiny_checkpoint, run_id="env", faults__delay_s=3)
+        fs.put(str(tmp_path / "in") + "/", "submit-inputs/takes/", recursive=True)
+        spec = make_spec("s3://submit-inputs/takes", tmp_path / "out", tiny_checkpoint, run_id="env", faults__delay_s=3)
 
         cli = Cli(
             _spec_file(tmp_path, spec), "--address", address, "--wait", "--env", f"AWS_ENDPOINT_URL={s3.endpoint_url}"
