@@ -25,7 +25,7 @@ from .errors import ActorInitError, InfrastructureError, storage_error
 from .layout import RunLayout
 from .outputs import SequenceWriter, StagedOutputs, prepare_frame
 from .overlap import frame_writers, in_background, map_in_processes, remove_stale_scratch
-from .spec import JobSpec
+from .spec import JobSpec, ModelSpec, StorageSpec
 from .storage import Store
 
 RANDOM_WEIGHTS_SEED = 0  # every worker must hold the same weights, or retries would differ
@@ -44,13 +44,17 @@ class AttemptResult:
 
 def build_model(spec: JobSpec):
     """The spec's model with its weights, in eval mode on its device: (model, device)."""
+    return load_model(spec.model, spec.storage, spec.resources.device)
+
+
+def load_model(model_spec: ModelSpec, storage: StorageSpec, device: str = "auto"):
+    """A model spec's model with its weights, in eval mode on `device` (auto | cuda | cpu)."""
     import torch
 
     from zipmap_core.checkpoint import load_checkpoint
     from zipmap_core.models.zipmap import ZipMap
 
-    model_spec = spec.model
-    device = _pick_device(spec.resources.device, torch)
+    device = _pick_device(device, torch)
     if model_spec.checkpoint is None:
         torch.manual_seed(RANDOM_WEIGHTS_SEED)
     model = ZipMap(model_spec.config())
@@ -58,7 +62,7 @@ def build_model(spec: JobSpec):
         load_checkpoint(
             model,
             model_spec.checkpoint,
-            storage_options=spec.storage.for_uri(model_spec.checkpoint),
+            storage_options=storage.for_uri(model_spec.checkpoint),
             use_ema=model_spec.use_ema,
         )
     return model.to(device).eval(), device
@@ -135,7 +139,8 @@ class ModelWorker:
                 with self._lock, torch.inference_mode():
                     self._maybe_delay()
                     begin = time.perf_counter()
-                    yield from reconstruct(self._model, images, engine, device=self._device)
+                    on_state = writer.keep_state if self._spec.scene_state.enabled else None
+                    yield from reconstruct(self._model, images, engine, device=self._device, on_state=on_state)
                     infer_s = time.perf_counter() - begin
 
             engine = self._spec.engine

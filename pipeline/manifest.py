@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, SerializerFunctionWrapHandler, model_serializer
 
-from .layout import DEPTH, FRAMES, POINTS, RunLayout
+from .layout import DEPTH, FRAMES, POINTS, STATE, RunLayout
 from .redaction import redact
 from .storage import Store
 
@@ -39,6 +39,7 @@ MANIFEST_SCHEMA = pa.schema(
         ("frames_path", pa.string()),
         ("points_path", pa.string()),
         ("depth_path", pa.string()),
+        ("state_path", pa.string()),
         ("committed_at", pa.string()),
     ]
 )
@@ -64,6 +65,7 @@ class SequenceRecord:
     frames_path: str | None = None
     points_path: str | None = None
     depth_path: str | None = None
+    state_path: str | None = None
     committed_at: str | None = None
 
     @classmethod
@@ -85,6 +87,7 @@ class SequenceRecord:
             frames_path=outputs.get(FRAMES),
             points_path=outputs.get(POINTS),
             depth_path=outputs.get(DEPTH),
+            state_path=outputs.get(STATE),
             committed_at=marker.get("committed_at"),
             **{k: timings.get(k) for k in ("decode_s", "infer_s", "write_s", "total_s")},
         )

@@ -8,9 +8,11 @@ length of the sequence.
 from __future__ import annotations
 
 import io
+import json
 import os
 import tempfile
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -18,11 +20,14 @@ import pyarrow.parquet as pq
 
 from zipmap_core.engines.results import FramePrediction
 
-from .layout import DEPTH, FRAMES, POINTS, RunLayout
+from .layout import DEPTH, FRAMES, POINTS, STATE, RunLayout
 from .pointcloud import PointCloudBuilder, VoxelSums, frame_points, voxel_sums
 from .redaction import redact_uri
 from .spec import JobSpec
 from .storage import Store
+
+if TYPE_CHECKING:
+    from zipmap_core.scene_state import SceneState
 
 FRAMES_SCHEMA = pa.schema(
     [
@@ -158,6 +163,7 @@ class SequenceWriter:
     _points: PointCloudBuilder | None = None
     _depth_path: str | None = None
     _depth_writer: pq.ParquetWriter | None = None
+    _state: SceneState | None = None  # the sequence's scene state, on the host (scene_state.enabled)
 
     def __post_init__(self) -> None:
         pc = self.spec.point_cloud
@@ -174,6 +180,18 @@ class SequenceWriter:
         if not pc.enabled:
             return FrameFormat(self.sequence_id, None, self.spec.save_depth)
         return FrameFormat(self.sequence_id, pc.conf_threshold, self.spec.save_depth, pc.voxel_size)
+
+    def keep_state(self, state: SceneState) -> None:
+        """The engine's `on_state` hook: called once, while the engine holds the accelerator, so it
+        only copies the fast weights to the host; `finish` writes them."""
+        self._state = state.to("cpu")
+        self._state.metadata.update(
+            {
+                "sequence_id": self.sequence_id,
+                "run_id": str(self.spec.run_id),
+                "model": json.dumps(self.spec.model_dump(mode="json")["model"]),  # redacted
+            }
+        )
 
     def add_prepared(self, prepared: PreparedFrame) -> None:
         """Append a prepared frame; frames must come in order."""
@@ -207,6 +225,13 @@ class SequenceWriter:
             self._depth_writer = None
             files[DEPTH] = layout.staged(sid, attempt_id, DEPTH)
             store.upload(self._depth_path, files[DEPTH])
+        if self.spec.scene_state.enabled:
+            if self._state is None:
+                raise RuntimeError(f"the engine handed over no scene state for {sid}")
+            files[STATE] = layout.staged(sid, attempt_id, STATE)
+            self._state.save(
+                files[STATE], dtype=self.spec.scene_state.dtype, storage_options=store.storage.for_uri(files[STATE])
+            )
         return StagedOutputs(files=files, num_frames=len(self._rows), num_points=num_points)
 
     def close(self) -> None:

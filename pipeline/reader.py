@@ -12,7 +12,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from .commit import committed_sequences
-from .layout import DEPTH, FRAMES, POINTS, RunLayout
+from .layout import DEPTH, FRAMES, POINTS, STATE, RunLayout
 from .manifest import MANIFEST_SCHEMA
 from .outputs import DEPTH_SCHEMA, FRAMES_SCHEMA
 from .pointcloud import read_ply
@@ -39,6 +39,19 @@ class RunOutputs:
         if POINTS not in self.committed[sequence_id].get("outputs", {}):
             raise KeyError(f"sequence {sequence_id} has no point cloud")
         return read_ply(self.store.read_bytes(RunLayout(self.run_uri).final(sequence_id, POINTS)))
+
+    def scene_state_uri(self, sequence_id: str) -> str:
+        """Where the sequence's scene state lies (runs with scene_state.enabled); load it with
+        `zipmap_core.scene_state.SceneState.load`, or render from it with `pipeline.render_views`."""
+        record = self.committed.get(sequence_id)
+        if record is None:
+            raise LookupError(f"sequence {sequence_id!r} is not committed in {self.run_uri}")
+        uri = record.get("outputs", {}).get(STATE)
+        if uri is None:
+            raise LookupError(
+                f"sequence {sequence_id!r} of {self.run_uri} has no scene state (the run had scene_state.enabled off)"
+            )
+        return uri
 
     def frames_dataset(self):
         """The frames of committed sequences as a ray.data Dataset (needs ray[data])."""

@@ -105,6 +105,14 @@ class PointCloudSpec(_Section):
     voxel_size: float | None = Field(default=None, gt=0)  # average points per voxel when set
 
 
+class SceneStateSpec(_Section):
+    """Keep each sequence's scene state (its TTT fast weights, zipmap_core.scene_state) next to its
+    outputs, to render novel views later without the images. Needs a state-query model."""
+
+    enabled: bool = False
+    dtype: Literal["float32", "bfloat16"] = "float32"  # 576 MiB / 288 MiB per sequence at full size
+
+
 class ResourcesSpec(_Section):
     num_actors: int | None = Field(default=None, ge=1)  # None: one per GPU, or 1 CPU actor
     gpus_per_actor: float = Field(default=1.0, gt=0)  # used when the cluster has GPUs
@@ -195,6 +203,7 @@ class JobSpec(_Section):
     preprocess: PreprocessSpec = Field(default_factory=PreprocessSpec)
     point_cloud: PointCloudSpec = Field(default_factory=PointCloudSpec)
     save_depth: bool = False  # per-frame depth + confidence maps as a Parquet table
+    scene_state: SceneStateSpec = Field(default_factory=SceneStateSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     retry: RetrySpec = Field(default_factory=RetrySpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
@@ -221,6 +230,13 @@ class JobSpec(_Section):
         model = self.model.config()
         if self.engine.mode in ("chunked", "streaming") and model.global_block != "ttt":
             raise ValueError(f"engine.mode {self.engine.mode!r} needs a TTT model; preset {model.name!r} is not one")
+        if self.scene_state.enabled and not model.enable_nvs:
+            raise ValueError(
+                f"scene_state.enabled keeps states to render novel views from: preset {model.name!r} has no "
+                "novel-view head (use a state-query preset, e.g. 'state_query')"
+            )
+        if self.scene_state.enabled and self.engine.mode == "streaming":
+            raise ValueError("scene_state.enabled needs engine.mode 'offline' or 'chunked' (one update of all frames)")
         if self.engine.mode == "streaming" and self.engine.window is None and model.streaming_window is None:
             raise ValueError(
                 f"engine.mode 'streaming' needs engine.window: preset {model.name!r} has no default window"
@@ -251,7 +267,7 @@ class JobSpec(_Section):
     def result_fields(self) -> dict[str, Any]:
         """The parts of the spec that shape the outputs; a run must keep them to stay consistent."""
         data = self.model_dump(mode="json")
-        keep = {"model", "engine", "preprocess", "point_cloud", "save_depth"}
+        keep = {"model", "engine", "preprocess", "point_cloud", "save_depth", "scene_state"}
         result = {k: v for k, v in data.items() if k in keep}
         result["input"] = {k: data["input"][k] for k in ("min_frames", "max_frames", "frame_stride")}
         return result

@@ -81,3 +81,15 @@ def test_scaling_benchmark_reports_differences():
         "sequences differ: ['b']",
         "frames tables have 2 and 1 rows",
     ]
+
+
+def test_state_query_benchmark_smoke(capsys):
+    bench = _load("state_query")
+    args = ["--preset", "tiny_state_query", "--device", "cpu", "--height", "28", "--width", "42", "--frames", "2"]
+    results = bench.main([*args, "--views", "2", "--batch-sizes", "1", "2", "--repeats", "1", "--dtype", "float32"])
+    (row,) = results["sequences"]
+    assert row["state_mib"]["float32"] == 2 * row["state_mib"]["bfloat16"] == 4 * 3 * 32 * 64 * 4 / 2**20
+    assert row["file_mib_float32"] > row["state_mib"]["float32"] > row["file_mib_bfloat16"]
+    assert all(row["render_s_per_view"][b] > 0 for b in (1, 2)) and row["recompute_over_from_state"] > 0
+    assert row["max_rgb_difference"] < 1e-4  # from the state and recomputed: the same views
+    assert "recompute / from state" in capsys.readouterr().out

@@ -10,7 +10,7 @@ import torch
 from zipmap_core.engines.chunked import reconstruct_chunked
 from zipmap_core.engines.compiled import compile_for_inference
 from zipmap_core.engines.config import EngineConfig
-from zipmap_core.engines.offline import reconstruct_offline
+from zipmap_core.engines.offline import StateSink, reconstruct_offline
 from zipmap_core.engines.precision import (
     cast_for_inference,
     resolve_device,
@@ -30,8 +30,15 @@ def reconstruct(
     engine: EngineConfig | None = None,
     *,
     device: str | torch.device | None = None,
+    on_state: StateSink | None = None,
 ) -> Iterator[FramePrediction]:
+    """Frames of `images` [S, 3, H, W] in order. `on_state`, if given, is called once with the
+    sequence's `SceneState` (every TTT layer's trained fast weights and the cameras) as soon as it
+    is known, before the frames' dense heads: offline and chunked engines only."""
     engine = engine or EngineConfig()
+    if on_state is not None and engine.mode == "streaming":
+        raise ValueError("scene states come from one bidirectional update over all frames: use engine mode "
+                         "'offline' or 'chunked' (streaming keeps per-window states)")
     if images.dim() == 5 and images.shape[0] == 1:
         images = images[0]
     if images.dim() != 4 or images.shape[1] != 3:
@@ -53,4 +60,8 @@ def reconstruct(
             "use EngineConfig(fast=True, ...) or load a fresh model"
         )
     use_published_precision(model, engine.dtype)
+    if on_state is not None:
+        if not model.aggregator.is_ttt:
+            raise ValueError(f"model {model.config.name!r} has no fast weights to keep (global_block='attention')")
+        return _ENGINES[engine.mode](model, images, engine, device, on_state)
     return _ENGINES[engine.mode](model, images, engine, device)

@@ -52,7 +52,7 @@ def float32_parameters(model: torch.nn.Module) -> set[torch.nn.Parameter]:
     camera head; the TTT layers' initial fast weights (their update is accumulated and applied in
     float32); and the dense heads' last 1x1 convolution (depth is the exp of its output). With
     these, cameras match the autocast path's; rounding them moved poses by several percent."""
-    dense_heads = model.dense_heads().values()
+    dense_heads = model.dense_heads(nvs=True).values()
     keep = set(model.pose_head.parameters())
     heads = {p for head in dense_heads for p in head.parameters()}
     for name, p in model.named_parameters():
@@ -91,6 +91,6 @@ def cast_for_inference(model: torch.nn.Module, dtype_name: str) -> None:
     for module in model.modules():
         if isinstance(module, Mlp) and module.fc1.weight not in keep:
             module.gelu_in_gemm = True
-    for head in model.dense_heads().values():
+    for head in model.dense_heads(nvs=True).values():
         head.to(memory_format=torch.channels_last)
         head.channels_last = True
