@@ -40,6 +40,7 @@ class AttemptResult:
     staged: StagedOutputs
     timings: dict[str, float] = field(default_factory=dict)  # decode_s, infer_s, write_s
     worker: dict[str, Any] = field(default_factory=dict)
+    engine: dict[str, Any] = field(default_factory=dict)  # the settings it ran with ("auto" resolved)
 
 
 def build_model(spec: JobSpec):
@@ -104,6 +105,7 @@ class ModelWorker:
         remove_stale_scratch()  # what a killed worker on this node left behind
         self._init_error: str | None = None
         self._info: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid()}
+        self._frames_run: dict[tuple[int, int], int] = {}  # frames this worker ran per image size
         try:
             self._model, self._device = build_model(spec)
             self._info["device"] = str(self._device)
@@ -130,20 +132,24 @@ class ModelWorker:
         start = time.perf_counter()
         try:
             images = decoded.images()  # outside the lock: overlaps the previous sequence
+            engine = self._engine_for(images)
 
             def infer():
                 # the engine runs in its own thread and holds the accelerator only while it
                 # computes; frames it has finished wait here (offline: they are all on the host
                 # already; chunked/streaming: at most two chunks ahead, to bound host memory)
-                nonlocal infer_s
+                nonlocal infer_s, engine
                 with self._lock, torch.inference_mode():
                     self._maybe_delay()
+                    if engine.fast and getattr(self._model, "_compiled_for_inference", False):
+                        engine = engine.model_copy(update={"compile": True})  # compiled for good meanwhile
+                        writer.engine = engine.settings()
                     begin = time.perf_counter()
                     on_state = writer.keep_state if self._spec.scene_state.enabled else None
                     yield from reconstruct(self._model, images, engine, device=self._device, on_state=on_state)
                     infer_s = time.perf_counter() - begin
 
-            engine = self._spec.engine
+            writer.engine = engine.settings()
             ahead = 0 if engine.mode == "offline" else 2 * max(engine.chunk_size, engine.window or 1)
             frames = in_background(infer, max_ahead=ahead)
             for prepared in map_in_processes(partial(prepare_frame, writer.frame_format), frames, self._writers):
@@ -164,7 +170,18 @@ class ModelWorker:
             staged=staged,
             timings={"decode_s": decoded.decode_s, "infer_s": infer_s, "write_s": write_s},
             worker=dict(self._info),
+            engine=writer.engine,
         )
+
+    def _engine_for(self, images):
+        """The spec's engine with "auto" decided for this sequence (zipmap_core.engines.auto). What
+        this worker already ran at this image size counts towards the run's length: a run of many
+        sequences compiles once it has run enough frames to pay the compilation back."""
+        from zipmap_core.engines.auto import resolve_engine
+
+        hw, n = tuple(images.shape[-2:]), images.shape[0]
+        self._frames_run[hw] = run_frames = self._frames_run.get(hw, 0) + n
+        return resolve_engine(self._spec.engine, self._model, n, hw, self._device, run_frames=run_frames)
 
     # -- test hooks (JobSpec.faults) ---------------------------------------------------------
 

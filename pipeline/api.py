@@ -101,7 +101,10 @@ def _run_status(run_uri: str, storage: StorageSpec | None) -> RunSummary:
     try:
         stored = store.read_json(layout.summary)
         elapsed = float(stored.get("elapsed_s", 0.0))
+        skipped = dict(stored.get("skipped_inputs") or {})
     except (FileNotFoundError, ValueError):
-        elapsed = 0.0
+        elapsed, skipped = 0.0, {}
     frames = sum(r.num_frames or 0 for r in records.values() if r.status == "done")
-    return RunSummary.from_records(run_uri.rsplit("/", 1)[-1], run_uri, list(records.values()), elapsed, frames)
+    return RunSummary.from_records(
+        run_uri.rsplit("/", 1)[-1], run_uri, list(records.values()), elapsed, frames, skipped_inputs=skipped
+    )

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from .actors import check_checkpoint
 from .cluster import connect
 from .commit import clean_uncommitted, commit_sequence, committed_sequences, discard_attempt
-from .discovery import SequenceSource, discover
+from .discovery import SequenceSource, discover_inputs
 from .errors import InfrastructureError, PipelineError, SpecError, storage_error
 from .execution import RayExecutor, classify, describe, plan_actors
 from .layout import RunLayout
@@ -79,6 +79,7 @@ class Coordinator:
         self._frames_done = 0
         self._startup_failures = 0
         self._last_manifest = 0.0
+        self._skipped_inputs: dict[str, int] = {}  # discovery's skip counts by reason
 
     # -- the run -----------------------------------------------------------------------------
 
@@ -104,6 +105,7 @@ class Coordinator:
                 list(self._records.values()),
                 time.monotonic() - start,
                 self._frames_done,
+                skipped_inputs=self._skipped_inputs,
             )
             self._write_manifest()
             try:
@@ -173,12 +175,13 @@ class Coordinator:
     def _discover(self, resuming: bool, known: dict[str, str]) -> list[SequenceSource]:
         """The input's sequences; an empty input is a spec error unless the run has results."""
         try:
-            sources = discover(self.spec, known=known)
+            found = discover_inputs(self.spec, known=known)
         except SpecError as exc:
             if not resuming:
                 raise
             logger.warning("input unavailable (%s); keeping the run's committed sequences", exc)
             return []
+        sources, self._skipped_inputs = found.sources, found.skipped_counts()
         if not sources and not resuming:
             where = self.spec.input.prefix or self.spec.input.manifest
             raise SpecError(f"no sequences found in {redact_uri(where)} (sub-folders of images, or video files)")
@@ -285,6 +288,7 @@ class Coordinator:
                     "source_uri": record.source_uri,
                     "attempt": record.attempts,
                     "worker": result.worker,
+                    "engine": result.engine,
                     "timings": timings,
                 },
             )

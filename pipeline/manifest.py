@@ -8,6 +8,7 @@ restarted driver knows which sequences already failed for good.
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
@@ -41,6 +42,7 @@ MANIFEST_SCHEMA = pa.schema(
         ("depth_path", pa.string()),
         ("state_path", pa.string()),
         ("committed_at", pa.string()),
+        ("engine", pa.string()),  # JSON: the engine settings it ran with, "auto" resolved
     ]
 )
 
@@ -67,6 +69,7 @@ class SequenceRecord:
     depth_path: str | None = None
     state_path: str | None = None
     committed_at: str | None = None
+    engine: str | None = None
 
     @classmethod
     def from_marker(cls, marker: dict[str, Any]) -> SequenceRecord:
@@ -89,6 +92,7 @@ class SequenceRecord:
             depth_path=outputs.get(DEPTH),
             state_path=outputs.get(STATE),
             committed_at=marker.get("committed_at"),
+            engine=json.dumps(marker["engine"], sort_keys=True) if marker.get("engine") else None,
             **{k: timings.get(k) for k in ("decode_s", "infer_s", "write_s", "total_s")},
         )
 
@@ -127,6 +131,7 @@ class RunSummary(BaseModel):
     elapsed_s: float
     frames_per_s: float
     failures: list[dict[str, Any]]  # sequence_id, attempts, error
+    skipped_inputs: dict[str, int] = {}  # inputs discovery skipped, by reason (pipeline.discovery.SKIP_REASONS)
 
     @model_serializer(mode="wrap")
     def _redacting(self, handler: SerializerFunctionWrapHandler) -> Any:
@@ -139,7 +144,13 @@ class RunSummary(BaseModel):
 
     @classmethod
     def from_records(
-        cls, run_id: str, run_uri: str, records: list[SequenceRecord], elapsed_s: float, frames_this_session: int
+        cls,
+        run_id: str,
+        run_uri: str,
+        records: list[SequenceRecord],
+        elapsed_s: float,
+        frames_this_session: int,
+        skipped_inputs: dict[str, int] | None = None,
     ) -> RunSummary:
         done = [r for r in records if r.status == "done"]
         failed = [r for r in records if r.status == "failed"]
@@ -166,4 +177,5 @@ class RunSummary(BaseModel):
                 {"sequence_id": r.sequence_id, "attempts": r.attempts, "error_kind": r.error_kind, "error": r.error}
                 for r in sorted(failed, key=lambda r: r.sequence_id)
             ],
+            skipped_inputs=dict(skipped_inputs or {}),
         )

@@ -141,7 +141,7 @@ PRESETS: dict[str, ModelConfig] = {
     "offline_affine": ModelConfig(name="offline_affine", affine_invariant=True, **_FULL),
     # checkpoint_online.pt: MLP camera head, windowed TTT updates
     "streaming": ModelConfig(
-        name="streaming", affine_invariant=True, camera_head="mlp", streaming_window=8, **_FULL
+        name="streaming", affine_invariant=True, camera_head="mlp", streaming_window=1, **_FULL
     ),
     # the small model of ../shared/reference (ViT-S patch embed, single-head TTT of 384)
     "reference_dev": _REFERENCE_DEV,

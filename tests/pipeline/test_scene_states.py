@@ -236,10 +236,14 @@ def test_render_job_renders_several_scenes_on_actors(state_run, tmp_path):
         assert record["state_uri"].endswith(f"states/{name}.safetensors") and record["views"] == 3
     stored = json.loads((tmp_path / "renders" / "render_summary.json").read_text())
     assert stored == summary
-    # the same pictures as one sequence rendered alone
-    alone = render_views(read_outputs(run_uri).scene_state_uri("gamma"), str(tmp_path / "renders/gamma/cameras.json"))
+    # the same pictures as one sequence rendered alone; an actor's CPU thread count may order the float
+    # sums differently from the driver's, which moves a rounding boundary by one level at most
+    alone = render_views(
+        read_outputs(run_uri).scene_state_uri("gamma"), str(tmp_path / "renders/gamma/cameras.json"), batch_size=2
+    )
     png = np.asarray(Image.open(io.BytesIO((tmp_path / "renders/gamma/rgb/00002.png").read_bytes())))
-    np.testing.assert_array_equal((np.clip(alone.rgb[2], 0, 1) * 255).round().astype(np.uint8), png)
+    levels = (np.clip(alone.rgb[2], 0, 1) * 255).round().astype(np.int16) - png.astype(np.int16)
+    assert np.abs(levels).max() <= 1 and np.count_nonzero(levels) <= levels.size // 1000
     again = run_render_job(job)  # rendered scenes are skipped
     assert (again["rendered"], again["skipped"]) == ([], sorted(SEQUENCES))
 

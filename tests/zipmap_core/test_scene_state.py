@@ -71,8 +71,10 @@ def test_offline_capture_holds_the_trained_weights_and_cameras(scene, images):
 def test_chunked_engine_state_equals_offline_state(images, chunk_size, affine):
     model = tiny(affine_invariant=affine)
     offline, chunked = [], []
-    list(reconstruct(model, images, on_state=offline.append))
-    list(reconstruct(model, images, EngineConfig(mode="chunked", chunk_size=chunk_size), on_state=chunked.append))
+    exact = {"newton_schulz": "float32"}  # equal up to summation order; bf16 rounds the two differently
+    list(reconstruct(model, images, EngineConfig(mode="offline", **exact), on_state=offline.append))
+    chunked_engine = EngineConfig(mode="chunked", chunk_size=chunk_size, **exact)
+    list(reconstruct(model, images, chunked_engine, on_state=chunked.append))
     assert len(chunked) == 1
     assert_states_equal(chunked[0], offline[0])
     assert_derived_camera_matches(chunked[0].extrinsics, offline[0].extrinsics.numpy(), "extrinsics")

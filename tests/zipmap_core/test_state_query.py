@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.zipmap_core.reference_data import REFERENCE_DIR, filled_state_dict, load_json
-from tests.zipmap_core.test_reference import assert_matches
+from tests.zipmap_core.reference_data import REFERENCE_DIR, load_json
+from tests.zipmap_core.test_reference import _filled, assert_matches
 from zipmap_core.config import ModelConfig
 from zipmap_core.engines.render import render_views
 from zipmap_core.models.zipmap import ZipMap
@@ -67,8 +67,7 @@ def dev_case(arrays):
     """The reference's case in one pass (the released training path): the dev model (weights from
     the fill rule) over its 4 frames, the 3 query views appended. Its input-frame outputs and fast
     weights are those of the plain `store_state` pass (they see only the input frames)."""
-    model = ZipMap(ModelConfig.preset("reference_dev_state_query")).eval()
-    model.load_state_dict(filled_state_dict(model), strict=True)
+    model = _filled("reference_dev_state_query")  # Newton-Schulz in float32, as the reference
     images = torch.from_numpy(arrays["images"])
     with torch.inference_mode():
         out = model(images, query_rays=torch.from_numpy(arrays["query/ray_cond"]))

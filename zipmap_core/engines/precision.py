@@ -38,9 +38,14 @@ def autocast(device: torch.device, dtype_name: str):
     return torch.autocast(device.type, dtype=DTYPES[dtype_name])
 
 
-def use_published_precision(model: torch.nn.Module, dtype_name: str) -> None:
-    """Under bf16/fp16 the released code orthogonalises fast-weight updates in bf16."""
-    ns_dtype = None if dtype_name == "float32" else torch.bfloat16
+NEWTON_SCHULZ_DTYPES = {"bfloat16": torch.bfloat16, "float32": None}  # None: the gradients' float32
+
+
+def set_newton_schulz_precision(model: torch.nn.Module, precision: str) -> None:
+    """Orthogonalise the TTT layers' fast-weight updates in `precision`: "bfloat16" as the
+    released layer always does (the checkpoints' numerics, whatever the engine's dtype), or
+    "float32", exact (what ../shared/reference was computed with)."""
+    ns_dtype = NEWTON_SCHULZ_DTYPES[precision]
     for module in model.modules():
         if hasattr(module, "ns_dtype"):
             module.ns_dtype = ns_dtype

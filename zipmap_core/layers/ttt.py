@@ -196,7 +196,9 @@ class FastWeightSwiGLU(nn.Module):
         self.num_heads = dim // head_dim
         self.head_dim = head_dim
         self.muon_steps = muon_steps
-        self.ns_dtype: torch.dtype | None = None  # None: orthogonalise in the gradients' float32
+        # the released layer orthogonalises in bfloat16 whatever the input dtype (it casts even
+        # without autocast): the checkpoints' numerics. None: in the gradients' own float32 (exact)
+        self.ns_dtype: torch.dtype | None = torch.bfloat16
         hidden = int(head_dim * inter_multi)
         gain = math.sqrt(2.0)
         self.w0 = nn.Parameter(torch.randn(self.num_heads, head_dim, hidden) * gain / math.sqrt(head_dim))
