@@ -279,7 +279,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Submit a job spec to a Ray cluster's job server. With --wait, stream the job's log until it "
         "ends and exit with the run's code (0 done, 1 some sequences failed, 2 bad spec, 3 infrastructure: the "
         "job could not run or the job server was lost). Ctrl-C (or SIGTERM) stops the job; a second Ctrl-C "
-        "detaches and leaves it running (exit 130, or 143 for SIGTERM).",
+        "detaches without waiting for the stop (exit 130, or 143 for SIGTERM).",
     )
     p.add_argument("spec", help="job spec file (YAML or JSON; path or URL)")
     p.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://head:8265")

@@ -252,7 +252,7 @@ class Follower:
         status = "PENDING"
         while True:
             if len(self._signals) > 1:
-                return self._detach(status, "")
+                return self._detach(status, "", stopping=stop_asked is not None)
             if self._signals and stop_asked is None:
                 stop_asked = time.monotonic()
                 await self._ask_to_stop()
@@ -325,10 +325,14 @@ class Follower:
             f"submit the same spec with --run-id {job.run_id} to continue it"
         )
 
-    def _detach(self, status: str, why: str) -> int:
+    def _detach(self, status: str, why: str, *, stopping: bool = False) -> int:
+        if stopping:  # the second Ctrl-C: the stop asked for by the first goes on without us
+            fate = "it is being stopped and may still write to"
+        else:
+            fate = f"{why}it keeps running on the cluster and writing to"
         self._note(
-            f"detached from job {self.job.job_id} ({status}); {why}it keeps running on the cluster and writing to "
-            f"{self.job.run_uri}. {self._commands()}. Do not start another driver for run {self.job.run_id} "
+            f"detached from job {self.job.job_id} ({status}); {fate} {self.job.run_uri}. {self._commands()}. "
+            f"Do not start another driver for run {self.job.run_id} "
             f"(resume, or submit --run-id {self.job.run_id}) until it has ended"
         )
         return 128 + self._signals[0]

@@ -236,6 +236,30 @@ def test_ctrl_c_stops_the_job(job_server, tiny_checkpoint, tmp_path):
     assert (summary["status"], summary["pending"]) == ("incomplete", 1)
 
 
+def test_a_second_ctrl_c_detaches_while_the_stop_goes_on(job_server, tiny_checkpoint, tmp_path):
+    """Ctrl-C, then Ctrl-C again as soon as the stop is announced: `submit` returns at once, says the
+    job is being stopped and may still write, names the commands to follow it and no second driver;
+    the stop it asked for completes without it."""
+    address, client = job_server
+    write_sequence(tmp_path / "in" / "s", 2, seed=0)
+    spec = make_spec(tmp_path / "in", tmp_path / "out", tiny_checkpoint, run_id="detach", faults__delay_s=60)
+
+    cli = Cli(_spec_file(tmp_path, spec), "--address", address, "--wait")
+    job_id = cli.job_id()
+    cli.wait_for("starting 1 model actor")
+    cli.proc.send_signal(signal.SIGINT)
+    cli.wait_for("SIGINT: stopping job")
+    cli.proc.send_signal(signal.SIGINT)
+    code = cli.finish(timeout=30)
+
+    assert code == 130, cli.text
+    error = cli.stderr[-1]
+    assert error.startswith(f"[submit] detached from job {job_id} ("), error
+    assert "it is being stopped and may still write to" in error and f"ray job logs --follow {job_id}" in error, error
+    assert "Do not start another driver for run detach" in error and "stopped;" not in cli.text, cli.text
+    _wait_status(client, job_id, {"STOPPED"})
+
+
 class TcpProxy:
     """Forwards 127.0.0.1:<port> to a target port until `cut()`, like a `kubectl port-forward` that dies."""
 
