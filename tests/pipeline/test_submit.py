@@ -215,17 +215,22 @@ def test_an_entrypoint_that_cannot_import_is_an_infrastructure_failure(job_serve
     assert str(client.get_job_status(cli.job_id())) == "FAILED"
 
 
-def test_ctrl_c_stops_the_job(job_server, tiny_checkpoint, tmp_path):
-    """The first Ctrl-C asks Ray to stop the job and waits for it; no second driver is suggested
-    while the job lives; the stopped driver still writes the run's manifest and summary."""
-    address, client = job_server
+def _interrupted_job(address: str, tiny_checkpoint: Path, tmp_path: Path, run_id: str) -> tuple[Cli, str]:
+    """`submit --wait` of a job that would take a minute, sent one Ctrl-C once its actor starts."""
     write_sequence(tmp_path / "in" / "s", 2, seed=0)
-    spec = make_spec(tmp_path / "in", tmp_path / "out", tiny_checkpoint, run_id="stopme", faults__delay_s=60)
-
+    spec = make_spec(tmp_path / "in", tmp_path / "out", tiny_checkpoint, run_id=run_id, faults__delay_s=60)
     cli = Cli(_spec_file(tmp_path, spec), "--address", address, "--wait")
     job_id = cli.job_id()
     cli.wait_for("starting 1 model actor")
     cli.proc.send_signal(signal.SIGINT)
+    return cli, job_id
+
+
+def test_ctrl_c_stops_the_job(job_server, tiny_checkpoint, tmp_path):
+    """The first Ctrl-C asks Ray to stop the job and waits for it; no second driver is suggested
+    while the job lives; the stopped driver still writes the run's manifest and summary."""
+    address, client = job_server
+    cli, job_id = _interrupted_job(address, tiny_checkpoint, tmp_path, "stopme")
     code = cli.finish(timeout=90)
 
     assert code == 130, cli.text
@@ -241,13 +246,7 @@ def test_a_second_ctrl_c_detaches_while_the_stop_goes_on(job_server, tiny_checkp
     job is being stopped and may still write, names the commands to follow it and no second driver;
     the stop it asked for completes without it."""
     address, client = job_server
-    write_sequence(tmp_path / "in" / "s", 2, seed=0)
-    spec = make_spec(tmp_path / "in", tmp_path / "out", tiny_checkpoint, run_id="detach", faults__delay_s=60)
-
-    cli = Cli(_spec_file(tmp_path, spec), "--address", address, "--wait")
-    job_id = cli.job_id()
-    cli.wait_for("starting 1 model actor")
-    cli.proc.send_signal(signal.SIGINT)
+    cli, job_id = _interrupted_job(address, tiny_checkpoint, tmp_path, "detach")
     cli.wait_for("SIGINT: stopping job")
     cli.proc.send_signal(signal.SIGINT)
     code = cli.finish(timeout=30)
