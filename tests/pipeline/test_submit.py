@@ -162,9 +162,9 @@ def _wait_status(client, job_id: str, wanted: set[str], timeout: float = 60) -> 
 def test_submit_streams_the_log_passes_the_environment_and_exits_with_the_run_code(
     job_server, tiny_checkpoint, tmp_path
 ):
-    """Logs arrive while the job runs; --env reaches the driver and the workers (they find the
-    inputs' S3 endpoint only through it); a run with a bad sequence exits 1, the code of
-    partial results."""
+    """Logs arrive while the job runs; a --runtime-env file reaches the driver and the workers (they
+    find the inputs' S3 endpoint only through it), merged with --env; a run with a bad sequence
+    exits 1, the code of partial results."""
     address, client = job_server
     with LocalS3() as s3:
         s3.create_bucket("submit-inputs")  # moto keeps buckets per process: a name no other test uses
@@ -177,9 +177,10 @@ def test_submit_streams_the_log_passes_the_environment_and_exits_with_the_run_co
         fs.put(str(tmp_path / "in") + "/", "submit-inputs/takes/", recursive=True)
         spec = make_spec("s3://submit-inputs/takes", tmp_path / "out", tiny_checkpoint, run_id="env", faults__delay_s=3)
 
-        cli = Cli(
-            _spec_file(tmp_path, spec), "--address", address, "--wait", "--env", f"AWS_ENDPOINT_URL={s3.endpoint_url}"
-        )
+        env_file = tmp_path / "runtime_env.yaml"
+        env_file.write_text(yaml.safe_dump({"env_vars": {"AWS_ENDPOINT_URL": s3.endpoint_url, "NOTE": "file"}}))
+        flags = ["--address", address, "--wait", "--runtime-env", str(env_file), "--env", "NOTE=flag"]
+        cli = Cli(_spec_file(tmp_path, spec), *flags)
         job_id = cli.job_id()
         shown_at = cli.wait_for("model actor ready")  # a line of the driver's log ...
         code = cli.finish()
@@ -188,7 +189,11 @@ def test_submit_streams_the_log_passes_the_environment_and_exits_with_the_run_co
     info = client.get_job_info(job_id)
     assert shown_at < info.end_time / 1000, "... shown while the job still ran (it ran 2 x 3 s longer)"
     assert f"{RESULT_MARKER} 1" in cli.text and "ended with exit code 1" in cli.text
-    assert info.runtime_env["env_vars"] == {"AWS_ENDPOINT_URL": s3.endpoint_url, "RAY_JOB_STOP_WAIT_TIME_S": "30"}
+    assert info.runtime_env["env_vars"] == {
+        "AWS_ENDPOINT_URL": s3.endpoint_url,
+        "NOTE": "flag",  # --env over the file
+        "RAY_JOB_STOP_WAIT_TIME_S": "30",
+    }
     outputs = read_outputs(str(tmp_path / "out" / "env"))
     assert sorted(set(outputs.frames.column("sequence_id").to_pylist())) == ["day", "night"]
     assert len(outputs.manifest) == 3
