@@ -1,5 +1,5 @@
 """Code paths that only run on CUDA, which CPU CI never reaches: `pytest -m gpu` on a GPU machine
-(skipped without CUDA, see tests/conftest.py). Small models and tensors: a minute or two in all.
+(deselected without CUDA, see tests/conftest.py). Small models and tensors: a minute or two in all.
 
 - the fast path's GELU in the GEMM epilogue (Mlp.gelu_in_gemm);
 - strict float32 (no TF32) in the float32 engines;
