@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Sequence
 
 from pipeline.cli import guarded
+from pipeline.logs import configure_logging
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -24,9 +24,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     source.add_argument("--resume", metavar="RUN_URI", help="continue this run from its stored spec")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--retry-failed", action="store_true")
-    parser.add_argument("--progress", action="store_true", help="show a progress bar (off: job logs)")
+    parser.add_argument("--progress", action="store_true", help="also write periodic progress lines")
+    parser.add_argument("--log-format", choices=["text", "json"], default="text")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(fmt=args.log_format)
     return guarded(lambda: _reconstruct(args))
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .commit import committed_sequences
 from .coordinator import Coordinator
 from .layout import RunLayout
-from .manifest import RunSummary, SequenceRecord, read_manifest
+from .manifest import RunSummary
 from .spec import JobSpec, StorageSpec, load_spec
-from .storage import Store
+from .status import run_status
+
+__all__ = ["load_run_spec", "resume_job", "run_job", "run_status"]
 
 
 def run_job(
@@ -53,22 +54,3 @@ def resume_job(
     """Continue a run from its stored spec: committed sequences stay, the rest runs."""
     spec = load_run_spec(run_uri, storage=storage, overrides=overrides)
     return run_job(spec, progress=progress, retry_failed=retry_failed, ray_address=ray_address)
-
-
-def run_status(run_uri: str, *, storage: StorageSpec | None = None) -> RunSummary:
-    """The state of a run from its manifest and commit markers (no Ray needed)."""
-    run_uri = run_uri.rstrip("/")
-    store, layout = Store(run_uri, storage), RunLayout(run_uri)
-    records: dict[str, SequenceRecord] = read_manifest(store, layout)
-    for sid, marker in committed_sequences(store, layout).items():
-        records[sid] = SequenceRecord.from_marker(marker)
-    for record in records.values():
-        if record.status == "running":  # no driver is running it now (as far as we know)
-            record.status = "pending"
-    try:
-        stored = store.read_json(layout.summary)
-        elapsed = float(stored.get("elapsed_s", 0.0))
-    except (FileNotFoundError, ValueError):
-        elapsed = 0.0
-    frames = sum(r.num_frames or 0 for r in records.values() if r.status == "done")
-    return RunSummary.from_records(run_uri.rsplit("/", 1)[-1], run_uri, list(records.values()), elapsed, frames)

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Sequence
 
 from .errors import InfrastructureError, SpecError
+from .logs import configure_logging
 from .spec import REDACTED, StorageSpec, load_spec
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INFRA = 0, 1, 2, 3
@@ -27,11 +28,7 @@ logger = logging.getLogger("pipeline")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(verbose=args.verbose, fmt=args.log_format)
     return guarded(lambda: args.func(args))
 
 
@@ -86,8 +83,20 @@ def _status(args: argparse.Namespace) -> int:
         summary = run_status(args.run_uri, storage=_storage(args))
     except OSError as exc:
         raise InfrastructureError(f"cannot read {args.run_uri}: {exc}") from exc
-    if summary.sequences == 0:
+    if summary.sequences == 0 and summary.driver is None:
         raise SpecError(f"{args.run_uri} has no manifest or commit markers; is it a run folder?")
+    driver = summary.driver
+    if driver is not None and driver["state"] == "running":
+        logger.info(
+            "run %s is running: driver on host %s, pid %s, since %s; last heartbeat %.0fs ago",
+            summary.run_id, driver["host"], driver["pid"], driver["since"], driver["heartbeat_age_s"],
+        )
+    elif driver is not None and driver["state"] == "dead":
+        logger.warning(
+            "run %s: its driver (host %s, pid %s) is dead: no heartbeat for %.0fs; continue with "
+            "`zipmap-pipeline resume %s`", summary.run_id, driver["host"], driver["pid"], driver["heartbeat_age_s"],
+            args.run_uri,
+        )
     return _report(summary)
 
 
@@ -139,6 +148,9 @@ def _storage(args: argparse.Namespace) -> StorageSpec:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zipmap-pipeline", description=__doc__.split("\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument(
+        "--log-format", choices=["text", "json"], default="text", help="json: one JSON object per log line"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def overrides(p: argparse.ArgumentParser) -> None:

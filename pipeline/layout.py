@@ -8,6 +8,7 @@
   depth/sequence_id=<id>/part-0.parquet  per-frame depth + confidence maps (save_depth)
   points/<id>.ply                        the sequence's point cloud
   _commits/<id>.json                     commit marker: the sequence's outputs are complete
+  _lease/<generation>.json               the driver's lease on the run and its live progress
   _staging/<id>/<attempt_id>/...         an attempt's outputs before they are committed
 """
 
@@ -46,6 +47,14 @@ class RunLayout:
     @property
     def staging_root(self) -> str:
         return join(self.run_uri, "_staging")
+
+    @property
+    def leases(self) -> str:
+        return join(self.run_uri, "_lease")
+
+    def lease(self, generation: int) -> str:
+        """One driver session's lease; a later session takes the run over with the next number."""
+        return join(self.leases, f"{generation:010d}.json")
 
     def commit_marker(self, sequence_id: str) -> str:
         return join(self.commits, f"{sequence_id}.json")

@@ -8,7 +8,7 @@ restarted driver knows which sequences already failed for good.
 from __future__ import annotations
 
 import io
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -90,7 +90,7 @@ class SequenceRecord:
 
 
 def write_manifest(store: Store, layout: RunLayout, records: list[SequenceRecord]) -> None:
-    rows = [asdict(r) for r in sorted(records, key=lambda r: r.sequence_id)]
+    rows = [vars(r) for r in sorted(records, key=lambda r: r.sequence_id)]  # flat records: no asdict deep copy
     table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
     buf = io.BytesIO()
     pq.write_table(table, buf)
@@ -113,16 +113,19 @@ class RunSummary(BaseModel):
 
     run_id: str
     run_uri: str
-    status: Literal["succeeded", "partial", "failed", "incomplete"]
+    status: Literal["succeeded", "partial", "failed", "incomplete", "running"]  # running: `status` of a live run
     sequences: int
     done: int
     failed: int
     pending: int
     frames: int  # frames of sequences done
     points: int
-    elapsed_s: float
-    frames_per_s: float
+    elapsed_s: float  # working time over all driver sessions
+    frames_per_s: float  # frames / elapsed_s
     failures: list[dict[str, Any]]  # sequence_id, attempts, error
+    running: int = 0  # sequences in flight (`status` of a live run)
+    running_sequences: list[dict[str, Any]] = []  # sequence_id, attempt, started_at
+    driver: dict[str, Any] | None = None  # `status`: the run's driver (state running|dead|finished|stopped, ...)
 
     @property
     def exit_code(self) -> int:
@@ -131,12 +134,14 @@ class RunSummary(BaseModel):
 
     @classmethod
     def from_records(
-        cls, run_id: str, run_uri: str, records: list[SequenceRecord], elapsed_s: float, frames_this_session: int
+        cls, run_id: str, run_uri: str, records: list[SequenceRecord], elapsed_s: float, frames_processed: int
     ) -> RunSummary:
+        """`frames_processed` frames were computed in `elapsed_s` (which gives frames_per_s)."""
         done = [r for r in records if r.status == "done"]
         failed = [r for r in records if r.status == "failed"]
-        pending = len(records) - len(done) - len(failed)
-        if pending:
+        running = sum(r.status == "running" for r in records)
+        pending = len(records) - len(done) - len(failed) - running
+        if pending or running:
             status = "incomplete"
         elif not failed:
             status = "succeeded"
@@ -153,7 +158,8 @@ class RunSummary(BaseModel):
             frames=sum(r.num_frames or 0 for r in done),
             points=sum(r.num_points or 0 for r in done),
             elapsed_s=round(elapsed_s, 3),
-            frames_per_s=round(frames_this_session / elapsed_s, 3) if elapsed_s > 0 else 0.0,
+            frames_per_s=round(frames_processed / elapsed_s, 3) if elapsed_s > 0 else 0.0,
+            running=running,
             failures=[
                 {"sequence_id": r.sequence_id, "attempts": r.attempts, "error_kind": r.error_kind, "error": r.error}
                 for r in sorted(failed, key=lambda r: r.sequence_id)

@@ -62,6 +62,11 @@ class InputSpec(_Section):
             raise ValueError("set exactly one of input.prefix and input.manifest")
         return self
 
+    def kept_frames(self, count: int) -> int:
+        """How many of a sequence's `count` frames frame_stride and max_frames keep."""
+        kept = -(-count // self.frame_stride)
+        return min(kept, self.max_frames) if self.max_frames else kept
+
 
 class ModelSpec(_Section):
     preset: str  # a name accepted by zipmap_core.config.ModelConfig.preset
@@ -126,6 +131,10 @@ class ResourcesSpec(_Section):
     custom_resources: dict[str, float] = Field(default_factory=dict)  # extra Ray resources per actor
     # Give up when no model actor has started after this long (autoscalers may need minutes).
     actor_start_timeout_s: float = Field(default=1800.0, gt=0)
+    # Give up when work is waiting but nothing happened for this long: no sequence finished or
+    # failed and no actor started (e.g. decode tasks that no node can schedule). The error says
+    # what the run asks for and what the cluster has. Raise it for sequences that take longer.
+    progress_timeout_s: float = Field(default=1800.0, gt=0)
 
     @property
     def frame_writer_processes(self) -> int:
@@ -178,6 +187,25 @@ class StorageSpec(_Section):
         return opts
 
 
+class DriverSpec(_Section):
+    """How the driver guards and reports a run: its lease on the run folder and its progress."""
+
+    # The driver rewrites <run>/_lease/<n>.json this often: its lease on the run (one driver per
+    # run) and the live progress `status` reports.
+    heartbeat_s: float = Field(default=10.0, gt=0)
+    # A driver whose heartbeat is older than this is dead: `status` says so and `resume` may
+    # take the run over (at once when the dead driver ran on the same host).
+    lease_expiry_s: float = Field(default=60.0, gt=0)
+    # A progress line this often when stderr is not a terminal (a terminal gets a live bar).
+    progress_interval_s: float = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _expiry_spans_heartbeats(self) -> DriverSpec:
+        if self.lease_expiry_s < 2 * self.heartbeat_s:
+            raise ValueError("driver.lease_expiry_s must be at least twice driver.heartbeat_s")
+        return self
+
+
 class FaultSpec(_Section):
     """Test hooks that make failures happen on purpose. Never set these in production."""
 
@@ -200,6 +228,7 @@ class JobSpec(_Section):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     retry: RetrySpec = Field(default_factory=RetrySpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
+    driver: DriverSpec = Field(default_factory=DriverSpec)
     faults: FaultSpec | None = None
 
     @field_validator("run_id")

@@ -110,15 +110,36 @@ class Store:
         """Write a whole file atomically: readers see the old file or the new one, never half."""
         path = self.path(uri)
         if self.local:
-            self._parent(uri)
-            tmp = f"{path}{PARTIAL_WRITE_INFIX}{uuid.uuid4().hex[:8]}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            os.replace(self._local_temporary(uri, data), path)
         else:
             self.fs.pipe_file(path, data)  # one PUT: atomic on object stores
+
+    def create_exclusive(self, uri: str, data: bytes) -> None:
+        """Write a whole file only if nothing exists at `uri`; FileExistsError otherwise.
+
+        Atomic against a concurrent writer on local disk (a hard link of a complete temporary
+        file) and on S3 (a conditional PUT, `If-None-Match: *`); on other stores fsspec checks
+        first, then writes.
+        """
+        path = self.path(uri)
+        if not self.local:
+            self.fs.pipe_file(path, data, mode="create")
+            return
+        tmp = self._local_temporary(uri, data)
+        try:
+            os.link(tmp, path)  # fails with FileExistsError if the path exists, however it was made
+        finally:
+            os.unlink(tmp)
+
+    def _local_temporary(self, uri: str, data: bytes) -> str:
+        """`data` written and synced to a new temporary file beside `uri`; returns its path."""
+        self._parent(uri)
+        tmp = f"{self.path(uri)}{PARTIAL_WRITE_INFIX}{uuid.uuid4().hex[:8]}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return tmp
 
     def remove_partial_writes(self, folder_uri: str) -> int:
         """Delete the temporary files of atomic writes that never finished (a process killed

@@ -81,3 +81,21 @@ def test_scaling_benchmark_reports_differences():
         "sequences differ: ['b']",
         "frames tables have 2 and 1 rows",
     ]
+
+
+def test_coordinator_scale_benchmark_smoke(tmp_path, capsys):
+    """A tiny size on both stores, against the baseline commit: every row measured for both versions."""
+    results = _load("coordinator_scale").main(
+        ["--sizes", "30", "--sample", "20", "--moto-sample", "10", "--workdir", str(tmp_path)]
+    )
+    out = capsys.readouterr().out
+    for version in ("current", "baseline"):
+        rows = results[version]
+        assert set(rows) == {f"{s}/30/{w}" for s in ("local", "moto") for w in ("driver", "status", "resume start")}
+        for store in ("local", "moto"):
+            assert rows[f"{store}/30/status"]["done"] >= 30
+            assert rows[f"{store}/30/driver"]["cpu_per_seq_ms"] > 0 and rows[f"{store}/30/resume start"]["seconds"] > 0
+    assert results["current"]["local/30/driver"]["sequences"] == 30  # this checkout: whole runs on local disk
+    assert 20 <= results["baseline"]["local/30/driver"]["sequences"] < 30  # sampled: the first 20 commits (and
+    assert 10 <= results["current"]["moto/30/driver"]["sequences"] < 20  # those already in flight)
+    assert "| moto | 30 | resume start, s |" in out and "ratio" in out

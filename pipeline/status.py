@@ -1,0 +1,84 @@
+"""A run's state as `zipmap-pipeline status` reports it, without Ray.
+
+Which sequences are done comes from the commit markers, failures from the manifest, and
+whether a driver is working on the run from its lease (pipeline.lease): a lease renewed within
+its expiry means the run is running (its heartbeat lists the sequences in flight and the time
+worked so far), a stale one that its driver died, a released one that the driver finished or
+stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .commit import committed_sequences
+from .layout import RunLayout
+from .lease import Lease, read_lease
+from .manifest import RunSummary, SequenceRecord, read_manifest
+from .spec import StorageSpec
+from .storage import Store
+
+
+def run_status(run_uri: str, *, storage: StorageSpec | None = None) -> RunSummary:
+    run_uri = run_uri.rstrip("/")
+    store, layout = Store(run_uri, storage), RunLayout(run_uri)
+    lease = read_lease(store, layout)  # before the markers: a driver finishing meanwhile looks running, not dead
+    records: dict[str, SequenceRecord] = read_manifest(store, layout)
+    for sid, marker in committed_sequences(store, layout).items():
+        records[sid] = SequenceRecord.from_marker(marker)
+    now = time.time()
+    live = lease is not None and lease.holder_alive(now)
+    in_flight = {r["sequence_id"]: r for r in lease.progress.get("running_sequences", [])} if live else {}
+    for sid, record in records.items():
+        if record.status == "running" or (sid in in_flight and record.status == "pending"):
+            record.status = "running" if sid in in_flight else "pending"
+    elapsed = _elapsed(store, layout, lease, live, now)
+    frames = sum(r.num_frames or 0 for r in records.values() if r.status == "done")
+    summary = RunSummary.from_records(run_uri.rsplit("/", 1)[-1], run_uri, list(records.values()), elapsed, frames)
+    running = [  # the heartbeat may be a second older than a marker: done is done
+        in_flight[sid]
+        for sid in sorted(in_flight, key=lambda s: in_flight[s]["started_at"])
+        if sid in records and records[sid].status == "running"
+    ]
+    return summary.model_copy(
+        update={
+            "status": "running" if live else summary.status,
+            "running_sequences": running,
+            "driver": _driver(lease, live, summary, now),
+        }
+    )
+
+
+def _elapsed(store: Store, layout: RunLayout, lease: Lease | None, live: bool, now: float) -> float:
+    """Working time over all sessions: the heartbeat's (plus its age, while live), else the summary's."""
+    if lease is not None and "elapsed_s" in lease.progress:
+        return float(lease.progress["elapsed_s"]) + (lease.age(now) if live else 0.0)
+    try:
+        return float(store.read_json(layout.summary).get("elapsed_s", 0.0))
+    except (FileNotFoundError, ValueError):
+        return 0.0
+
+
+def _driver(lease: Lease | None, live: bool, summary: RunSummary, now: float) -> dict[str, Any] | None:
+    if lease is None:
+        return None
+    if live:
+        state = "running"
+    elif lease.state == "running":
+        state = "dead"
+    else:
+        state = "stopped" if summary.pending or summary.running else "finished"
+    progress = lease.progress
+    return {
+        "state": state,
+        "host": lease.data.get("host"),
+        "pid": lease.data.get("pid"),
+        "since": lease.data.get("since"),
+        "heartbeat_at": lease.data.get("renewed_at"),
+        "heartbeat_age_s": round(lease.age(now), 1),
+        "lease_expiry_s": lease.data.get("expiry_s"),
+        "current_frames_per_s": progress.get("frames_per_s") if live else None,
+        "eta_s": progress.get("eta_s") if live else None,
+        "last_event_at": progress.get("last_event_at"),
+    }
