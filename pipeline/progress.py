@@ -68,6 +68,12 @@ class ProgressReport:
         self._started = time.monotonic()
         self._last_shown = 0.0
         self.throughput = Throughput()
+        self._drawn = False  # the terminal's last line is ours
+        self._handlers: list[logging.Handler] = []
+        if enabled and self._tty:  # log lines to the same terminal first wipe the progress line
+            self._handlers = [h for h in logging.getLogger().handlers if getattr(h, "stream", None) is self._stream]
+            for handler in self._handlers:
+                handler.addFilter(self._wipe)
 
     def committed(self, now: float) -> None:
         """Call after each commit (feeds the rate)."""
@@ -83,6 +89,7 @@ class ProgressReport:
         if self._tty:
             self._stream.write(f"\r{self.line(now)}\x1b[K")
             self._stream.flush()
+            self._drawn = True
         else:
             log_event(logger, "progress", message=self.line(now), run_id=self._run_id, **self.facts(now))
 
@@ -90,9 +97,20 @@ class ProgressReport:
         if not self._enabled:
             return
         self.update(force=True)
+        for handler in self._handlers:
+            handler.removeFilter(self._wipe)
         if self._tty:
             self._stream.write("\n")
             self._stream.flush()
+
+    def _wipe(self, record: logging.LogRecord) -> bool:
+        """A logging filter: clear the progress line before a log line takes its place (it is
+        drawn again at the next update)."""
+        if self._drawn:
+            self._stream.write("\r\x1b[K")
+            self._drawn = False
+            self._last_shown = 0.0
+        return True
 
     # -- what is shown -----------------------------------------------------------------------
 

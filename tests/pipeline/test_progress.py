@@ -68,12 +68,22 @@ def test_off_a_terminal_progress_is_plain_log_lines(caplog):
     assert lines[0].fields["event"] == "progress" and lines[0].fields["done"] == 1
 
 
-def test_on_a_terminal_the_line_is_redrawn():
+def test_on_a_terminal_the_line_is_redrawn_and_log_lines_wipe_it_first():
     terminal = _Terminal()
-    report = ProgressReport("r", _table(), stream=terminal)
-    report.update(force=True)
-    report.close()
-    assert terminal.getvalue().startswith("\r") and terminal.getvalue().endswith("\n")
+    configure_logging(stream=terminal)
+    try:
+        report = ProgressReport("r", _table(), stream=terminal)
+        report.update(force=True)
+        logging.getLogger("pipeline.test").info("an event")
+        report.update()  # drawn again at once, not a redraw interval later
+        report.close()
+        logging.getLogger("pipeline.test").info("after")
+    finally:
+        configure_logging()
+    text = terminal.getvalue()
+    bar = "\rrun r: 0/10 sequences (0 failed, 0 running), 0/100 frames, 0.00 frames/s, elapsed 0:00:00, ETA ?\x1b[K"
+    assert text.startswith(bar + "\r\x1b[K") and "pipeline.test: an event\n" + bar in text
+    assert text.endswith(bar + "\n" + text.splitlines()[-1] + "\n") and "after" in text.splitlines()[-1]
 
 
 def test_json_log_lines_carry_event_fields():
