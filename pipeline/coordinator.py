@@ -95,6 +95,7 @@ class Coordinator:
     def run(self) -> RunSummary:
         """Run every sequence not yet done; the summary is also stored, even if the run stops early."""
         try:  # before the lease: bad input and unusable stores fail without writing anything
+            self._lease.refuse_if_held()  # before discovery, which may take minutes on a large input
             resuming = check_same_results(self.store, self.layout, self.spec)
             sources = find_sources(self.store, self.layout, self.spec, resuming=resuming)
             previous = self._lease.acquire()
@@ -142,15 +143,17 @@ class Coordinator:
         summary = RunSummary.from_records(
             self.spec.run_id, self.spec.run_uri, self._table.records(), elapsed, self._table.frames_done
         )
-        if self._worked_since is not None or not self._summary_exists():
+        if len(self._table) and (self._worked_since is not None or not self._summary_exists()):
             self._write_manifest()
             try:
                 self.store.write_json(self.layout.summary, summary.model_dump(mode="json"))
             except Exception as exc:  # do not mask the error that stopped the run
                 logger.warning("could not write %s: %s", self.layout.summary, exc)
         self._lease.release(self._live_progress(elapsed))
-        log_event(logger, "run_end", run_id=self.spec.run_id, status=summary.status, done=summary.done,
-                  failed=summary.failed, pending=summary.pending, elapsed_s=summary.elapsed_s)
+        log_event(
+            logger, "run_end", run_id=self.spec.run_id, status=summary.status, done=summary.done,
+            failed=summary.failed, pending=summary.pending, elapsed_s=summary.elapsed_s,
+        )
         return summary
 
     # -- the loop ----------------------------------------------------------------------------

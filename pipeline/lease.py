@@ -105,6 +105,12 @@ class RunLease:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def refuse_if_held(self) -> None:
+        """Raise LeaseHeldError now if a live driver holds the run (a cheap check before slow work)."""
+        holder = read_lease(self._store, self._layout)
+        if holder is not None and holder.holder_alive():
+            raise self._held(holder)
+
     def acquire(self) -> Lease | None:
         """Take the run, or raise LeaseHeldError naming the live holder; returns the previous lease."""
         for _ in range(5):
