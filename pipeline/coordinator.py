@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 MANIFEST_INTERVAL_S = 10.0  # the manifest is rewritten at most this often while the run goes on ...
 MANIFEST_SHARE = 0.1  # ... and so that rewriting it takes at most this share of the driver's time
-PUBLISH_S = 1.0  # how often the loop hands the heartbeat fresh progress
+PUBLISH_S = 0.5  # how often the loop hands the heartbeat fresh progress
 POLL_S = 1.0
 
 ExecutorFactory = Callable[[JobSpec], AbstractContextManager[Executor]]

@@ -70,10 +70,10 @@ class ProgressReport:
         self.throughput = Throughput()
         self._drawn = False  # the terminal's last line is ours
         self._handlers: list[logging.Handler] = []
-        if enabled and self._tty:  # log lines to the same terminal first wipe the progress line
+        if enabled and self._tty:  # log lines to the same terminal go above the progress line
             self._handlers = [h for h in logging.getLogger().handlers if getattr(h, "stream", None) is self._stream]
             for handler in self._handlers:
-                handler.addFilter(self._wipe)
+                handler.emit = self._above(handler.emit)
 
     def committed(self, now: float) -> None:
         """Call after each commit (feeds the rate)."""
@@ -98,19 +98,25 @@ class ProgressReport:
             return
         self.update(force=True)
         for handler in self._handlers:
-            handler.removeFilter(self._wipe)
+            del handler.emit  # the class's own again
         if self._tty:
             self._stream.write("\n")
             self._stream.flush()
 
-    def _wipe(self, record: logging.LogRecord) -> bool:
-        """A logging filter: clear the progress line before a log line takes its place (it is
-        drawn again at the next update)."""
-        if self._drawn:
-            self._stream.write("\r\x1b[K")
-            self._drawn = False
-            self._last_shown = 0.0
-        return True
+    def _above(self, emit):
+        """A handler's emit that clears the progress line, writes the log line, and draws the
+        progress line again below it."""
+
+        def emit_above(record: logging.LogRecord) -> None:
+            drawn = self._drawn
+            if drawn:
+                self._stream.write("\r\x1b[K")
+            emit(record)
+            if drawn:
+                self._stream.write(f"{self.line(time.monotonic())}\x1b[K")
+                self._stream.flush()
+
+        return emit_above
 
     # -- what is shown -----------------------------------------------------------------------
 

@@ -192,7 +192,7 @@ class DriverSpec(_Section):
 
     # The driver rewrites <run>/_lease/<n>.json this often: its lease on the run (one driver per
     # run) and the live progress `status` reports.
-    heartbeat_s: float = Field(default=10.0, gt=0)
+    heartbeat_s: float = Field(default=2.0, gt=0)
     # A driver whose heartbeat is older than this is dead: `status` says so and `resume` may
     # take the run over (at once when the dead driver ran on the same host).
     lease_expiry_s: float = Field(default=60.0, gt=0)

@@ -2,11 +2,13 @@
 
     python scripts/record_live_run.py --sequences 200 --out ../a1-artifacts/live-run
 
-Runs `zipmap-pipeline run job.json` (tiny preset, random weights, CPU, its own local Ray) in a
+Runs `zipmap-pipeline run job.json` (tiny preset, random weights, CPU, its own local Ray; by
+default 16 frames of 224x168 per sequence, so that the run outlasts a minute on 2 cores) in a
 detached tmux pane, so its stderr is a terminal; the pane's raw output is piped to
 `terminal.raw` (with its carriage returns), its screen is captured every `--every` seconds for
 `--watch` seconds into `screens.txt`, and `zipmap-pipeline status` is run once while the run is
-live (`status-live.txt`) and once after it ended (`status-final.txt`). Needs tmux.
+live (`status-live.txt`, at `--status-at` or the end of `--watch`) and once after it ended
+(`status-final.txt`). Needs tmux.
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ def main(argv: list[str] | None = None) -> None:
                 screens.flush()
                 if elapsed > args.status_at and not (out / "status-live.txt").exists():
                     _status(run_uri, out / "status-live.txt")
+        if not (out / "status-live.txt").exists():
+            _status(run_uri, out / "status-live.txt")
         while "EXIT CODE" not in _screen(session):
             time.sleep(2)
         (out / "screen-final.txt").write_text(_screen(session))
@@ -72,13 +76,14 @@ def main(argv: list[str] | None = None) -> None:
 def _parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sequences", type=int, default=200)
-    p.add_argument("--frames", type=int, default=2)
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--size", type=int, default=224, help="image width (a multiple of 14)")
     p.add_argument("--watch", type=float, default=60.0, help="seconds of screens to capture")
     p.add_argument("--every", type=float, default=10.0)
-    p.add_argument("--status-at", type=float, default=40.0, help="run `status` this long after the start")
+    p.add_argument("--status-at", type=float, default=60.0, help="run `status` this long after the start")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    args.input, args.preset, args.checkpoint, args.size = None, "tiny", None, 112
+    args.input, args.preset, args.checkpoint = None, "tiny", None
     return args
 
 

@@ -68,22 +68,23 @@ def test_off_a_terminal_progress_is_plain_log_lines(caplog):
     assert lines[0].fields["event"] == "progress" and lines[0].fields["done"] == 1
 
 
-def test_on_a_terminal_the_line_is_redrawn_and_log_lines_wipe_it_first():
+def test_on_a_terminal_the_line_is_redrawn_and_log_lines_go_above_it():
     terminal = _Terminal()
     configure_logging(stream=terminal)
     try:
         report = ProgressReport("r", _table(), stream=terminal)
         report.update(force=True)
         logging.getLogger("pipeline.test").info("an event")
-        report.update()  # drawn again at once, not a redraw interval later
         report.close()
         logging.getLogger("pipeline.test").info("after")
     finally:
         configure_logging()
-    text = terminal.getvalue()
-    bar = "\rrun r: 0/10 sequences (0 failed, 0 running), 0/100 frames, 0.00 frames/s, elapsed 0:00:00, ETA ?\x1b[K"
-    assert text.startswith(bar + "\r\x1b[K") and "pipeline.test: an event\n" + bar in text
-    assert text.endswith(bar + "\n" + text.splitlines()[-1] + "\n") and "after" in text.splitlines()[-1]
+    bar = "run r: 0/10 sequences (0 failed, 0 running), 0/100 frames, 0.00 frames/s, elapsed 0:00:00, ETA ?\x1b[K"
+    lines = terminal.getvalue().split("\n")
+    assert lines[0] == f"\r{bar}\r\x1b[K" + lines[0].split("\x1b[K", 2)[2]  # wiped, then the log line
+    assert lines[0].endswith("pipeline.test: an event")
+    assert lines[1] == f"{bar}\r{bar}"  # drawn again below it; close() draws the last state
+    assert lines[2].endswith("pipeline.test: after") and lines[3] == ""  # after close: plain lines
 
 
 def test_json_log_lines_carry_event_fields():
