@@ -25,10 +25,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--retry-failed", action="store_true")
     parser.add_argument("--progress", action="store_true", help="also write periodic progress lines")
-    parser.add_argument("--log-format", choices=["text", "json"], default="text")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logs, and tracebacks of errors")
+    parser.add_argument("--log-format", choices=["text", "json"], default="text", help="json: one object per line")
     args = parser.parse_args(argv)
-    configure_logging(fmt=args.log_format)
-    return guarded(lambda: _reconstruct(args))
+    configure_logging(verbose=args.verbose, fmt=args.log_format)
+    return guarded(lambda: _reconstruct(args), verbose=args.verbose)
 
 
 def _reconstruct(args: argparse.Namespace) -> int:

@@ -15,8 +15,9 @@ from typing import Any
 from .errors import InfrastructureError
 from .execution import Executor, classify, describe
 from .logs import log_event
+from .redaction import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 @dataclass(eq=False)

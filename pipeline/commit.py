@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 import time
 from typing import Any
 
 from .layout import DEPTH, FRAMES, POINTS, RunLayout
 from .outputs import StagedOutputs
+from .redaction import get_logger, redact
 from .storage import Store
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 OUTPUT_KINDS = (FRAMES, POINTS, DEPTH)
 
 
@@ -59,7 +59,7 @@ def commit_sequence(
         "outputs": outputs,
         "committed_at": dt.datetime.now(dt.UTC).isoformat(),
     }
-    store.write_json(marker, full)  # last: from here on the sequence is visible
+    store.write_json(marker, redact(full))  # last: from here on the sequence is visible
     discard_attempt(store, layout, sequence_id, attempt_id)
     return full
 

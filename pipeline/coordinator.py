@@ -20,21 +20,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from .actor_pool import ActorPool, Slot
+from .actors import check_checkpoint
 from .commit import commit_sequence, discard_attempt
 from .discovery import SequenceSource
-from .errors import InfrastructureError, PipelineError
+from .errors import InfrastructureError, PipelineError, storage_error
 from .execution import Executor, classify, describe, ray_executor
 from .layout import RunLayout
 from .lease import Lease, LeaseLostError, RunLease, iso_time
 from .logs import log_event
 from .manifest import RunSummary, SequenceRecord, write_manifest
 from .progress import ProgressReport
-from .restore import check_same_results, find_sources, previous_elapsed, restore_table
+from .redaction import get_logger
+from .restore import Previous, check_same_results, find_sources, previous_elapsed, read_previous, restore_table
 from .sequence_table import SequenceTable
-from .spec import JobSpec, redact_uri
+from .spec import JobSpec
 from .storage import Store
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 MANIFEST_INTERVAL_S = 10.0  # the manifest is rewritten at most this often while the run goes on ...
 MANIFEST_SHARE = 0.1  # ... and so that rewriting it takes at most this share of the driver's time
@@ -94,17 +96,20 @@ class Coordinator:
 
     def run(self) -> RunSummary:
         """Run every sequence not yet done; the summary is also stored, even if the run stops early."""
-        try:  # before the lease: bad input and unusable stores fail without writing anything
+        try:  # before the lease, only reads: bad input, checkpoints and stores fail without writing
             self._lease.refuse_if_held()  # before discovery, which may take minutes on a large input
-            resuming = check_same_results(self.store, self.layout, self.spec)
-            sources = find_sources(self.store, self.layout, self.spec, resuming=resuming)
-            previous = self._lease.acquire()
+            check_same_results(self.store, self.layout, self.spec)
+            previous = read_previous(self.store, self.layout)
+            sources = find_sources(self.spec, previous)
+            if any(s.sequence_id not in previous.committed for s in sources):
+                check_checkpoint(self.spec)  # before a run folder or a cluster exists
+            last_lease = self._lease.acquire()
         except PipelineError:
             raise
         except Exception as exc:  # OSError, or a store client's own errors (e.g. unreachable endpoint)
             raise self._storage_error(exc) from exc
         try:
-            self._restore(sources, previous)
+            self._restore(sources, previous, last_lease)
             if self._table.unfinished:
                 self._worked_since = time.monotonic()
                 with self._open_executor(self.spec) as executor:
@@ -117,10 +122,12 @@ class Coordinator:
             raise
         return self._finish()
 
-    def _restore(self, sources: list[SequenceSource], previous: Lease | None) -> None:
+    def _restore(self, sources: list[SequenceSource], previous: Previous, last_lease: Lease | None) -> None:
         try:
-            self._table = restore_table(self.store, self.layout, self.spec, sources, retry_failed=self._retry_failed)
-            self._elapsed_before = previous_elapsed(self.store, self.layout, previous)
+            self._table = restore_table(
+                self.store, self.layout, self.spec, sources, previous, retry_failed=self._retry_failed
+            )
+            self._elapsed_before = previous_elapsed(self.store, self.layout, last_lease)
         except PipelineError:
             raise
         except Exception as exc:
@@ -342,4 +349,4 @@ class Coordinator:
         self._progress.close()
 
     def _storage_error(self, exc: Exception) -> InfrastructureError:
-        return InfrastructureError(f"cannot use the run's storage {redact_uri(self.spec.run_uri)}: {exc}")
+        return storage_error(exc, self.spec.run_uri, endpoint_url=self.spec.storage.endpoint_url)

@@ -1,4 +1,4 @@
-"""Ray plumbing: connecting to a cluster, sizing and starting model actors, submitting work.
+"""Ray plumbing: sizing and starting model actors, submitting work.
 
 A sequence becomes two chained Ray calls: a CPU task decodes it, and the model actor's
 `process` takes the decoded object as its argument, so Ray starts decoding the next sequence
@@ -8,8 +8,6 @@ while the actor is still busy with the previous one. Which failures mean what is
 
 from __future__ import annotations
 
-import logging
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,33 +17,19 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from .actors import ModelWorker
+from .cluster import connect
 from .decode import decode_sequence
 from .discovery import SequenceSource
-from .errors import ActorInitError, InfrastructureError, InputError, SpecError
-from .spec import JobSpec, redact_text
+from .errors import ActorInitError, InputError, SpecError
+from .redaction import get_logger, redact_text
+from .spec import JobSpec
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 FailureKind = Literal["input", "actor_lost", "init", "transient"]
 # `process` calls an actor runs at once: one sequence computing, one writing. Further in-flight
 # sequences wait in the actor's queue with their decoding done, not in its memory.
 ACTOR_CONCURRENCY = 2
-
-
-def connect(address: str | None = None) -> bool:
-    """Join the cluster named by `address` / RAY_ADDRESS, or start a local one.
-
-    Returns True when this call started Ray (so the caller should shut it down again).
-    """
-    if ray.is_initialized():
-        return False
-    try:
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
-    except Exception as exc:
-        raise InfrastructureError(
-            f"cannot start or reach Ray ({address or os.environ.get('RAY_ADDRESS') or 'local'}): {exc}"
-        ) from exc
-    return True
 
 
 @dataclass(frozen=True)
@@ -108,7 +92,7 @@ class Executor(Protocol):
 @contextmanager
 def ray_executor(spec: JobSpec, address: str | None = None) -> Iterator[RayExecutor]:
     """A RayExecutor on the cluster at `address` (or a local one, shut down again afterwards)."""
-    started = connect(address)
+    started = connect(address, spec.resources.ray_connect_timeout_s)
     try:
         plan = plan_actors(spec, ray.cluster_resources(), fixed_size=started)  # a cluster we started cannot grow
         logger.info("starting %d model actor(s) (gpus=%s cpus=%s each)", plan.num_actors, plan.num_gpus, plan.num_cpus)

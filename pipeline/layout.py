@@ -10,12 +10,15 @@
   _commits/<id>.json                     commit marker: the sequence's outputs are complete
   _lease/<generation>.json               the driver's lease on the run and its live progress
   _staging/<id>/<attempt_id>/...         an attempt's outputs before they are committed
+
+Sequence and attempt ids are checked (pipeline.names) wherever they become part of a path.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .names import check_name
 from .storage import join
 
 FRAMES = "frames"
@@ -57,10 +60,10 @@ class RunLayout:
         return join(self.leases, f"{generation:010d}.json")
 
     def commit_marker(self, sequence_id: str) -> str:
-        return join(self.commits, f"{sequence_id}.json")
+        return join(self.commits, f"{_sequence(sequence_id)}.json")
 
     def staging(self, sequence_id: str, attempt_id: str) -> str:
-        return join(self.staging_root, sequence_id, attempt_id)
+        return join(self.staging_root, _sequence(sequence_id), check_name(attempt_id, "attempt id"))
 
     def staged(self, sequence_id: str, attempt_id: str, kind: str) -> str:
         return join(self.staging(sequence_id, attempt_id), STAGED_FILES[kind])
@@ -71,11 +74,15 @@ class RunLayout:
     def final(self, sequence_id: str, kind: str) -> str:
         """The committed location of one output of a sequence."""
         if kind == POINTS:
-            return join(self.run_uri, POINTS, f"{sequence_id}.ply")
-        return join(self.run_uri, kind, f"sequence_id={sequence_id}", "part-0.parquet")
+            return join(self.run_uri, POINTS, f"{_sequence(sequence_id)}.ply")
+        return join(self.run_uri, kind, f"sequence_id={_sequence(sequence_id)}", "part-0.parquet")
 
     def final_owner(self, sequence_id: str, kind: str) -> str:
         """What to delete to remove one output of a sequence (its partition folder, or file)."""
         if kind == POINTS:
             return self.final(sequence_id, kind)
-        return join(self.run_uri, kind, f"sequence_id={sequence_id}")
+        return join(self.run_uri, kind, f"sequence_id={_sequence(sequence_id)}")
+
+
+def _sequence(sequence_id: str) -> str:
+    return check_name(sequence_id, "sequence id")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 import os
 import socket
 import threading
@@ -26,10 +25,11 @@ from typing import Any
 
 from .errors import InfrastructureError
 from .layout import RunLayout
+from .redaction import get_logger
 from .spec import DriverSpec
 from .storage import Store
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 HOST = socket.gethostname()
 
 

@@ -13,15 +13,19 @@ import logging
 import sys
 from typing import Any, Literal
 
+from .redaction import redact, redact_log_handlers
+
 LogFormat = Literal["text", "json"]
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def configure_logging(*, verbose: bool = False, fmt: LogFormat = "text", stream=None) -> None:
-    """Log INFO (DEBUG if verbose) and above to stderr, as text or one JSON object per line."""
+def configure_logging(verbose: bool = False, *, fmt: LogFormat = "text", stream=None) -> None:
+    """Log INFO (DEBUG if verbose) and above to stderr, as text or one JSON object per line, with
+    credentials redacted from every library's records (botocore's too)."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True)
+    redact_log_handlers()
 
 
 class JsonFormatter(logging.Formatter):
@@ -34,7 +38,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        line.update(getattr(record, "fields", {}))
+        line.update(redact(getattr(record, "fields", {})))
         if record.exc_info:
             line["traceback"] = self.formatException(record.exc_info)
         return json.dumps(line, default=str)

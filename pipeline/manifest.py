@@ -13,9 +13,10 @@ from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel
+from pydantic import BaseModel, SerializerFunctionWrapHandler, model_serializer
 
 from .layout import DEPTH, FRAMES, POINTS, RunLayout
+from .redaction import redact
 from .storage import Store
 
 Status = Literal["pending", "running", "done", "failed"]
@@ -90,7 +91,7 @@ class SequenceRecord:
 
 
 def write_manifest(store: Store, layout: RunLayout, records: list[SequenceRecord]) -> None:
-    rows = [vars(r) for r in sorted(records, key=lambda r: r.sequence_id)]  # flat records: no asdict deep copy
+    rows = [redact(vars(r)) for r in sorted(records, key=lambda r: r.sequence_id)]  # flat: no asdict deep copy
     table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
     buf = io.BytesIO()
     pq.write_table(table, buf)
@@ -126,6 +127,10 @@ class RunSummary(BaseModel):
     running: int = 0  # sequences in flight (`status` of a live run)
     running_sequences: list[dict[str, Any]] = []  # sequence_id, attempt, started_at
     driver: dict[str, Any] | None = None  # `status`: the run's driver (state running|dead|finished|stopped, ...)
+
+    @model_serializer(mode="wrap")
+    def _redacting(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return redact(handler(self))  # printed and stored: summary.json, the CLI's output
 
     @property
     def exit_code(self) -> int:

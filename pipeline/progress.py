@@ -17,9 +17,10 @@ from collections import deque
 from typing import IO, Any
 
 from .logs import log_event
+from .redaction import get_logger
 from .sequence_table import SequenceTable
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 RATE_WINDOW_S = 300.0
 TTY_REDRAW_S = 0.5

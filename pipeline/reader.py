@@ -36,8 +36,9 @@ class RunOutputs:
 
     def point_cloud(self, sequence_id: str) -> np.ndarray:
         """The sequence's PLY vertices (x y z red green blue confidence)."""
-        uri = self.committed[sequence_id]["outputs"][POINTS]
-        return read_ply(self.store.read_bytes(uri))
+        if POINTS not in self.committed[sequence_id].get("outputs", {}):
+            raise KeyError(f"sequence {sequence_id} has no point cloud")
+        return read_ply(self.store.read_bytes(RunLayout(self.run_uri).final(sequence_id, POINTS)))
 
     def frames_dataset(self):
         """The frames of committed sequences as a ray.data Dataset (needs ray[data])."""
@@ -50,7 +51,9 @@ class RunOutputs:
         return ray.data.read_parquet([self.store.path(u) for u in files], filesystem=self.store.fs)
 
     def _files(self, kind: str) -> list[str]:
-        return sorted(r["outputs"][kind] for r in self.committed.values() if kind in r.get("outputs", {}))
+        # where the layout puts them in this run's folder: markers store URIs with credentials redacted
+        layout = RunLayout(self.run_uri)
+        return sorted(layout.final(sid, kind) for sid, r in self.committed.items() if kind in r.get("outputs", {}))
 
     def _read(self, kind: str, schema: pa.Schema) -> pa.Table:
         files = self._files(kind)

@@ -1,15 +1,17 @@
 """What a driver session starts from: the input's sequences and what earlier sessions of the run did.
 
 Before taking the run's lease, a session only reads: the stored spec (a run may not change what
-its outputs mean) and the input (an empty input is an error unless the run has results). With
-the lease held, it stores the spec, drops uncommitted leftovers and builds the sequence table:
-committed sequences from their markers, failures from the manifest (unless retried), the rest
-pending with the frame counts the progress total needs.
+its outputs mean), the commit markers and manifest of earlier sessions (so sequences keep their
+ids), and the input (an empty input is an error unless the run has results). With the lease
+held, it stores the spec, drops uncommitted leftovers and builds the sequence table: committed
+sequences from their markers, failures from the manifest (unless retried), the rest pending with
+the frame counts the progress total needs.
 """
 
 from __future__ import annotations
 
-import logging
+from dataclasses import dataclass
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -19,20 +21,39 @@ from .errors import SpecError
 from .layout import RunLayout
 from .lease import Lease
 from .manifest import SequenceRecord, read_manifest
+from .redaction import get_logger, redact_uri
 from .sequence_table import SequenceTable
-from .spec import JobSpec, redact_uri
+from .spec import JobSpec
 from .storage import Store
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
-def check_same_results(store: Store, layout: RunLayout, spec: JobSpec) -> bool:
-    """Refuse to continue a run with a spec that would produce different outputs; returns whether
-    the run exists already."""
+@dataclass(frozen=True)
+class Previous:
+    """What earlier sessions of a run left: commit markers (the truth) and the manifest."""
+
+    committed: dict[str, dict[str, Any]]
+    manifest: dict[str, SequenceRecord]
+
+    @property
+    def known_ids(self) -> dict[str, str]:
+        """Ids given out before, by source URI: discovery keeps them stable."""
+        known = {r.sequence_id: r.source_uri for r in self.manifest.values() if r.source_uri}
+        known.update({sid: m["source_uri"] for sid, m in self.committed.items() if m.get("source_uri")})
+        return known
+
+
+def read_previous(store: Store, layout: RunLayout) -> Previous:
+    return Previous(committed_sequences(store, layout), read_manifest(store, layout))
+
+
+def check_same_results(store: Store, layout: RunLayout, spec: JobSpec) -> None:
+    """Refuse to continue a run with a spec that would produce different outputs."""
     try:
         stored = JobSpec.model_validate(store.read_json(layout.spec))
     except FileNotFoundError:
-        return False
+        return
     except (ValueError, ValidationError) as exc:
         raise SpecError(f"{layout.spec} is not a valid job spec: {exc}") from None
     before, now = stored.result_fields(), spec.result_fields()
@@ -42,35 +63,30 @@ def check_same_results(store: Store, layout: RunLayout, spec: JobSpec) -> bool:
             f"run {spec.run_id} was started with different {', '.join(changed)} settings; "
             "its committed outputs would not match: use a new run_id"
         )
-    return True
 
 
-def find_sources(store: Store, layout: RunLayout, spec: JobSpec, *, resuming: bool) -> list[SequenceSource]:
+def find_sources(spec: JobSpec, previous: Previous) -> list[SequenceSource]:
     """The input's sequences; an empty or missing input is a spec error unless the run has results."""
-
-    def has_results() -> bool:
-        return resuming and bool(store.ls(layout.commits))
-
     try:
-        sources = discover(spec)
+        sources = discover(spec, known=previous.known_ids)
     except SpecError as exc:
-        if not has_results():
+        if not previous.committed:
             raise
         logger.warning("input unavailable (%s); keeping the run's committed sequences", exc)
         return []
-    if not sources and not has_results():
+    if not sources and not previous.committed:
         where = spec.input.prefix or spec.input.manifest
         raise SpecError(f"no sequences found in {redact_uri(where)} (sub-folders of images, or video files)")
     return sources
 
 
 def restore_table(
-    store: Store, layout: RunLayout, spec: JobSpec, sources: list[SequenceSource], *, retry_failed: bool
+    store: Store, layout: RunLayout, spec: JobSpec, sources: list[SequenceSource], previous: Previous, *,
+    retry_failed: bool,
 ) -> SequenceTable:
     """Store the spec, clean up what no marker vouches for, and build the table (lease held)."""
-    committed = committed_sequences(store, layout)
+    committed = previous.committed
     store.write_bytes(layout.spec, spec.to_json().encode())
-    before = read_manifest(store, layout)
     clean_uncommitted(store, layout, set(committed))
     table = SequenceTable()
     for marker in committed.values():
@@ -79,7 +95,7 @@ def restore_table(
         sid = source.sequence_id
         if sid in committed:
             continue
-        earlier = before.get(sid)
+        earlier = previous.manifest.get(sid)
         if earlier is not None and earlier.status == "failed" and not retry_failed:
             table.add(earlier)
             continue

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from .commit import committed_sequences
+from .errors import PipelineError, storage_error
 from .layout import RunLayout
 from .lease import Lease, read_lease
 from .manifest import RunSummary, SequenceRecord, read_manifest
@@ -22,6 +23,15 @@ from .storage import Store
 
 def run_status(run_uri: str, *, storage: StorageSpec | None = None) -> RunSummary:
     run_uri = run_uri.rstrip("/")
+    try:
+        return _run_status(run_uri, storage)
+    except PipelineError:
+        raise
+    except Exception as exc:  # the store failed us: one line that says why, not a client's traceback
+        raise storage_error(exc, run_uri, endpoint_url=(storage or StorageSpec()).endpoint_url, doing="read") from exc
+
+
+def _run_status(run_uri: str, storage: StorageSpec | None) -> RunSummary:
     store, layout = Store(run_uri, storage), RunLayout(run_uri)
     lease = read_lease(store, layout)  # before the markers: a driver finishing meanwhile looks running, not dead
     records: dict[str, SequenceRecord] = read_manifest(store, layout)
