@@ -2,6 +2,10 @@
 
     python bench/coordinator_scale.py                          # 1k, 10k, 100k; local disk and moto
     python bench/coordinator_scale.py --sizes 1000 --stores local --sample 500
+    python bench/coordinator_scale.py --stores moto --sizes 1000 10000   # moto at 100k takes hours
+
+On moto, listing 100k keys and uploading or reading 100k markers takes tens of minutes per pass
+(moto, one process, scans the bucket for every listed page), so the S3 rows are usually run to 10k.
 
 Every sequence "finishes" the moment it is submitted, with nothing staged, so what is measured is
 the driver itself: its bookkeeping, the commit marker and the event log (to a file). For each
@@ -272,6 +276,8 @@ def _worker(args) -> dict:
             results[f"{store}/{n}/resume start"] = _resume_start(spec, finished, n, extra, work, storage_spec)
             mine = {k: v for k, v in results.items() if k.startswith(f"{store}/{n}/")}
             print(f"{name} {store} {n}: {json.dumps(mine)}", file=sys.stderr, flush=True)
+            with open(work / f"{name}-results.jsonl", "a") as f:  # kept if a long run is stopped
+                f.write(json.dumps(mine) + "\n")
     print("RESULT " + json.dumps(results))
     return results
 
