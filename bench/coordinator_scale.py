@@ -202,7 +202,9 @@ class FakeExecutor:
         self.results += 1
         staged = SimpleNamespace(files={}, num_frames=self._frames, num_points=100 * self._frames)
         timings = {"decode_s": 0.0, "infer_s": 0.0, "write_s": 0.0}
-        return SimpleNamespace(sequence_id=ref.payload, staged=staged, timings=timings, worker={"host": "fake"})
+        return SimpleNamespace(
+            sequence_id=ref.payload, staged=staged, timings=timings, worker={"host": "fake"}, engine={}
+        )
 
     def cancel(self, ref):
         pass

@@ -25,7 +25,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from zipmap_core import EngineConfig, ModelConfig, ZipMap
 from zipmap_core.engines.compiled import compile_for_inference
-from zipmap_core.engines.precision import autocast, cast_for_inference, use_published_precision
+from zipmap_core.engines.precision import autocast, cast_for_inference, set_newton_schulz_precision
 from zipmap_core.layers.ttt import TTTInputs, fast_weight_gradients
 
 
@@ -278,7 +278,7 @@ def main() -> None:
     with torch.device("cuda"):
         model = ZipMap(ModelConfig.preset(args.preset)).eval()
     cast_for_inference(model, "bfloat16")
-    use_published_precision(model, "bfloat16")
+    set_newton_schulz_precision(model, "bfloat16")
     engines = {
         mode: EngineConfig(mode=mode, dtype="bfloat16", fast=True, compile=args.compile, local_points=args.local_points,
                            chunk_size=args.chunk_size, gpu_cache_gb=8.0, host_memory_budget_gb=48.0)

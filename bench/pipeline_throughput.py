@@ -83,6 +83,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpus-per-actor", type=float, default=1.0)
     p.add_argument("--frame-writers", type=int, default=None, help="processes per actor (default: cpus - 1)")
     p.add_argument("--in-flight", type=int, default=4, help="sequences in flight per actor")
+    p.add_argument("--decode-cpus", type=float, default=1.0, help="CPUs per decode task (FFmpeg threads for videos)")
     p.add_argument("--workdir", help="where synthetic inputs and outputs go (default: a temp dir)")
 
 
@@ -157,6 +158,7 @@ def _spec(args, input_prefix: str, output: str):
                 "cpus_per_actor": args.cpus_per_actor,
                 "frame_writers": args.frame_writers,
                 "max_in_flight_per_actor": args.in_flight,
+                "decode_cpus": args.decode_cpus,
             },
         }
     )
@@ -164,16 +166,21 @@ def _spec(args, input_prefix: str, output: str):
 
 def _bench_engine(args, input_prefix: str) -> dict:
     """Decoded images in memory, then only the engine is timed (after one warm-up sequence)."""
+    from pipeline.decode import decode_sequence
+    from pipeline.discovery import discover
+
+    spec = _spec(args, input_prefix, "/unused").with_run_id()
+    return time_engine(spec, [decode_sequence(s, spec).images() for s in discover(spec)])
+
+
+def time_engine(spec, sequences: list) -> dict:
+    """The engine alone over float image tensors, timed after one warm-up sequence."""
     import torch
 
     from pipeline.actors import build_model
-    from pipeline.decode import decode_sequence
-    from pipeline.discovery import discover
     from zipmap_core.engines import reconstruct
 
-    spec = _spec(args, input_prefix, "/unused").with_run_id()
     model, device = build_model(spec)  # exactly what a model actor builds
-    sequences = [decode_sequence(s, spec).images() for s in discover(spec)]
 
     def run(images):
         with torch.inference_mode():

@@ -11,27 +11,32 @@ import torch
 from zipmap_core import reconstruct
 
 
-def run(model, images, engine, keep: bool = False) -> tuple[float, float, list]:
-    """(seconds, peak GiB, frames): every frame's results reach the host; kept only if asked."""
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+def run(model, images, engine, keep: bool = False, device: str = "cuda") -> tuple[float, float | None, list]:
+    """(seconds, peak GiB, frames): every frame's results reach the host; kept only if asked.
+    On the CPU (smoke runs) the peak is None."""
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    frames = [f if keep else None for f in reconstruct(model, images, engine, device="cuda")]
-    torch.cuda.synchronize()
-    return time.perf_counter() - start, torch.cuda.max_memory_allocated() / 2**30, frames
+    frames = [f if keep else None for f in reconstruct(model, images, engine, device=device)]
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, torch.cuda.max_memory_allocated() / 2**30 if cuda else None, frames
 
 
-def measure(model, images, engine, repeats: int) -> dict:
+def measure(model, images, engine, repeats: int, device: str = "cuda") -> dict:
     """Median time and largest peak memory over `repeats` runs; None for both when out of memory."""
     try:
-        runs = [run(model, images, engine) for _ in range(repeats)]
+        runs = [run(model, images, engine, device=device) for _ in range(repeats)]
     except torch.OutOfMemoryError:
         gc.collect()
         torch.cuda.empty_cache()
         return {"time_s": None, "peak_gib": None, "error": "out of GPU memory"}
+    peaks = [r[1] for r in runs if r[1] is not None]
     return {
         "time_s": statistics.median(r[0] for r in runs),
-        "peak_gib": max(r[1] for r in runs),
+        "peak_gib": max(peaks) if peaks else None,
         "frames": len(runs[0][2]),
     }
 

@@ -85,13 +85,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     # heavy imports after argument parsing, so --help and argument errors are instant
-    from zipmap_core.assets import demo_checkpoint_path
+    from zipmap_core.assets import BUNDLED_SCHEME, demo_checkpoint_path
 
     try:
-        checkpoint = demo_checkpoint_path(args.preset)
+        path = demo_checkpoint_path(args.preset)  # missing weights: a clear error now, not in the actor
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    checkpoint = f"{BUNDLED_SCHEME}{args.preset}"  # found wherever the package is installed
 
     from pipeline import run_job
     from pipeline.spec import JobSpec
@@ -115,7 +116,7 @@ def _demo(args: argparse.Namespace) -> int:
     where = (
         f"the Ray cluster at {os.environ['RAY_ADDRESS']}" if os.environ.get("RAY_ADDRESS") else "a local Ray cluster"
     )
-    print(f"[2/3] reconstructing them with the bundled {args.preset} model ({checkpoint}) on {where}", flush=True)
+    print(f"[2/3] reconstructing them with {checkpoint} ({path}) on {where}", flush=True)
     spec = JobSpec.model_validate(
         {
             "input": {"prefix": data},

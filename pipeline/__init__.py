@@ -3,6 +3,7 @@
     from pipeline import load_spec, run_job, read_outputs
     summary = run_job(load_spec("job.yaml", ["engine.mode=chunked"]))
     outputs = read_outputs(summary.run_uri)   # .frames (pyarrow), .point_cloud(id), ...
+    views = render_views(outputs.scene_state_uri(id), "cams.json")  # runs with scene_state.enabled
 
 Exports are imported lazily so that `pipeline.spec` (and the CLI's argument parsing) stay
 cheap; Ray and torch load only when a run starts.
@@ -22,6 +23,11 @@ _EXPORTS = {
     "run_status": "pipeline.api",
     "read_outputs": "pipeline.reader",
     "RunOutputs": "pipeline.reader",
+    "CameraRequest": "pipeline.rendering",
+    "render_views": "pipeline.rendering",
+    "render_sequence": "pipeline.rendering",
+    "RenderJobSpec": "pipeline.render_job",
+    "run_render_job": "pipeline.render_job",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -25,7 +25,7 @@ from .errors import ActorInitError, InfrastructureError, storage_error
 from .layout import RunLayout
 from .outputs import SequenceWriter, StagedOutputs, prepare_frame
 from .overlap import frame_writers, in_background, map_in_processes, remove_stale_scratch
-from .spec import JobSpec
+from .spec import JobSpec, ModelSpec, StorageSpec
 from .storage import Store
 
 RANDOM_WEIGHTS_SEED = 0  # every worker must hold the same weights, or retries would differ
@@ -40,17 +40,22 @@ class AttemptResult:
     staged: StagedOutputs
     timings: dict[str, float] = field(default_factory=dict)  # decode_s, infer_s, write_s
     worker: dict[str, Any] = field(default_factory=dict)
+    engine: dict[str, Any] = field(default_factory=dict)  # the settings it ran with ("auto" resolved)
 
 
 def build_model(spec: JobSpec):
     """The spec's model with its weights, in eval mode on its device: (model, device)."""
+    return load_model(spec.model, spec.storage, spec.resources.device)
+
+
+def load_model(model_spec: ModelSpec, storage: StorageSpec, device: str = "auto"):
+    """A model spec's model with its weights, in eval mode on `device` (auto | cuda | cpu)."""
     import torch
 
     from zipmap_core.checkpoint import load_checkpoint
     from zipmap_core.models.zipmap import ZipMap
 
-    model_spec = spec.model
-    device = _pick_device(spec.resources.device, torch)
+    device = _pick_device(device, torch)
     if model_spec.checkpoint is None:
         torch.manual_seed(RANDOM_WEIGHTS_SEED)
     model = ZipMap(model_spec.config())
@@ -58,7 +63,7 @@ def build_model(spec: JobSpec):
         load_checkpoint(
             model,
             model_spec.checkpoint,
-            storage_options=spec.storage.for_uri(model_spec.checkpoint),
+            storage_options=storage.for_uri(model_spec.checkpoint),
             use_ema=model_spec.use_ema,
         )
     return model.to(device).eval(), device
@@ -100,6 +105,7 @@ class ModelWorker:
         remove_stale_scratch()  # what a killed worker on this node left behind
         self._init_error: str | None = None
         self._info: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid()}
+        self._frames_run: dict[tuple[int, int], int] = {}  # frames this worker ran per image size
         try:
             self._model, self._device = build_model(spec)
             self._info["device"] = str(self._device)
@@ -126,19 +132,24 @@ class ModelWorker:
         start = time.perf_counter()
         try:
             images = decoded.images()  # outside the lock: overlaps the previous sequence
+            engine = self._engine_for(images)
 
             def infer():
                 # the engine runs in its own thread and holds the accelerator only while it
                 # computes; frames it has finished wait here (offline: they are all on the host
                 # already; chunked/streaming: at most two chunks ahead, to bound host memory)
-                nonlocal infer_s
+                nonlocal infer_s, engine
                 with self._lock, torch.inference_mode():
                     self._maybe_delay()
+                    if engine.fast and getattr(self._model, "_compiled_for_inference", False):
+                        engine = engine.model_copy(update={"compile": True})  # compiled for good meanwhile
+                        writer.engine = engine.settings()
                     begin = time.perf_counter()
-                    yield from reconstruct(self._model, images, engine, device=self._device)
+                    on_state = writer.keep_state if self._spec.scene_state.enabled else None
+                    yield from reconstruct(self._model, images, engine, device=self._device, on_state=on_state)
                     infer_s = time.perf_counter() - begin
 
-            engine = self._spec.engine
+            writer.engine = engine.settings()
             ahead = 0 if engine.mode == "offline" else 2 * max(engine.chunk_size, engine.window or 1)
             frames = in_background(infer, max_ahead=ahead)
             for prepared in map_in_processes(partial(prepare_frame, writer.frame_format), frames, self._writers):
@@ -159,7 +170,18 @@ class ModelWorker:
             staged=staged,
             timings={"decode_s": decoded.decode_s, "infer_s": infer_s, "write_s": write_s},
             worker=dict(self._info),
+            engine=writer.engine,
         )
+
+    def _engine_for(self, images):
+        """The spec's engine with "auto" decided for this sequence (zipmap_core.engines.auto). What
+        this worker already ran at this image size counts towards the run's length: a run of many
+        sequences compiles once it has run enough frames to pay the compilation back."""
+        from zipmap_core.engines.auto import resolve_engine
+
+        hw, n = tuple(images.shape[-2:]), images.shape[0]
+        self._frames_run[hw] = run_frames = self._frames_run.get(hw, 0) + n
+        return resolve_engine(self._spec.engine, self._model, n, hw, self._device, run_frames=run_frames)
 
     # -- test hooks (JobSpec.faults) ---------------------------------------------------------
 

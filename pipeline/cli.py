@@ -1,4 +1,4 @@
-"""`zipmap-pipeline run|submit|status|resume`.
+"""`zipmap-pipeline run|submit|status|resume|render|render-batch`.
 
 Exit codes a scheduler can act on: 0 every sequence done, 1 some sequences failed (or are
 unfinished), 2 bad spec or usage, 3 infrastructure error (cluster, storage, model loading).
@@ -138,6 +138,112 @@ def _submit(args: argparse.Namespace) -> int:
     return EXIT_OK if status == JobStatus.SUCCEEDED else EXIT_INFRA
 
 
+def _render(args: argparse.Namespace) -> int:
+    """One sequence's novel views from its stored scene state, here (no Ray)."""
+    from zipmap_core.scene_state import SceneStateError
+
+    from .errors import InputError
+    from .rendering import render_sequence
+
+    request = _camera_request(args)
+    try:
+        record = render_sequence(
+            args.run_uri,
+            args.sequence,
+            request,
+            out=args.out,
+            storage=_storage(args),
+            device=args.device,
+            batch_size=args.batch_size,
+            dtype=args.dtype,
+            fps=args.fps,
+            checkpoint=args.checkpoint,
+        )
+    except (InputError, SceneStateError, FileNotFoundError) as exc:
+        raise SpecError(str(exc)) from None
+    print(json.dumps(record, indent=2))
+    return EXIT_OK
+
+
+def _render_batch(args: argparse.Namespace) -> int:
+    """Many sequences' novel views on a Ray cluster (pipeline.render_job)."""
+    from .render_job import load_render_spec, run_render_job
+
+    job = {
+        "run": args.run_uri,
+        "cameras": _camera_request(args).model_dump(exclude_none=True),
+        "sequences": args.sequences,
+        "output": args.out,
+        "overwrite": args.overwrite,
+        "checkpoint": args.checkpoint,
+        "batch_size": args.batch_size,
+        "dtype": args.dtype,
+        "fps": args.fps,
+        "num_actors": args.num_actors,
+        "cpus_per_actor": args.cpus_per_actor,
+        "device": args.device,
+        "storage": _storage(args).model_dump(mode="json"),
+    }
+    summary = run_render_job(load_render_spec(job), ray_address=args.address)
+    print(json.dumps(summary, indent=2))
+    return EXIT_OK if not summary["failed"] else EXIT_FAILED
+
+
+def _camera_request(args: argparse.Namespace):
+    from pydantic import ValidationError
+
+    from .rendering import CameraRequest
+
+    try:
+        return CameraRequest(
+            file=args.cameras, orbit=args.orbit, orbit_radius=args.orbit_radius, interpolate=args.interpolate
+        )
+    except ValidationError as exc:
+        raise SpecError("; ".join(e["msg"] for e in exc.errors())) from None
+
+
+def _add_render_commands(sub, store_options: Callable[[argparse.ArgumentParser], None]) -> None:
+    def views(p: argparse.ArgumentParser) -> None:
+        which = p.add_mutually_exclusive_group(required=True)
+        which.add_argument("--cameras", metavar="JSON", help="camera file (path or URL; see docs/pipeline.md)")
+        which.add_argument("--orbit", type=int, metavar="N", help="N views on a circle around the input cameras")
+        which.add_argument(
+            "--interpolate",
+            type=int,
+            nargs="?",
+            const=8,
+            metavar="STEPS",
+            help="a path through the input cameras, STEPS views from each to the next (default 8)",
+        )
+        p.add_argument("--orbit-radius", type=float, help="orbit radius (default: the input cameras' spread)")
+        p.add_argument("--out", help="output folder or URL (default: RUN_URI/renders/SEQUENCE)")
+        p.add_argument("--checkpoint", help="the run's model checkpoint, if it moved since the run")
+        p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+        p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+        p.add_argument("--batch-size", type=int, default=8, help="views per pass on the device")
+        p.add_argument("--fps", type=int, default=24, help="frame rate of the MP4s")
+        store_options(p)
+
+    p = sub.add_parser("render", help="render novel views of one sequence from its stored scene state")
+    p.add_argument("run_uri")
+    p.add_argument("sequence", help="sequence id")
+    views(p)
+    p.set_defaults(func=_render)
+
+    p = sub.add_parser("render-batch", help="render novel views of many sequences of a run on Ray")
+    p.add_argument("run_uri")
+    p.add_argument("--sequences", nargs="+", metavar="ID", help="default: every sequence with a scene state")
+    p.add_argument("--overwrite", action="store_true", help="re-render sequences that have a render.json")
+    p.add_argument("--num-actors", type=int, help="default: one per GPU, or 1 on CPU")
+    p.add_argument("--cpus-per-actor", type=float, default=1.0)
+    p.add_argument(
+        "--address",
+        help="the Ray cluster to join: HOST:PORT, ray://HOST:PORT or auto (default: RAY_ADDRESS, else a new local Ray)",
+    )
+    views(p)
+    p.set_defaults(func=_render_batch)
+
+
 def _report(summary) -> int:
     print(json.dumps(summary.model_dump(mode="json"), indent=2))
     return summary.exit_code
@@ -206,6 +312,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run_uri")
     overrides(p), driver(p), store_options(p)
     p.set_defaults(func=_resume)
+
+    _add_render_commands(sub, store_options)
     return parser
 
 

@@ -14,13 +14,12 @@ import json
 import time
 from typing import Any
 
-from .layout import DEPTH, FRAMES, POINTS, RunLayout
+from .layout import OUTPUT_KINDS, RunLayout
 from .outputs import StagedOutputs
 from .redaction import get_logger, redact
 from .storage import Store
 
 logger = get_logger(__name__)
-OUTPUT_KINDS = (FRAMES, POINTS, DEPTH)
 
 
 def commit_sequence(
@@ -97,12 +96,8 @@ def clean_uncommitted(store: Store, layout: RunLayout, committed: set[str]) -> N
         logger.warning("could not clean up %s: %s", layout.staging_root, exc)
     for folder in (layout.commits, layout.run_uri):
         store.remove_partial_writes(folder)
-    for kind in (FRAMES, DEPTH):
+    for kind in OUTPUT_KINDS:
         for entry in store.ls(layout.dataset_dir(kind)):
-            name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
-            if name.startswith("sequence_id=") and name[len("sequence_id=") :] not in committed:
+            owner = layout.owner_sequence(kind, entry["name"])
+            if owner is not None and owner not in committed:
                 store.delete(store.uri(entry["name"]))
-    for entry in store.ls(layout.dataset_dir(POINTS)):
-        name = entry["name"].rsplit("/", 1)[-1]
-        if name.endswith(".ply") and name[: -len(".ply")] not in committed:
-            store.delete(store.uri(entry["name"]))

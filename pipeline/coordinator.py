@@ -22,7 +22,7 @@ from typing import Any
 from .actor_pool import ActorPool, Slot
 from .actors import check_checkpoint
 from .commit import commit_sequence, discard_attempt
-from .discovery import SequenceSource
+from .discovery import Discovery, SequenceSource
 from .errors import InfrastructureError, PipelineError, storage_error
 from .execution import Executor, classify, describe, ray_executor
 from .layout import RunLayout
@@ -81,6 +81,7 @@ class Coordinator:
         self._open_executor = executor or (lambda s: ray_executor(s, ray_address))
         self._table = SequenceTable()
         self._sources: dict[str, SequenceSource] = {}
+        self._skipped_inputs: dict[str, int] = {}  # discovery's skip counts by reason
         self._attempts: dict[Any, _Attempt] = {}
         self._lease = RunLease(self.store, self.layout, spec.driver, spec.run_id)
         self._progress = ProgressReport(spec.run_id, self._table, enabled=False)
@@ -100,8 +101,8 @@ class Coordinator:
             self._lease.refuse_if_held()  # before discovery, which may take minutes on a large input
             check_same_results(self.store, self.layout, self.spec)
             previous = read_previous(self.store, self.layout)
-            sources = find_sources(self.spec, previous)
-            if any(s.sequence_id not in previous.committed for s in sources):
+            found = find_sources(self.spec, previous)
+            if any(s.sequence_id not in previous.committed for s in found.sources):
                 check_checkpoint(self.spec)  # before a run folder or a cluster exists
             last_lease = self._lease.acquire()
         except PipelineError:
@@ -109,7 +110,7 @@ class Coordinator:
         except Exception as exc:  # OSError, or a store client's own errors (e.g. unreachable endpoint)
             raise self._storage_error(exc) from exc
         try:
-            self._restore(sources, previous, last_lease)
+            self._restore(found, previous, last_lease)
             if self._table.unfinished:
                 self._worked_since = time.monotonic()
                 with self._open_executor(self.spec) as executor:
@@ -122,17 +123,18 @@ class Coordinator:
             raise
         return self._finish()
 
-    def _restore(self, sources: list[SequenceSource], previous: Previous, last_lease: Lease | None) -> None:
+    def _restore(self, found: Discovery, previous: Previous, last_lease: Lease | None) -> None:
         try:
             self._table = restore_table(
-                self.store, self.layout, self.spec, sources, previous, retry_failed=self._retry_failed
+                self.store, self.layout, self.spec, found.sources, previous, retry_failed=self._retry_failed
             )
             self._elapsed_before = previous_elapsed(self.store, self.layout, last_lease)
         except PipelineError:
             raise
         except Exception as exc:
             raise self._storage_error(exc) from exc
-        self._sources = {s.sequence_id: s for s in sources}
+        self._sources = {s.sequence_id: s for s in found.sources}
+        self._skipped_inputs = found.skipped_counts()
         self._progress = ProgressReport(
             self.spec.run_id, self._table, enabled=self._show_progress, interval_s=self.spec.driver.progress_interval_s
         )
@@ -148,7 +150,8 @@ class Coordinator:
         """Store the manifest and summary (if this session changed anything) and release the lease."""
         elapsed = self._elapsed()
         summary = RunSummary.from_records(
-            self.spec.run_id, self.spec.run_uri, self._table.records(), elapsed, self._table.frames_done
+            self.spec.run_id, self.spec.run_uri, self._table.records(), elapsed, self._table.frames_done,
+            skipped_inputs=self._skipped_inputs,
         )
         if len(self._table) and (self._worked_since is not None or not self._summary_exists()):
             self._write_manifest()
@@ -243,6 +246,7 @@ class Coordinator:
                     "source_uri": record.source_uri,
                     "attempt": record.attempts,
                     "worker": result.worker,
+                    "engine": result.engine,
                     "timings": timings,
                 },
             )
@@ -321,6 +325,7 @@ class Coordinator:
             **self._progress.facts(),
             "elapsed_s": self._elapsed() if elapsed is None else elapsed,
             "last_event_at": iso_time(time.time() - (time.monotonic() - self._last_event)),
+            "skipped_inputs": self._skipped_inputs,
             "running_sequences": [
                 {"sequence_id": sid, "attempt": r.attempt, "started_at": iso_time(r.started_at)} for sid, r in running
             ],

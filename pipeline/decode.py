@@ -1,40 +1,52 @@
 """CPU side of a sequence: read the frames, decode them, resize to the model's input geometry.
 
 This runs in Ray tasks, away from the model actors, so GPUs never wait on JPEG decoding or on
-the object store. Every problem that lies in the data itself is raised as `InputError` (failed,
-not retried); I/O hiccups stay ordinary exceptions so the coordinator retries them.
+the object store. Frames stream through one at a time: each is decoded, turned upright (EXIF
+orientation, a video's display matrix), resized into a uint8 buffer and dropped, so a sequence's
+decode memory is its resized frames plus one source frame (and a few encoded files read ahead),
+whatever its length or resolution. Frames larger than `input.max_pixels` are refused from the
+image header or the video stream before any pixel is decoded.
+
+Every problem that lies in the data itself is raised as `InputError` (failed, not retried); I/O
+hiccups stay ordinary exceptions so the coordinator retries them.
 """
 
 from __future__ import annotations
 
-import io
+import struct
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from zipmap_core.images import ImageLoadError, load_images, preprocess_images
+from zipmap_core.images import FrameBuffer, ImageLoadError, ImageTooLargeError, open_image
 
 from .discovery import SequenceSource
 from .errors import InputError
-from .spec import InputSpec, JobSpec
+from .sampling import FrameSelection
+from .spec import FrameSampling, JobSpec
 from .storage import Store
+
+READ_AHEAD = 8  # image files fetched at once (concurrently on object stores)
+_UNSET = object()
 
 
 @dataclass
 class DecodedSequence:
     """The model input of one sequence plus what the frames table needs to know about sources.
 
-    `pixels` is uint8 whenever that represents the preprocessed floats exactly (4x less object
-    store traffic than float32), float32 otherwise; `images()` restores the float tensor.
+    `pixels` holds the preprocessed frames as uint8 (the float images are exactly `u8 / 255`:
+    4x less object store traffic than float32); `images()` restores the float tensor.
     """
 
     sequence_id: str
-    pixels: np.ndarray  # [S, 3, H, W]
+    pixels: np.ndarray  # [S, 3, H, W] uint8
     frame_uris: list[str]
-    source_sizes: list[tuple[int, int]]  # (width, height) of each original frame
+    source_sizes: list[tuple[int, int]]  # (width, height) of each original frame, as displayed
     decode_s: float
 
     @property
@@ -43,110 +55,185 @@ class DecodedSequence:
 
     def images(self) -> torch.Tensor:
         """float32 [S, 3, H, W] in [0, 1], identical to what load_images returned."""
-        if self.pixels.dtype == np.uint8:
-            return torch.from_numpy(self.pixels.astype(np.float32) / 255.0)
-        return torch.from_numpy(np.array(self.pixels))  # a writable copy of the shared buffer
+        return torch.from_numpy(self.pixels.astype(np.float32) / 255.0)
 
 
 def decode_sequence(source: SequenceSource, spec: JobSpec) -> DecodedSequence:
-    """Read and preprocess one sequence (see module docstring for the error contract)."""
+    """Read, select and preprocess one sequence (see module docstring for the error contract)."""
     start = time.perf_counter()
-    if source.kind == "video":
-        arrays, uris = _read_video(source, spec)
-        sizes = [(a.shape[1], a.shape[0]) for a in arrays]
-        images = _preprocess(source, lambda: load_images(arrays, size=spec.preprocess.size, mode=spec.preprocess.mode))
-    else:
-        uris = _select(list(source.frames), spec.input)
-        _check_count(source, len(uris), spec.input)
-        pil = _read_images(source, uris, Store(source.uri, spec.storage))
-        sizes = [im.size for im in pil]
-        images = _preprocess(
-            source, lambda: preprocess_images(pil, size=spec.preprocess.size, mode=spec.preprocess.mode, names=uris)
-        )
+    sampling = source.sampling or spec.input.sampling
+    frames = FrameBuffer(size=spec.preprocess.size, mode=spec.preprocess.mode)
+    uris: list[str] = []
+    read = _read_video if source.kind == "video" else _read_images
+    try:
+        selection = read(source, spec, sampling, frames, uris)
+    except ImageTooLargeError as exc:
+        raise InputError(f"sequence {source.sequence_id}: {exc} (input.max_pixels)") from None
+    except ImageLoadError as exc:
+        raise InputError(f"sequence {source.sequence_id}: {exc}") from None
+    _check_count(source, len(uris), spec, selection)
+    width, height = frames.source_size or (0, 0)
     return DecodedSequence(
         sequence_id=source.sequence_id,
-        pixels=_compact(images),
+        pixels=frames.uint8(),
         frame_uris=uris,
-        source_sizes=[(int(w), int(h)) for w, h in sizes],
+        source_sizes=[(int(width), int(height))] * len(uris),
         decode_s=time.perf_counter() - start,
     )
 
 
-def _select(items: list, input_spec: InputSpec) -> list:
-    items = items[:: input_spec.frame_stride]
-    return items[: input_spec.max_frames] if input_spec.max_frames else items
-
-
-def _check_count(source: SequenceSource, count: int, input_spec: InputSpec) -> None:
+def _check_count(source: SequenceSource, count: int, spec: JobSpec, selection: FrameSelection) -> None:
+    how = "" if selection.describe() == "every frame" else f" after sampling ({selection.describe()})"
     if count == 0:
-        raise InputError(f"sequence {source.sequence_id}: no frames found in {source.uri}")
-    if count < input_spec.min_frames:
+        raise InputError(f"sequence {source.sequence_id}: no frames{how} in {source.uri}")
+    if count < spec.input.min_frames:
         raise InputError(
-            f"sequence {source.sequence_id}: {count} frame(s), fewer than min_frames={input_spec.min_frames}"
+            f"sequence {source.sequence_id}: {count} frame(s){how}, fewer than min_frames={spec.input.min_frames}"
         )
 
 
-def _read_images(source: SequenceSource, uris: list[str], store: Store) -> list[Image.Image]:
-    try:
-        blobs = store.read_many(uris)
-    except FileNotFoundError as exc:
-        raise InputError(f"sequence {source.sequence_id}: frame not found: {exc}") from None
-    images = []
-    for uri, data in zip(uris, blobs):
-        if not data:
-            raise InputError(f"sequence {source.sequence_id}: {uri}: the file is empty")
+# --- image folders ---------------------------------------------------------------------------
+
+
+def _read_images(
+    source: SequenceSource, spec: JobSpec, sampling: FrameSampling, frames: FrameBuffer, uris: list[str]
+) -> FrameSelection:
+    selection = FrameSelection.plan(sampling, sampling.image_fps)
+    chosen = [source.frames[i] for i in selection.indices(len(source.frames))]
+    frames.reserve(len(chosen))
+    store = Store(source.uri, spec.storage)
+    for begin in range(0, len(chosen), READ_AHEAD):
+        batch = chosen[begin : begin + READ_AHEAD]
         try:
-            img = Image.open(io.BytesIO(data))
-            img.load()  # a full decode, so truncated files fail here
-        except UnidentifiedImageError:
-            raise InputError(
-                f"sequence {source.sequence_id}: {uri}: not an image in a format Pillow can read"
-            ) from None
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise InputError(f"sequence {source.sequence_id}: {uri}: cannot decode image: {exc}") from None
-        images.append(img)
-    return images
+            blobs = store.read_many(batch)
+        except FileNotFoundError as exc:
+            raise InputError(f"sequence {source.sequence_id}: frame not found: {exc}") from None
+        for uri, data in zip(batch, blobs):
+            frames.add(open_image(data, uri, max_pixels=spec.input.max_pixels), uri)
+            uris.append(uri)
+    return selection
 
 
-def _read_video(source: SequenceSource, spec: JobSpec) -> tuple[list[np.ndarray], list[str]]:
+# --- videos ----------------------------------------------------------------------------------
+
+
+def _read_video(
+    source: SequenceSource, spec: JobSpec, sampling: FrameSampling, frames: FrameBuffer, uris: list[str]
+) -> FrameSelection:
+    av = _import_av(source)
+    store = Store(source.uri, spec.storage)
+    try:
+        with store.open(source.uri, "rb") as f, av.open(f) as container:
+            if not container.streams.video:
+                raise InputError(f"sequence {source.sequence_id}: {source.uri} has no video stream")
+            stream = container.streams.video[0]
+            _check_pixels(source, stream.codec_context.width, stream.codec_context.height, spec)
+            rate = _frame_rate(stream)
+            if sampling.fps is not None and rate is None:
+                raise InputError(f"sequence {source.sequence_id}: {source.uri} has no frame rate to sample fps from")
+            selection = FrameSelection.plan(sampling, rate)
+            total = int(stream.frames or 0) or None  # from the container's index, when it has one
+            if selection.needs_total and total is None:
+                total = _count_frames(av, store, source.uri)
+            frames.reserve(sum(1 for _ in selection.indices(total)) if total else 16)
+            stream.thread_type = "AUTO"
+            stream.codec_context.thread_count = max(1, int(spec.resources.decode_cpus))
+            wanted = selection.indices(total if selection.needs_total else None)
+            upright: Any = _UNSET
+            for index, frame in _selected(container.decode(stream), wanted):
+                _check_pixels(source, frame.width, frame.height, spec)
+                if upright is _UNSET:  # the stream's display matrix, which FFmpeg copies to every frame
+                    upright = _upright_transpose(frame, source)
+                image = frame.to_image()
+                uri = f"{source.uri}#frame={index}"
+                frames.add(image if upright is None else image.transpose(upright), uri)
+                uris.append(uri)
+    except FileNotFoundError:
+        raise InputError(f"sequence {source.sequence_id}: video not found: {source.uri}") from None
+    except av.error.FFmpegError as exc:  # type: ignore[attr-defined]
+        raise InputError(f"sequence {source.sequence_id}: cannot decode video {source.uri}: {exc}") from None
+    return selection
+
+
+def _import_av(source: SequenceSource) -> Any:
     try:
         import av  # optional: only video inputs need it
     except ImportError:
         raise InputError(
             f"sequence {source.sequence_id}: {source.uri} is a video; install av to read videos (pip install av)"
         ) from None
-    stride, limit = spec.input.frame_stride, spec.input.max_frames
-    frames: list[np.ndarray] = []
-    uris: list[str] = []
-    store = Store(source.uri, spec.storage)
-    try:
-        with store.open(source.uri, "rb") as f, av.open(f) as container:
-            for index, frame in enumerate(container.decode(video=0)):
-                if index % stride:
-                    continue
-                frames.append(frame.to_ndarray(format="rgb24"))
-                uris.append(f"{source.uri}#frame={index}")
-                if limit and len(frames) >= limit:
-                    break
-    except FileNotFoundError:
-        raise InputError(f"sequence {source.sequence_id}: video not found: {source.uri}") from None
-    except av.error.FFmpegError as exc:  # type: ignore[attr-defined]
-        raise InputError(f"sequence {source.sequence_id}: cannot decode video {source.uri}: {exc}") from None
-    _check_count(source, len(frames), spec.input)
-    return frames, uris
+    return av
 
 
-def _preprocess(source: SequenceSource, run) -> torch.Tensor:
-    try:
-        return run()
-    except ImageLoadError as exc:
-        raise InputError(f"sequence {source.sequence_id}: {exc}") from None
+def _selected(decoded: Iterator[Any], wanted: Iterator[int]) -> Iterator[tuple[int, Any]]:
+    """(index, frame) of the wanted indices (ascending); stops decoding after the last one."""
+    target = next(wanted, None)
+    for index, frame in enumerate(decoded):
+        if target is None:
+            return
+        if index == target:
+            yield index, frame
+            target = next(wanted, None)
 
 
-def _compact(images: torch.Tensor) -> np.ndarray:
-    """uint8 when `u8 / 255` reproduces the floats bit for bit (the usual case), else float32."""
-    floats = images.numpy()
-    as_u8 = np.rint(floats * 255.0).astype(np.uint8)
-    if np.array_equal(as_u8.astype(np.float32) / 255.0, floats):
-        return as_u8
-    return np.ascontiguousarray(floats, dtype=np.float32)
+def _frame_rate(stream: Any) -> float | None:
+    """The average frame rate, as OpenCV's CAP_PROP_FPS (which the released demo reads) gives it."""
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate:
+            return float(rate)
+    return None
+
+
+def _count_frames(av: Any, store: Store, uri: str) -> int:
+    """Frames of the first video stream, counted by demuxing (no decoding) a second reader."""
+    with store.open(uri, "rb") as f, av.open(f) as container:
+        stream = container.streams.video[0]
+        return sum(1 for packet in container.demux(stream) if packet.size and not packet.is_discard)
+
+
+def _check_pixels(source: SequenceSource, width: int, height: int, spec: JobSpec) -> None:
+    if width * height > spec.input.max_pixels:
+        raise InputError(
+            f"sequence {source.sequence_id}: {source.uri}: video frames of {width}x{height} are "
+            f"{width * height / 1e6:.1f} megapixels, more than input.max_pixels={spec.input.max_pixels}; not decoded"
+        )
+
+
+# The display matrix's rotation/flip part [[a, c], [b, d]] maps a decoded pixel (x, y), y down,
+# to (a x + c y, b x + d y) on screen (FFmpeg's libavutil/display.h). By its signs: the PIL
+# transpose that shows the frame upright.
+_UPRIGHT = {
+    (1, 0, 0, 1): None,
+    (-1, 0, 0, 1): Image.Transpose.FLIP_LEFT_RIGHT,
+    (1, 0, 0, -1): Image.Transpose.FLIP_TOP_BOTTOM,
+    (-1, 0, 0, -1): Image.Transpose.ROTATE_180,
+    (0, 1, -1, 0): Image.Transpose.ROTATE_270,  # 90 degrees clockwise: portrait phone videos
+    (0, -1, 1, 0): Image.Transpose.ROTATE_90,
+    (0, 1, 1, 0): Image.Transpose.TRANSPOSE,
+    (0, -1, -1, 0): Image.Transpose.TRANSVERSE,
+}
+
+
+def _upright_transpose(frame: Any, source: SequenceSource) -> Image.Transpose | None:
+    """The transpose that shows the video's frames as players do (None: they are upright)."""
+    matrix = _display_matrix(frame)
+    if matrix is None:
+        return None
+    a, b, c, d = (matrix[i] / 65536.0 for i in (0, 1, 3, 4))  # 16.16 fixed point
+    key = tuple(round(v) for v in (a, b, c, d))
+    if max(abs(v - k) for v, k in zip((a, b, c, d), key)) > 0.01 or key not in _UPRIGHT:
+        raise InputError(
+            f"sequence {source.sequence_id}: {source.uri}: the display matrix {list(matrix)} is not a rotation "
+            "by a multiple of 90 degrees or a flip"
+        )
+    return _UPRIGHT[key]
+
+
+def _display_matrix(frame: Any) -> tuple[int, ...] | None:
+    """The frame's DISPLAYMATRIX side data. Read once per video: PyAV's side data container and
+    its frame refer to each other, so every frame it is read from waits for the cycle collector."""
+    for data in frame.side_data:
+        kind = getattr(data, "type", None)
+        if getattr(kind, "name", kind) == "DISPLAYMATRIX":
+            return struct.unpack("=9i", bytes(data))
+    return None

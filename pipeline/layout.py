@@ -7,6 +7,7 @@
   frames/sequence_id=<id>/part-0.parquet per-frame cameras and depth statistics
   depth/sequence_id=<id>/part-0.parquet  per-frame depth + confidence maps (save_depth)
   points/<id>.ply                        the sequence's point cloud
+  states/<id>.safetensors                its scene state (scene_state.enabled)
   _commits/<id>.json                     commit marker: the sequence's outputs are complete
   _lease/<generation>.json               the driver's lease on the run and its live progress
   _staging/<id>/<attempt_id>/...         an attempt's outputs before they are committed
@@ -24,7 +25,11 @@ from .storage import join
 FRAMES = "frames"
 DEPTH = "depth"
 POINTS = "points"
-STAGED_FILES = {FRAMES: "frames.parquet", DEPTH: "depth.parquet", POINTS: "points.ply"}
+STATE = "states"
+OUTPUT_KINDS = (FRAMES, POINTS, DEPTH, STATE)
+STAGED_FILES = {FRAMES: "frames.parquet", DEPTH: "depth.parquet", POINTS: "points.ply", STATE: "state.safetensors"}
+# kinds stored as one file per sequence, <kind>/<id><suffix>; the others are hive partitions
+FILE_SUFFIXES = {POINTS: ".ply", STATE: ".safetensors"}
 
 
 @dataclass(frozen=True)
@@ -73,15 +78,24 @@ class RunLayout:
 
     def final(self, sequence_id: str, kind: str) -> str:
         """The committed location of one output of a sequence."""
-        if kind == POINTS:
-            return join(self.run_uri, POINTS, f"{_sequence(sequence_id)}.ply")
+        if kind in FILE_SUFFIXES:
+            return join(self.run_uri, kind, f"{_sequence(sequence_id)}{FILE_SUFFIXES[kind]}")
         return join(self.run_uri, kind, f"sequence_id={_sequence(sequence_id)}", "part-0.parquet")
 
     def final_owner(self, sequence_id: str, kind: str) -> str:
         """What to delete to remove one output of a sequence (its partition folder, or file)."""
-        if kind == POINTS:
+        if kind in FILE_SUFFIXES:
             return self.final(sequence_id, kind)
         return join(self.run_uri, kind, f"sequence_id={_sequence(sequence_id)}")
+
+    @staticmethod
+    def owner_sequence(kind: str, name: str) -> str | None:
+        """The sequence an entry of `dataset_dir(kind)` (a listed path) belongs to, if any."""
+        name = name.rstrip("/").rsplit("/", 1)[-1]
+        if kind in FILE_SUFFIXES:
+            suffix = FILE_SUFFIXES[kind]
+            return name[: -len(suffix)] if name.endswith(suffix) else None
+        return name[len("sequence_id=") :] if name.startswith("sequence_id=") else None
 
 
 def _sequence(sequence_id: str) -> str:

@@ -8,6 +8,7 @@ restarted driver knows which sequences already failed for good.
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
@@ -15,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, SerializerFunctionWrapHandler, model_serializer
 
-from .layout import DEPTH, FRAMES, POINTS, RunLayout
+from .layout import DEPTH, FRAMES, POINTS, STATE, RunLayout
 from .redaction import redact
 from .storage import Store
 
@@ -39,7 +40,9 @@ MANIFEST_SCHEMA = pa.schema(
         ("frames_path", pa.string()),
         ("points_path", pa.string()),
         ("depth_path", pa.string()),
+        ("state_path", pa.string()),
         ("committed_at", pa.string()),
+        ("engine", pa.string()),  # JSON: the engine settings it ran with, "auto" resolved
     ]
 )
 
@@ -64,7 +67,9 @@ class SequenceRecord:
     frames_path: str | None = None
     points_path: str | None = None
     depth_path: str | None = None
+    state_path: str | None = None
     committed_at: str | None = None
+    engine: str | None = None
 
     @classmethod
     def from_marker(cls, marker: dict[str, Any]) -> SequenceRecord:
@@ -85,7 +90,9 @@ class SequenceRecord:
             frames_path=outputs.get(FRAMES),
             points_path=outputs.get(POINTS),
             depth_path=outputs.get(DEPTH),
+            state_path=outputs.get(STATE),
             committed_at=marker.get("committed_at"),
+            engine=json.dumps(marker["engine"], sort_keys=True) if marker.get("engine") else None,
             **{k: timings.get(k) for k in ("decode_s", "infer_s", "write_s", "total_s")},
         )
 
@@ -124,6 +131,7 @@ class RunSummary(BaseModel):
     elapsed_s: float  # working time over all driver sessions
     frames_per_s: float  # frames / elapsed_s
     failures: list[dict[str, Any]]  # sequence_id, attempts, error
+    skipped_inputs: dict[str, int] = {}  # inputs discovery skipped, by reason (pipeline.discovery.SKIP_REASONS)
     running: int = 0  # sequences in flight (`status` of a live run)
     running_sequences: list[dict[str, Any]] = []  # sequence_id, attempt, started_at
     driver: dict[str, Any] | None = None  # `status`: the run's driver (state running|dead|finished|stopped, ...)
@@ -139,7 +147,13 @@ class RunSummary(BaseModel):
 
     @classmethod
     def from_records(
-        cls, run_id: str, run_uri: str, records: list[SequenceRecord], elapsed_s: float, frames_processed: int
+        cls,
+        run_id: str,
+        run_uri: str,
+        records: list[SequenceRecord],
+        elapsed_s: float,
+        frames_processed: int,
+        skipped_inputs: dict[str, int] | None = None,
     ) -> RunSummary:
         """`frames_processed` frames were computed in `elapsed_s` (which gives frames_per_s)."""
         done = [r for r in records if r.status == "done"]
@@ -169,4 +183,5 @@ class RunSummary(BaseModel):
                 {"sequence_id": r.sequence_id, "attempts": r.attempts, "error_kind": r.error_kind, "error": r.error}
                 for r in sorted(failed, key=lambda r: r.sequence_id)
             ],
+            skipped_inputs=dict(skipped_inputs or {}),
         )

@@ -8,9 +8,11 @@ length of the sequence.
 from __future__ import annotations
 
 import io
+import json
 import os
 import tempfile
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -18,44 +20,24 @@ import pyarrow.parquet as pq
 
 from zipmap_core.engines.results import FramePrediction
 
-from .layout import DEPTH, FRAMES, POINTS, RunLayout
+from .layout import DEPTH, FRAMES, POINTS, STATE, RunLayout
 from .pointcloud import PointCloudBuilder, VoxelSums, frame_points, voxel_sums
 from .redaction import redact_uri
 from .spec import JobSpec
 from .storage import Store
-
-FRAMES_SCHEMA = pa.schema(
-    [
-        ("sequence_id", pa.string()),
-        ("frame_index", pa.int32()),
-        ("source_uri", pa.string()),
-        ("width", pa.int32()),  # of the model input / depth map (what the intrinsics refer to)
-        ("height", pa.int32()),
-        ("source_width", pa.int32()),  # of the original image
-        ("source_height", pa.int32()),
-        ("extrinsic", pa.list_(pa.float32(), 12)),  # world-to-camera 3x4, row-major
-        ("intrinsic", pa.list_(pa.float32(), 9)),  # 3x3, row-major
-        ("depth_min", pa.float32()),  # statistics over valid depth (finite and > 0)
-        ("depth_max", pa.float32()),
-        ("depth_mean", pa.float32()),
-        ("depth_median", pa.float32()),
-        ("valid_depth_fraction", pa.float32()),
-        ("num_points", pa.int64()),  # pixels that passed the point filter (before voxels)
-        ("camera_conf", pa.float32()),
-    ]
+from .tables import (
+    DEPTH_ROW_GROUP_BYTES,
+    DEPTH_SCHEMA,
+    DEPTH_WRITE_OPTIONS,
+    FRAMES_SCHEMA,
+    file_schema,
+    table_metadata,
 )
 
-DEPTH_SCHEMA = pa.schema(
-    [
-        ("sequence_id", pa.string()),
-        ("frame_index", pa.int32()),
-        ("height", pa.int32()),
-        ("width", pa.int32()),
-        ("depth", pa.list_(pa.float32())),  # height * width values, row-major
-        ("depth_conf", pa.list_(pa.float32())),
-    ]
-)
+if TYPE_CHECKING:
+    from zipmap_core.scene_state import SceneState
 
+__all__ = ["DEPTH_SCHEMA", "FRAMES_SCHEMA", "FrameFormat", "PreparedFrame", "SequenceWriter", "StagedOutputs"]
 
 def depth_statistics(depth: np.ndarray) -> dict[str, float | None]:
     valid = depth[np.isfinite(depth) & (depth > 0)]
@@ -91,7 +73,7 @@ class PreparedFrame:
 
     row: dict
     points: np.ndarray | None  # PLY vertices (without voxels)
-    depth: pa.Table | None  # its DEPTH_SCHEMA row, when depth maps are saved
+    depth: pa.Table | None  # its depth row (DEPTH_SCHEMA but the partition key), when depth maps are saved
     voxels: tuple[VoxelSums, VoxelSums] | None = None  # the points' per-voxel sums (with voxels)
 
 
@@ -126,54 +108,72 @@ def prepare_frame(fmt: FrameFormat, frame: FramePrediction) -> PreparedFrame:
     }
     if points is not None and fmt.voxel_size:
         points, voxels = None, voxel_sums(points, fmt.voxel_size)
-    depth = _depth_row(fmt.sequence_id, frame) if fmt.save_depth else None
+    depth = _depth_row(frame) if fmt.save_depth else None
     return PreparedFrame(row, points, depth, voxels)
 
 
-def _depth_row(sequence_id: str, frame: FramePrediction) -> pa.Table:
+def _depth_row(frame: FramePrediction) -> pa.Table:
     depth = np.asarray(frame.depth, np.float32).reshape(-1)
     conf = np.asarray(frame.depth_conf, np.float32).reshape(-1)
     return pa.Table.from_arrays(
         [
-            pa.array([sequence_id]),
             pa.array([frame.index], pa.int32()),
             pa.array([frame.height], pa.int32()),
             pa.array([frame.width], pa.int32()),
             pa.ListArray.from_arrays(pa.array([0, depth.size], pa.int32()), pa.array(depth)),
             pa.ListArray.from_arrays(pa.array([0, conf.size], pa.int32()), pa.array(conf)),
         ],
-        schema=DEPTH_SCHEMA,
+        schema=file_schema(DEPTH_SCHEMA),
     )
 
 
 @dataclass
 class SequenceWriter:
-    """Collects one sequence's frames and writes its staged files for one attempt."""
+    """Collects one sequence's frames and writes its staged files for one attempt.
+
+    Set `engine` (the resolved engine settings) before the first frame: it goes into every file's
+    metadata."""
 
     spec: JobSpec
     sequence_id: str
     frame_uris: list[str]
     source_sizes: list[tuple[int, int]]
+    engine: dict | None = None
     _rows: list[dict] = field(default_factory=list)
     _points: PointCloudBuilder | None = None
     _depth_path: str | None = None
     _depth_writer: pq.ParquetWriter | None = None
+    _depth_rows: list[pa.Table] = field(default_factory=list)  # the row group being filled
+    _state: SceneState | None = None  # the sequence's scene state, on the host (scene_state.enabled)
 
     def __post_init__(self) -> None:
         pc = self.spec.point_cloud
         if pc.enabled:
-            self._points = PointCloudBuilder(pc.voxel_size)
+            self._points = PointCloudBuilder(pc.voxel_size, pc.confidence_percentile or None)
         if self.spec.save_depth:
             fd, self._depth_path = tempfile.mkstemp(suffix=".parquet")
             os.close(fd)
-            self._depth_writer = pq.ParquetWriter(self._depth_path, DEPTH_SCHEMA)
 
     @property
     def frame_format(self) -> FrameFormat:
         pc = self.spec.point_cloud
         if not pc.enabled:
             return FrameFormat(self.sequence_id, None, self.spec.save_depth)
-        return FrameFormat(self.sequence_id, pc.conf_threshold, self.spec.save_depth, pc.voxel_size)
+        # with a percentile the sequence's threshold is known only at the end: no per-frame voxel sums
+        voxel_size = None if pc.confidence_percentile else pc.voxel_size
+        return FrameFormat(self.sequence_id, pc.conf_threshold, self.spec.save_depth, voxel_size)
+
+    def keep_state(self, state: SceneState) -> None:
+        """The engine's `on_state` hook: called once, while the engine holds the accelerator, so it
+        only copies the fast weights to the host; `finish` writes them."""
+        self._state = state.to("cpu")
+        self._state.metadata.update(
+            {
+                "sequence_id": self.sequence_id,
+                "run_id": str(self.spec.run_id),
+                "model": json.dumps(self.spec.model_dump(mode="json")["model"]),  # redacted
+            }
+        )
 
     def add_prepared(self, prepared: PreparedFrame) -> None:
         """Append a prepared frame; frames must come in order."""
@@ -187,26 +187,56 @@ class SequenceWriter:
             self._points.add_points(prepared.points)
         self._rows.append(row)
         if prepared.depth is not None:
-            self._depth_writer.write_table(prepared.depth)
+            self._depth_rows.append(prepared.depth)
+            if sum(t.nbytes for t in self._depth_rows) >= DEPTH_ROW_GROUP_BYTES:
+                self._flush_depth()
+
+    def _metadata(self, table: str) -> dict[bytes, bytes]:
+        return table_metadata(self.spec, table, self.sequence_id, self.engine)
+
+    def _flush_depth(self) -> None:
+        """Write the buffered depth rows as one row group."""
+        if not self._depth_rows:
+            return
+        if self._depth_writer is None:
+            schema = file_schema(DEPTH_SCHEMA, self._metadata(DEPTH))
+            self._depth_writer = pq.ParquetWriter(self._depth_path, schema, **DEPTH_WRITE_OPTIONS)
+        rows = pa.concat_tables(self._depth_rows)
+        self._depth_rows = []
+        rows = rows.replace_schema_metadata(self._depth_writer.schema.metadata)
+        self._depth_writer.write_table(rows, row_group_size=rows.num_rows)
 
     def finish(self, store: Store, layout: RunLayout, attempt_id: str) -> StagedOutputs:
         """Write all staged files; returns where they are."""
         files: dict[str, str] = {}
         sid = self.sequence_id
-        files[FRAMES] = layout.staged(sid, attempt_id, FRAMES)
-        buf = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(self._rows, schema=FRAMES_SCHEMA), buf)
-        store.write_bytes(files[FRAMES], buf.getvalue())
         num_points = 0
         if self._points is not None:
             files[POINTS] = layout.staged(sid, attempt_id, POINTS)
             with store.open(files[POINTS], "wb") as f:
                 num_points = self._points.write(f, comment=f"zipmap-pipeline sequence {sid}")
-        if self._depth_writer is not None:
-            self._depth_writer.close()
-            self._depth_writer = None
-            files[DEPTH] = layout.staged(sid, attempt_id, DEPTH)
-            store.upload(self._depth_path, files[DEPTH])
+            if self._points.kept_per_frame is not None:  # a sequence-wide percentile: known only now
+                for row, kept in zip(self._rows, self._points.kept_per_frame):
+                    row["num_points"] = kept
+        files[FRAMES] = layout.staged(sid, attempt_id, FRAMES)
+        buf = io.BytesIO()
+        schema = file_schema(FRAMES_SCHEMA, self._metadata(FRAMES))
+        pq.write_table(pa.Table.from_pylist(self._rows, schema=schema), buf)
+        store.write_bytes(files[FRAMES], buf.getvalue())
+        if self._depth_path is not None:
+            self._flush_depth()
+            if self._depth_writer is not None:
+                self._depth_writer.close()
+                self._depth_writer = None
+                files[DEPTH] = layout.staged(sid, attempt_id, DEPTH)
+                store.upload(self._depth_path, files[DEPTH])
+        if self.spec.scene_state.enabled:
+            if self._state is None:
+                raise RuntimeError(f"the engine handed over no scene state for {sid}")
+            files[STATE] = layout.staged(sid, attempt_id, STATE)
+            self._state.save(
+                files[STATE], dtype=self.spec.scene_state.dtype, storage_options=store.storage.for_uri(files[STATE])
+            )
         return StagedOutputs(files=files, num_frames=len(self._rows), num_points=num_points)
 
     def close(self) -> None:
@@ -216,5 +246,6 @@ class SequenceWriter:
         if self._depth_writer is not None:
             self._depth_writer.close()
             self._depth_writer = None
+        self._depth_rows = []
         if self._depth_path and os.path.exists(self._depth_path):
             os.unlink(self._depth_path)

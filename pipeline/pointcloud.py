@@ -3,12 +3,18 @@
 Points are never all held in memory: without voxels they stream frame by frame into a spool
 file, and with voxels only one running sum per occupied voxel is kept. The PLY header (which
 must state the vertex count up front) is written once the count is known.
+
+A confidence percentile (the released demo keeps points at or above the 50th percentile of the
+whole sequence's confidence) is known only after the last frame: the candidates then stay in the
+spool, their confidences' exact percentile is found in bounded memory (`ConfidencePercentile`),
+and the kept ones are copied (or voxel-averaged) from the spool into the PLY.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from typing import IO, BinaryIO, NamedTuple
 
 import numpy as np
@@ -20,6 +26,9 @@ PLY_DTYPE = np.dtype(
 _PLY_TYPES = {np.dtype("<f4"): "float", np.dtype("u1"): "uchar"}
 # per-voxel rows buffered before a merge into the grid: as many as the grid holds, within these
 _MIN_PENDING, _MAX_PENDING = 4_000_000, 16_000_000  # (at 72 bytes a row: 290 MB and 1.2 GB)
+_SPOOL_BLOCK = 1 << 22  # vertices read back from the spool at a time (80 MB)
+# The released demo drops these whatever the thresholds (visual_util.py, predictions_to_glb).
+MIN_CONFIDENCE = 1e-5
 _AXIS_BITS = 21  # voxel indices per axis that pack into one int64 key (3 x 21 bits)
 _PACK_OFFSET = 1 << (_AXIS_BITS - 1)  # packed: indices in (-2**20, 2**20), about 10 km at 1 cm voxels
 
@@ -29,13 +38,14 @@ def frame_points(
 ) -> np.ndarray:
     """The kept points of one frame as PLY vertices, in row-major pixel order.
 
-    A pixel becomes a point when its depth is finite and positive, its confidence finite and at
-    least `threshold`, and its world point finite. Runs once per frame on the writer's critical
-    path, so it selects first (cheap 1-D masks over depth and confidence) and packs only the kept
-    pixels, byte columns side by side.
+    A pixel becomes a point when its depth is finite and positive, its confidence finite, above
+    `MIN_CONFIDENCE` and at least `threshold`, and its world point finite. Runs once per frame on
+    the writer's critical path, so it selects first (cheap 1-D masks over depth and confidence)
+    and packs only the kept pixels, byte columns side by side.
     """
     # NaN compares false, so this also drops non-finite depth and confidence
-    mask = (depth > 0) & (depth < np.inf) & (depth_conf >= threshold) & (depth_conf < np.inf)
+    conf_ok = (depth_conf >= threshold) & (depth_conf > MIN_CONFIDENCE) & (depth_conf < np.inf)
+    mask = (depth > 0) & (depth < np.inf) & conf_ok
     keep = np.flatnonzero(mask.reshape(-1))
     xyz = np.asarray(world_points, np.float32).reshape(-1, 3)[keep]
     finite = np.isfinite(xyz).all(axis=1)
@@ -166,13 +176,68 @@ class VoxelGrid:
         self._pending, self._pending_n = [], 0
 
 
-class PointCloudBuilder:
-    """Collects the kept points of a sequence frame by frame and writes them as one PLY."""
+class ConfidencePercentile:
+    """numpy's `percentile(values, q)` (linear interpolation) of positive float32 values that
+    arrive in batches, exact, in bounded memory.
 
-    def __init__(self, voxel_size: float | None = None):
-        self._grid = VoxelGrid(voxel_size) if voxel_size else None
+    Positive floats order as their bit patterns do. `add` counts the high 16 bits of every value;
+    `threshold` finds the bins that hold the two order statistics the percentile interpolates
+    between, counts the low 16 bits of those bins' values in one more pass over the batches
+    (`read_again`), and so knows both values bit for bit."""
+
+    def __init__(self, q: float):
+        if not 0 <= q <= 100:
+            raise ValueError(f"percentile must be in [0, 100], got {q}")
+        self.q = q
+        self.count = 0
+        self._high = np.zeros(1 << 16, np.int64)
+
+    @staticmethod
+    def _bits(values: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(values, np.float32).view(np.uint32)
+
+    def add(self, values: np.ndarray) -> None:
+        self._high += np.bincount(self._bits(values) >> 16, minlength=1 << 16)
+        self.count += len(values)
+
+    def threshold(self, read_again: Callable[[], Iterable[np.ndarray]]) -> float | None:
+        """The percentile of everything added (None when nothing was)."""
+        if self.count == 0:
+            return None
+        position = self.q / 100 * (self.count - 1)
+        ranks = (int(np.floor(position)), min(int(np.floor(position)) + 1, self.count - 1))
+        ends = np.cumsum(self._high)
+        bins = [int(np.searchsorted(ends, r, side="right")) for r in ranks]
+        low = {b: np.zeros(1 << 16, np.int64) for b in set(bins)}
+        for values in read_again():
+            bits = self._bits(values)
+            high = bits >> 16
+            for b, counts in low.items():
+                counts += np.bincount(bits[high == b] & 0xFFFF, minlength=1 << 16)
+        order_stats = []
+        for r, b in zip(ranks, bins):
+            within = r - (int(ends[b - 1]) if b else 0)
+            lo = int(np.searchsorted(np.cumsum(low[b]), within, side="right"))
+            order_stats.append(np.uint32((b << 16) | lo).view(np.float32))
+        # numpy's own interpolation between the two, so that the threshold is the one it computes
+        return float(np.percentile(np.array(order_stats, np.float32), 100 * (position - ranks[0])))
+
+
+class PointCloudBuilder:
+    """Collects the kept points of a sequence frame by frame and writes them as one PLY.
+
+    With `percentile`, points are kept only at or above that percentile of the confidences of all
+    the points added (as `np.percentile` computes it): they are spooled until `write`, which then
+    reports how many of each frame's points were kept in `kept_per_frame`."""
+
+    def __init__(self, voxel_size: float | None = None, percentile: float | None = None):
+        self._percentile = ConfidencePercentile(percentile) if percentile else None
+        self._voxel_size = voxel_size
+        self._grid = VoxelGrid(voxel_size) if voxel_size and not self._percentile else None
         self._spool: IO[bytes] | None = None if self._grid else tempfile.TemporaryFile()
         self._count = 0
+        self._per_frame: list[int] = []
+        self.kept_per_frame: list[int] | None = None  # after write(), with a percentile
 
     def add_voxel_sums(self, sums: tuple[VoxelSums, VoxelSums]) -> None:
         """Add one frame's per-voxel sums (from `voxel_sums`, computed where the frame was prepared)."""
@@ -188,25 +253,63 @@ class PointCloudBuilder:
             assert self._spool is not None
             self._spool.write(np.ascontiguousarray(points).view(np.uint8).data)
             self._count += len(points)
+            self._per_frame.append(len(points))
+            if self._percentile is not None:
+                self._percentile.add(points["confidence"])
         return len(points)
 
     def write(self, out: BinaryIO, comment: str = "") -> int:
         """Write the PLY to a binary file object; returns the number of vertices."""
+        if self._percentile is not None:
+            return self._write_percentile(out, comment)
         if self._grid is not None:
-            vertices = self._grid.result()
-            out.write(ply_header(len(vertices), comment))
-            out.write(vertices.tobytes())
-            return len(vertices)
+            return _write_vertices(out, self._grid.result(), comment)
         assert self._spool is not None
         out.write(ply_header(self._count, comment))
         self._spool.seek(0)
         shutil.copyfileobj(self._spool, out, length=1 << 22)
         return self._count
 
+    def _spooled(self, block: int = _SPOOL_BLOCK) -> Iterator[np.ndarray]:
+        assert self._spool is not None
+        self._spool.seek(0)
+        while data := self._spool.read(block * PLY_DTYPE.itemsize):
+            yield np.frombuffer(data, PLY_DTYPE)
+
+    def _write_percentile(self, out: BinaryIO, comment: str) -> int:
+        threshold = self._percentile.threshold(lambda: (v["confidence"] for v in self._spooled()))
+        keep = (lambda v: v["confidence"] >= threshold) if threshold is not None else (lambda v: v["confidence"] > 0)
+        # kept points per frame: the spool holds the frames one after another
+        ends = np.cumsum(self._per_frame)
+        kept_before = np.zeros(len(ends), np.int64)
+        seen = kept = 0
+        for vertices in self._spooled():
+            mask = keep(vertices)
+            cum = np.concatenate([[0], np.cumsum(mask)])
+            inside = (ends > seen) & (ends <= seen + len(vertices))
+            kept_before[inside] = kept + cum[ends[inside] - seen]
+            seen, kept = seen + len(vertices), kept + int(cum[-1])
+        self.kept_per_frame = np.diff(np.concatenate([[0], kept_before])).tolist()
+        if self._voxel_size:
+            grid = VoxelGrid(self._voxel_size)
+            for vertices in self._spooled():
+                grid.add(vertices[keep(vertices)])
+            return _write_vertices(out, grid.result(), comment)
+        out.write(ply_header(kept, comment))
+        for vertices in self._spooled():
+            out.write(vertices[keep(vertices)].tobytes())
+        return kept
+
     def close(self) -> None:
         if self._spool is not None:
             self._spool.close()
             self._spool = None
+
+
+def _write_vertices(out: BinaryIO, vertices: np.ndarray, comment: str) -> int:
+    out.write(ply_header(len(vertices), comment))
+    out.write(vertices.tobytes())
+    return len(vertices)
 
 
 def ply_header(num_vertices: int, comment: str = "") -> bytes:

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from .commit import clean_uncommitted, committed_sequences
-from .discovery import SequenceSource, discover
+from .discovery import Discovery, SequenceSource, discover_inputs
 from .errors import SpecError
 from .layout import RunLayout
 from .lease import Lease
@@ -65,19 +65,20 @@ def check_same_results(store: Store, layout: RunLayout, spec: JobSpec) -> None:
         )
 
 
-def find_sources(spec: JobSpec, previous: Previous) -> list[SequenceSource]:
-    """The input's sequences; an empty or missing input is a spec error unless the run has results."""
+def find_sources(spec: JobSpec, previous: Previous) -> Discovery:
+    """The input's sequences (and what discovery skipped); an empty or missing input is a spec error
+    unless the run has results."""
     try:
-        sources = discover(spec, known=previous.known_ids)
+        found = discover_inputs(spec, known=previous.known_ids)
     except SpecError as exc:
         if not previous.committed:
             raise
         logger.warning("input unavailable (%s); keeping the run's committed sequences", exc)
-        return []
-    if not sources and not previous.committed:
+        return Discovery([], [])
+    if not found.sources and not previous.committed:
         where = spec.input.prefix or spec.input.manifest
         raise SpecError(f"no sequences found in {redact_uri(where)} (sub-folders of images, or video files)")
-    return sources
+    return found
 
 
 def restore_table(
@@ -99,7 +100,7 @@ def restore_table(
         if earlier is not None and earlier.status == "failed" and not retry_failed:
             table.add(earlier)
             continue
-        expected = None if source.num_frames is None else spec.input.kept_frames(source.num_frames)
+        expected = source.num_frames  # after sampling; None for videos (known once decoded)
         attempts = earlier.attempts if earlier else 0
         table.add(SequenceRecord(sid, source_uri=source.uri, num_frames=expected, attempts=attempts), expected)
     return table

@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from zipmap_core.assets import bundled_preset
 from zipmap_core.config import ModelConfig
 from zipmap_core.engines.config import EngineConfig
 
@@ -43,14 +44,34 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class InputSpec(_Section):
-    """Where the sequences come from: a prefix to scan, or a manifest table listing them."""
+class FrameSampling(_Section):
+    """Which frames of a sequence the model sees, applied in this order: fps, stride, max_frames.
 
-    prefix: str | None = None  # sub-folders of images and video files directly under it
-    manifest: str | None = None  # parquet/csv with a `uri` column (and optional `sequence_id`)
-    min_frames: int = Field(default=2, ge=1)  # shorter sequences fail as bad input
-    max_frames: int | None = Field(default=None, ge=1)  # keep at most this many (after stride)
-    frame_stride: int = Field(default=1, ge=1)  # keep every k-th frame
+    The spec's `input:` section sets it for every sequence; a manifest table may override any
+    field per sequence (columns of the same names). See pipeline.sampling for the exact rule.
+    """
+
+    # Frames per second to sample with the released demo's rule (None: every frame). Videos take
+    # their rate from the container; image folders sample by fps only when `image_fps` is known.
+    fps: float | None = Field(default=None, gt=0)
+    image_fps: float | None = Field(default=None, gt=0)  # the capture rate of image folders
+    frame_stride: int = Field(default=1, ge=1)  # then keep every k-th frame
+    max_frames: int | None = Field(default=None, ge=1)  # then keep at most this many
+    spread: Literal["first", "uniform"] = "first"  # max_frames: the first N, or N evenly spread
+
+
+# Pixels per source frame above which a frame is bad input (2**27: a 108 MP phone photo fits; a
+# decoded RGB frame of that size takes 384 MiB). Pillow refuses more than 2 * 89.5 M in any case.
+DEFAULT_MAX_PIXELS = 2**27
+
+
+class InputSpec(FrameSampling):
+    """Where the sequences come from (a prefix to scan, or a manifest table), and which frames."""
+
+    prefix: str | None = None  # folders of images and video files at any depth under it
+    manifest: str | None = None  # parquet/csv with a `uri` column (optional `sequence_id`, sampling columns)
+    min_frames: int = Field(default=2, ge=1)  # shorter sequences (after sampling) fail as bad input
+    max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)  # larger frames fail as bad input, undecoded
 
     @model_validator(mode="after")
     def _one_source(self) -> InputSpec:
@@ -58,15 +79,17 @@ class InputSpec(_Section):
             raise ValueError("set exactly one of input.prefix and input.manifest")
         return self
 
-    def kept_frames(self, count: int) -> int:
-        """How many of a sequence's `count` frames frame_stride and max_frames keep."""
-        kept = -(-count // self.frame_stride)
-        return min(kept, self.max_frames) if self.max_frames else kept
+    @property
+    def sampling(self) -> FrameSampling:
+        """The frame selection every sequence gets unless its manifest row overrides it."""
+        return FrameSampling.model_validate({k: getattr(self, k) for k in FrameSampling.model_fields})
 
 
 class ModelSpec(_Section):
     preset: str  # a name accepted by zipmap_core.config.ModelConfig.preset
-    checkpoint: str | None = None  # local path or fsspec URL (.pt/.pth/.safetensors)
+    # local path or fsspec URL (.pt/.pth/.safetensors), or bundled:<preset> for the weights shipped
+    # with the package (bundled:demo_ttt, bundled:demo_attention)
+    checkpoint: str | None = None
     use_ema: bool = False
     allow_random_weights: bool = False  # tests only, and only with the "tiny" preset
 
@@ -82,6 +105,11 @@ class ModelSpec(_Section):
             raise ValueError(
                 "model.checkpoint is required; random weights are only allowed with "
                 "preset 'tiny' and model.allow_random_weights: true (for tests)"
+            )
+        bundled = bundled_preset(self.checkpoint) if self.checkpoint else None
+        if bundled is not None and bundled != self.preset:
+            raise ValueError(
+                f"model.checkpoint {self.checkpoint!r} holds the weights of preset {bundled!r}, not {self.preset!r}"
             )
         return self
 
@@ -105,9 +133,21 @@ class PreprocessSpec(_Section):
 
 class PointCloudSpec(_Section):
     enabled: bool = True
-    # The depth head's confidence is 1 + exp(x) >= 1, so 1.0 keeps every finite point.
+    # Absolute: the depth head's confidence is 1 + exp(x) >= 1, so 1.0 keeps every finite point.
     conf_threshold: float = 1.0
+    # Relative, as the released demo filters (its default 50): keep the points at or above this
+    # percentile of the confidences of the whole sequence's points (those passing conf_threshold).
+    # null or 0: off.
+    confidence_percentile: float | None = Field(default=50.0, ge=0, le=100)
     voxel_size: float | None = Field(default=None, gt=0)  # average points per voxel when set
+
+
+class SceneStateSpec(_Section):
+    """Keep each sequence's scene state (its TTT fast weights, zipmap_core.scene_state) next to its
+    outputs, to render novel views later without the images. Needs a state-query model."""
+
+    enabled: bool = False
+    dtype: Literal["float32", "bfloat16"] = "float32"  # 576 MiB / 288 MiB per sequence at full size
 
 
 class ResourcesSpec(_Section):
@@ -223,6 +263,7 @@ class JobSpec(_Section):
     preprocess: PreprocessSpec = Field(default_factory=PreprocessSpec)
     point_cloud: PointCloudSpec = Field(default_factory=PointCloudSpec)
     save_depth: bool = False  # per-frame depth + confidence maps as a Parquet table
+    scene_state: SceneStateSpec = Field(default_factory=SceneStateSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     retry: RetrySpec = Field(default_factory=RetrySpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
@@ -250,6 +291,13 @@ class JobSpec(_Section):
         model = self.model.config()
         if self.engine.mode in ("chunked", "streaming") and model.global_block != "ttt":
             raise ValueError(f"engine.mode {self.engine.mode!r} needs a TTT model; preset {model.name!r} is not one")
+        if self.scene_state.enabled and not model.enable_nvs:
+            raise ValueError(
+                f"scene_state.enabled keeps states to render novel views from: preset {model.name!r} has no "
+                "novel-view head (use a state-query preset, e.g. 'state_query')"
+            )
+        if self.scene_state.enabled and self.engine.mode == "streaming":
+            raise ValueError("scene_state.enabled needs engine.mode 'offline' or 'chunked' (one update of all frames)")
         if self.engine.mode == "streaming" and self.engine.window is None and model.streaming_window is None:
             raise ValueError(
                 f"engine.mode 'streaming' needs engine.window: preset {model.name!r} has no default window"
@@ -280,9 +328,9 @@ class JobSpec(_Section):
     def result_fields(self) -> dict[str, Any]:
         """The parts of the spec that shape the outputs; a run must keep them to stay consistent."""
         data = self.model_dump(mode="json")
-        keep = {"model", "engine", "preprocess", "point_cloud", "save_depth"}
+        keep = {"model", "engine", "preprocess", "point_cloud", "save_depth", "scene_state"}
         result = {k: v for k, v in data.items() if k in keep}
-        result["input"] = {k: data["input"][k] for k in ("min_frames", "max_frames", "frame_stride")}
+        result["input"] = {k: data["input"][k] for k in ("min_frames", *FrameSampling.model_fields)}
         return result
 
     def with_storage_default(self, storage: StorageSpec | None) -> JobSpec:

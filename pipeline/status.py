@@ -22,6 +22,7 @@ from .storage import Store
 
 
 def run_status(run_uri: str, *, storage: StorageSpec | None = None) -> RunSummary:
+    """The state of a run from its commit markers, manifest and lease (no Ray needed)."""
     run_uri = run_uri.rstrip("/")
     try:
         return _run_status(run_uri, storage)
@@ -43,9 +44,14 @@ def _run_status(run_uri: str, storage: StorageSpec | None) -> RunSummary:
     for sid, record in records.items():
         if record.status == "running" or (sid in in_flight and record.status == "pending"):
             record.status = "running" if sid in in_flight else "pending"
-    elapsed = _elapsed(store, layout, lease, live, now)
+    stored = _stored_summary(store, layout)
+    elapsed = _elapsed(stored, lease, live, now)
+    skipped = lease.progress.get("skipped_inputs") if lease is not None else None
     frames = sum(r.num_frames or 0 for r in records.values() if r.status == "done")
-    summary = RunSummary.from_records(run_uri.rsplit("/", 1)[-1], run_uri, list(records.values()), elapsed, frames)
+    summary = RunSummary.from_records(
+        run_uri.rsplit("/", 1)[-1], run_uri, list(records.values()), elapsed, frames,
+        skipped_inputs=stored.get("skipped_inputs") if skipped is None else skipped,
+    )
     running = [  # the heartbeat may be a second older than a marker: done is done
         in_flight[sid]
         for sid in sorted(in_flight, key=lambda s: in_flight[s]["started_at"])
@@ -60,14 +66,19 @@ def _run_status(run_uri: str, storage: StorageSpec | None) -> RunSummary:
     )
 
 
-def _elapsed(store: Store, layout: RunLayout, lease: Lease | None, live: bool, now: float) -> float:
+def _stored_summary(store: Store, layout: RunLayout) -> dict[str, Any]:
+    """The summary the last driver session wrote ({} if none)."""
+    try:
+        return store.read_json(layout.summary)
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def _elapsed(stored: dict[str, Any], lease: Lease | None, live: bool, now: float) -> float:
     """Working time over all sessions: the heartbeat's (plus its age, while live), else the summary's."""
     if lease is not None and "elapsed_s" in lease.progress:
         return float(lease.progress["elapsed_s"]) + (lease.age(now) if live else 0.0)
-    try:
-        return float(store.read_json(layout.summary).get("elapsed_s", 0.0))
-    except (FileNotFoundError, ValueError):
-        return 0.0
+    return float(stored.get("elapsed_s", 0.0))
 
 
 def _driver(lease: Lease | None, live: bool, summary: RunSummary, now: float) -> dict[str, Any] | None:

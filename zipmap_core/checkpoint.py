@@ -50,15 +50,26 @@ def load_state_dict(
 ) -> dict[str, torch.Tensor]:
     """Read a checkpoint into a plain `{name: tensor}` dict on the CPU.
 
+    `uri` is a local path, an fsspec URL, or `bundled:<preset>` for the weights shipped in
+    `zipmap_core/assets` (`bundled:demo_ttt`, `bundled:demo_attention`).
+
     `.pt`/`.pth`/`.bin` files are read with `torch.load(weights_only=True)`, `.safetensors`
     with safetensors. Wrappers `{"model": sd, "ema": sd, ...}` and `{"state_dict": sd}` are
     unwrapped (`use_ema` selects the EMA weights), and a `module.` prefix on every key is
     stripped.
     """
-    uri = os.fspath(uri)
+    uri = _bundled_to_path(os.fspath(uri))
     raw = _read(uri, storage_options or {})
     state = _unwrap(raw, uri, use_ema)
     return _strip_wrapper_prefixes(state)
+
+
+def _bundled_to_path(uri: str) -> str:
+    """`bundled:<preset>` -> the local file of the weights shipped in zipmap_core/assets."""
+    from zipmap_core.assets import bundled_preset, demo_checkpoint_path
+
+    preset = bundled_preset(uri)
+    return uri if preset is None else demo_checkpoint_path(preset)
 
 
 def _suffix(uri: str) -> str:
@@ -83,7 +94,7 @@ def check_checkpoint_file(uri: str | os.PathLike, *, storage_options: dict[str, 
     so a job can check its checkpoint before it starts workers that load it. Raises
     FileNotFoundError or CheckpointError; the store's own errors pass through.
     """
-    uri = os.fspath(uri)
+    uri = _bundled_to_path(os.fspath(uri))
     suffix = _known_suffix(uri)
     fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
     if fs.isdir(path):

@@ -69,6 +69,9 @@ class ModelConfig(BaseModel):
     dpt: DPTConfig = Field(default_factory=DPTConfig)
     enable_depth: bool = True
     enable_local_points: bool = True
+    # the novel-view head of "ZipMap w/ state query": renders RGB and depth for query cameras
+    # (ray conditions) from the fast weights a sequence left behind
+    enable_nvs: bool = False
     streaming_window: int | None = None  # frames per TTT window for streaming models
 
     @model_validator(mode="after")
@@ -81,6 +84,8 @@ class ModelConfig(BaseModel):
             raise ValueError(f"dpt.layers {self.dpt.layers} must be < depth {self.depth}")
         if self.patch_embed != "conv" and self.patch_size != 14:
             raise ValueError("DINOv2 patch embeds use patch_size 14")
+        if self.enable_nvs and self.global_block != "ttt":
+            raise ValueError("enable_nvs renders from TTT fast weights: it needs global_block='ttt'")
         if self.streaming_window is not None and self.streaming_window < 1:
             raise ValueError("streaming_window must be >= 1")
         return self
@@ -136,7 +141,7 @@ PRESETS: dict[str, ModelConfig] = {
     "offline_affine": ModelConfig(name="offline_affine", affine_invariant=True, **_FULL),
     # checkpoint_online.pt: MLP camera head, windowed TTT updates
     "streaming": ModelConfig(
-        name="streaming", affine_invariant=True, camera_head="mlp", streaming_window=8, **_FULL
+        name="streaming", affine_invariant=True, camera_head="mlp", streaming_window=1, **_FULL
     ),
     # the small model of ../shared/reference (ViT-S patch embed, single-head TTT of 384)
     "reference_dev": _REFERENCE_DEV,
@@ -164,3 +169,13 @@ PRESETS: dict[str, ModelConfig] = {
     # (zipmap_core/assets/demo_attention.safetensors)
     "demo_attention": _DEMO_TTT.model_copy(update={"name": "demo_attention", "global_block": "attention"}),
 }
+
+# State query: "ZipMap w/ state query" (checkpoint_state_query.pt, fine-tuned from the
+# reference-view model) is the offline layout plus ray tokens and the novel-view head.
+PRESETS["state_query"] = ModelConfig(name="state_query", enable_nvs=True, **_FULL)
+# the reference's dev-size state-query case (reference-view mode)
+PRESETS["reference_dev_state_query"] = _REFERENCE_DEV.model_copy(
+    update={"name": "reference_dev_state_query", "affine_invariant": False, "enable_nvs": True}
+)
+# tiny with the novel-view head, for CPU tests of scene states and rendering
+PRESETS["tiny_state_query"] = PRESETS["tiny"].model_copy(update={"name": "tiny_state_query", "enable_nvs": True})

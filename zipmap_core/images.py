@@ -4,6 +4,11 @@ The geometry follows the released VGGT/ZipMap preprocessing exactly ("crop": fix
 height rounded to the patch size, centre-cropped; "pad": longer side fixed, padded with white
 to a square), because the model was trained on images shaped that way and the patch grid
 must divide the image.
+
+Two deliberate differences from the released loader: photos are turned upright by their EXIF
+orientation (the released code feeds a portrait phone photo sideways), and frames are resized
+one at a time into a uint8 buffer (`FrameBuffer`), so preprocessing a long sequence holds its
+resized frames and one source frame, not every source frame.
 """
 
 from __future__ import annotations
@@ -16,8 +21,7 @@ from typing import Any, Literal
 import fsspec
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 PATCH = 14
 
@@ -25,10 +29,13 @@ PreprocessMode = Literal["crop", "pad"]
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray
 
 __all__ = [
+    "FrameBuffer",
     "ImageLoadError",
     "ImageSource",
+    "ImageTooLargeError",
     "image_to_uint8",
     "load_images",
+    "open_image",
     "preprocess_images",
 ]
 
@@ -37,27 +44,36 @@ class ImageLoadError(ValueError):
     """An input image could not be used; the message names the offending frame/source."""
 
 
+class ImageTooLargeError(ImageLoadError):
+    """A frame has more pixels than allowed (or than Pillow's decompression-bomb limit)."""
+
+
 def load_images(
     sources: Sequence[ImageSource] | ImageSource,
     *,
     size: int = 518,
     mode: PreprocessMode = "crop",
     storage_options: dict[str, Any] | None = None,
+    max_pixels: int | None = None,
 ) -> torch.Tensor:
     """Decode a sequence of frames and preprocess them into a float32 [S, 3, H, W] tensor in [0, 1].
 
     `sources` items may be local paths or fsspec URLs (str / PathLike), encoded image bytes,
     PIL images, or HxWx3 uint8 arrays (decoded video frames); a 4-D uint8 array [S, H, W, 3]
-    is taken as S frames. All frames must share one original size.
+    is taken as S frames. All frames must share one original size (after EXIF orientation).
+    Frames are decoded and resized one at a time; encoded ones with more than `max_pixels`
+    pixels are refused from their header, before decoding.
     """
     _check_args(size, mode)
     items = _as_list(sources)
     if not items:
         raise ImageLoadError("no images given")
     opts = storage_options or {}
-    names = [_describe(src, i) for i, src in enumerate(items)]
-    images = [_decode(src, name, opts) for src, name in zip(items, names)]
-    return preprocess_images(images, size=size, mode=mode, names=names)
+    frames = FrameBuffer(size=size, mode=mode, capacity=len(items))
+    for i, src in enumerate(items):
+        name = _describe(src, i)
+        frames.add(_decode(src, name, opts, max_pixels), name)
+    return frames.tensor()
 
 
 def preprocess_images(
@@ -79,20 +95,88 @@ def preprocess_images(
         raise ImageLoadError("no images given")
     if names is None:
         names = [f"<image #{i}>" for i in range(len(images))]
-    _check_same_size(images, names)
-    w, h = images[0].size
-    new_w, new_h = _target_size(w, h, size, mode)
-    frames = [_resize_to_tensor(_to_rgb(img), new_w, new_h) for img in images]
-    batch = torch.stack(frames)
-    if mode == "crop":
-        if new_h > size:
-            top = (new_h - size) // 2
-            batch = batch[:, :, top : top + size, :]
-    else:
-        pad_h, pad_w = size - new_h, size - new_w
-        top, left = pad_h // 2, pad_w // 2
-        batch = F.pad(batch, (left, pad_w - left, top, pad_h - top), value=1.0)
-    return batch.clamp_(0.0, 1.0).contiguous()
+    frames = FrameBuffer(size=size, mode=mode, capacity=len(images))
+    for image, name in zip(images, names):
+        frames.add(image, name)
+    return frames.tensor()
+
+
+class FrameBuffer:
+    """Frames preprocessed one at a time into a growing uint8 [S, 3, H, W] array.
+
+    Resizing gives 8-bit pixels and the pad colour is white, so `u8 / 255` is exactly the float
+    image: the buffer holds a quarter of the float bytes, and a caller that decodes frames one by
+    one never holds more than one source frame next to it. Every frame must have the first
+    frame's size.
+    """
+
+    def __init__(self, *, size: int = 518, mode: PreprocessMode = "crop", capacity: int | None = None):
+        _check_args(size, mode)
+        self.size, self.mode = size, mode
+        self._capacity = max(1, capacity or 16)
+        self._data: np.ndarray | None = None
+        self._count = 0
+        self._first: tuple[int, int, str] | None = None  # width, height, name of frame 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def reserve(self, capacity: int) -> None:
+        """Size the buffer for `capacity` frames before the first one arrives (it grows if needed)."""
+        if self._data is None:
+            self._capacity = max(1, capacity)
+
+    @property
+    def source_size(self) -> tuple[int, int] | None:
+        """(width, height) shared by the source frames, once one was added."""
+        return None if self._first is None else self._first[:2]
+
+    def add(self, image: Image.Image, name: str | None = None) -> None:
+        """Resize one frame into the buffer (the source image can be dropped afterwards)."""
+        name = name or f"<image #{self._count}>"
+        w, h = image.size
+        if w == 0 or h == 0:
+            raise ImageLoadError(f"frame {self._count} ({name}) has no pixels ({w}x{h})")
+        if self._first is None:
+            self._first = (w, h, name)
+        elif (w, h) != self._first[:2]:
+            w0, h0, name0 = self._first
+            raise ImageLoadError(
+                f"frame {self._count} ({name}) is {w}x{h} but frame 0 ({name0}) is {w0}x{h0}; "
+                "a sequence must have one image size"
+            )
+        frame = self._preprocess(image)
+        if self._data is None:
+            self._data = np.empty((self._capacity, *frame.shape), np.uint8)
+        elif self._count == len(self._data):
+            grown = np.empty((2 * len(self._data), *frame.shape), np.uint8)
+            grown[: self._count] = self._data
+            self._data = grown
+        self._data[self._count] = frame
+        self._count += 1
+
+    def uint8(self) -> np.ndarray:
+        """The frames so far, uint8 [S, 3, H, W] (a view of the buffer)."""
+        if self._data is None:
+            raise ImageLoadError("no images given")
+        return self._data[: self._count]
+
+    def tensor(self) -> torch.Tensor:
+        """The frames so far as float32 [S, 3, H, W] in [0, 1]."""
+        return torch.from_numpy(self.uint8()).float().div_(255.0)
+
+    def _preprocess(self, image: Image.Image) -> np.ndarray:
+        w, h = image.size
+        new_w, new_h = _target_size(w, h, self.size, self.mode)
+        arr = np.asarray(_to_rgb(image).resize((new_w, new_h), Image.Resampling.BICUBIC))
+        if self.mode == "crop":
+            top = max(0, (new_h - self.size) // 2)
+            arr = arr[top : top + self.size]
+        else:
+            pad_h, pad_w = self.size - new_h, self.size - new_w
+            top, left = pad_h // 2, pad_w // 2
+            arr = np.pad(arr, ((top, pad_h - top), (left, pad_w - left), (0, 0)), constant_values=255)
+        return arr.transpose(2, 0, 1)
 
 
 def image_to_uint8(image: torch.Tensor) -> np.ndarray:
@@ -138,12 +222,12 @@ def _describe(src: Any, index: int) -> str:
     return f"<{type(src).__name__}>"
 
 
-def _decode(src: Any, name: str, storage_options: dict[str, Any]) -> Image.Image:
-    """Turn one source into a decoded RGB PIL image, or raise ImageLoadError naming it."""
+def _decode(src: Any, name: str, storage_options: dict[str, Any], max_pixels: int | None = None) -> Image.Image:
+    """Turn one source into a decoded PIL image, or raise ImageLoadError naming it."""
     if isinstance(src, Image.Image):
-        return _to_rgb(src)
+        return src
     if isinstance(src, np.ndarray):
-        return _to_rgb(_array_to_pil(src, name))
+        return _array_to_pil(src, name)
     if isinstance(src, (bytes, bytearray, memoryview)):
         data = bytes(src)
     elif isinstance(src, (str, os.PathLike)):
@@ -153,14 +237,42 @@ def _decode(src: Any, name: str, storage_options: dict[str, Any]) -> Image.Image
             f"{name}: unsupported image source type {type(src).__name__}; expected a path/URL, "
             "encoded bytes, a PIL image or an HxWx3 uint8 array"
         )
+    return open_image(data, name, max_pixels=max_pixels)
+
+
+def open_image(data: bytes, name: str, *, max_pixels: int | None = None) -> Image.Image:
+    """Decode an encoded image, turned upright by its EXIF orientation.
+
+    The size is checked from the header before any pixel is decoded: more than `max_pixels`
+    pixels (or more than Pillow's decompression-bomb limit) raises ImageTooLargeError. Any
+    other failure is the data's fault (the bytes are already in memory), so it raises
+    ImageLoadError naming `name`.
+    """
     if not data:
         raise ImageLoadError(f"{name}: cannot decode image: the file is empty")
     try:
-        img = Image.open(io.BytesIO(data))
-        img.load()  # force a full decode so truncated files fail here, not later
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageLoadError(f"{name}: cannot decode image: {exc}") from exc
-    return _to_rgb(img)
+        img = Image.open(io.BytesIO(data))  # reads the header only
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"{name}: refused as a decompression bomb: {exc}") from None
+    except UnidentifiedImageError:
+        raise ImageLoadError(f"{name}: cannot decode image: not an image in a format Pillow can read") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a malformed header raises all sorts
+        raise ImageLoadError(f"{name}: cannot decode image: {exc}") from None
+    w, h = img.size
+    if max_pixels is not None and w * h > max_pixels:
+        raise ImageTooLargeError(
+            f"{name}: {w}x{h} is {w * h / 1e6:.1f} megapixels, more than max_pixels={max_pixels}; not decoded"
+        )
+    try:
+        img.load()  # a full decode, so truncated files fail here, not later
+        ImageOps.exif_transpose(img, in_place=True)  # (not in place, an upright image is copied)
+        return img
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - corrupt data raises OSError, SyntaxError, struct.error, ...
+        raise ImageLoadError(f"{name}: cannot decode image: {exc}") from None
 
 
 def _read_bytes(uri: str, storage_options: dict[str, Any]) -> bytes:
@@ -188,9 +300,16 @@ def _array_to_pil(arr: np.ndarray, name: str) -> Image.Image:
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
-    """RGB with transparency composited on white, as the released preprocessing does."""
+    """RGB with transparency composited on white, as the released preprocessing does.
+
+    16-bit greyscale (PNG, TIFF) is scaled to 8 bits; Pillow's own conversion (and so the released
+    code) clips it, turning almost every pixel white.
+    """
     if img.mode == "RGB":
         return img
+    if img.mode.startswith("I;16") or img.mode == "I":
+        wide = np.asarray(img, dtype=np.float64)
+        return Image.fromarray(np.rint(np.clip(wide, 0, 65535) / 257.0).astype(np.uint8)).convert("RGB")
     has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
         img.mode == "P" and "transparency" in img.info
     )
@@ -199,19 +318,6 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     return img.convert("RGB")
-
-
-def _check_same_size(images: Sequence[Image.Image], names: Sequence[str]) -> None:
-    w0, h0 = images[0].size
-    for i, img in enumerate(images):
-        w, h = img.size
-        if w == 0 or h == 0:
-            raise ImageLoadError(f"frame {i} ({names[i]}) has no pixels ({w}x{h})")
-        if (w, h) != (w0, h0):
-            raise ImageLoadError(
-                f"frame {i} ({names[i]}) is {w}x{h} but frame 0 ({names[0]}) is {w0}x{h0}; "
-                "a sequence must have one image size"
-            )
 
 
 def _scaled_side(side: int, scale: float) -> int:
@@ -225,9 +331,3 @@ def _target_size(w: int, h: int, size: int, mode: str) -> tuple[int, int]:
     if mode == "crop" or w >= h:
         return size, _scaled_side(h, size / w)
     return _scaled_side(w, size / h), size
-
-
-def _resize_to_tensor(img: Image.Image, width: int, height: int) -> torch.Tensor:
-    resized = img.resize((width, height), Image.Resampling.BICUBIC)
-    arr = np.asarray(resized, dtype=np.float32) / 255.0
-    return torch.from_numpy(arr).permute(2, 0, 1)

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Builds .raydev/ray-site.tar.xz (ignored by git): a pruned, stripped site dir with Ray 2.60.0,
-# pydantic 2.14.4 and the dependencies the offline GPU box lacks.
+# pydantic 2.14.4, PyAV 18.1.0 (FFmpeg inside: bench/video_throughput.py encodes and decodes
+# videos) and the dependencies the offline GPU box lacks.
 # Run from anywhere on a Linux x86_64 machine with pip, strip (binutils), xz.
 #   sh bench/device/build_ray_bundle.sh
 # Target: CPython 3.12 x86_64 that already has numpy, pyarrow, fsspec, psutil,
@@ -17,10 +18,11 @@ SITE=${SITE:-/tmp/raysite}
 # packaging protobuf pyyaml requests -> only jsonschema (+ its deps
 # jsonschema-specifications, referencing, rpds-py; attrs is present) is missing.
 # pydantic 2.14.4 needs pydantic-core==2.50.5, annotated-types,
-# typing-inspection, typing-extensions>=4.16.0.
+# typing-inspection, typing-extensions>=4.16.0. safetensors: scene-state files (bench/state_query.py).
 PKGS="ray==2.60.0 pydantic==2.14.4 pydantic-core==2.50.5 typing_extensions==4.16.0
 annotated-types==0.8.0 typing-inspection==0.4.5 jsonschema==4.26.0
-jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1"
+jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1
+safetensors==0.8.0 av==18.1.0"
 
 mkdir -p "$WHEELS"
 # shellcheck disable=SC2086

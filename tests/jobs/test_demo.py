@@ -74,6 +74,9 @@ def test_demo_runs_end_to_end(local_ray, tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     run = Path(metrics["run_uri"])
     assert run.parent == out / "runs" and run.is_dir()
+    # the spec names the weights the package ships, not a path into site-packages
+    assert json.loads((run / "spec.json").read_text())["model"]["checkpoint"] == "bundled:demo_ttt"
+    assert metrics["checkpoint"] == "bundled:demo_ttt"
 
     # the frames table: hive-partitioned Parquet, one row per frame, cameras of the right shape
     frames = ds.dataset(run / "frames", format="parquet", partitioning="hive").to_table()

@@ -92,6 +92,20 @@ def make_spec(input_prefix: str, output: str, checkpoint: str | os.PathLike | No
     return load_spec(data, overrides)
 
 
+def input_errors(spec: JobSpec) -> dict[str, str]:
+    """Decode every sequence of the spec's input, each of which must fail as bad input: the messages by id."""
+    from pipeline.decode import decode_sequence
+    from pipeline.discovery import discover
+    from pipeline.errors import InputError
+
+    errors = {}
+    for source in discover(spec):
+        with pytest.raises(InputError) as exc:
+            decode_sequence(source, spec)
+        errors[source.sequence_id] = str(exc.value)
+    return errors
+
+
 def reference_frames(checkpoint: Path, sources: list, *, size: int = IMAGE_W, storage_options=None, engine=None):
     """The engine run directly (no pipeline) on the same images: what the outputs must equal."""
     from zipmap_core.checkpoint import load_checkpoint
@@ -129,17 +143,29 @@ def parse_ply(data: bytes) -> dict[str, np.ndarray]:
     return {name: arr[name] for name in dtype.names}
 
 
-def expected_points(frames, threshold: float) -> dict[str, np.ndarray]:
-    """The documented point filter, written out independently of pipeline.pointcloud."""
+def point_masks(frames, threshold: float, percentile: float | None = None) -> list[np.ndarray]:
+    """The documented point filter, written out independently of pipeline.pointcloud: valid depth,
+    finite points, confidence > 1e-5 and >= threshold, then (the released demo's rule) >= the
+    `percentile` of the confidences of all those candidates of the sequence, as numpy computes it."""
+    masks = [
+        np.isfinite(f.world_points).all(-1)
+        & np.isfinite(f.depth)
+        & (f.depth > 0)
+        & np.isfinite(f.depth_conf)
+        & (f.depth_conf > 1e-5)
+        & (f.depth_conf >= threshold)
+        for f in frames
+    ]
+    if percentile:
+        cut = np.percentile(np.concatenate([f.depth_conf[m] for f, m in zip(frames, masks)]), percentile)
+        masks = [m & (f.depth_conf >= cut) for f, m in zip(frames, masks)]
+    return masks
+
+
+def expected_points(frames, threshold: float, percentile: float | None = None) -> dict[str, np.ndarray]:
+    """The PLY columns of `frames` under the documented filter (`point_masks`), in frame order."""
     cols = {k: [] for k in ("x", "y", "z", "red", "green", "blue", "confidence")}
-    for f in frames:
-        keep = (
-            np.isfinite(f.world_points).all(-1)
-            & np.isfinite(f.depth)
-            & (f.depth > 0)
-            & np.isfinite(f.depth_conf)
-            & (f.depth_conf >= threshold)
-        )
+    for f, keep in zip(frames, point_masks(frames, threshold, percentile)):
         for i, k in enumerate(("x", "y", "z")):
             cols[k].append(f.world_points[..., i][keep])
         for i, k in enumerate(("red", "green", "blue")):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 def _load(name: str):
     spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # so worker processes find its functions by name
     spec.loader.exec_module(module)
     return module
 
@@ -99,3 +101,51 @@ def test_coordinator_scale_benchmark_smoke(tmp_path, capsys):
     assert 20 <= results["baseline"]["local/30/driver"]["sequences"] < 30  # sampled: the first 20 commits (and
     assert 10 <= results["current"]["moto/30/driver"]["sequences"] < 20  # those already in flight)
     assert "| moto | 30 | resume start, s |" in out and "ratio" in out
+
+
+def test_video_benchmark_smoke(ray_cluster, tmp_path, capsys):
+    pytest.importorskip("av")
+    bench = _load("video_throughput")
+    threads = torch.get_num_threads()
+    try:
+        result = bench.main(
+            ["--preset", "tiny", "--device", "cpu", "--videos", "2", "--frames", "5", "--width", "224",
+             "--height", "126", "--size", "112", "--processes", "2", "--workdir", str(tmp_path)]
+        )
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert result["encode"]["frames"] == result["decode"]["frames"] == result["engine"]["frames"] == 10
+    assert result["pipeline"]["frames"] == 10 and result["pipeline"]["steady_frames_per_s"] > 0
+    assert result["decode"]["frames_per_core_s"] > 0 and result["decode_cores_per_gpu"] > 0
+    steps = result["decode_breakdown_ms"]
+    assert 0 < steps["ffmpeg decode"] <= steps["+ RGB"] <= steps["+ resize"]
+    assert "ratio pipeline / engine" in out and "decode cores per GPU" in out
+
+
+def test_state_query_benchmark_smoke(capsys):
+    bench = _load("state_query")
+    args = ["--preset", "tiny_state_query", "--device", "cpu", "--height", "28", "--width", "42", "--frames", "2"]
+    results = bench.main([*args, "--views", "2", "--batch-sizes", "1", "2", "--repeats", "1", "--dtype", "float32"])
+    (row,) = results["sequences"]
+    assert row["state_mib"]["float32"] == 2 * row["state_mib"]["bfloat16"] == 4 * 3 * 32 * 64 * 4 / 2**20
+    assert row["file_mib_float32"] > row["state_mib"]["float32"] > row["file_mib_bfloat16"]
+    assert all(row["render_s_per_view"][b] > 0 for b in (1, 2)) and row["recompute_over_from_state"] > 0
+    assert row["max_rgb_difference"] < 1e-4  # from the state and recomputed: the same views
+    assert "recompute / from state" in capsys.readouterr().out
+
+
+def test_engine_auto_benchmark_smoke(capsys):
+    """bench/engine_auto.py end to end on the CPU: the default spec resolved and measured beside
+    the manual candidates, the ratio and the compile rule printed (GPU numbers: the lead's run)."""
+    results = _load("engine_auto").main([
+        "--device", "cpu", "--preset", "tiny", "--frames", "3", "5", "--height", "56", "--width", "84",
+        "--no-compile", "--payback-frames", "3", "--repeats", "1", "--chunk-size", "2",
+    ])
+    assert [r["frames"] for r in results["rows"]] == [3, 5]
+    for row in results["rows"]:
+        assert row["default_engine"]["mode"] == "offline" and row["default_engine"]["dtype"] == "float32"
+        assert row["offline"]["frames"] == row["chunked"]["frames"] == row["default"]["frames"] == row["frames"]
+        assert row["ratio"] > 0
+    out = capsys.readouterr().out
+    assert "default / best" in out and "compile rule" in out

@@ -7,17 +7,17 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.decode import decode_sequence
-from pipeline.discovery import discover, sanitize_id, short_hash
-from pipeline.errors import InputError, SpecError
+from pipeline.discovery import discover, discover_inputs, sanitize_id, short_hash
+from pipeline.errors import SpecError
 
-from .conftest import make_spec, write_sequence
+from .conftest import input_errors, make_spec, write_sequence
 
 
 def _spec(prefix, **fields):
     return make_spec(prefix, "/unused/out", "/unused/ckpt.pt", **fields)
 
 
-def test_folders_and_videos_are_sequences(tmp_path):
+def test_folders_and_videos_are_sequences(tmp_path, caplog):
     write_sequence(tmp_path / "scene_a", 3, seed=0)
     write_sequence(tmp_path / "scene b", 2, seed=1, ext=".jpg")
     (tmp_path / "walk.MP4").write_bytes(b"\x00")
@@ -25,11 +25,47 @@ def test_folders_and_videos_are_sequences(tmp_path):
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "readme.txt").write_text("x")
     (tmp_path / "stray.png").write_bytes(b"")  # files at the top level are not sequences
-    write_sequence(tmp_path / "deep" / "nested", 2, seed=2)  # only immediate sub-folders count
-    found = {s.sequence_id: s for s in discover(_spec(tmp_path))}
-    assert set(found) == {"scene_a", "scene_b", "walk"}
-    assert found["walk"].kind == "video" and found["walk"].num_frames is None
-    assert found["scene_b"].num_frames == 2 and found["scene_b"].frames[0].endswith("frame1.jpg")
+    write_sequence(tmp_path / "deep" / "nested", 2, seed=2)  # folders of images at any depth are
+    with caplog.at_level("WARNING", logger="pipeline.discovery"):
+        found = discover_inputs(_spec(tmp_path))
+    sources = {s.sequence_id: s for s in found.sources}
+    assert set(sources) == {"scene_a", "scene_b", "walk", "deep_nested"}
+    assert sources["walk"].kind == "video" and sources["walk"].num_frames is None
+    assert sources["scene_b"].num_frames == 2 and sources["scene_b"].frames[0].endswith("frame1.jpg")
+    assert found.skipped_counts() == {"empty_folder": 1, "image_at_prefix": 1, "not_media": 1}
+    assert "skipped input notes/readme.txt: not an image or video file (type .txt)" in caplog.text
+    assert "skipped input empty: an empty folder" in caplog.text
+    assert "skipped input stray.png: an image directly under the prefix" in caplog.text
+    assert "skipped 3 input(s) under" in caplog.text
+
+
+def test_every_skipped_input_is_counted_and_logged(tmp_path, caplog):
+    """What a real capture folder holds besides frames: each is named in the log with the reason."""
+    write_sequence(tmp_path / "tifs", 2, seed=0, ext=".tif")  # supported now
+    write_sequence(tmp_path / "scene" / "images", 2, seed=1)  # COLMAP layout: a nested folder
+    (tmp_path / "scene" / "sparse" / "0").mkdir(parents=True)
+    (tmp_path / "scene" / "sparse" / "0" / "cameras.bin").write_bytes(b"\x00")
+    write_sequence(tmp_path / "scene" / ".thumbs", 2, seed=2)  # hidden: skipped once, with its files
+    (tmp_path / "scene" / "images" / ".DS_Store").write_bytes(b"\x00")
+    (tmp_path / "scene" / "images" / "poses.json").write_text("{}")
+    (tmp_path / "phone").mkdir()
+    (tmp_path / "phone" / "IMG_0001.HEIC").write_bytes(b"\x00")
+    for name in ("clip.webm", "clip2.m4v", "sub/clip3.mov"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"\x00")
+    with caplog.at_level("INFO", logger="pipeline.discovery"):
+        found = discover_inputs(_spec(tmp_path))
+    assert sorted(s.sequence_id for s in found.sources) == ["clip", "clip2", "scene_images", "sub_clip3", "tifs"]
+    assert found.skipped_counts() == {"hidden": 2, "not_media": 2, "unsupported_image": 1}
+    for line in [
+        "skipped input scene/.thumbs: hidden",
+        "skipped input scene/images/.DS_Store: hidden",
+        "skipped input scene/images/poses.json: not an image or video file (type .json)",
+        "skipped input scene/sparse/0/cameras.bin: not an image or video file (type .bin)",
+        "skipped input phone/IMG_0001.HEIC: an image type the pipeline does not decode (HEIC/HEIF needs",
+        "2 image folder(s), 3 video(s)",
+    ]:
+        assert line in caplog.text, line
 
 
 def test_frames_in_natural_order(tmp_path):
@@ -93,12 +129,7 @@ def test_bad_sequences_raise_input_errors(tmp_path):
     (tmp_path / "broken" / "0.png").write_bytes(b"not a png")
     (tmp_path / "broken" / "1.png").write_bytes(b"")
     (tmp_path / "clip.mp4").write_bytes(b"\x00" * 16)
-    spec = _spec(tmp_path)
-    errors = {}
-    for seq in discover(spec):
-        with pytest.raises(InputError) as exc:
-            decode_sequence(seq, spec)
-        errors[seq.sequence_id] = str(exc.value)
+    errors = input_errors(_spec(tmp_path))
     assert "fewer than min_frames=2" in errors["short"]
     assert "one image size" in errors["mixed"]
     assert "0.png" in errors["broken"]
@@ -143,6 +174,14 @@ def test_video_frames_with_av(tmp_path):
     decoded = decode_sequence(seq, spec)
     assert seq.sequence_id == "walk" and decoded.num_frames == 3
     assert decoded.frame_uris[1].endswith("walk.mp4#frame=2") and decoded.source_sizes[0] == (112, 84)
+
+
+def test_frame_counts_known_before_decoding_follow_the_sampling(tmp_path):
+    write_sequence(tmp_path / "seq", 10, seed=0)
+    (seq,) = discover(_spec(tmp_path, input__max_frames=3))
+    assert seq.num_frames == 3 and len(seq.frames) == 10  # what the progress bar counts
+    (seq,) = discover(_spec(tmp_path, input__fps=2, input__image_fps=6, input__frame_stride=2))
+    assert seq.num_frames == 2  # frames 2, 5, 8 (every 3rd from the 3rd), then every 2nd: 2, 8
 
 
 def test_ids_stay_unique_when_a_folder_is_named_like_a_hashed_id(tmp_path):

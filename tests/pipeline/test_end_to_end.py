@@ -6,14 +6,25 @@ import json
 import os
 
 import numpy as np
+import pandas as pd
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline import read_outputs, resume_job, run_job, run_status
 from pipeline.cli import main
 from pipeline.errors import InfrastructureError, SpecError
+from pipeline.tables import read_metadata
 
-from .conftest import assert_voxel_means, expected_points, make_spec, parse_ply, reference_frames, write_sequence
+from .conftest import (
+    assert_voxel_means,
+    expected_points,
+    make_spec,
+    parse_ply,
+    point_masks,
+    reference_frames,
+    write_sequence,
+)
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -92,21 +103,28 @@ def test_frames_table_equals_direct_engine(local_run):
 
 
 def test_point_clouds_equal_direct_engine(local_run):
+    """The absolute threshold and, by default, the released demo's 50th confidence percentile of
+    the whole sequence; the frames table counts each frame's kept points."""
     run_uri, refs, threshold = local_run["spec"].run_uri, local_run["refs"], local_run["threshold"]
+    outputs = read_outputs(run_uri)
     for name, frames in refs.items():
         with open(os.path.join(run_uri, "points", f"{_ids(name)}.ply"), "rb") as f:
             ply = parse_ply(f.read())
-        want = expected_points(frames, threshold)
-        assert 0 < len(ply["x"]) < sum(f.depth.size for f in frames)  # the threshold removed some
+        want = expected_points(frames, threshold, percentile=50)
+        assert 0 < len(ply["x"]) < len(expected_points(frames, threshold)["x"])  # the percentile removed some
         for key, values in want.items():
             np.testing.assert_allclose(ply[key], values, rtol=1e-5, atol=1e-6, err_msg=key)
+        rows = [r for r in outputs.frames.to_pylist() if r["sequence_id"] == _ids(name)]
+        assert [r["num_points"] for r in rows] == [int(m.sum()) for m in point_masks(frames, threshold, 50)]
 
 
-def test_voxel_point_clouds_average_the_direct_engine_points(local_run, tmp_path):
-    """With voxel_size, a frame-writer process sums each frame's points per voxel and the actor
-    merges the sums: the PLY holds the mean of every occupied voxel of the engine's points."""
+@pytest.mark.parametrize("percentile", [50, None])
+def test_voxel_point_clouds_average_the_direct_engine_points(local_run, tmp_path, percentile):
+    """With voxel_size, the PLY holds the mean of every occupied voxel of the kept points: summed
+    per frame in a frame-writer process and merged by the actor (no percentile), or averaged from
+    the spool once the sequence's percentile is known (the default)."""
     base, refs, threshold = local_run["spec"], local_run["refs"], local_run["threshold"]
-    want = expected_points(refs["alpha"], threshold)
+    want = expected_points(refs["alpha"], threshold, percentile=percentile)
     xyz = np.stack([want["x"], want["y"], want["z"]], axis=1).astype(np.float64)
     size = float((xyz.max(0) - xyz.min(0)).max() / 6)  # a few points in most voxels
     manifest = tmp_path / "one.csv"
@@ -114,7 +132,7 @@ def test_voxel_point_clouds_average_the_direct_engine_points(local_run, tmp_path
     spec = make_spec(
         base.input.prefix, tmp_path / "out", base.model.checkpoint, run_id="voxels", input__prefix="null",
         input__manifest=str(manifest), point_cloud__conf_threshold=threshold, point_cloud__voxel_size=size,
-        resources__frame_writers=1,
+        resources__frame_writers=1, point_cloud__confidence_percentile="null" if percentile is None else percentile,
     )
     assert run_job(spec).done == 1
     with open(os.path.join(spec.run_uri, "points", "alpha.ply"), "rb") as f:
@@ -130,6 +148,44 @@ def test_depth_maps_equal_direct_engine(local_run):
     ref = local_run["refs"]["alpha"][1]
     np.testing.assert_allclose(np.array(first["depth"]).reshape(first["height"], first["width"]), ref.depth, rtol=1e-5)
     assert outputs.point_cloud("beta").dtype.names == ("x", "y", "z", "red", "green", "blue", "confidence")
+
+
+def test_tables_open_in_pandas_and_pyarrow(local_run):
+    """Each table folder and the manifest, with the readers users reach for first; the sequence id
+    comes from the hive path, and every file says what produced it and in which conventions."""
+    run_uri = local_run["spec"].run_uri
+    frames = pd.read_parquet(os.path.join(run_uri, "frames"))
+    assert sorted(frames["sequence_id"].astype(str).unique()) == ["alpha", "beta", "gamma_7"]
+    assert len(frames) == sum(GOOD.values())
+    table = pq.read_table(os.path.join(run_uri, "frames"))
+    assert table.num_rows == len(frames) and "camera_conf" in table.column_names
+    depth = pq.read_table(os.path.join(run_uri, "depth")).to_pandas()
+    assert len(depth) == sum(GOOD.values())
+    alpha = depth[(depth["sequence_id"] == "alpha") & (depth["frame_index"] == 1)].iloc[0]
+    ref = local_run["refs"]["alpha"][1]
+    restored = np.asarray(alpha["depth"], np.float32).reshape(alpha["height"], alpha["width"])
+    np.testing.assert_allclose(restored, ref.depth, rtol=1e-5)
+    assert len(pd.read_parquet(os.path.join(run_uri, "depth", "sequence_id=beta"))) == GOOD["beta"]
+    assert len(pd.read_parquet(os.path.join(run_uri, "manifest.parquet"))) == 6
+
+    part = pq.ParquetFile(os.path.join(run_uri, "depth", "sequence_id=alpha", "part-0.parquet"))
+    meta = read_metadata(part.schema_arrow)
+    assert meta["sequence_id"] == "alpha" and meta["table"] == "depth"
+    assert meta["model"]["preset"] == "tiny" and meta["model"]["checkpoint"] == local_run["spec"].model.checkpoint
+    assert meta["engine"] == {"mode": "offline", "dtype": "float32", "fast": False, "compile": False,
+                              "newton_schulz": "bfloat16", "local_points": False}  # "auto" on a CPU
+    assert "world-to-camera" in meta["conventions"]["extrinsic"] and "OpenCV" in meta["conventions"]["extrinsic"]
+    assert part.schema_arrow.field("depth").metadata[b"unit"] == b"scene units"
+    assert part.metadata.num_row_groups == 1  # 3 frames: one row group
+    column = part.metadata.row_group(0).column(3)
+    assert column.compression == "ZSTD" and "BYTE_STREAM_SPLIT" in column.encodings
+    frames_meta = read_metadata(pq.read_schema(os.path.join(run_uri, "frames", "sequence_id=alpha", "part-0.parquet")))
+    assert frames_meta["engine"]["mode"] == "offline" and frames_meta["point_cloud"]["confidence_percentile"] == 50
+    manifest = pd.read_parquet(os.path.join(run_uri, "manifest.parquet")).set_index("sequence_id")
+    assert json.loads(manifest.loc["alpha", "engine"]) == meta["engine"]
+    # and as a Ray dataset, the sequence id a string taken from the path
+    rows = read_outputs(run_uri).frames_dataset().to_pandas()
+    assert sorted(set(rows["sequence_id"])) == ["alpha", "beta", "gamma_7"] and len(rows) == len(frames)
 
 
 def test_frames_prepared_in_writer_processes_give_the_same_outputs(local_run, tmp_path):

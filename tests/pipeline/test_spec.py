@@ -69,7 +69,10 @@ def test_json_round_trip(tmp_path):
         (["typo_field=1"], "typo_field"),
         (["model.preset=demo_ttt", "engine.mode=streaming"], "needs engine.window"),
         (["model.preset=demo_attention", "engine.mode=chunked"], "needs a TTT model"),
-        (["engine.fast=true"], "bfloat16 or float16"),
+        (["engine.fast=true", "engine.dtype=float32"], "bfloat16 or float16"),
+        (["model.checkpoint=bundled:nope"], "no bundled weights of that name"),
+        (["model.preset=demo_attention", "model.checkpoint=bundled:demo_ttt"], "weights of preset 'demo_ttt'"),
+        (["point_cloud.confidence_percentile=101"], "confidence_percentile"),
     ],
 )
 def test_invalid_specs_are_rejected(overrides, message):
@@ -122,7 +125,7 @@ def test_documented_spec_is_valid_and_complete():
     text = (Path(__file__).resolve().parents[2] / "docs" / "pipeline.md").read_text()
     data = yaml.safe_load(re.search(r"## Job spec.*?```yaml\n(.*?)```", text, re.S).group(1))
     spec = load_spec(data)
-    assert spec.engine.mode == "offline" and spec.point_cloud.enabled
+    assert spec.engine.mode == "auto" and spec.point_cloud.enabled
     assert set(JobSpec.model_fields) - set(data) == {"faults"}
     for name, value in data.items():
         fields = getattr(JobSpec.model_fields[name].annotation, "model_fields", None)

@@ -1,5 +1,7 @@
 """The bundled weights: found by preset name, with errors that say what exists and what to do."""
 
+import os
+
 import pytest
 
 from zipmap_core import assets
@@ -36,8 +38,6 @@ def test_git_lfs_pointer_is_not_taken_for_weights(tmp_path, monkeypatch):
 
 def test_bundled_files_fit_their_presets_and_stay_small():
     """Whatever weights are in zipmap_core/assets (GPU-trained or a CPU placeholder) load strictly."""
-    import os
-
     import safetensors
     import torch
 
@@ -53,3 +53,25 @@ def test_bundled_files_fit_their_presets_and_stay_small():
             assert f.metadata()["preset"] == preset
             assert f.get_tensor("aggregator.camera_token").dtype == torch.float16
         load_checkpoint(ZipMap(ModelConfig.preset(preset)), path)  # strict
+
+
+@pytest.mark.parametrize("preset", DEMO_PRESETS)
+def test_bundled_uri_loads_the_shipped_weights(preset):
+    """`bundled:<preset>` is a checkpoint URI like any other: the same weights as the file."""
+    import torch
+
+    from zipmap_core import load_state_dict
+
+    if not os.path.isfile(assets.ASSETS_DIR / f"{preset}.safetensors"):
+        pytest.skip("no bundled weights in zipmap_core/assets")
+    by_uri = load_state_dict(f"bundled:{preset}")
+    by_path = load_state_dict(demo_checkpoint_path(preset))
+    assert by_uri.keys() == by_path.keys()
+    assert all(torch.equal(by_uri[k], by_path[k]) for k in by_path)
+
+
+def test_bundled_uri_of_unknown_weights_lists_the_bundled_ones():
+    from zipmap_core import load_state_dict
+
+    with pytest.raises(ValueError, match="bundled: demo_ttt, demo_attention"):
+        load_state_dict("bundled:offline_affine")

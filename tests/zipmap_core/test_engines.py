@@ -1,4 +1,9 @@
-"""The engines agree with each other: chunked == offline, chained streaming == one call."""
+"""The engines agree with each other: chunked == offline, chained streaming == one call.
+
+Exactly so with float32 Newton-Schulz (`EXACT`); under the released bfloat16 orthogonalisation
+(the default) a different summation order can round an update differently, which
+`test_chunked_stays_within_bf16_newton_schulz_of_offline` bounds.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +14,13 @@ import torch
 from tests.zipmap_core.reference_data import assert_derived_camera_matches, filled_state_dict, load_arrays
 from zipmap_core.config import ModelConfig
 from zipmap_core.engines import EngineConfig, StreamingSession, reconstruct
+from zipmap_core.engines.precision import set_newton_schulz_precision
 from zipmap_core.geometry import align_to_first_view, local_to_world
 from zipmap_core.layers.ttt import windowed_schedule
 from zipmap_core.models.zipmap import ZipMap
 
 FIELDS = ("extrinsic", "intrinsic", "depth", "depth_conf", "world_points", "local_points")
+EXACT = {"newton_schulz": "float32"}  # the float32 orthogonalisation: engines agree to rounding
 
 
 def tiny(**overrides) -> ZipMap:
@@ -44,18 +51,33 @@ def images():
 @pytest.mark.parametrize("chunk_size", [1, 3, 4, 7, 16])
 def test_chunked_equals_offline_tiny(images, chunk_size, affine):
     model = tiny(affine_invariant=affine)
-    offline = list(reconstruct(model, images, EngineConfig(local_points=True)))
-    chunked = list(reconstruct(model, images, EngineConfig(mode="chunked", chunk_size=chunk_size, local_points=True)))
+    offline = list(reconstruct(model, images, EngineConfig(local_points=True, **EXACT)))
+    chunked = list(
+        reconstruct(model, images, EngineConfig(mode="chunked", chunk_size=chunk_size, local_points=True, **EXACT))
+    )
     for field, err in max_rel_error(offline, chunked).items():
         assert err <= 1e-4, (field, err)
+
+
+def test_chunked_stays_within_bf16_newton_schulz_of_offline(images):
+    """Under the default (released) bf16 orthogonalisation chunked and offline differ by about as
+    much as bf16 and float32 Newton-Schulz do: rounding, not a different algorithm."""
+    model = tiny()
+    offline = list(reconstruct(model, images, EngineConfig(mode="offline")))
+    chunked = list(reconstruct(model, images, EngineConfig(mode="chunked", chunk_size=4)))
+    exact = list(reconstruct(model, images, EngineConfig(mode="offline", **EXACT)))
+    engines, precision = max_rel_error(offline, chunked), max_rel_error(exact, offline)
+    for field, err in engines.items():
+        assert err <= 2 * precision[field] + 1e-4, (field, engines, precision)
 
 
 @pytest.mark.parametrize("head_inputs", ["keep", "auto"])
 def test_chunked_spills_to_scratch_and_stays_exact(images, tmp_path, head_inputs):
     model = tiny()
-    offline = list(reconstruct(model, images))
+    offline = list(reconstruct(model, images, EngineConfig(mode="offline", **EXACT)))
     engine = EngineConfig(
-        mode="chunked", chunk_size=2, host_memory_budget_gb=1e-5, scratch_dir=str(tmp_path), head_inputs=head_inputs
+        mode="chunked", chunk_size=2, host_memory_budget_gb=1e-5, scratch_dir=str(tmp_path), head_inputs=head_inputs,
+        **EXACT,
     )
     chunked = list(reconstruct(model, images, engine))
     assert max(max_rel_error(offline, chunked).values()) <= 1e-4
@@ -64,8 +86,10 @@ def test_chunked_spills_to_scratch_and_stays_exact(images, tmp_path, head_inputs
 
 def test_chunked_recomputing_head_inputs_stays_exact(images):
     model = tiny()
-    offline = list(reconstruct(model, images))
-    chunked = list(reconstruct(model, images, EngineConfig(mode="chunked", chunk_size=3, head_inputs="recompute")))
+    offline = list(reconstruct(model, images, EngineConfig(mode="offline", **EXACT)))
+    chunked = list(
+        reconstruct(model, images, EngineConfig(mode="chunked", chunk_size=3, head_inputs="recompute", **EXACT))
+    )
     assert max(max_rel_error(offline, chunked).values()) <= 1e-4
 
 
@@ -84,7 +108,7 @@ def test_chunked_matches_reference_offline_outputs():
     model.load_state_dict(filled_state_dict(model))
     ref = load_arrays()
     images = torch.from_numpy(ref["images"])[0]
-    frames = list(reconstruct(model, images, EngineConfig(mode="chunked", chunk_size=2, local_points=True)))
+    frames = list(reconstruct(model, images, EngineConfig(mode="chunked", chunk_size=2, local_points=True, **EXACT)))
     extrinsics = align_to_first_view(torch.from_numpy(ref["offline/extrinsic"][0]))
     expected = {
         "extrinsic": extrinsics.numpy(),
@@ -104,6 +128,7 @@ def test_chunked_matches_reference_offline_outputs():
 
 def test_streaming_session_chained_equals_one_call(images):
     model = tiny(camera_head="mlp", streaming_window=2)
+    set_newton_schulz_precision(model, "float32")
     per_frame = model.config.patch_start_idx + 4 * 6
     with torch.inference_mode():
         one_call = model(images, schedule=windowed_schedule(7 * per_frame, 2 * per_frame))

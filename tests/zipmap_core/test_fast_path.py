@@ -124,14 +124,16 @@ def test_a_cast_model_refuses_the_float32_engines(trained, scene):
     model = copy.deepcopy(trained)
     list(reconstruct(model, scene[:2], EngineConfig(dtype="bfloat16", fast=True)))
     with pytest.raises(ValueError, match="cast to torch.bfloat16 for the fast path"):
-        list(reconstruct(model, scene[:2], EngineConfig()))
+        list(reconstruct(model, scene[:2], EngineConfig(dtype="float32")))
+    # left to "auto", a cast model keeps running the fast path it was cast for
+    assert len(list(reconstruct(model, scene[:2], EngineConfig()))) == 2
 
 
 def test_engine_config_rejects_inconsistent_fast_settings():
     with pytest.raises(ValueError, match="bfloat16 or float16"):
-        EngineConfig(fast=True)
+        EngineConfig(fast=True, dtype="float32")
     with pytest.raises(ValueError, match="set fast=True"):
-        EngineConfig(dtype="bfloat16", compile=True)
+        EngineConfig(dtype="bfloat16", fast=False, compile=True)
 
 
 @pytest.mark.slow

@@ -274,3 +274,56 @@ def test_bad_arrays_and_types() -> None:
         load_images([12345])  # type: ignore[list-item]
     with pytest.raises(ImageLoadError, match="not tensors"):
         load_images(torch.zeros(1, 3, 14, 14))  # type: ignore[arg-type]
+
+
+# --- orientation, bit depth, size limits, streaming ------------------------------------------
+
+
+@pytest.mark.parametrize(("orientation", "upright"), [(3, 2), (6, -1), (8, 1)])
+def test_exif_orientation_is_applied(orientation: int, upright: int) -> None:
+    """A phone photo stored sideways with an EXIF orientation comes out upright (the released
+    loader ignores the tag)."""
+    arr = _rgb_array(56, 28)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG", exif=exif)
+    out = load_images([buf.getvalue()], size=28, mode="pad")
+    expected = load_images([np.ascontiguousarray(np.rot90(arr, upright))], size=28, mode="pad")
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
+def test_16_bit_greyscale_is_scaled_not_clipped() -> None:
+    ramp = np.tile(np.linspace(0, 65535, 56).astype(np.uint16), (28, 1))
+    buf = io.BytesIO()
+    Image.fromarray(ramp).save(buf, format="TIFF")
+    out = load_images([buf.getvalue()], size=56)
+    np.testing.assert_array_equal(image_to_uint8(out[0])[0, :, 0], np.rint(ramp[0] / 257).astype(np.uint8))
+
+
+def test_max_pixels_and_decompression_bombs_are_refused_from_the_header(tmp_path: Path) -> None:
+    from pipeline.testing.media import write_blank_png
+    from zipmap_core.images import ImageTooLargeError
+
+    write_blank_png(tmp_path / "bomb.png", 30000, 30000)
+    with pytest.raises(ImageTooLargeError, match="decompression bomb"):
+        load_images([tmp_path / "bomb.png"])
+    with pytest.raises(ImageTooLargeError, match=r"64x48 is 0.0 megapixels, more than max_pixels=3000; not decoded"):
+        load_images([_png_bytes(Image.fromarray(_rgb_array(64, 48)))], max_pixels=3000)
+    assert load_images([_png_bytes(Image.fromarray(_rgb_array(64, 48)))], max_pixels=3072).shape == (1, 3, 392, 518)
+
+
+def test_frame_buffer_streams_into_uint8() -> None:
+    from zipmap_core.images import FrameBuffer
+
+    images = [Image.fromarray(_rgb_array(200, 150, seed=i)) for i in range(5)]
+    frames = FrameBuffer(size=112, mode="pad", capacity=2)  # grows past its first guess
+    for image in images:
+        frames.add(image)
+    assert frames.uint8().dtype == np.uint8 and frames.uint8().shape == (5, 3, 112, 112)
+    assert frames.source_size == (200, 150) and len(frames) == 5
+    torch.testing.assert_close(frames.tensor(), preprocess_images(images, size=112, mode="pad"), rtol=0, atol=0)
+    as_floats = torch.from_numpy(frames.uint8().astype(np.float32) / 255)
+    torch.testing.assert_close(frames.tensor(), as_floats, rtol=0, atol=0)
+    with pytest.raises(ImageLoadError, match="one image size"):
+        frames.add(Image.fromarray(_rgb_array(100, 150)), "odd.png")

@@ -124,17 +124,19 @@ def test_weight_norm_keeps_column_norms():
         assert torch.allclose(w.norm(dim=1, keepdim=True), n, rtol=1e-4)
 
 
+@pytest.mark.parametrize("ns_dtype", [None, torch.bfloat16])
 @pytest.mark.parametrize("dim,head_dim", [(32, 16), (16, 16)])
-def test_step_orthogonalises_each_matrix_as_alone(dim, head_dim):
+def test_step_orthogonalises_each_matrix_as_alone(dim, head_dim, ns_dtype):
     """The batched Newton-Schulz of a step equals orthogonalising w0, w1, w2's gradients one by one."""
     torch.manual_seed(0)
     ttt = FastWeightSwiGLU(dim=dim, head_dim=head_dim)
+    ttt.ns_dtype = ns_dtype
     state = ttt.initial_state(2)
     norms = state.column_norms()
     grads = tuple(torch.randn_like(w) for w in (state.w0, state.w1, state.w2))
     new = ttt.step(state, grads, norms)
     for w, g, n, got in zip((state.w0, state.w1, state.w2), grads, norms, (new.w0, new.w1, new.w2)):
-        alone = w + newton_schulz(g, ttt.muon_steps)
+        alone = w + newton_schulz(g, ttt.muon_steps, ns_dtype).to(w.dtype)
         alone = alone / (alone.norm(dim=1, keepdim=True) + 1e-5) * n
         assert torch.allclose(got, alone, atol=1e-6)
 

@@ -1,18 +1,28 @@
 """Model weights bundled with the package: the small demo ZipMaps (see README.md in this folder).
 
-    from zipmap_core.assets import demo_checkpoint_path
-    model = load_checkpoint(ZipMap(ModelConfig.preset("demo_ttt")), demo_checkpoint_path("demo_ttt"))
+    model = load_checkpoint(ZipMap(ModelConfig.preset("demo_ttt")), "bundled:demo_ttt")
+
+`bundled:<preset>` works wherever a checkpoint URI does (a job spec's `model.checkpoint`), on any
+machine where the package is installed; `demo_checkpoint_path` gives the local file.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["ASSETS_DIR", "DEMO_PRESETS", "bundled_checkpoints", "demo_checkpoint_path"]
+__all__ = [
+    "ASSETS_DIR",
+    "BUNDLED_SCHEME",
+    "DEMO_PRESETS",
+    "bundled_checkpoints",
+    "bundled_preset",
+    "demo_checkpoint_path",
+]
 
 ASSETS_DIR = Path(__file__).resolve().parent
 # The presets (zipmap_core.config) whose weights ship in this folder as <preset>.safetensors.
 DEMO_PRESETS = ("demo_ttt", "demo_attention")
+BUNDLED_SCHEME = "bundled:"  # checkpoint URIs `bundled:<preset>` name the weights shipped here
 # A git-LFS pointer is a few lines of text; real weights are megabytes.
 _LFS_POINTER_PREFIX = b"version https://git-lfs"
 
@@ -25,6 +35,18 @@ _HOW_TO_MAKE = (
 def bundled_checkpoints() -> list[str]:
     """Names of the weight files present in this folder, sorted."""
     return sorted(p.name for p in ASSETS_DIR.glob("*.safetensors"))
+
+
+def bundled_preset(uri: str) -> str | None:
+    """The preset a `bundled:<preset>` checkpoint URI names (None for any other URI).
+
+    Raises ValueError when it names a preset that has no bundled weights."""
+    if not uri.startswith(BUNDLED_SCHEME):
+        return None
+    preset = uri[len(BUNDLED_SCHEME) :]
+    if preset not in DEMO_PRESETS:
+        raise ValueError(f"{uri!r}: no bundled weights of that name; bundled: {', '.join(DEMO_PRESETS)}")
+    return preset
 
 
 def demo_checkpoint_path(preset: str = "demo_ttt") -> str:

@@ -21,6 +21,7 @@ import torch
 
 from zipmap_core.engines.config import EngineConfig
 from zipmap_core.engines.frames import align_to_reference, frame_predictions
+from zipmap_core.engines.offline import StateSink
 from zipmap_core.engines.precision import autocast
 from zipmap_core.engines.results import FramePrediction
 from zipmap_core.engines.store import ActivationStore
@@ -28,6 +29,7 @@ from zipmap_core.geometry import pose_encoding_to_cameras
 from zipmap_core.layers.block import TTTBlock
 from zipmap_core.layers.ttt import TTTState
 from zipmap_core.models.zipmap import ZipMap, head_dtype
+from zipmap_core.scene_state import SceneState
 
 
 def _zeros_like_state(state: TTTState) -> list[torch.Tensor]:
@@ -59,15 +61,12 @@ class _GlobalLayer:
     def apply(self, tokens: torch.Tensor) -> torch.Tensor:
         """Pass 2 on one chunk: read the trained fast weights, finish the block."""
         B, S, P, C = tokens.shape
-        x = tokens.reshape(B, S * P, C)
-        xn = self.block.mixer_input(x)
-        mixed = self.ttt.output(self.ttt.read(self.state, self.ttt.query(xn)), xn)
-        return self.block.finish(x, mixed).reshape(B, S, P, C)
+        return self.block.apply(tokens.reshape(B, S * P, C), self.state).reshape(B, S, P, C)
 
 
 @torch.inference_mode()
 def reconstruct_chunked(
-    model: ZipMap, images: torch.Tensor, engine: EngineConfig, device: torch.device
+    model: ZipMap, images: torch.Tensor, engine: EngineConfig, device: torch.device, on_state: StateSink | None = None
 ) -> Iterator[FramePrediction]:
     agg, cfg = model.aggregator, model.config
     if not agg.is_ttt:
@@ -121,6 +120,9 @@ def reconstruct_chunked(
         pose_enc = model.predict_cameras(camera_tokens.unsqueeze(2))
         extrinsics, intrinsics = pose_encoding_to_cameras(pose_enc[0], image_hw)
         extrinsics = align_to_reference(extrinsics, extrinsics[0])
+        if on_state is not None:  # every layer's fast weights are trained: the offline state
+            states = [layer.state for layer in trained]
+            on_state(SceneState.capture(model, states, image_hw, S, extrinsics, intrinsics))
 
         for c in chunks:
             # autocast is never held across a yield: the consumer's code runs between yields

@@ -38,7 +38,7 @@ def compile_for_inference(model: ZipMap) -> None:
                 setattr(ttt, name, torch.compile(getattr(ttt, name)))
             block.finish = torch.compile(block.finish)
             block.mixer_input = torch.compile(block.mixer_input)
-    for head in model.dense_heads().values():
+    for head in model.dense_heads(nvs=True).values():
         head.project_layer = torch.compile(head.project_layer)
         head.decode = torch.compile(head.decode)
     model._compiled_for_inference = True

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+AUTO = "auto"
+
 
 class EngineConfig(BaseModel):
     """Choice of inference engine.
@@ -14,20 +16,31 @@ class EngineConfig(BaseModel):
     - chunked: the same result as offline, computed layer by layer over chunks of `chunk_size`
       frames so that GPU memory does not grow with the sequence length.
     - streaming: windows of `window` frames; each window updates the fast weights, then is read.
+
+    `mode`, `dtype`, `fast` and `compile` default to "auto": decided per sequence by
+    `zipmap_core.engines.auto.resolve_engine` (the bf16 fast path on CUDA, float32 on CPU; offline
+    when the sequence fits the accelerator's memory, chunked when it does not; streaming for
+    streaming models). Explicit values always win.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    mode: Literal["offline", "chunked", "streaming"] = "offline"
-    chunk_size: int = Field(default=16, ge=1)
+    mode: Literal["auto", "offline", "chunked", "streaming"] = AUTO
+    # chunked: frames per chunk (GPU memory grows with it: 64 keeps a full-size model at 392x518
+    # near 14 GiB, and its chunks fill an H200; the result does not depend on it)
+    chunk_size: int = Field(default=64, ge=1)
     window: int | None = Field(default=None, ge=1)  # None: the model config's streaming_window
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = AUTO
     # the GPU fast path: weight matrices stored in `dtype` (cast in place, once; vectors, tokens,
     # the camera head and the fast-weight updates stay float32, see precision.float32_parameters),
     # dense heads channels-last in `dtype`; the trunk still runs under autocast
-    fast: bool = False
+    fast: bool | Literal["auto"] = AUTO
     # fast path only: torch.compile the blocks (the first sequences of each new shape pay for it)
-    compile: bool = False
+    compile: bool | Literal["auto"] = AUTO
+    # precision of the TTT layers' Newton-Schulz orthogonalisation: bfloat16 as the released layer
+    # (which casts to bf16 even without autocast: the checkpoints' numerics), or float32, exact
+    # (what ../shared/reference was computed with; for tests and numerical comparisons)
+    newton_schulz: Literal["bfloat16", "float32"] = "bfloat16"
     gpu_cache_gb: float = Field(default=6.0, ge=0)  # chunked: activations kept on the GPU up to this
     host_memory_budget_gb: float = Field(default=32.0, gt=0)  # chunked: then pinned host memory, then scratch
     scratch_dir: str | None = None  # chunked: where spilled activations go (a temp dir by default)
@@ -42,8 +55,23 @@ class EngineConfig(BaseModel):
 
     @model_validator(mode="after")
     def _fast_needs_low_precision(self) -> EngineConfig:
-        if self.fast and self.dtype == "float32":
+        if self.fast is True and self.dtype == "float32":
             raise ValueError("fast=True stores the weights in bfloat16 or float16: set dtype accordingly")
-        if self.compile and not self.fast:
+        if self.compile is True and self.fast is False:
             raise ValueError("compile=True is part of the fast path: set fast=True too")
         return self
+
+    @property
+    def resolved(self) -> bool:
+        """True when nothing is left to decide ("auto")."""
+        return AUTO not in (self.mode, self.dtype, self.fast, self.compile)
+
+    def settings(self) -> dict:
+        """The settings that decide how (not whether) a sequence is computed, for the record."""
+        keys = ("mode", "dtype", "fast", "compile", "newton_schulz", "local_points")
+        out = {k: getattr(self, k) for k in keys}
+        if self.mode == "chunked":
+            out["chunk_size"] = self.chunk_size
+        if self.mode == "streaming":
+            out["window"] = self.window
+        return out

@@ -38,9 +38,14 @@ def autocast(device: torch.device, dtype_name: str):
     return torch.autocast(device.type, dtype=DTYPES[dtype_name])
 
 
-def use_published_precision(model: torch.nn.Module, dtype_name: str) -> None:
-    """Under bf16/fp16 the released code orthogonalises fast-weight updates in bf16."""
-    ns_dtype = None if dtype_name == "float32" else torch.bfloat16
+NEWTON_SCHULZ_DTYPES = {"bfloat16": torch.bfloat16, "float32": None}  # None: the gradients' float32
+
+
+def set_newton_schulz_precision(model: torch.nn.Module, precision: str) -> None:
+    """Orthogonalise the TTT layers' fast-weight updates in `precision`: "bfloat16" as the
+    released layer always does (the checkpoints' numerics, whatever the engine's dtype), or
+    "float32", exact (what ../shared/reference was computed with)."""
+    ns_dtype = NEWTON_SCHULZ_DTYPES[precision]
     for module in model.modules():
         if hasattr(module, "ns_dtype"):
             module.ns_dtype = ns_dtype
@@ -52,7 +57,7 @@ def float32_parameters(model: torch.nn.Module) -> set[torch.nn.Parameter]:
     camera head; the TTT layers' initial fast weights (their update is accumulated and applied in
     float32); and the dense heads' last 1x1 convolution (depth is the exp of its output). With
     these, cameras match the autocast path's; rounding them moved poses by several percent."""
-    dense_heads = model.dense_heads().values()
+    dense_heads = model.dense_heads(nvs=True).values()
     keep = set(model.pose_head.parameters())
     heads = {p for head in dense_heads for p in head.parameters()}
     for name, p in model.named_parameters():
@@ -91,6 +96,6 @@ def cast_for_inference(model: torch.nn.Module, dtype_name: str) -> None:
     for module in model.modules():
         if isinstance(module, Mlp) and module.fc1.weight not in keep:
             module.gelu_in_gemm = True
-    for head in model.dense_heads().values():
+    for head in model.dense_heads(nvs=True).values():
         head.to(memory_format=torch.channels_last)
         head.channels_last = True

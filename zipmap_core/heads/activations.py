@@ -19,6 +19,9 @@ def activate_points(x: torch.Tensor, kind: str) -> torch.Tensor:
         xy, z = x.split([2, 1], dim=-1)
         z = torch.exp(z)
         return torch.cat([xy * z, z], dim=-1)
+    if kind == "sigmoid_exp":  # novel views: colour in (0, 1), then a positive depth
+        rgb, depth = x.split([x.shape[-1] - 1, 1], dim=-1)
+        return torch.cat([torch.sigmoid(rgb), torch.exp(depth)], dim=-1)
     if kind == "linear":
         return x
     if kind == "sigmoid":

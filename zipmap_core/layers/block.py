@@ -69,6 +69,14 @@ class TTTBlock(nn.Module):
         x = x + self.ls1(mixed)
         return x + self.ls2(self.mlp(self.norm2(x)))
 
+    def apply(self, x: torch.Tensor, state: TTTState) -> torch.Tensor:
+        """The block with trained fast weights, read only: x [B, L, dim] -> [B, L, dim]. Every
+        token is independent of the others here, so any split of the tokens gives the same result.
+        Only the queries are projected (keys, values and learning rates would go unused)."""
+        xn = self.mixer_input(x)
+        ttt = self.ttt_block
+        return self.finish(x, ttt.output(ttt.read(state, ttt.query(xn)), xn))
+
     def forward(
         self, x: torch.Tensor, schedule: list[TTTOp], state: TTTState | None = None
     ) -> tuple[torch.Tensor, TTTState]:

@@ -41,6 +41,18 @@ def bidirectional_schedule() -> list[TTTOp]:
     return [TTTOp(0, None, update=True, apply=False), TTTOp(0, None, update=False, apply=True)]
 
 
+def apply_only_schedule() -> list[TTTOp]:
+    """Read every token through given fast weights without training them (rendering from a
+    stored scene state)."""
+    return [TTTOp(0, None, update=False, apply=True)]
+
+
+def query_schedule(num_input_tokens: int) -> list[TTTOp]:
+    """Train on the input frames' tokens only, then read every token: query views appended after
+    the inputs are answered from the inputs' fast weights (the released training path)."""
+    return [TTTOp(0, num_input_tokens, update=True, apply=False), TTTOp(0, None, update=False, apply=True)]
+
+
 def windowed_schedule(num_tokens: int, window_tokens: int) -> list[TTTOp]:
     """Streaming: each window first updates the fast weights, then is read with them."""
     ops = []
@@ -184,7 +196,9 @@ class FastWeightSwiGLU(nn.Module):
         self.num_heads = dim // head_dim
         self.head_dim = head_dim
         self.muon_steps = muon_steps
-        self.ns_dtype: torch.dtype | None = None  # None: orthogonalise in the gradients' float32
+        # the released layer orthogonalises in bfloat16 whatever the input dtype (it casts even
+        # without autocast): the checkpoints' numerics. None: in the gradients' own float32 (exact)
+        self.ns_dtype: torch.dtype | None = torch.bfloat16
         hidden = int(head_dim * inter_multi)
         gain = math.sqrt(2.0)
         self.w0 = nn.Parameter(torch.randn(self.num_heads, head_dim, hidden) * gain / math.sqrt(head_dim))

@@ -20,11 +20,13 @@ from zipmap_core.layers.ttt import (
     TTTOp,
     TTTState,
     bidirectional_schedule,
+    query_schedule,
 )
 from zipmap_core.layers.vision_transformer import DinoVisionTransformer
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+RAY_CHANNELS = 9  # ray conditions per pixel: origin, direction, origin x direction
 
 
 class Aggregator(nn.Module):
@@ -61,6 +63,11 @@ class Aggregator(nn.Module):
             self.global_blocks = nn.ModuleList(
                 Block(**block_args, qk_norm=cfg.qk_norm, rope=self.rope) for _ in range(cfg.depth)
             )
+        if cfg.enable_nvs:
+            # a query view is [5 ray_cond_tokens (in place of camera + register tokens), ray patch
+            # tokens]; registered here so that the state-dict order is the published one
+            self.ray_cond_token = nn.Parameter(torch.randn(1, 1, cfg.patch_start_idx, C) * 1e-6)
+            self.ray_patch_embed = PatchEmbed(cfg.patch_size, RAY_CHANNELS, C, norm=True)
         # index 0: the first (reference) frame; index 1: every other frame
         self.camera_token = nn.Parameter(torch.randn(1, 2, 1, C) * 1e-6)
         self.register_token = nn.Parameter(torch.randn(1, 2, cfg.num_register_tokens, C) * 1e-6)
@@ -93,6 +100,16 @@ class Aggregator(nn.Module):
         cam = self._special_tokens(self.camera_token, B, S, first_frame).to(patches.dtype)
         reg = self._special_tokens(self.register_token, B, S, first_frame).to(patches.dtype)
         return torch.cat([cam, reg, patches], dim=2)
+
+    def embed_rays(self, rays: torch.Tensor) -> torch.Tensor:
+        """Ray conditions of query views [B, K, 9, H, W] -> tokens [B, K, P, C], laid out as an
+        image's (special tokens, then patches) so that they run through the same blocks."""
+        if not self.cfg.enable_nvs:
+            raise ValueError(f"model {self.cfg.name!r} has no novel-view part (config enable_nvs=False)")
+        B, K, _, H, W = rays.shape
+        patches = self.ray_patch_embed(rays.reshape(B * K, -1, H, W)).reshape(B, K, -1, self.cfg.embed_dim)
+        special = self.ray_cond_token.to(patches.dtype).expand(B, K, -1, -1)
+        return torch.cat([special, patches], dim=2)
 
     def rope_tables(self, image_hw: tuple[int, int], device) -> RopeTables | None:
         """RoPE rotations of one frame's tokens (shared by every frame), or None without RoPE."""
@@ -133,11 +150,27 @@ class Aggregator(nn.Module):
         schedule: list[TTTOp] | None = None,
         states: list[TTTState] | None = None,
         first_frame: int = 0,
+        query_rays: torch.Tensor | None = None,
     ) -> tuple[dict[int, torch.Tensor], list[TTTState | None]]:
-        """-> ({layer: [B, S, P, 2C] frame+global outputs}, fast-weight state per global block)."""
-        schedule = schedule or bidirectional_schedule()
+        """-> ({layer: [B, S, P, 2C] frame+global outputs}, fast-weight state per global block).
+
+        With `query_rays` [B, K, 9, H, W], K query views follow the S input frames (outputs then
+        hold S + K views): the fast weights train on the input frames only and answer both."""
         tokens = self.embed(images, first_frame)
-        rope = self.rope_tables(images.shape[-2:], images.device)
+        if query_rays is not None:
+            schedule = schedule or query_schedule(tokens.shape[1] * tokens.shape[2])
+            tokens = torch.cat([tokens, self.embed_rays(query_rays).to(tokens.dtype)], dim=1)
+        return self.run_blocks(tokens, images.shape[-2:], schedule or bidirectional_schedule(), states)
+
+    def run_blocks(
+        self,
+        tokens: torch.Tensor,
+        image_hw: tuple[int, int],
+        schedule: list[TTTOp],
+        states: list[TTTState] | None = None,
+    ) -> tuple[dict[int, torch.Tensor], list[TTTState | None]]:
+        """Tokens [B, S, P, C] through every frame and global block."""
+        rope = self.rope_tables(image_hw, tokens.device)
         keep = set(self.output_layers())
         outputs, new_states = {}, []
         for i in range(self.cfg.depth):
@@ -147,3 +180,20 @@ class Aggregator(nn.Module):
             if i in keep:
                 outputs[i] = torch.cat([frame_out, tokens], dim=-1)
         return outputs, new_states
+
+    def render(self, rays: torch.Tensor, states: list[TTTState]) -> dict[int, torch.Tensor]:
+        """Query views [B, K, 9, H, W] read through stored fast weights (one state per global
+        block, batch B, never updated) -> {DPT layer: [B, K, P, 2C]}. Views are independent of
+        each other, so any grouping of views gives the same result."""
+        if len(states) != self.cfg.depth:
+            raise ValueError(f"a scene state of {len(states)} layers does not fit a model of depth {self.cfg.depth}")
+        tokens = self.embed_rays(rays)
+        rope = self.rope_tables(rays.shape[-2:], rays.device)
+        B, K, P, C = tokens.shape
+        outputs = {}
+        for i in range(max(self.cfg.dpt.layers) + 1):  # nothing after the last DPT layer is read
+            frame_out = self.frame_block(i, tokens, rope)
+            tokens = self.global_blocks[i].apply(frame_out.reshape(B, K * P, C), states[i]).reshape(B, K, P, C)
+            if i in self.cfg.dpt.layers:
+                outputs[i] = torch.cat([frame_out, tokens], dim=-1)
+        return outputs

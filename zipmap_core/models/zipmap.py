@@ -1,4 +1,5 @@
-"""ZipMap: aggregator + camera head + DPT depth and local-point heads."""
+"""ZipMap: aggregator + camera head + DPT depth and local-point heads (+ the novel-view head of
+the state-query model, which renders query cameras from a sequence's fast weights)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ class ZipMap(nn.Module):
             self.local_point_head = DPTHead(output_dim=3, activation="xy_exp", conf_activation=None, **dpt)
         if config.enable_depth:
             self.depth_head = DPTHead(output_dim=2, activation="exp", conf_activation="expp1", **dpt)
+        if config.enable_nvs:  # RGB (sigmoid), depth (exp), confidence (1 + exp)
+            self.nvs_head = DPTHead(output_dim=5, activation="sigmoid_exp", conf_activation="expp1", **dpt)
 
     @property
     def pose_head(self) -> nn.Module:
@@ -47,12 +50,15 @@ class ZipMap(nn.Module):
         with torch.autocast(last_layer.device.type, enabled=False):
             return self.pose_head(last_layer[:, :, 0].float(), self.config.camera_iterations)[-1]
 
-    def dense_heads(self, local_points: bool = True) -> dict[str, DPTHead]:
+    def dense_heads(self, local_points: bool = True, nvs: bool = False) -> dict[str, DPTHead]:
+        """The DPT heads of input frames (and, with `nvs`, the novel-view head of query views)."""
         heads = {}
         if self.config.enable_depth:
             heads["depth"] = self.depth_head
         if local_points and self.config.enable_local_points:
             heads["local_points"] = self.local_point_head
+        if nvs and self.config.enable_nvs:
+            heads["nvs"] = self.nvs_head
         return heads
 
     def project_for_heads(
@@ -110,6 +116,30 @@ class ZipMap(nn.Module):
                 parts.setdefault(name, []).append(value)
         return {name: torch.cat(chunks, dim=1) for name, chunks in parts.items()}
 
+    def predict_views(
+        self, layers: dict[int, torch.Tensor], image_hw: tuple[int, int], views_per_pass: int = 16
+    ) -> dict[str, torch.Tensor]:
+        """The novel-view head on query views' DPT layers {layer: [B, K, P, 2C]} ->
+        nvs_pred [B, K, H, W, 4] (R, G, B, depth) and nvs_depth_conf [B, K, H, W]."""
+        head = self.nvs_head
+        inputs = [layers[i] for i in self.config.dpt.layers]
+        preds, confs = [], []
+        for k in range(0, inputs[0].shape[1], views_per_pass):
+            with torch.autocast(inputs[0].device.type, enabled=False):
+                chunk = [x[:, k : k + views_per_pass].to(head_dtype(head)) for x in inputs]
+                pred, conf = head(chunk, image_hw, self.config.patch_start_idx)
+            preds.append(pred)
+            confs.append(conf)
+        return {"nvs_pred": torch.cat(preds, dim=1), "nvs_depth_conf": torch.cat(confs, dim=1)}
+
+    def render(self, rays: torch.Tensor, states: list[TTTState]) -> dict[str, torch.Tensor]:
+        """Novel views from a scene's stored fast weights alone (no input image): ray conditions
+        [B, K, 9, H, W] (zipmap_core.rays) and one TTTState per global block (batch B) ->
+        nvs_pred [B, K, H, W, 4] (R, G, B in (0, 1), depth) and nvs_depth_conf [B, K, H, W]."""
+        if rays.dim() != 5 or rays.shape[2] != 9:
+            raise ValueError(f"expected ray conditions [B, K, 9, H, W], got {tuple(rays.shape)}")
+        return self.predict_views(self.aggregator.render(rays, states), tuple(rays.shape[-2:]))
+
     def forward(
         self,
         images: torch.Tensor,
@@ -117,18 +147,28 @@ class ZipMap(nn.Module):
         states: list[TTTState] | None = None,
         first_frame: int = 0,
         local_points: bool = True,
+        query_rays: torch.Tensor | None = None,
     ) -> dict:
         """images [S, 3, H, W] or [B, S, 3, H, W] in [0, 1].
 
         Returns pose_enc [B, S, 9], depth [B, S, H, W, 1], depth_conf [B, S, H, W],
-        local_points [B, S, H, W, 3] and the fast-weight `states` (to continue a stream).
+        local_points [B, S, H, W, 3] and the fast-weight `states` (to continue a stream, or the
+        scene state of a sequence). With `query_rays` [B, K, 9, H, W] (the released training path),
+        also nvs_pred [B, K, H, W, 4] and nvs_depth_conf [B, K, H, W] for K query views answered
+        from the input frames' fast weights, as `render` would from the returned states.
         """
         if images.dim() == 4:
             images = images.unsqueeze(0)
         if images.dim() != 5 or images.shape[2] != 3:
             raise ValueError(f"expected images [B, S, 3, H, W], got {tuple(images.shape)}")
-        layers, states = self.aggregator(images, schedule, states, first_frame)
-        out = {"pose_enc": self.predict_cameras(layers[self.config.depth - 1])}
-        out.update(self.predict_dense(layers, tuple(images.shape[-2:]), local_points=local_points))
+        if query_rays is not None and tuple(query_rays.shape[-2:]) != tuple(images.shape[-2:]):
+            raise ValueError(f"query rays {tuple(query_rays.shape)} must have the images' size {tuple(images.shape)}")
+        layers, states = self.aggregator(images, schedule, states, first_frame, query_rays)
+        S, image_hw = images.shape[1], tuple(images.shape[-2:])
+        inputs = {i: x[:, :S] for i, x in layers.items()}
+        out = {"pose_enc": self.predict_cameras(inputs[self.config.depth - 1])}
+        out.update(self.predict_dense(inputs, image_hw, local_points=local_points))
+        if query_rays is not None:
+            out.update(self.predict_views({i: layers[i][:, S:] for i in self.config.dpt.layers}, image_hw))
         out["states"] = states
         return out
