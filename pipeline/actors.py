@@ -27,6 +27,7 @@ from .outputs import SequenceWriter, StagedOutputs, prepare_frame
 from .overlap import frame_writers, in_background, map_in_processes, remove_stale_scratch
 from .spec import JobSpec
 from .storage import Store
+from .testing import faults
 
 RANDOM_WEIGHTS_SEED = 0  # every worker must hold the same weights, or retries would differ
 
@@ -115,7 +116,7 @@ class ModelWorker:
                 # already; chunked/streaming: at most two chunks ahead, to bound host memory)
                 nonlocal infer_s
                 with self._lock, torch.inference_mode():
-                    self._maybe_delay()
+                    faults.delay()
                     begin = time.perf_counter()
                     yield from reconstruct(self._model, images, engine, device=self._device)
                     infer_s = time.perf_counter() - begin
@@ -125,7 +126,7 @@ class ModelWorker:
             frames = in_background(infer, max_ahead=ahead)
             for prepared in map_in_processes(partial(prepare_frame, writer.frame_format), frames, self._writers):
                 writer.add_prepared(prepared)
-                self._maybe_crash(source)
+                faults.crash_point(faults.ACTOR_CRASH_POINT, source.sequence_id)
             staged = writer.finish(store, layout, attempt_id)
         except BrokenProcessPool:
             # a writer process died (out of memory, killed): this attempt fails and is retried,
@@ -142,23 +143,3 @@ class ModelWorker:
             timings={"decode_s": decoded.decode_s, "infer_s": infer_s, "write_s": write_s},
             worker=dict(self._info),
         )
-
-    # -- test hooks (JobSpec.faults) ---------------------------------------------------------
-
-    def _maybe_delay(self) -> None:
-        faults = self._spec.faults
-        if faults is not None and faults.delay_s:
-            time.sleep(faults.delay_s)
-
-    def _maybe_crash(self, source: SequenceSource) -> None:
-        """Kill this worker process mid-sequence, once per marker file."""
-        faults = self._spec.faults
-        if faults is None or faults.crash_sequence != source.sequence_id:
-            return
-        marker = faults.crash_marker
-        if marker is not None and os.path.exists(marker):
-            return
-        if marker is not None:
-            with open(marker, "w") as f:
-                f.write(f"crashed pid {os.getpid()}\n")
-        os._exit(1)

@@ -21,6 +21,7 @@ from .decode import decode_sequence
 from .discovery import SequenceSource
 from .errors import ActorInitError, InfrastructureError, InputError, SpecError
 from .spec import JobSpec, redact_text
+from .testing import faults
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ class RayExecutor:
             resources=plan.resources or None,
             max_concurrency=ACTOR_CONCURRENCY,
             max_restarts=0,  # a dead actor is replaced by the coordinator, with a fresh handle
+            **({"runtime_env": env} if (env := faults.ray_runtime_env()) else {}),  # tests only
         )
         self._decode = ray.remote(decode_sequence).options(
             num_cpus=spec.resources.decode_cpus,
