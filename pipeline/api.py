@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .commit import committed_sequences
+from .commit_record import read_commits
 from .coordinator import Coordinator
 from .layout import RunLayout
-from .manifest import RunSummary, SequenceRecord, read_manifest
+from .manifest import RunSummary
 from .spec import JobSpec, StorageSpec, load_spec
 from .storage import Store
 
@@ -55,13 +55,16 @@ def resume_job(
     return run_job(spec, progress=progress, retry_failed=retry_failed, ray_address=ray_address)
 
 
-def run_status(run_uri: str, *, storage: StorageSpec | None = None) -> RunSummary:
-    """The state of a run from its manifest and commit markers (no Ray needed)."""
+def run_status(run_uri: str, *, storage: StorageSpec | None = None, verify: bool = False) -> RunSummary:
+    """The state of a run from its compact commit record (no Ray needed; see pipeline.commit_record).
+
+    With `verify`, the markers and every output are listed too: committed sequences whose outputs
+    are missing are reported in `torn` (and counted as pending: `resume` redoes them).
+    """
     run_uri = run_uri.rstrip("/")
     store, layout = Store(run_uri, storage), RunLayout(run_uri)
-    records: dict[str, SequenceRecord] = read_manifest(store, layout)
-    for sid, marker in committed_sequences(store, layout).items():
-        records[sid] = SequenceRecord.from_marker(marker)
+    commits = read_commits(store, layout, verify=verify)
+    records = commits.records()
     for record in records.values():
         if record.status == "running":  # no driver is running it now (as far as we know)
             record.status = "pending"
@@ -71,4 +74,6 @@ def run_status(run_uri: str, *, storage: StorageSpec | None = None) -> RunSummar
     except (FileNotFoundError, ValueError):
         elapsed = 0.0
     frames = sum(r.num_frames or 0 for r in records.values() if r.status == "done")
-    return RunSummary.from_records(run_uri.rsplit("/", 1)[-1], run_uri, list(records.values()), elapsed, frames)
+    summary = RunSummary.from_records(run_uri.rsplit("/", 1)[-1], run_uri, list(records.values()), elapsed, frames)
+    torn = [{"sequence_id": sid, "problem": problem} for sid, problem in sorted(commits.torn.items())]
+    return summary.model_copy(update={"torn": torn}) if torn else summary

@@ -17,12 +17,13 @@ from typing import Any
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from .commit import clean_uncommitted, commit_sequence, committed_sequences, discard_attempt
+from .commit import Committer, discard_attempt
+from .commit_record import read_commits
 from .discovery import SequenceSource, discover
 from .errors import InfrastructureError, PipelineError, SpecError
 from .execution import RayExecutor, classify, connect, describe, plan_actors
 from .layout import RunLayout
-from .manifest import RunSummary, SequenceRecord, read_manifest, write_manifest
+from .manifest import RunSummary, SequenceRecord
 from .spec import JobSpec, redact_uri
 from .storage import Store
 
@@ -63,6 +64,7 @@ class Coordinator:
         self.spec = spec
         self.layout = RunLayout(spec.run_uri)
         self.store = Store(spec.run_uri, spec.storage)
+        self._committer = Committer(self.store, self.layout)
         self._show_progress = progress
         self._retry_failed = retry_failed
         self._ray_address = ray_address
@@ -114,18 +116,17 @@ class Coordinator:
         """Find the sequences, store the spec, restore what earlier sessions already did."""
         try:
             self._check_same_results()
-            committed = committed_sequences(self.store, self.layout)
-            sources = self._discover(bool(committed))
+            commits = read_commits(self.store, self.layout, verify=True)
+            sources = self._discover(bool(commits.committed))
             self.store.write_bytes(self.layout.spec, self.spec.to_json().encode())
-            previous = read_manifest(self.store, self.layout)
-            clean_uncommitted(self.store, self.layout, set(committed))
+            self._committer.recover(commits)  # torn sequences withdrawn, uncommitted outputs removed
         except PipelineError:
             raise
         except Exception as exc:  # OSError, or a store client's own errors (e.g. unreachable endpoint)
             raise InfrastructureError(f"cannot use the run's storage {redact_uri(self.spec.run_uri)}: {exc}") from exc
         self._sources = {s.sequence_id: s for s in sources}
-        for sid, marker in committed.items():
-            self._records[sid] = SequenceRecord.from_marker(marker)
+        self._records.update(commits.committed)
+        previous = commits.manifest
         for source in sources:
             sid = source.sequence_id
             if sid in self._records:
@@ -144,7 +145,7 @@ class Coordinator:
             "run %s: %d sequences, %d already done, %d to do",
             self.spec.run_id,
             len(self._records),
-            len(committed),
+            len(commits.committed),
             len(self._pending_ids()),
         )
 
@@ -269,9 +270,7 @@ class Coordinator:
         record = self._records[attempt.sequence_id]
         timings = {**result.timings, "total_s": time.monotonic() - attempt.started}
         try:
-            marker = commit_sequence(
-                self.store,
-                self.layout,
+            marker = self._committer.commit(
                 attempt.sequence_id,
                 attempt.attempt_id,
                 result.staged,
@@ -364,7 +363,7 @@ class Coordinator:
         if not self._records:
             return
         try:
-            write_manifest(self.store, self.layout, list(self._records.values()))
+            self._committer.compact(list(self._records.values()))  # the manifest is the compact commit record
             self._last_manifest = time.monotonic()
         except Exception as exc:  # the next write (or the commit markers) will catch up
             logger.warning("could not write the manifest: %s", exc)

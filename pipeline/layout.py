@@ -8,7 +8,11 @@
   depth/sequence_id=<id>/part-0.parquet  per-frame depth + confidence maps (save_depth)
   points/<id>.ply                        the sequence's point cloud
   _commits/<id>.json                     commit marker: the sequence's outputs are complete
+  _commit_intents/<id>.json              the sequence's commit state may differ from the manifest
   _staging/<id>/<attempt_id>/...         an attempt's outputs before they are committed
+
+The per-sequence outputs are described once, in `OUTPUT_KINDS`: committing, cleaning up and
+verifying a run go over that table, so a new kind of output is one more entry there.
 """
 
 from __future__ import annotations
@@ -20,7 +24,31 @@ from .storage import join
 FRAMES = "frames"
 DEPTH = "depth"
 POINTS = "points"
-STAGED_FILES = {FRAMES: "frames.parquet", DEPTH: "depth.parquet", POINTS: "points.ply"}
+PARTITION_KEY = "sequence_id"
+
+
+@dataclass(frozen=True)
+class OutputKind:
+    """One kind of per-sequence output: its staged file name and where it is published.
+
+    With `suffix` None the output is a hive partition, `<kind>/sequence_id=<id>/part-0.parquet`
+    (so the folder reads as one dataset); otherwise one file per sequence, `<kind>/<id><suffix>`.
+    """
+
+    name: str  # also its folder under the run
+    staged_name: str
+    suffix: str | None = None
+
+
+OUTPUT_KINDS: dict[str, OutputKind] = {
+    kind.name: kind
+    for kind in (
+        OutputKind(FRAMES, "frames.parquet"),
+        OutputKind(DEPTH, "depth.parquet"),
+        OutputKind(POINTS, "points.ply", suffix=".ply"),
+    )
+}
+STAGED_FILES = {name: kind.staged_name for name, kind in OUTPUT_KINDS.items()}
 
 
 @dataclass(frozen=True)
@@ -44,29 +72,47 @@ class RunLayout:
         return join(self.run_uri, "_commits")
 
     @property
+    def intents(self) -> str:
+        return join(self.run_uri, "_commit_intents")
+
+    @property
     def staging_root(self) -> str:
         return join(self.run_uri, "_staging")
 
     def commit_marker(self, sequence_id: str) -> str:
         return join(self.commits, f"{sequence_id}.json")
 
+    def intent(self, sequence_id: str) -> str:
+        return join(self.intents, f"{sequence_id}.json")
+
     def staging(self, sequence_id: str, attempt_id: str) -> str:
         return join(self.staging_root, sequence_id, attempt_id)
 
     def staged(self, sequence_id: str, attempt_id: str, kind: str) -> str:
-        return join(self.staging(sequence_id, attempt_id), STAGED_FILES[kind])
+        return join(self.staging(sequence_id, attempt_id), OUTPUT_KINDS[kind].staged_name)
 
     def dataset_dir(self, kind: str) -> str:
         return join(self.run_uri, kind)
 
     def final(self, sequence_id: str, kind: str) -> str:
         """The committed location of one output of a sequence."""
-        if kind == POINTS:
-            return join(self.run_uri, POINTS, f"{sequence_id}.ply")
-        return join(self.run_uri, kind, f"sequence_id={sequence_id}", "part-0.parquet")
+        suffix = OUTPUT_KINDS[kind].suffix
+        if suffix is not None:
+            return join(self.run_uri, kind, f"{sequence_id}{suffix}")
+        return join(self.run_uri, kind, f"{PARTITION_KEY}={sequence_id}", "part-0.parquet")
 
     def final_owner(self, sequence_id: str, kind: str) -> str:
         """What to delete to remove one output of a sequence (its partition folder, or file)."""
-        if kind == POINTS:
+        if OUTPUT_KINDS[kind].suffix is not None:
             return self.final(sequence_id, kind)
-        return join(self.run_uri, kind, f"sequence_id={sequence_id}")
+        return join(self.run_uri, kind, f"{PARTITION_KEY}={sequence_id}")
+
+    def sequence_of(self, kind: str, relative: str) -> str | None:
+        """The sequence a file below `dataset_dir(kind)` belongs to (`relative` to that folder),
+        or None for a file that is no sequence's output."""
+        suffix = OUTPUT_KINDS[kind].suffix
+        first, _, rest = relative.partition("/")
+        if suffix is not None:
+            return first[: -len(suffix)] if not rest and first.endswith(suffix) and len(first) > len(suffix) else None
+        key, _, value = first.partition("=")
+        return value if key == PARTITION_KEY and value and rest else None

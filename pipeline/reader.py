@@ -1,23 +1,30 @@
-"""Reading a run back: only committed sequences count, whatever else lies in the folder."""
+"""Reading a run back: only committed sequences count, whatever else lies in the folder.
+
+The commit record is verified first (`pipeline.commit_record`): a sequence whose marker exists
+but whose outputs are missing or incomplete is left out and reported in `torn` (a warning is
+logged; `resume` redoes it), so one broken sequence never makes the whole run unreadable.
+"""
 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
-from typing import Any
+import logging
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from .commit import committed_sequences
+from .commit_record import read_commits
 from .layout import DEPTH, FRAMES, POINTS, RunLayout
-from .manifest import MANIFEST_SCHEMA
+from .manifest import MANIFEST_SCHEMA, SequenceRecord
 from .outputs import DEPTH_SCHEMA, FRAMES_SCHEMA
 from .pointcloud import read_ply
 from .spec import StorageSpec
 from .storage import Store
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -25,10 +32,15 @@ class RunOutputs:
     """The committed results of a run, as Arrow tables (and Ray datasets on request)."""
 
     run_uri: str
-    committed: dict[str, dict[str, Any]]  # commit marker records by sequence id
+    committed: dict[str, SequenceRecord]  # committed sequences whose outputs are complete, by id
     manifest: pa.Table
     frames: pa.Table  # FRAMES_SCHEMA, sorted by (sequence_id, frame_index)
     store: Store
+    torn: dict[str, str] = field(default_factory=dict)  # committed, outputs missing: what is wrong
+
+    @property
+    def layout(self) -> RunLayout:
+        return RunLayout(self.run_uri)
 
     def depth(self) -> pa.Table:
         """Depth maps of all committed sequences (empty if the run did not save them)."""
@@ -36,8 +48,15 @@ class RunOutputs:
 
     def point_cloud(self, sequence_id: str) -> np.ndarray:
         """The sequence's PLY vertices (x y z red green blue confidence)."""
-        uri = self.committed[sequence_id]["outputs"][POINTS]
-        return read_ply(self.store.read_bytes(uri))
+        if POINTS not in self.committed[sequence_id].output_kinds():
+            raise KeyError(f"sequence {sequence_id} has no point cloud")
+        return read_ply(self.store.read_bytes(self.layout.final(sequence_id, POINTS)))
+
+    def files(self, kind: str) -> list[str]:
+        """URIs of one output kind of every committed sequence, in sequence order."""
+        return [
+            self.layout.final(sid, kind) for sid, r in sorted(self.committed.items()) if kind in r.output_kinds()
+        ]
 
     def frames_dataset(self):
         """The frames of committed sequences as a ray.data Dataset (needs ray[data])."""
@@ -46,14 +65,11 @@ class RunOutputs:
         except ImportError as exc:
             raise ImportError(f"frames_dataset() needs Ray Data: pip install 'ray[data]' ({exc})") from exc
 
-        files = self._files(FRAMES)
+        files = self.files(FRAMES)
         return ray.data.read_parquet([self.store.path(u) for u in files], filesystem=self.store.fs)
 
-    def _files(self, kind: str) -> list[str]:
-        return sorted(r["outputs"][kind] for r in self.committed.values() if kind in r.get("outputs", {}))
-
     def _read(self, kind: str, schema: pa.Schema) -> pa.Table:
-        files = self._files(kind)
+        files = self.files(kind)
         if not files:
             return schema.empty_table()
         paths = [self.store.path(u) for u in files]
@@ -64,13 +80,25 @@ class RunOutputs:
 def read_outputs(run_uri: str, storage: StorageSpec | None = None) -> RunOutputs:
     store = Store(run_uri, storage)
     layout = RunLayout(run_uri.rstrip("/"))
-    committed = committed_sequences(store, layout)
+    commits = read_commits(store, layout, verify=True)
+    if commits.torn:
+        logger.warning(
+            "%d committed sequence(s) of %s have missing outputs and are left out (resume redoes them): %s",
+            len(commits.torn),
+            layout.run_uri,
+            ", ".join(sorted(commits.torn)[:10]),
+        )
     try:
         manifest = pq.read_table(io.BytesIO(store.read_bytes(layout.manifest)))
     except FileNotFoundError:
         manifest = MANIFEST_SCHEMA.empty_table()
     outputs = RunOutputs(
-        run_uri=layout.run_uri, committed=committed, manifest=manifest, frames=FRAMES_SCHEMA.empty_table(), store=store
+        run_uri=layout.run_uri,
+        committed=commits.committed,
+        manifest=manifest,
+        frames=FRAMES_SCHEMA.empty_table(),
+        store=store,
+        torn=dict(commits.torn),
     )
     outputs.frames = outputs._read(FRAMES, FRAMES_SCHEMA)
     return outputs
