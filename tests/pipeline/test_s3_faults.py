@@ -33,24 +33,25 @@ pytestmark = pytest.mark.timeout(300)
 @pytest.fixture(scope="module")
 def proxy(local_s3, tiny_checkpoint, tmp_path_factory):
     """A fault proxy in front of the session's moto server, with inputs (a..e, 2 frames each)
-    and the checkpoint in bucket `capture`, uploaded around the proxy."""
-    local_s3.create_bucket("capture")
-    local_s3.create_bucket("results")
+    and the checkpoint in bucket `faults-capture`, uploaded around the proxy. (Buckets of their
+    own: moto's servers in one process share their buckets.)"""
+    local_s3.create_bucket("faults-capture")
+    local_s3.create_bucket("faults-results")
     folder = tmp_path_factory.mktemp("s3faults")
     for i, sid in enumerate("abcde"):
         write_sequence(folder / sid, 2, seed=80 + i)
     fs = s3fs.S3FileSystem(endpoint_url=local_s3.endpoint_url)
-    fs.put(str(folder) + "/", "capture/takes/", recursive=True)
-    fs.put(str(tiny_checkpoint), "capture/models/tiny.pt")
+    fs.put(str(folder) + "/", "faults-capture/takes/", recursive=True)
+    fs.put(str(tiny_checkpoint), "faults-capture/models/tiny.pt")
     with FaultProxy(local_s3.endpoint_url) as server:
         yield server
 
 
 def _spec(proxy: FaultProxy, run_id: str, **fields):
     return make_spec(
-        "s3://capture/takes",
-        "s3://results/recon",
-        "s3://capture/models/tiny.pt",
+        "s3://faults-capture/takes",
+        "s3://faults-results/recon",
+        "s3://faults-capture/models/tiny.pt",
         run_id=run_id,
         storage__endpoint_url=proxy.endpoint_url,
         storage__region="us-east-1",
@@ -84,13 +85,13 @@ def _assert_never_torn(spec, storage: StorageSpec) -> set[str]:
 def test_transient_s3_faults_are_retried_and_the_run_completes(ray_cluster, proxy):
     proxy.clear()
     faults = [
-        Fault("slowdown", method="PUT", path=r"/results/recon/flaky/_staging/", times=3),  # actors' writes
+        Fault("slowdown", method="PUT", path=r"/faults-results/recon/flaky/_staging/", times=3),  # actors' writes
         Fault("cut", method="PUT", path=r"/_staging/.*points\.ply", copy=False, times=1),  # upload cut halfway
-        Fault("error", method="PUT", path=r"/results/recon/flaky/", copy=True, times=2),  # commit moves
+        Fault("error", method="PUT", path=r"/faults-results/recon/flaky/", copy=True, times=2),  # commit moves
         Fault("stall", method="PUT", path=r"/_commit_intents/", times=1, stall_s=6),  # a request hangs
         Fault("lost_response", method="PUT", path=r"/_commits/b\.json", times=1),  # marker stored, answer lost
-        Fault("slowdown", method="HEAD", path=r"/results/recon/flaky/_commits/", times=2),  # marker checks
-        Fault("error", method="DELETE", path=r"/results/recon/flaky/_staging/", times=1),
+        Fault("slowdown", method="HEAD", path=r"/faults-results/recon/flaky/_commits/", times=2),  # marker checks
+        Fault("error", method="DELETE", path=r"/faults-results/recon/flaky/_staging/", times=1),
         Fault("lost_response", method="PUT", path=r"/manifest\.parquet", times=1),
     ]
     proxy.add(*faults)
@@ -111,7 +112,7 @@ def test_persistent_s3_faults_fail_loudly_and_tear_nothing(ray_cluster, proxy):
     """a: every commit move of its frames fails; b: its marker can never be written; c: its
     marker is written but every answer is lost; d: its staged upload is cut every time; e: fine."""
     proxy.clear()
-    run = r"/results/recon/outage/"
+    run = r"/faults-results/recon/outage/"
     proxy.add(
         Fault("error", method="PUT", path=run + r"frames/sequence_id(=|%3D)a/", copy=True, times=None),
         Fault("error", method="PUT", path=run + r"_commits/b\.json", times=None),
@@ -140,7 +141,7 @@ def test_an_unreachable_run_store_stops_the_run(proxy):
     """Every request to the run's bucket fails: the run stops with an InfrastructureError (exit 3)
     after the configured attempts, before any work starts."""
     proxy.clear()
-    proxy.add(Fault("error", path=r"^/results/", times=None))
+    proxy.add(Fault("error", path=r"^/faults-results/", times=None))
     try:
         start = time.monotonic()
         with pytest.raises(InfrastructureError, match="cannot use the run's storage"):
