@@ -60,6 +60,7 @@ class Committer:
         start = time.monotonic()
         existing = self._marker(sequence_id)
         if existing is not None:
+            self._unresolved.discard(sequence_id)  # an earlier commit whose answer was lost did land
             discard_attempt(self.store, self.layout, sequence_id, attempt_id)
             return existing
         self._write_intent(sequence_id, attempt_id)

@@ -8,6 +8,7 @@ moment would leave it. A second, fresh store then looks at the run as the next d
 from __future__ import annotations
 
 import io
+import json
 import os
 import uuid
 
@@ -17,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.api import run_status
+from pipeline.cli import main
 from pipeline.commit import Committer, clean_uncommitted, remove_outputs
 from pipeline.commit_record import read_commits
 from pipeline.layout import FRAMES, POINTS, RunLayout
@@ -278,7 +280,7 @@ def test_runs_of_earlier_versions_are_read_from_their_markers(tmp_path):
     assert set(commits.committed) == {"a", "b", "c"} and commits.markers_read == 1
 
 
-def test_missing_or_truncated_outputs_are_torn(tmp_path):
+def test_missing_or_truncated_outputs_are_torn(tmp_path, capsys):
     run = str(tmp_path / "run")
     store, layout = Store(run), RunLayout(run)
     committer = Committer(store, layout)
@@ -293,6 +295,9 @@ def test_missing_or_truncated_outputs_are_torn(tmp_path):
     summary = run_status(run, verify=True)
     assert (summary.done, summary.pending, summary.status) == (1, 2, "incomplete")
     assert [t["sequence_id"] for t in summary.torn] == ["b", "c"]
+    assert main(["status", run]) == 0 and json.loads(capsys.readouterr().out)["torn"] == []
+    assert main(["status", run, "--verify"]) == 1
+    assert json.loads(capsys.readouterr().out)["torn"] == summary.torn
     # the next session withdraws them: markers and what is left of their outputs go
     commits = read_commits(store, layout, verify=True)
     Committer(store, layout).recover(commits)
