@@ -82,6 +82,7 @@ def _assert_never_torn(spec, storage: StorageSpec) -> set[str]:
     return set(out.committed)
 
 
+@pytest.mark.slow
 def test_transient_s3_faults_are_retried_and_the_run_completes(ray_cluster, proxy):
     proxy.clear()
     faults = [
@@ -108,6 +109,7 @@ def test_transient_s3_faults_are_retried_and_the_run_completes(ray_cluster, prox
     assert run_status(spec.run_uri, storage=storage).status == "succeeded"
 
 
+@pytest.mark.slow
 def test_persistent_s3_faults_fail_loudly_and_tear_nothing(ray_cluster, proxy):
     """a: every commit move of its frames fails; b: its marker can never be written; c: its
     marker is written but every answer is lost; d: its staged upload is cut every time; e: fine."""
