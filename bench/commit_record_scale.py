@@ -162,22 +162,23 @@ def measure(run_uri: str, n: int, storage: StorageSpec | None, args) -> dict:
     return row
 
 
-def _table(store_name: str, rows: list[dict]) -> None:
-    """One line per size: wall seconds (CPU seconds of this process) and the ratio before / now."""
-
-    def cell(row, key):
-        return f"{row[key][0]:8.3f} ({row[key][1]:7.3f})" if key in row else f"{'skipped':>18}"
-
-    def ratio(row, old, new):
-        return f"{row[old][0] / row[new][0]:6.1f}x" if old in row else f"{'-':>7}"
-
+def _header(store_name: str) -> None:
     print(f"\n{store_name}: wall seconds (CPU seconds), best of the repeats; ratio = before / now (wall)")
     print(f"{'sequences':>9} | {'status before':>18} {'status now':>18} {'ratio':>7} {'status --verify':>18} | "
           f"{'resume before':>18} {'resume now':>18} {'ratio':>7}")
-    for row in rows:
-        print(f"{row['n']:>9} | {cell(row, 'status_old')} {cell(row, 'status_new')} "
-              f"{ratio(row, 'status_old', 'status_new')} {cell(row, 'verify_new')} | "
-              f"{cell(row, 'resume_old')} {cell(row, 'resume_new')} {ratio(row, 'resume_old', 'resume_new')}")
+
+
+def _row(row: dict) -> None:
+    """One line per size, printed as soon as it is measured."""
+
+    def cell(key):
+        return f"{row[key][0]:8.3f} ({row[key][1]:7.3f})" if key in row else f"{'skipped':>18}"
+
+    def ratio(old, new):
+        return f"{row[old][0] / row[new][0]:6.1f}x" if old in row else f"{'-':>7}"
+
+    print(f"{row['n']:>9} | {cell('status_old')} {cell('status_new')} {ratio('status_old', 'status_new')} "
+          f"{cell('verify_new')} | {cell('resume_old')} {cell('resume_new')} {ratio('resume_old', 'resume_new')}")
     sys.stdout.flush()
 
 
@@ -193,15 +194,16 @@ def main(argv=None) -> dict[str, list[dict]]:
     if "local" in args.stores:
         root = tempfile.mkdtemp(prefix="commit-record-")
         try:
-            rows = []
+            rows = results["local"] = []
+            measure(build_local(root, 10), 10, None, args)  # warm-up: imports and first-use costs
+            _header("local disk")
             for n in args.sizes:
                 start = time.perf_counter()
                 run_uri = build_local(root, n)
                 print(f"local: built {n} sequences in {time.perf_counter() - start:.1f}s", file=sys.stderr)
                 rows.append(measure(run_uri, n, None, args))
+                _row(rows[-1])
                 shutil.rmtree(run_uri)
-            results["local"] = rows
-            _table("local disk", rows)
         finally:
             shutil.rmtree(root, ignore_errors=True)
     if "moto" in args.stores:
@@ -210,7 +212,10 @@ def main(argv=None) -> dict[str, list[dict]]:
         os.environ.update(FAKE_CREDENTIALS)
         with LocalS3() as s3:
             storage = StorageSpec(endpoint_url=s3.endpoint_url, region="us-east-1")
-            rows = []
+            rows = results["moto"] = []
+            s3.create_bucket("bench-warm-up")
+            measure(build_moto("bench-warm-up", 10, storage), 10, storage, args)  # the client's first use
+            _header("moto over HTTP")
             for n in args.sizes:
                 bucket = f"bench-{n}"
                 s3.create_bucket(bucket)
@@ -218,8 +223,7 @@ def main(argv=None) -> dict[str, list[dict]]:
                 run_uri = build_moto(bucket, n, storage)
                 print(f"moto: built {n} sequences in {time.perf_counter() - start:.1f}s", file=sys.stderr)
                 rows.append(measure(run_uri, n, storage, args))
-            results["moto"] = rows
-            _table("moto over HTTP", rows)
+                _row(rows[-1])
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return results
