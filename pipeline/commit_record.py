@@ -25,7 +25,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 
-from .layout import OUTPUT_KINDS, RunLayout
+from .layout import OUTPUT_KINDS, RunLayout, final_name
 from .manifest import SequenceRecord, read_stored_manifest
 from .storage import PARTIAL_WRITE_INFIX, Store
 
@@ -114,13 +114,12 @@ def _verify_outputs(store: Store, layout: RunLayout, commits: Commits) -> None:
     present: dict[str, dict[str, int]] = {}  # sid -> kind -> size of its final file
     owners: set[str] = set()  # sequences that own anything in an output folder
     for kind in OUTPUT_KINDS:
-        base = layout.dataset_dir(kind)
-        for rel, size in store.list_files(base).items():
+        for rel, size in store.list_files(layout.dataset_dir(kind)).items():
             sid = layout.sequence_of(kind, rel)
             if sid is None:
                 continue
             owners.add(sid)
-            if layout.final(sid, kind) == f"{base}/{rel}":
+            if rel == final_name(sid, kind):
                 present.setdefault(sid, {})[kind] = size
     for sid, record in sorted(commits.committed.items()):
         problems = []

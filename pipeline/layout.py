@@ -51,6 +51,14 @@ OUTPUT_KINDS: dict[str, OutputKind] = {
 STAGED_FILES = {name: kind.staged_name for name, kind in OUTPUT_KINDS.items()}
 
 
+def final_name(sequence_id: str, kind: str) -> str:
+    """Where a sequence's output is published, relative to the kind's folder."""
+    suffix = OUTPUT_KINDS[kind].suffix
+    if suffix is not None:
+        return f"{sequence_id}{suffix}"
+    return f"{PARTITION_KEY}={sequence_id}/part-0.parquet"
+
+
 @dataclass(frozen=True)
 class RunLayout:
     run_uri: str
@@ -96,10 +104,7 @@ class RunLayout:
 
     def final(self, sequence_id: str, kind: str) -> str:
         """The committed location of one output of a sequence."""
-        suffix = OUTPUT_KINDS[kind].suffix
-        if suffix is not None:
-            return join(self.run_uri, kind, f"{sequence_id}{suffix}")
-        return join(self.run_uri, kind, f"{PARTITION_KEY}={sequence_id}", "part-0.parquet")
+        return join(self.run_uri, kind, final_name(sequence_id, kind))
 
     def final_owner(self, sequence_id: str, kind: str) -> str:
         """What to delete to remove one output of a sequence (its partition folder, or file)."""
