@@ -202,7 +202,8 @@ def _bench_pipeline(args, input_prefix: str, output: str) -> dict:
     import ray
 
     from pipeline import read_outputs, run_job
-    from pipeline.execution import connect, plan_actors
+    from pipeline.cluster import connect
+    from pipeline.execution import plan_actors
 
     spec = _spec(args, input_prefix, output)
     started = connect()  # local Ray, or the cluster of RAY_ADDRESS

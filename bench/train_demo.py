@@ -2,8 +2,9 @@
 
     python bench/train_demo.py --minutes 3.5 --device cuda --out-dir outputs/demo
 
-demo_ttt trains for the time budget; demo_attention then trains for exactly as many steps on
-exactly the same batches (same data seed), so the comparison is at equal data and steps. Both
+demo_ttt and demo_attention train in lockstep, each step on one batch rendered for both, so the
+comparison is at equal data and steps; the budget covers both (each model's own step time is
+reported). Long trainings split over runs with --stop-after-minutes / --state-out / --resume. Both
 checkpoints are then loaded back from disk (as shipped, in float16) and run through the offline
 engine on held-out synthetic sequences (seeds below TRAIN_SEED_START, never trained on), next to
 the trivial baseline (constant depth, identity poses). Prints a table and writes results.json.
@@ -21,7 +22,6 @@ import math
 import os
 import sys
 import time
-from dataclasses import replace
 
 import torch
 
@@ -31,8 +31,7 @@ from zipmap_core import EngineConfig, ModelConfig, ZipMap, load_checkpoint, reco
 from zipmap_core.evaluation import evaluate_sequence, trivial_prediction  # noqa: E402
 from zipmap_core.evaluation.metrics import nanmean  # noqa: E402
 from zipmap_core.synthetic import generate_sequence  # noqa: E402
-from zipmap_core.training import TrainConfig, held_out_seeds, train  # noqa: E402
-from zipmap_core.training.trainer import make_data  # noqa: E402
+from zipmap_core.training import LossWeights, TrainConfig, held_out_seeds, train  # noqa: E402
 
 COLUMNS = (
     ("depth_abs_rel", "AbsRel"),
@@ -52,10 +51,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda")
     p.add_argument("--out-dir", default=os.environ.get("OUT", "outputs/demo"))
-    p.add_argument("--minutes", type=float, help="demo_ttt's wall-clock budget")
-    p.add_argument("--steps", type=int, help="demo_ttt's step budget")
-    p.add_argument("--attention-slack", type=float, default=1.15,
-                   help="demo_attention's time cap, as a multiple of --minutes (it trains demo_ttt's step count)")
+    p.add_argument("--minutes", type=float, help="training budget of both models together (over all runs)")
+    p.add_argument("--steps", type=int, help="step budget (both models train the same steps)")
+    p.add_argument("--state-out", help="write the resumable training state of both models here")
+    p.add_argument("--resume", help="continue the training state of an earlier run")
+    p.add_argument("--stop-after-minutes", type=float, help="end this run early (resume later); budgets span runs")
     p.add_argument("--size", type=int, help="square training/evaluation image size (default: the preset's)")
     p.add_argument("--lr", type=float, default=8e-4)
     p.add_argument("--warmup-steps", type=int, default=150)
@@ -64,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pool-size", type=int, default=128)
     p.add_argument("--pool-frames", type=int, default=16)
     p.add_argument("--new-per-step", type=float, default=0.5)
+    p.add_argument("--camera-weight", type=float, default=LossWeights.camera, help="weight of the camera loss")
+    p.add_argument("--curriculum", type=float, default=0.0,
+                   help="fraction of training over which sequence length and frame spacing ramp up")
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-sequences", type=int, default=16)
@@ -76,32 +79,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def train_both(args: argparse.Namespace, paths: dict[str, str]) -> dict[str, dict]:
-    """demo_ttt for the budget, then demo_attention for the same steps on the same batches."""
-    base = TrainConfig(
+    """demo_ttt and demo_attention in lockstep: every step renders one batch and trains both on it."""
+    cfg = TrainConfig(
         preset="demo_ttt", out=paths["demo_ttt"], device=args.device, minutes=args.minutes, steps=args.steps,
         lr=args.lr, warmup_steps=args.warmup_steps, seed=args.seed, log_every=args.log_every, ckpt_every=500,
         height=args.size, width=args.size, max_frames=args.max_frames, frames_per_batch=args.frames_per_batch,
         pool_size=args.pool_size, pool_frames=args.pool_frames, new_per_step=args.new_per_step,
+        curriculum=args.curriculum, paired_preset="demo_attention", paired_out=paths["demo_attention"],
+        resume=args.resume, state_out=args.state_out, loss=LossWeights(camera=args.camera_weight),
+        stop_after_minutes=args.stop_after_minutes,
     )
+    ttt = train(cfg, log=log)
     runs = {}
-    data = make_data(base)
-    start = time.perf_counter()
-    data.fill()  # inside demo_ttt's budget: train() counts from its own start, so shorten that
-    fill_s = time.perf_counter() - start
-    log(f"rendered the pool of {len(data.pool)} sequences in {fill_s:.1f}s")
-    twin = data.clone()  # demo_attention gets exactly the same batches
-    if base.minutes is not None:
-        base = replace(base, minutes=max(0.05, base.minutes - fill_s / 60.0))
-    ttt = train(base, log=log, data=data)
-    runs["demo_ttt"] = {"steps": ttt.steps, "seconds": ttt.seconds, "final_loss": ttt.final_loss,
-                        "rendered": ttt.sequences_rendered, "history": ttt.history}
-    free_memory()
-    cap = None if args.minutes is None else args.minutes * args.attention_slack
-    attention = train(replace(base, preset="demo_attention", out=paths["demo_attention"], steps=ttt.steps, minutes=cap),
-                      log=log, data=twin)
-    runs["demo_attention"] = {"steps": attention.steps, "seconds": attention.seconds,
-                              "final_loss": attention.final_loss, "rendered": attention.sequences_rendered,
-                              "history": attention.history}
+    for name, result in (("demo_ttt", ttt), ("demo_attention", ttt.paired)):
+        runs[name] = {"steps": result.steps, "seconds": result.seconds, "final_loss": result.final_loss,
+                      "rendered": result.sequences_rendered, "history": result.history}
     free_memory()
     return runs
 
@@ -178,13 +170,18 @@ def main(argv: list[str] | None = None) -> int:
     log(f"torch {torch.__version__}, device {args.device}"
         + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ""))
     runs = None if args.skip_training else train_both(args, paths)
-    results = evaluate_all(args, paths)
-    results["runs"] = runs
-    results["args"] = vars(args)
-    with open(os.path.join(args.out_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1, default=str)
-    log(table(results["summary"], runs, args))
+    results = {"runs": runs, "args": vars(args)}
+    write_results(args.out_dir, results)  # the training history survives an evaluation cut short
+    if args.eval_sequences > 0:
+        results.update(evaluate_all(args, paths))
+        write_results(args.out_dir, results)
+        log(table(results["summary"], runs, args))
     return 0
+
+
+def write_results(out_dir: str, results: dict) -> None:
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=1, default=str)
 
 
 if __name__ == "__main__":

@@ -223,7 +223,7 @@ def _start_local_ray() -> bool:
     from pipeline.errors import InfrastructureError
 
     try:
-        ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
     except Exception as exc:
         raise InfrastructureError(f"cannot start a local Ray cluster: {exc}") from exc
     return True

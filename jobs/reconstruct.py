@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Sequence
 
-from pipeline.cli import guarded
+from pipeline.cli import configure_logging, guarded
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -25,9 +24,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--retry-failed", action="store_true")
     parser.add_argument("--progress", action="store_true", help="show a progress bar (off: job logs)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logs, and tracebacks of errors")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return guarded(lambda: _reconstruct(args))
+    configure_logging(args.verbose)
+    return guarded(lambda: _reconstruct(args), verbose=args.verbose)
 
 
 def _reconstruct(args: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ from typing import Any
 
 from .decode import DecodedSequence
 from .discovery import SequenceSource
-from .errors import ActorInitError
+from .errors import ActorInitError, InfrastructureError, storage_error
 from .layout import RunLayout
 from .outputs import SequenceWriter, StagedOutputs, prepare_frame
 from .overlap import frame_writers, in_background, map_in_processes, remove_stale_scratch
@@ -63,6 +63,24 @@ def build_model(spec: JobSpec):
             use_ema=model_spec.use_ema,
         )
     return model.to(device).eval(), device
+
+
+def check_checkpoint(spec: JobSpec) -> None:
+    """The checkpoint exists and is readable, checked by the driver before a run folder or a cluster
+    exists: a model actor would find out only after Ray started."""
+    from zipmap_core.checkpoint import CheckpointError, check_checkpoint_file
+
+    uri = spec.model.checkpoint
+    if uri is None:
+        return
+    try:
+        check_checkpoint_file(uri, storage_options=spec.storage.for_uri(uri))
+    except FileNotFoundError:
+        raise InfrastructureError(f"model.checkpoint not found: {uri}") from None
+    except CheckpointError as exc:
+        raise InfrastructureError(f"model.checkpoint: {exc}") from None
+    except Exception as exc:  # the store failed us (credentials, endpoint)
+        raise storage_error(exc, uri, endpoint_url=spec.storage.endpoint_url, doing="read the checkpoint") from exc
 
 
 def _pick_device(wanted: str, torch):

@@ -7,6 +7,7 @@ from typing import Any
 
 from .commit_record import read_commits
 from .coordinator import Coordinator
+from .errors import PipelineError, storage_error
 from .layout import RunLayout
 from .manifest import RunSummary
 from .spec import JobSpec, StorageSpec, load_spec
@@ -21,7 +22,12 @@ def run_job(
     retry_failed: bool = False,
     ray_address: str | None = None,
 ) -> RunSummary:
-    """Run (or re-run: committed sequences are skipped) a job on the current/local Ray cluster."""
+    """Run (or re-run: committed sequences are skipped) a job.
+
+    It runs on the Ray cluster this process is connected to; else on the one at `ray_address`
+    (HOST:PORT, ray://HOST:PORT or "auto") or RAY_ADDRESS, raising InfrastructureError if that
+    does not answer within `resources.ray_connect_timeout_s`; else on a local Ray it starts.
+    """
     if not isinstance(spec, JobSpec) or overrides:
         spec = load_spec(spec, overrides)
     coordinator = Coordinator(spec.with_run_id(), progress=progress, retry_failed=retry_failed, ray_address=ray_address)
@@ -35,10 +41,7 @@ def load_run_spec(run_uri: str, *, storage: StorageSpec | None = None, overrides
     layout = RunLayout(run_uri)
     output, _, run_id = run_uri.rpartition("/")
     spec = load_spec(layout.spec, overrides, storage_options=storage.for_uri(layout.spec))
-    changes: dict[str, Any] = {"output": output, "run_id": run_id}
-    if storage != StorageSpec() and spec.storage == StorageSpec():
-        changes["storage"] = storage.model_dump(mode="json")
-    return spec.updated(**changes)
+    return spec.updated(output=output, run_id=run_id).with_storage_default(storage)
 
 
 def resume_job(
@@ -62,6 +65,15 @@ def run_status(run_uri: str, *, storage: StorageSpec | None = None, verify: bool
     are missing are reported in `torn` (and counted as pending: `resume` redoes them).
     """
     run_uri = run_uri.rstrip("/")
+    try:
+        return _run_status(run_uri, storage, verify)
+    except PipelineError:
+        raise
+    except Exception as exc:  # the store failed us: one line that says why, not a client's traceback
+        raise storage_error(exc, run_uri, endpoint_url=(storage or StorageSpec()).endpoint_url, doing="read") from exc
+
+
+def _run_status(run_uri: str, storage: StorageSpec | None, verify: bool) -> RunSummary:
     store, layout = Store(run_uri, storage), RunLayout(run_uri)
     commits = read_commits(store, layout, verify=verify)
     records = commits.records()

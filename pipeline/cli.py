@@ -17,40 +17,53 @@ import traceback
 import uuid
 from collections.abc import Callable, Sequence
 
-from .errors import InfrastructureError, SpecError
-from .spec import REDACTED, StorageSpec, load_spec
+from .errors import InfrastructureError, PipelineError, SpecError, one_line
+from .redaction import REDACTED, get_logger, redact_log_handlers, redact_text
+from .spec import StorageSpec, load_spec
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INFRA = 0, 1, 2, 3
-logger = logging.getLogger("pipeline")
+logger = get_logger("pipeline")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    configure_logging(args.verbose)
+    return guarded(lambda: args.func(args), verbose=args.verbose)
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """Log lines on stderr, credentials redacted from every library's records (botocore's too)."""
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    return guarded(lambda: args.func(args))
+    redact_log_handlers()
 
 
-def guarded(command: Callable[[], int]) -> int:
-    """Run a command, turning the pipeline's errors into exit codes."""
+def guarded(command: Callable[[], int], *, verbose: bool = False) -> int:
+    """Run a command, turning errors into exit codes and one-line messages (the traceback with -v)."""
     try:
         return command()
     except SpecError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _failed(exc, "error", EXIT_USAGE, verbose)
     except InfrastructureError as exc:
-        print(f"infrastructure error: {exc}", file=sys.stderr)
-        return EXIT_INFRA
+        return _failed(exc, "infrastructure error", EXIT_INFRA, verbose)
     except KeyboardInterrupt:
         print("interrupted; continue with `zipmap-pipeline resume RUN_URI`", file=sys.stderr)
         return EXIT_INFRA
-    except Exception:
-        traceback.print_exc()
-        return EXIT_INFRA
+    except Exception as exc:
+        return _failed(exc, "unexpected error", EXIT_INFRA, verbose)
+
+
+def _failed(exc: Exception, label: str, code: int, verbose: bool) -> int:
+    if verbose:
+        sys.stderr.write(redact_text("".join(traceback.format_exception(exc))))
+    message = str(exc) if isinstance(exc, PipelineError) else redact_text(one_line(exc))
+    hint = "" if verbose or isinstance(exc, SpecError) else " (-v shows the traceback)"
+    print(f"{label}: {message}{hint}", file=sys.stderr)
+    return code
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -59,7 +72,9 @@ def guarded(command: Callable[[], int]) -> int:
 def _run(args: argparse.Namespace) -> int:
     from .api import run_job
 
-    spec = load_spec(args.spec, args.overrides).with_run_id(args.run_id)
+    storage = _storage(args)
+    spec = load_spec(args.spec, args.overrides, storage_options=storage.for_uri(args.spec))
+    spec = spec.with_storage_default(storage).with_run_id(args.run_id)
     logger.info("run %s -> %s", spec.run_id, spec.run_uri)
     summary = run_job(spec, progress=not args.no_progress, retry_failed=args.retry_failed, ray_address=args.address)
     return _report(summary)
@@ -82,10 +97,7 @@ def _resume(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from .api import run_status
 
-    try:
-        summary = run_status(args.run_uri, storage=_storage(args), verify=args.verify)
-    except OSError as exc:
-        raise InfrastructureError(f"cannot read {args.run_uri}: {exc}") from exc
+    summary = run_status(args.run_uri, storage=_storage(args), verify=args.verify)
     if summary.sequences == 0:
         raise SpecError(f"{args.run_uri} has no manifest or commit markers; is it a run folder?")
     return _report(summary)
@@ -152,18 +164,22 @@ def _parser() -> argparse.ArgumentParser:
         )
 
     def driver(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+        p.add_argument(
+            "--address",
+            help="the Ray cluster to join: HOST:PORT, ray://HOST:PORT, or auto (the one `ray start` left on this "
+            "machine); default: RAY_ADDRESS, else a new local Ray for this run",
+        )
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
         p.add_argument("--retry-failed", action="store_true", help="run sequences that failed before again")
 
-    def store_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--endpoint-url", help="S3 endpoint of the run's store (credentials: environment)")
-        p.add_argument("--region", help="S3 region of the run's store")
+    def store_options(p: argparse.ArgumentParser, where: str = "the run") -> None:
+        p.add_argument("--endpoint-url", help=f"S3 endpoint (MinIO, moto, ...) of {where}; credentials: environment")
+        p.add_argument("--region", help=f"S3 region of {where}")
 
-    p = sub.add_parser("run", help="run a job spec here (local Ray, or RAY_ADDRESS)")
+    p = sub.add_parser("run", help="run a job spec here (a local Ray of its own, or the cluster named by --address)")
     p.add_argument("spec", help="job spec file (YAML or JSON; path or URL)")
     p.add_argument("--run-id", help="the run's id (default: the spec's, else a new one)")
-    overrides(p), driver(p)
+    overrides(p), driver(p), store_options(p, "the spec file, and of the run unless the spec sets storage")
     p.set_defaults(func=_run)
 
     p = sub.add_parser("submit", help="submit a job spec to a Ray cluster's job server")

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 import time
 from typing import Any
 
@@ -32,10 +31,11 @@ from .commit_record import Commits
 from .layout import OUTPUT_KINDS, RunLayout
 from .manifest import SequenceRecord, write_manifest
 from .outputs import StagedOutputs
+from .redaction import get_logger, redact
 from .storage import Store
 from .testing.faults import crash_point
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 class Committer:
@@ -101,7 +101,7 @@ class Committer:
             "output_bytes": sizes,
             "committed_at": dt.datetime.now(dt.UTC).isoformat(),
         }
-        self.store.write_json(self.layout.commit_marker(sid), full)  # last: from here on it is visible
+        self.store.write_json(self.layout.commit_marker(sid), redact(full))  # last: from here on it is visible
         return full
 
     def _roll_back(self, sid: str, attempt_id: str) -> dict[str, Any] | None:

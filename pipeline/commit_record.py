@@ -22,14 +22,14 @@ reported as torn. Listing costs a request per 1000 files on S3, nothing per sequ
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass, field
 
 from .layout import OUTPUT_KINDS, RunLayout, final_name
 from .manifest import SequenceRecord, read_stored_manifest
+from .redaction import get_logger
 from .storage import PARTIAL_WRITE_INFIX, Store
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 @dataclass

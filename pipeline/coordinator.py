@@ -8,7 +8,6 @@ done, the manifest says what failed for good, and everything else simply runs ag
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -17,17 +16,20 @@ from typing import Any
 from pydantic import ValidationError
 from tqdm import tqdm
 
+from .actors import check_checkpoint
+from .cluster import connect
 from .commit import Committer, discard_attempt
 from .commit_record import read_commits
 from .discovery import SequenceSource, discover
-from .errors import InfrastructureError, PipelineError, SpecError
-from .execution import RayExecutor, classify, connect, describe, plan_actors
+from .errors import InfrastructureError, PipelineError, SpecError, storage_error
+from .execution import RayExecutor, classify, describe, plan_actors
 from .layout import RunLayout
 from .manifest import RunSummary, SequenceRecord
-from .spec import JobSpec, redact_uri
+from .redaction import get_logger, redact_uri
+from .spec import JobSpec
 from .storage import Store
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 MANIFEST_INTERVAL_S = 10.0  # how often the manifest is rewritten while the run goes on
 POLL_S = 1.0
@@ -89,7 +91,7 @@ class Coordinator:
         started_ray = False
         try:
             if self._pending_ids():
-                started_ray = connect(self._ray_address)
+                started_ray = connect(self._ray_address, self.spec.resources.ray_connect_timeout_s)
                 self._start_executor(fixed_size=started_ray)  # a cluster we started cannot grow
                 self._loop()
         finally:
@@ -117,13 +119,17 @@ class Coordinator:
         try:
             self._check_same_results()
             commits = read_commits(self.store, self.layout, verify=True)
-            sources = self._discover(bool(commits.committed))
+            known = {r.sequence_id: r.source_uri for r in commits.manifest.values() if r.source_uri}
+            known.update({sid: r.source_uri for sid, r in commits.committed.items() if r.source_uri})
+            sources = self._discover(bool(commits.committed), known)
+            if any(s.sequence_id not in commits.committed for s in sources):
+                check_checkpoint(self.spec)  # before the run folder or a cluster exists
             self.store.write_bytes(self.layout.spec, self.spec.to_json().encode())
             self._committer.recover(commits)  # torn sequences withdrawn, uncommitted outputs removed
         except PipelineError:
             raise
         except Exception as exc:  # OSError, or a store client's own errors (e.g. unreachable endpoint)
-            raise InfrastructureError(f"cannot use the run's storage {redact_uri(self.spec.run_uri)}: {exc}") from exc
+            raise storage_error(exc, self.spec.run_uri, endpoint_url=self.spec.storage.endpoint_url) from exc
         self._sources = {s.sequence_id: s for s in sources}
         self._records.update(commits.committed)
         previous = commits.manifest
@@ -165,10 +171,10 @@ class Coordinator:
                 "its committed outputs would not match: use a new run_id"
             )
 
-    def _discover(self, resuming: bool) -> list[SequenceSource]:
+    def _discover(self, resuming: bool, known: dict[str, str]) -> list[SequenceSource]:
         """The input's sequences; an empty input is a spec error unless the run has results."""
         try:
-            sources = discover(self.spec)
+            sources = discover(self.spec, known=known)
         except SpecError as exc:
             if not resuming:
                 raise

@@ -2,7 +2,8 @@
 
 A sequence is either a folder of images (frames in natural name order) or one video file. The
 id names the sequence's output files and hive partitions, so it is derived only from the
-input's relative path (stable across runs), restricted to [A-Za-z0-9._-], and never a path.
+input's relative path (stable across runs), restricted to [A-Za-z0-9._-], never a path, and
+never shared by two sequences (`assign_ids`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import io
 import posixpath
 import re
 from collections import Counter
+from collections.abc import Mapping
 from typing import Literal
 
 import pyarrow as pa
@@ -19,13 +21,18 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
-from .errors import SpecError
+from .errors import PipelineError, SpecError, storage_error
+from .names import check_name
+from .redaction import REDACTED, get_logger, redact_uri
 from .spec import JobSpec
 from .storage import Store, join
+
+logger = get_logger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".avi", ".mkv"})
 MAX_ID_LENGTH = 100
+MAX_DISAMBIGUATION_ROUNDS = 4  # more would need a sha256 prefix collision per round
 
 
 class SequenceSource(BaseModel):
@@ -44,16 +51,22 @@ class SequenceSource(BaseModel):
         return len(self.frames) if self.kind == "images" else None
 
 
-def discover(spec: JobSpec) -> list[SequenceSource]:
-    """All sequences of the spec's input, sorted by id."""
-    if spec.input.prefix is not None:
-        store = Store(spec.input.prefix, spec.storage)
-        found = _scan_prefix(store, spec.input.prefix)
-    else:
-        assert spec.input.manifest is not None
-        store = Store(spec.input.manifest, spec.storage)
-        found = _read_manifest(store, spec.input.manifest)
-    return sorted(_assign_ids(found), key=lambda s: s.sequence_id)
+def discover(spec: JobSpec, *, known: Mapping[str, str] | None = None) -> list[SequenceSource]:
+    """All sequences of the spec's input, sorted by id; no two share an id.
+
+    `known` maps the ids that earlier sessions of the run gave out to their source URIs: those
+    sources keep their ids, and no other source takes one of them (see `assign_ids`).
+    """
+    where = spec.input.prefix or spec.input.manifest
+    assert where is not None
+    try:
+        store = Store(where, spec.storage)
+        found = _scan_prefix(store, where) if spec.input.prefix is not None else _read_manifest(store, where)
+    except (PipelineError, FileNotFoundError):
+        raise
+    except Exception as exc:  # the input store failed us: say why in one line
+        raise storage_error(exc, where, endpoint_url=spec.storage.endpoint_url, doing="read the input") from exc
+    return sorted(assign_ids(found, known or {}), key=lambda s: s.sequence_id)
 
 
 # --- scanning --------------------------------------------------------------------------------
@@ -103,16 +116,25 @@ def _read_manifest(store: Store, manifest_uri: str) -> list[_Found]:
     base = manifest_uri.rsplit("/", 1)[0] if "/" in manifest_uri else "."
     uris = [str(u) for u in table.column("uri").to_pylist()]
     ids = table.column("sequence_id").to_pylist() if "sequence_id" in table.column_names else [None] * len(uris)
-    found, seen = [], set()
-    for uri, given in zip(uris, ids):
+    found: list[_Found] = []
+    rows: dict[str, tuple[int, str | None]] = {}  # uri -> (first row, its sequence_id)
+    for row, (uri, given) in enumerate(zip(uris, ids), start=1):
         full = uri if ("://" in uri or uri.startswith("/")) else join(base, uri)
-        if full in seen:
+        given = str(given) if given not in (None, "") else None
+        if full in rows:  # the same sequence listed twice: once, unless the rows disagree on its id
+            first, first_id = rows[full]
+            if given is not None and first_id is not None and given != first_id:
+                raise SpecError(
+                    f"manifest {redact_uri(manifest_uri)} rows {first} and {row} list {redact_uri(full)} with two "
+                    f"sequence_ids ({first_id!r}, {given!r})"
+                )
+            logger.warning("manifest rows %d and %d both list %s; it is reconstructed once", first, row, full)
             continue
-        seen.add(full)
+        rows[full] = (row, given)
         kind: Literal["images", "video"] = "video" if _ext(full) in VIDEO_EXTENSIONS else "images"
         frames = list_images(store, full) if kind == "images" else ()
-        rel = str(given) if given else uri
-        found.append(_Found(rel=rel, kind=kind, uri=full, frames=frames, explicit_id=bool(given)))
+        rel = given or redact_uri(uri).replace(f"{REDACTED}@", "")  # an id never carries a password
+        found.append(_Found(rel=rel, kind=kind, uri=full, frames=frames, explicit_id=given is not None))
     return found
 
 
@@ -131,14 +153,76 @@ def _read_table(store: Store, uri: str) -> pa.Table:
 # --- ids -------------------------------------------------------------------------------------
 
 
-def _assign_ids(found: list[_Found]) -> list[SequenceSource]:
-    bases = [sanitize_id(f.rel if f.explicit_id or f.kind == "images" else _strip_ext(f.rel)) for f in found]
-    counts = Counter(bases)
-    out = []
-    for f, base in zip(found, bases):
-        sid = f"{base}-{short_hash(f.uri)}" if counts[base] > 1 else base
-        out.append(SequenceSource(sequence_id=sid, kind=f.kind, uri=f.uri, frames=f.frames))
-    return out
+def assign_ids(found: list[_Found], known: Mapping[str, str]) -> list[SequenceSource]:
+    """Ids that are unique by construction, also when case is ignored (a case-insensitive disk
+    would merge `Scene` and `scene`), and stable across runs and sessions.
+
+    - A source that an earlier session of the run knew (`known`: id -> URI) keeps its id.
+    - An explicit manifest `sequence_id` is the source's id (made safe by `sanitize_id`); two
+      explicit ids that clash, or one that the run already gave another URI, are spec errors.
+    - Any other source gets the id of its relative path, unless that is taken or shared; then
+      `-<first 8 hex of sha256(uri)>` is appended, and again (salted) while the result still
+      clashes, e.g. with a folder that is already named like a hashed id.
+    """
+    public = [redact_uri(f.uri) for f in found]  # as stored in markers, hashed into ids, shown in errors
+    by_uri = {uri: sid for sid, uri in known.items()}
+    ids: dict[int, str] = {}
+    for i, uri in enumerate(public):
+        if (sid := by_uri.get(uri)) is not None:
+            ids[i] = sid
+    held = {sid.casefold(): uri for sid, uri in known.items()}  # every id the run gave out, here or not
+    held.update({sid.casefold(): found[i].uri for i, sid in ids.items()})
+    for i, f in enumerate(found):
+        if i in ids or not f.explicit_id:
+            continue
+        sid = sanitize_id(f.rel)
+        if (holder := held.get(sid.casefold())) is not None:
+            raise SpecError(
+                f"sequence_id {sid!r} of {redact_uri(f.uri)} clashes with the id of {redact_uri(holder)}"
+                + (" in this run (use a new run_id)" if sid.casefold() in {k.casefold() for k in known} else "")
+            )
+        ids[i] = sid
+        held[sid.casefold()] = f.uri
+    derived = [i for i in range(len(found)) if i not in ids]
+    bases = {i: _base_id(found[i]) for i in derived}
+    shared = Counter(b.casefold() for b in bases.values())
+    for i, base in bases.items():
+        unique = shared[base.casefold()] == 1 and base.casefold() not in held
+        ids[i] = base if unique else f"{base}-{short_hash(public[i])}"
+    for salt in range(1, MAX_DISAMBIGUATION_ROUNDS + 1):
+        clashing = _clashing(ids, bases, held)
+        if not clashing:
+            break
+        for i in clashing:
+            ids[i] = f"{ids[i]}-{short_hash(f'{public[i]}#{salt}')}"
+    else:
+        names = ", ".join(sorted(public[i] for i in clashing))
+        raise SpecError(f"cannot give these sequences distinct ids: {names}; rename them or list them in a manifest")
+    return [
+        SequenceSource(sequence_id=check_name(ids[i], "sequence id"), kind=f.kind, uri=f.uri, frames=f.frames)
+        for i, f in enumerate(found)
+    ]
+
+
+def _clashing(ids: dict[int, str], bases: dict[int, str], held: dict[str, str]) -> list[int]:
+    """The derived ids (those in `bases`) that must change: any that takes an id held by a fixed
+    or earlier source, and all but a plain (unhashed) one among derived ids that coincide."""
+    users: dict[str, list[int]] = {}
+    for i, sid in ids.items():
+        users.setdefault(sid.casefold(), []).append(i)
+    clashing = []
+    for key, members in users.items():
+        movable = [i for i in members if i in bases]
+        if key in held:
+            clashing += movable
+        elif len(members) > 1:
+            plain = [i for i in movable if ids[i] == bases[i]][:1]
+            clashing += [i for i in movable if i not in plain]
+    return clashing
+
+
+def _base_id(f: _Found) -> str:
+    return sanitize_id(f.rel if f.explicit_id or f.kind == "images" else _strip_ext(f.rel))
 
 
 def sanitize_id(rel_path: str) -> str:

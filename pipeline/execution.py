@@ -1,4 +1,4 @@
-"""Ray plumbing: connecting to a cluster, sizing and starting model actors, submitting work.
+"""Ray plumbing: sizing and starting model actors, submitting work.
 
 A sequence becomes two chained Ray calls: a CPU task decodes it, and the model actor's
 `process` takes the decoded object as its argument, so Ray starts decoding the next sequence
@@ -8,8 +8,6 @@ while the actor is still busy with the previous one. Which failures mean what is
 
 from __future__ import annotations
 
-import logging
-import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -19,32 +17,17 @@ from ray.exceptions import RayActorError, RayTaskError
 from .actors import ModelWorker
 from .decode import decode_sequence
 from .discovery import SequenceSource
-from .errors import ActorInitError, InfrastructureError, InputError, SpecError
-from .spec import JobSpec, redact_text
+from .errors import ActorInitError, InputError, SpecError
+from .redaction import get_logger, redact_text
+from .spec import JobSpec
 from .testing import faults
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 FailureKind = Literal["input", "actor_lost", "init", "transient"]
 # `process` calls an actor runs at once: one sequence computing, one writing. Further in-flight
 # sequences wait in the actor's queue with their decoding done, not in its memory.
 ACTOR_CONCURRENCY = 2
-
-
-def connect(address: str | None = None) -> bool:
-    """Join the cluster named by `address` / RAY_ADDRESS, or start a local one.
-
-    Returns True when this call started Ray (so the caller should shut it down again).
-    """
-    if ray.is_initialized():
-        return False
-    try:
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
-    except Exception as exc:
-        raise InfrastructureError(
-            f"cannot start or reach Ray ({address or os.environ.get('RAY_ADDRESS') or 'local'}): {exc}"
-        ) from exc
-    return True
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,16 @@
   _staging/<id>/<attempt_id>/...         an attempt's outputs before they are committed
 
 The per-sequence outputs are described once, in `OUTPUT_KINDS`: committing, cleaning up and
-verifying a run go over that table, so a new kind of output is one more entry there.
+verifying a run go over that table, so a new kind of output is one more entry there. Sequence and
+attempt ids are checked (pipeline.names) wherever they become part of a path; names listed from
+the store that are no safe name are no sequence's.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .names import SAFE_NAME, check_name
 from .storage import join
 
 FRAMES = "frames"
@@ -88,13 +91,13 @@ class RunLayout:
         return join(self.run_uri, "_staging")
 
     def commit_marker(self, sequence_id: str) -> str:
-        return join(self.commits, f"{sequence_id}.json")
+        return join(self.commits, f"{_sequence(sequence_id)}.json")
 
     def intent(self, sequence_id: str) -> str:
-        return join(self.intents, f"{sequence_id}.json")
+        return join(self.intents, f"{_sequence(sequence_id)}.json")
 
     def staging(self, sequence_id: str, attempt_id: str) -> str:
-        return join(self.staging_root, sequence_id, attempt_id)
+        return join(self.staging_root, _sequence(sequence_id), check_name(attempt_id, "attempt id"))
 
     def staged(self, sequence_id: str, attempt_id: str, kind: str) -> str:
         return join(self.staging(sequence_id, attempt_id), OUTPUT_KINDS[kind].staged_name)
@@ -104,13 +107,13 @@ class RunLayout:
 
     def final(self, sequence_id: str, kind: str) -> str:
         """The committed location of one output of a sequence."""
-        return join(self.run_uri, kind, final_name(sequence_id, kind))
+        return join(self.run_uri, kind, final_name(_sequence(sequence_id), kind))
 
     def final_owner(self, sequence_id: str, kind: str) -> str:
         """What to delete to remove one output of a sequence (its partition folder, or file)."""
         if OUTPUT_KINDS[kind].suffix is not None:
             return self.final(sequence_id, kind)
-        return join(self.run_uri, kind, f"{PARTITION_KEY}={sequence_id}")
+        return join(self.run_uri, kind, f"{PARTITION_KEY}={_sequence(sequence_id)}")
 
     def sequence_of(self, kind: str, relative: str) -> str | None:
         """The sequence a file below `dataset_dir(kind)` belongs to (`relative` to that folder),
@@ -118,6 +121,12 @@ class RunLayout:
         suffix = OUTPUT_KINDS[kind].suffix
         first, _, rest = relative.partition("/")
         if suffix is not None:
-            return first[: -len(suffix)] if not rest and first.endswith(suffix) and len(first) > len(suffix) else None
-        key, _, value = first.partition("=")
-        return value if key == PARTITION_KEY and value and rest else None
+            sid = first[: -len(suffix)] if not rest and first.endswith(suffix) else None
+        else:
+            key, _, value = first.partition("=")
+            sid = value if key == PARTITION_KEY and rest else None
+        return sid if sid and SAFE_NAME.fullmatch(sid) else None
+
+
+def _sequence(sequence_id: str) -> str:
+    return check_name(sequence_id, "sequence id")

@@ -16,9 +16,10 @@ from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
 
 from .layout import DEPTH, FRAMES, POINTS, RunLayout
+from .redaction import redact
 from .storage import Store
 
 Status = Literal["pending", "running", "done", "failed"]
@@ -110,13 +111,23 @@ def write_manifest(
 ) -> None:
     records = sorted(records, key=lambda r: r.sequence_id)
     columns = {  # column by column: at 100k sequences, row dicts (dataclasses.asdict) cost seconds
-        name: pa.array([getattr(r, name) for r in records], type=MANIFEST_SCHEMA.field(name).type)
-        for name in MANIFEST_SCHEMA.names
+        name: pa.array(_column(records, name), type=MANIFEST_SCHEMA.field(name).type) for name in MANIFEST_SCHEMA.names
     }
     schema = MANIFEST_SCHEMA.with_metadata({COVERS_COMMITS: b"1"}) if covers_commits else MANIFEST_SCHEMA
     buf = io.BytesIO()
     pq.write_table(pa.table(columns, schema=schema), buf)
     store.write_bytes(layout.manifest, buf.getvalue())
+
+
+def _column(records: list[SequenceRecord], name: str) -> list[Any]:
+    values = [getattr(r, name) for r in records]
+    if name in _FREE_TEXT:  # may hold a URI with credentials, or an error message quoting one
+        values = [redact(v) for v in values]
+    return values
+
+
+# columns that hold text from outside the pipeline (the rest are ids, numbers and our own words)
+_FREE_TEXT = {"source_uri", "error", "frames_path", "points_path", "depth_path"}
 
 
 @dataclass
@@ -167,6 +178,10 @@ class RunSummary(BaseModel):
     # committed sequences whose outputs are missing or incomplete (counted as pending; resume redoes
     # them): sequence_id, problem. Filled in by `status --verify`.
     torn: list[dict[str, str]] = Field(default_factory=list)
+
+    @model_serializer(mode="wrap")
+    def _redacting(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return redact(handler(self))  # printed and stored: summary.json, the CLI's output
 
     @property
     def exit_code(self) -> int:

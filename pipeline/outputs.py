@@ -20,6 +20,7 @@ from zipmap_core.engines.results import FramePrediction
 
 from .layout import DEPTH, FRAMES, POINTS, RunLayout
 from .pointcloud import PointCloudBuilder, VoxelSums, frame_points, voxel_sums
+from .redaction import redact_uri
 from .spec import JobSpec
 from .storage import Store
 
@@ -178,7 +179,8 @@ class SequenceWriter:
         """Append a prepared frame; frames must come in order."""
         index = prepared.row["frame_index"]
         src_w, src_h = self.source_sizes[index]
-        row = {**prepared.row, "source_uri": self.frame_uris[index], "source_width": src_w, "source_height": src_h}
+        source = redact_uri(self.frame_uris[index])
+        row = {**prepared.row, "source_uri": source, "source_width": src_w, "source_height": src_h}
         if prepared.voxels is not None:
             self._points.add_voxel_sums(prepared.voxels)
         elif prepared.points is not None:

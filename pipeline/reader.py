@@ -8,7 +8,6 @@ logged; `resume` redoes it), so one broken sequence never makes the whole run un
 from __future__ import annotations
 
 import io
-import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,10 +20,11 @@ from .layout import DEPTH, FRAMES, POINTS, RunLayout
 from .manifest import MANIFEST_SCHEMA, SequenceRecord
 from .outputs import DEPTH_SCHEMA, FRAMES_SCHEMA
 from .pointcloud import read_ply
+from .redaction import get_logger
 from .spec import StorageSpec
 from .storage import Store
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 @dataclass
@@ -53,7 +53,8 @@ class RunOutputs:
         return read_ply(self.store.read_bytes(self.layout.final(sequence_id, POINTS)))
 
     def files(self, kind: str) -> list[str]:
-        """URIs of one output kind of every committed sequence, in sequence order."""
+        """URIs of one output kind of every committed sequence, in sequence order (where the layout
+        puts them in this run's folder: markers store URIs with credentials redacted)."""
         return [
             self.layout.final(sid, kind) for sid, r in sorted(self.committed.items()) if kind in r.output_kinds()
         ]

@@ -9,12 +9,10 @@ Credentials never live in a spec: the object store clients read them from the en
 from __future__ import annotations
 
 import json
-import re
 import time
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import fsspec
 import yaml
@@ -33,13 +31,11 @@ from pydantic import (
 from zipmap_core.config import ModelConfig
 from zipmap_core.engines.config import EngineConfig
 
-from .errors import SpecError
+from .errors import SpecError, storage_error
+from .names import check_run_id
+from .redaction import SECRET_NAME, redact, redact_uri
 
-REDACTED = "***"
 REVEAL_SECRETS = "reveal_secrets"  # serialisation context key for in-process, unredacted copies
-# Option names that carry credentials; such values must come from the environment instead.
-_SECRET_NAME = re.compile(r"secret|password|passwd|token|credential|access_key|signature|^key$", re.I)
-_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 PATCH = 14
 
 
@@ -126,6 +122,8 @@ class ResourcesSpec(_Section):
     custom_resources: dict[str, float] = Field(default_factory=dict)  # extra Ray resources per actor
     # Give up when no model actor has started after this long (autoscalers may need minutes).
     actor_start_timeout_s: float = Field(default=1800.0, gt=0)
+    # Give up when the Ray cluster to join does not answer within this long (exit code 3).
+    ray_connect_timeout_s: float = Field(default=60.0, gt=0)
 
     @property
     def frame_writer_processes(self) -> int:
@@ -223,8 +221,11 @@ class JobSpec(_Section):
     @field_validator("run_id")
     @classmethod
     def _safe_run_id(cls, run_id: str | None) -> str | None:
-        if run_id is not None and not _RUN_ID.fullmatch(run_id):
-            raise ValueError(f"run_id {run_id!r} must match {_RUN_ID.pattern}")
+        if run_id is not None:
+            try:
+                check_run_id(run_id)
+            except SpecError as exc:
+                raise ValueError(str(exc)) from None
         return run_id
 
     @field_validator("output")
@@ -273,15 +274,21 @@ class JobSpec(_Section):
         result["input"] = {k: data["input"][k] for k in ("min_frames", "max_frames", "frame_stride")}
         return result
 
+    def with_storage_default(self, storage: StorageSpec | None) -> JobSpec:
+        """This spec, with `storage` (from the command line) if it sets no storage of its own."""
+        if storage is None or storage == StorageSpec() or self.storage != StorageSpec():
+            return self
+        return self.updated(storage=storage.model_dump(mode="json"))
+
     def with_run_id(self, run_id: str | None = None) -> JobSpec:
         """A copy with a definite run id (the given one, the spec's own, or a fresh one)."""
-        return self.model_copy(update={"run_id": run_id or self.run_id or new_run_id()})
+        return self.model_copy(update={"run_id": check_run_id(run_id or self.run_id or new_run_id())})
 
     @property
     def run_uri(self) -> str:
         if self.run_id is None:
             raise SpecError("the spec has no run_id yet; call with_run_id() first")
-        return f"{self.output}/{self.run_id}"
+        return f"{self.output}/{check_run_id(self.run_id)}"
 
     def to_json(self) -> str:
         """The resolved spec with secrets redacted, as stored in <run>/spec.json."""
@@ -353,7 +360,11 @@ def _read_document(source: str, storage_options: Mapping[str, Any]) -> Any:
     except FileNotFoundError:
         raise SpecError(f"spec file not found: {redact_uri(source)}") from None
     except OSError as exc:
+        if fsspec.utils.get_protocol(source) != "file":
+            raise storage_error(exc, source, endpoint_url=storage_options.get("endpoint_url"), doing="read") from exc
         raise SpecError(f"cannot read spec {redact_uri(source)}: {exc}") from None
+    except Exception as exc:  # an object store client's own errors (no credentials, unreachable endpoint)
+        raise storage_error(exc, source, endpoint_url=storage_options.get("endpoint_url"), doing="read") from exc
     try:
         return json.loads(text) if source.endswith(".json") else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
@@ -368,62 +379,14 @@ def _describe_validation(exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
-# --- redaction -------------------------------------------------------------------------------
-
-
-def redact(value: Any) -> Any:
-    """A copy of plain data with credentials in URIs and secret-named entries replaced."""
-    if isinstance(value, dict):
-        return {
-            k: (REDACTED if isinstance(k, str) and _SECRET_NAME.search(k) and v else redact(v))
-            for k, v in value.items()
-        }
-    if isinstance(value, (list, tuple)):
-        return type(value)(redact(v) for v in value)
-    if isinstance(value, str):
-        return redact_uri(value)
-    return value
-
-
-def redact_uri(uri: str) -> str:
-    """Hide a password in the authority and secret-named query parameters of a URL."""
-    if "://" not in uri:
-        return uri
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        return uri
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        user = userinfo.split(":", 1)[0]
-        netloc = f"{REDACTED if ':' in userinfo else user}@{host}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        if any(_SECRET_NAME.search(k) or k.lower().startswith("x-amz-") for k, _ in pairs):
-            query = urlencode(
-                [(k, REDACTED if _SECRET_NAME.search(k) or k.lower().startswith("x-amz-") else v) for k, v in pairs],
-                safe="*",
-            )
-    if netloc == parts.netloc and query == parts.query:
-        return uri
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-_URI_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s:@]+:[^/\s@]+@")
-
-
-def redact_text(text: str) -> str:
-    """Hide passwords of URIs inside free text (error messages)."""
-    return _URI_PASSWORD.sub(lambda m: f"{m.group(1)}{REDACTED}@", text)
+# --- credentials ---------------------------------------------------------------------------
 
 
 def _secret_keys(options: Mapping[str, Any], prefix: str = "") -> list[str]:
     found = []
     for key, value in options.items():
         name = f"{prefix}{key}"
-        if isinstance(key, str) and _SECRET_NAME.search(key):
+        if isinstance(key, str) and SECRET_NAME.search(key):
             found.append(name)
         elif isinstance(value, Mapping):
             found.extend(_secret_keys(value, f"{name}."))

@@ -23,7 +23,7 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 from torch import nn
 
-__all__ = ["CheckpointError", "load_checkpoint", "load_state_dict", "save_checkpoint"]
+__all__ = ["CheckpointError", "check_checkpoint_file", "load_checkpoint", "load_state_dict", "save_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,13 +66,41 @@ def _suffix(uri: str) -> str:
     return os.path.splitext(name)[1].lower()
 
 
-def _read(uri: str, storage_options: dict[str, Any]) -> Any:
+def _known_suffix(uri: str) -> str:
     suffix = _suffix(uri)
     if suffix not in (*TORCH_SUFFIXES, SAFETENSORS_SUFFIX):
         raise CheckpointError(
             f"cannot read checkpoint {uri}: unsupported file type {suffix or '(none)'!r}; "
             f"expected one of {', '.join((*TORCH_SUFFIXES, SAFETENSORS_SUFFIX))}"
         )
+    return suffix
+
+
+def check_checkpoint_file(uri: str | os.PathLike, *, storage_options: dict[str, Any] | None = None) -> None:
+    """Fail fast when a checkpoint is missing, empty or in no format `load_state_dict` reads.
+
+    Only the first bytes are read (one small range request on an object store), not the weights,
+    so a job can check its checkpoint before it starts workers that load it. Raises
+    FileNotFoundError or CheckpointError; the store's own errors pass through.
+    """
+    uri = os.fspath(uri)
+    suffix = _known_suffix(uri)
+    fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    if fs.isdir(path):
+        raise CheckpointError(f"cannot read checkpoint {uri}: it is a directory")
+    head = fs.cat_file(path, start=0, end=16)
+    if suffix == SAFETENSORS_SUFFIX:
+        ok = len(head) > 8 and head[8:9] == b"{"  # u64 header length, then the JSON header
+        kind = "a safetensors file"
+    else:
+        ok = head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"  # torch's zip format, or a legacy pickle
+        kind = "a torch checkpoint (zip archive or pickle)"
+    if not ok:
+        raise CheckpointError(f"cannot read checkpoint {uri}: {'it is empty' if not head else f'not {kind}'}")
+
+
+def _read(uri: str, storage_options: dict[str, Any]) -> Any:
+    suffix = _known_suffix(uri)
     fs, path = fsspec.core.url_to_fs(uri, **storage_options)
     try:
         if isinstance(fs, LocalFileSystem):
@@ -365,6 +393,11 @@ def save_checkpoint(
         def write(f: Any) -> None:
             torch.save(obj, f)
 
+    write_file(uri, write, storage_options=storage_options)
+
+
+def write_file(uri: str, write: Any, *, storage_options: dict[str, Any] | None = None) -> None:
+    """Call `write(file)` on `uri` opened for binary writing; local files appear atomically."""
     fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
     if isinstance(fs, LocalFileSystem):
         _write_local_atomic(path, write)

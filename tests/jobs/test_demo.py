@@ -37,7 +37,7 @@ def local_ray():
     if ray.is_initialized():  # e.g. the pipeline tests' cluster, when run in one session
         yield
         return
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -7,8 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.decode import decode_sequence
-from pipeline.discovery import discover, sanitize_id
-from pipeline.errors import InputError
+from pipeline.discovery import discover, sanitize_id, short_hash
+from pipeline.errors import InputError, SpecError
 
 from .conftest import make_spec, write_sequence
 
@@ -143,3 +143,52 @@ def test_video_frames_with_av(tmp_path):
     decoded = decode_sequence(seq, spec)
     assert seq.sequence_id == "walk" and decoded.num_frames == 3
     assert decoded.frame_uris[1].endswith("walk.mp4#frame=2") and decoded.source_sizes[0] == (112, 84)
+
+
+def test_ids_stay_unique_when_a_folder_is_named_like_a_hashed_id(tmp_path):
+    """`p q` and `p_q` both sanitise to p_q, so one gets p_q-<hash of its uri>; a third folder
+    already named that way must not take the same id (issue 20, item 1)."""
+    hashed = f"p_q-{short_hash(str(tmp_path / 'p q'))}"
+    write_sequence(tmp_path / "p q", 2, seed=0)
+    write_sequence(tmp_path / "p_q", 2, seed=1)
+    write_sequence(tmp_path / hashed, 2, seed=2)
+    write_sequence(tmp_path / "Scene", 2, seed=3)  # the same name on a case-insensitive disk
+    write_sequence(tmp_path / "scene", 2, seed=4)
+    first = {s.uri: s.sequence_id for s in discover(_spec(tmp_path))}
+    assert len(first) == 5
+    assert len({sid.casefold() for sid in first.values()}) == 5
+    assert first[str(tmp_path / hashed)] == hashed  # a plain name keeps its id; the hashed one moves on
+    assert {s.uri: s.sequence_id for s in discover(_spec(tmp_path))} == first  # stable
+
+
+def test_ids_given_out_by_earlier_sessions_are_kept_and_never_reused(tmp_path):
+    write_sequence(tmp_path / "p q", 2, seed=0)
+    write_sequence(tmp_path / "p_q", 2, seed=1)
+    # an earlier session saw only `p q` (id p_q), and a folder since removed as `gone`
+    known = {"p_q": str(tmp_path / "p q"), "gone": str(tmp_path / "gone")}
+    write_sequence(tmp_path / "gone_", 2, seed=2)
+    write_sequence(tmp_path / "GONE", 2, seed=3)
+    ids = {s.uri.rsplit("/", 1)[-1]: s.sequence_id for s in discover(_spec(tmp_path), known=known)}
+    assert ids["p q"] == "p_q"
+    assert ids["p_q"].startswith("p_q-") and ids["GONE"].startswith("GONE-")  # p_q and gone stay taken
+    assert ids["gone_"] == "gone_"
+
+
+def test_manifest_ids_that_clash_are_refused(tmp_path):
+    for name in ("one", "two"):
+        write_sequence(tmp_path / name, 2, seed=0)
+
+    def manifest(rows):
+        pq.write_table(pa.table({"uri": [r[0] for r in rows], "sequence_id": [r[1] for r in rows]}), tmp_path / "m.pq")
+        return make_spec(tmp_path, "/o", "/c.pt", input__prefix="null", input__manifest=str(tmp_path / "m.pq"))
+
+    with pytest.raises(SpecError, match=r"sequence_id 'same' of .*two clashes with the id of .*one"):
+        discover(manifest([("one", "same"), ("two", "same")]))
+    with pytest.raises(SpecError, match="clashes"):
+        discover(manifest([("one", "Same"), ("two", "same")]))  # one file on a case-insensitive disk
+    with pytest.raises(SpecError, match=r"rows 1 and 2 list .*one with two sequence_ids"):
+        discover(manifest([("one", "a"), ("one", "b")]))
+    # the same row twice is one sequence; a derived id never takes an explicit one
+    found = {s.sequence_id: s.uri for s in discover(manifest([("one", "two"), ("one", None), ("two", None)]))}
+    assert found.keys() == {"two", f"two-{short_hash(str(tmp_path / 'two'))}"}
+    assert found["two"] == str(tmp_path / "one")

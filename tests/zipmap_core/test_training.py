@@ -224,3 +224,32 @@ def test_demo_presets_stay_small(name):
     assert not cfg.affine_invariant and cfg.dpt.layers[-1] == cfg.depth - 1
     params = sum(p.numel() for p in ZipMap(cfg).parameters())
     assert params * 2 < 10e6  # float16 weights under 10 MB
+
+
+def test_the_curriculum_starts_with_short_sequences_of_neighbouring_frames():
+    data = SyntheticBatches(
+        height=28, width=28, min_frames=2, max_frames=6, frames_per_batch=12, pool_size=2, pool_frames=8,
+        new_per_step=0.0, seed=5, curriculum=0.5,
+    )
+    data.fill()
+    frames_at = {}
+    for progress in (0.0, 0.25, 0.5, 1.0):
+        data.progress = progress
+        frames_at[progress] = [next(data).shape[1] for _ in range(30)]
+    assert max(frames_at[0.0]) == 2 and max(frames_at[0.25]) <= 4 and max(frames_at[1.0]) == 6
+
+    # the frames of a sample stay neighbours at the start: the span of a 2-frame sample is 2 frames
+    seq = data.pool[0]
+    data.progress = 0.0
+    checked = 0
+    for _ in range(20):
+        batch = data.sample()
+        for b in range(batch.shape[0]):
+            matches = [
+                i for i in range(8)
+                if any(torch.equal(batch.extrinsics[b, s], seq.extrinsics[i]) for s in range(batch.shape[1]))
+            ]
+            if len(matches) == 2:
+                assert abs(matches[1] - matches[0]) == 1
+                checked += 1
+    assert checked > 0

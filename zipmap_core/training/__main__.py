@@ -23,7 +23,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, help="wall-clock budget (data rendering included)")
     p.add_argument("--steps", type=int, help="step budget (the run stops at whichever budget ends first)")
     p.add_argument("--init", help="checkpoint to fine-tune from")
-    for name in ("lr", "weight_decay", "grad_clip", "new_per_step"):
+    p.add_argument("--paired-config", choices=ModelConfig.preset_names(),
+                   help="a second preset trained in lockstep on the same batches (e.g. the attention baseline)")
+    p.add_argument("--paired-out", help="checkpoint path of the paired preset")
+    p.add_argument("--state-out", help="where to write the resumable training state (weights, optimiser, data)")
+    p.add_argument("--resume", help="a training state (--state-out of an earlier run) to continue")
+    p.add_argument("--stop-after-minutes", type=float,
+                   help="end this run after this long and save the state (the budgets span all runs)")
+    p.add_argument("--stop-at-step", type=int, help="likewise, end this run at this step")
+    for name in ("lr", "weight_decay", "grad_clip", "new_per_step", "curriculum"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
     for name in ("warmup_steps", "seed", "log_every", "ckpt_every", "height", "width", "min_frames", "max_frames",
                  "frames_per_batch", "pool_size", "pool_frames"):
@@ -50,8 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         bf16=not args.no_bf16, seed=args.seed, log_every=args.log_every, ckpt_every=args.ckpt_every,
         save_dtype=args.save_dtype, height=args.height, width=args.width, min_frames=args.min_frames,
         max_frames=args.max_frames, frames_per_batch=args.frames_per_batch, pool_size=args.pool_size,
-        pool_frames=args.pool_frames, new_per_step=args.new_per_step,
-        aspect_crops=not args.no_aspect_crops, loss=loss,
+        pool_frames=args.pool_frames, new_per_step=args.new_per_step, curriculum=args.curriculum,
+        aspect_crops=not args.no_aspect_crops, loss=loss, paired_preset=args.paired_config,
+        paired_out=args.paired_out, resume=args.resume, state_out=args.state_out,
+        stop_after_minutes=args.stop_after_minutes, stop_at_step=args.stop_at_step,
     )
     result = train(cfg, log=lambda line: print(line, flush=True))
     print(f"final loss {result.final_loss:.4f} after {result.steps} steps ({result.seconds:.0f}s)")

@@ -117,6 +117,12 @@ class SyntheticBatches:
     `crop_multiple` set, every batch is centre-cropped to a random height (a multiple of it, at
     least `min_crop_ratio` of the full height): images preprocessed for the model are `size`
     wide and at most as high, so the model has to work at landscape aspect ratios too.
+
+    With `curriculum` c > 0, the first fraction c of the run (`progress`, set by the trainer)
+    starts easy and ramps up linearly: sequences of `min_frames` frames that are neighbours in
+    the rendered path (small camera motion, large overlap), growing to `max_frames` frames spread
+    over the whole path. Relative poses are learnt from matching frames; wide baselines and long
+    sequences make that matching hard before the features are any good.
     """
 
     def __init__(
@@ -134,6 +140,7 @@ class SyntheticBatches:
         device: torch.device | str = "cpu",
         crop_multiple: int | None = None,
         min_crop_ratio: float = 0.5,
+        curriculum: float = 0.0,
     ):
         if not 1 <= min_frames <= max_frames <= pool_frames:
             raise ValueError("need 1 <= min_frames <= max_frames <= pool_frames")
@@ -146,8 +153,11 @@ class SyntheticBatches:
         self.new_per_step = new_per_step
         self.device = torch.device(device)
         self.heights = crop_heights(height, crop_multiple, min_crop_ratio) if crop_multiple else [height]
+        self.curriculum = curriculum
+        self.progress = 0.0  # of the training run, in [0, 1]; the trainer keeps it current
         self.rng = random.Random(seed)
         self.pool: deque[SyntheticSequence] = deque()
+        self.pool_seeds: deque[int] = deque()  # the seed of each pool sequence, in pool order
         self.rendered = 0  # sequences rendered so far
         self._owed = 0.0  # fractional sequences owed to the pool
 
@@ -159,19 +169,43 @@ class SyntheticBatches:
         twin.rng = random.Random()
         twin.rng.setstate(self.rng.getstate())
         twin.pool = deque(self.pool)
+        twin.pool_seeds = deque(self.pool_seeds)
         return twin
 
-    def render_one(self) -> SyntheticSequence:
-        seed = self.rng.randrange(TRAIN_SEED_START, TRAIN_SEED_END)
+    def state_dict(self) -> dict:
+        """What a resumed run needs to yield the batches this one would have yielded next: the
+        generator's state and the pool's seeds (the pool itself is rendered again, not stored)."""
+        return {
+            "rng": self.rng.getstate(),
+            "pool_seeds": list(self.pool_seeds),
+            "rendered": self.rendered,
+            "owed": self._owed,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from `state_dict()` of a stream with the same settings (renders its pool)."""
+        self.rng.setstate(state["rng"])
+        self.pool.clear()
+        self.pool_seeds.clear()
+        for seed in state["pool_seeds"]:
+            self._append(seed)
+        self.rendered = state["rendered"]
+        self._owed = state["owed"]
+
+    def _append(self, seed: int) -> None:
+        size = {"height": self.height, "width": self.width}
+        self.pool.append(generate_sequence(seed, num_frames=self.pool_frames, device=self.device, **size))
+        self.pool_seeds.append(seed)
+
+    def render_one(self) -> None:
+        """Render a new training sequence into the pool."""
         self.rendered += 1
-        return generate_sequence(
-            seed, num_frames=self.pool_frames, height=self.height, width=self.width, device=self.device
-        )
+        self._append(self.rng.randrange(TRAIN_SEED_START, TRAIN_SEED_END))
 
     def fill(self) -> None:
         """Render the initial pool (called by the first batch if not before)."""
         while len(self.pool) < self.pool_size:
-            self.pool.append(self.render_one())
+            self.render_one()
 
     def refresh(self) -> None:
         """Replace the oldest pool sequences by `new_per_step` new ones (on average)."""
@@ -179,12 +213,15 @@ class SyntheticBatches:
         while self._owed >= 1.0:
             self._owed -= 1.0
             self.pool.popleft()
-            self.pool.append(self.render_one())
+            self.pool_seeds.popleft()
+            self.render_one()
 
     def sample(self) -> Batch:
         """One batch from the current pool (no rendering)."""
         self.fill()
-        frames = self.rng.randint(self.min_frames, self.max_frames)
+        ramp = 1.0 if self.curriculum <= 0 else min(1.0, self.progress / self.curriculum)
+        frames = self.rng.randint(self.min_frames, self.min_frames + round((self.max_frames - self.min_frames) * ramp))
+        span = frames + round((self.pool_frames - frames) * ramp)
         count = max(1, self.frames_per_batch // frames)
         picks = (
             self.rng.sample(range(len(self.pool)), count)
@@ -193,7 +230,8 @@ class SyntheticBatches:
         )
         sequences, indices = [], []
         for pick in picks:
-            idx = sorted(self.rng.sample(range(self.pool_frames), frames))
+            first = self.rng.randrange(self.pool_frames - span + 1) if span < self.pool_frames else 0
+            idx = sorted(self.rng.sample(range(first, first + span), frames))
             if self.rng.random() < 0.5:
                 idx.reverse()
             sequences.append(self.pool[pick])

@@ -1,8 +1,10 @@
 """Training and fine-tuning loop: AdamW, warmup + cosine LR, bf16 autocast on CUDA, checkpoints.
 
-A run ends after `steps` steps or `minutes` of wall-clock time, whichever comes first, and the
+A run ends after `steps` steps or `minutes` of training time, whichever comes first, and the
 learning-rate schedule follows the same clock: its progress is the larger of the step fraction and
-the time fraction, so a time-boxed run still anneals to zero by the end of its budget.
+the time fraction, so a time-boxed run still anneals to zero by the end of its budget. A long
+training can be split over several runs (`stop_after_minutes`, then `resume` from `state_out`):
+the budgets and the schedule then count over all of them.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from zipmap_core.config import ModelConfig
 from zipmap_core.models.zipmap import ZipMap
 from zipmap_core.training.data import Batch, SyntheticBatches
 from zipmap_core.training.losses import LossWeights, make_targets, total_loss
+from zipmap_core.training.state import ModelState, TrainingState, load_training_state, save_training_state
 
 SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -52,14 +55,26 @@ class TrainConfig:
     pool_size: int = 128
     pool_frames: int = 16
     new_per_step: float = 0.5
+    curriculum: float = 0.0  # fraction of the run over which frames per sequence and baselines ramp up
     aspect_crops: bool = True  # random landscape centre crops (see SyntheticBatches)
     loss: LossWeights = field(default_factory=LossWeights)
+    paired_preset: str | None = None  # a second model trained in lockstep on the same batches
+    paired_out: str | None = None
+    resume: str | None = None  # a training state (`state_out` of an earlier run) to continue
+    state_out: str | None = None  # where the resumable training state goes
+    stop_after_minutes: float | None = None  # this run's wall-clock limit (the schedule keeps its budgets)
+    stop_at_step: int | None = None  # likewise, end this run at this step
+    state_moments_dtype: str = "bfloat16"  # of the Adam moments in the training state
 
     def __post_init__(self) -> None:
         if self.minutes is None and self.steps is None:
             raise ValueError("give a budget: minutes, steps or both")
-        if self.save_dtype not in SAVE_DTYPES:
-            raise ValueError(f"save_dtype must be one of {sorted(SAVE_DTYPES)}")
+        if (self.paired_preset is None) != (self.paired_out is None):
+            raise ValueError("paired_preset and paired_out go together")
+        if self.paired_preset == self.preset:
+            raise ValueError("the paired preset must differ from the main one")
+        if self.save_dtype not in SAVE_DTYPES or self.state_moments_dtype not in SAVE_DTYPES:
+            raise ValueError(f"save_dtype and state_moments_dtype must be one of {sorted(SAVE_DTYPES)}")
 
 
 @dataclass
@@ -69,6 +84,7 @@ class TrainResult:
     final_loss: float  # mean loss of the last logging window
     history: list[dict] = field(default_factory=list)  # one entry per log line
     sequences_rendered: int = 0
+    paired: TrainResult | None = None  # the model trained in lockstep, if any
 
 
 def forward_for_training(model: ZipMap, images: torch.Tensor) -> dict:
@@ -182,83 +198,165 @@ def make_data(cfg: TrainConfig) -> SyntheticBatches:
         seed=cfg.seed,
         device=cfg.device,
         crop_multiple=ModelConfig.preset(cfg.preset).patch_size if cfg.aspect_crops else None,
+        curriculum=cfg.curriculum,
     )
+
+
+@dataclass
+class _Member:
+    """One model of a run, its optimiser and its bookkeeping."""
+
+    preset: str
+    out: str
+    model: ZipMap
+    optimizer: torch.optim.AdamW
+    result: TrainResult
+    seconds: float = 0.0  # time in this model's steps, over all runs
+    window: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def _build_member(cfg: TrainConfig, preset: str, out: str, device: torch.device, resumed: ModelState | None) -> _Member:
+    torch.manual_seed(cfg.seed)  # the same initial weights whether or not a baseline trains beside
+    model = ZipMap(ModelConfig.preset(preset))
+    if resumed is not None:
+        model.load_state_dict(resumed.model, strict=True)
+    elif cfg.init:
+        load_checkpoint(model, cfg.init)
+    else:
+        init_pose_output(model)
+    model.to(device)
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    result = TrainResult(steps=0, seconds=0.0, final_loss=math.nan)
+    member = _Member(preset, out, model, optimizer, result)
+    if resumed is not None:
+        optimizer.load_state_dict(resumed.optimizer)
+        result.history = list(resumed.history)
+        member.seconds = resumed.seconds
+    return member
+
+
+def _timed_step(member: _Member, batch: Batch, cfg: TrainConfig) -> tuple:
+    """A train step and the seconds it took (synchronised, so two models' costs can be told apart)."""
+    device = batch.images.device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    out = train_step(member.model, member.optimizer, batch, cfg.loss, cfg.grad_clip, cfg.bf16)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    member.seconds += time.perf_counter() - start
+    return out
 
 
 def train(cfg: TrainConfig, log: Callable[[str], None] = print, data: SyntheticBatches | None = None) -> TrainResult:
     """Train (or fine-tune, with `cfg.init`) the preset's model on synthetic data and save it.
 
-    `data` replaces the batches `cfg` describes (e.g. a `clone()` of another run's source, so two
-    models see the same batches); otherwise they are rendered from `cfg`'s data settings.
+    With `cfg.paired_preset`, a second model trains in lockstep on exactly the same batches and
+    steps (rendered once) and is saved to `cfg.paired_out`; its result is the returned one's
+    `paired`. With `cfg.resume`, the run continues a saved training state (weights, optimiser,
+    step, clock, data stream); `cfg.state_out` receives the state at every checkpoint and at the
+    end. `data` replaces the batches `cfg` describes (e.g. a `clone()` of another run's source);
+    otherwise they are rendered from `cfg`'s data settings.
     """
     start = time.perf_counter()
     device = torch.device(cfg.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # float32 heads: TF32 is plenty for training
         torch.backends.cudnn.allow_tf32 = True
-    torch.manual_seed(cfg.seed)
-    model_cfg = ModelConfig.preset(cfg.preset)
-    model = ZipMap(model_cfg)
-    if cfg.init:
-        load_checkpoint(model, cfg.init)
-    else:
-        init_pose_output(model)
-    model.to(device)
-    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    resumed = load_training_state(cfg.resume) if cfg.resume else None
+    outs = {cfg.preset: cfg.out, **({cfg.paired_preset: cfg.paired_out} if cfg.paired_preset else {})}
+    if resumed is not None and set(resumed.models) != set(outs):
+        raise ValueError(f"{cfg.resume} holds {sorted(resumed.models)}, this run trains {sorted(outs)}")
+    members = [
+        _build_member(cfg, preset, out, device, resumed.models[preset] if resumed else None)
+        for preset, out in outs.items()
+    ]
     data = data if data is not None else make_data(cfg)
-    params = sum(p.numel() for p in model.parameters())
+    step, trained_before = (resumed.step, resumed.seconds) if resumed else (0, 0.0)
+    names = " + ".join(f"{m.preset} ({sum(p.numel() for p in m.model.parameters()) / 1e6:.2f}M parameters)"
+                       for m in members)
     minutes = "-" if cfg.minutes is None else f"{cfg.minutes:.2f}"
-    log(f"training {cfg.preset} ({params / 1e6:.2f}M parameters) on {device}; budget: "
-        f"{cfg.steps or '-'} steps, {minutes} minutes")
-    if len(data.pool) < data.pool_size:
+    log(f"training {names} on {device}; budget: {cfg.steps or '-'} steps, {minutes} minutes"
+        + (f"; resuming at step {step} ({trained_before:.0f}s trained)" if resumed else ""))
+    if resumed is not None:
+        data.load_state_dict(resumed.data)
+        log(f"rendered the resumed pool of {len(data.pool)} sequences in {time.perf_counter() - start:.1f}s")
+    elif len(data.pool) < data.pool_size:
         data.fill()
         log(f"rendered the pool of {len(data.pool)} sequences in {time.perf_counter() - start:.1f}s")
 
     budget_s = cfg.minutes * 60.0 if cfg.minutes is not None else math.inf
-    result = TrainResult(steps=0, seconds=0.0, final_loss=math.nan)
-    window: dict[str, torch.Tensor] = {}
+    stop_s = cfg.stop_after_minutes * 60.0 if cfg.stop_after_minutes is not None else math.inf
     window_steps, window_start = 0, time.perf_counter()
 
-    def metadata() -> dict[str, str]:
-        info = {k: v for k, v in asdict(cfg).items() if k != "loss"}
-        return {"preset": cfg.preset, "steps": str(result.steps),
-                "seconds": f"{time.perf_counter() - start:.1f}", "train_config": repr(info)}
+    def trained_s() -> float:
+        return trained_before + time.perf_counter() - start
 
-    step = 0
+    def metadata(member: _Member) -> dict[str, str]:
+        info = {k: v for k, v in asdict(cfg).items() if k != "loss"}
+        return {"preset": member.preset, "steps": str(step), "seconds": f"{member.seconds:.1f}",
+                "train_config": repr(info)}
+
+    def save_all() -> None:
+        for m in members:
+            save_model(m.model, m.out, cfg.save_dtype, metadata(m))
+        if cfg.state_out:
+            save_training_state(
+                TrainingState(
+                    step=step, seconds=trained_s(), data=data.state_dict(), config=asdict(cfg),
+                    models={m.preset: ModelState(m.preset, m.model.state_dict(), m.optimizer.state_dict(),
+                                                 m.result.history, m.seconds) for m in members},
+                ),
+                cfg.state_out,
+                moments_dtype=SAVE_DTYPES[cfg.state_moments_dtype],
+            )
+
     while True:
-        elapsed = time.perf_counter() - start
-        if (cfg.steps is not None and step >= cfg.steps) or elapsed >= budget_s:
+        if (cfg.steps is not None and step >= cfg.steps) or trained_s() >= budget_s:
             break
-        progress = max(step / cfg.steps if cfg.steps else 0.0, elapsed / budget_s)
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * lr_factor(step, progress, cfg.warmup_steps)
+        if time.perf_counter() - start >= stop_s or (cfg.stop_at_step is not None and step >= cfg.stop_at_step):
+            log(f"stopping this run at step {step}; resume from {cfg.state_out}")
+            break
+        progress = max(step / cfg.steps if cfg.steps else 0.0, trained_s() / budget_s)
+        lr = cfg.lr * lr_factor(step, progress, cfg.warmup_steps)
+        data.progress = progress
         batch = next(data)
-        loss, terms, grad_norm = train_step(model, optimizer, batch, cfg.loss, cfg.grad_clip, cfg.bf16)
+        for m in members:
+            for group in m.optimizer.param_groups:
+                group["lr"] = lr
+            loss, terms, grad_norm = _timed_step(m, batch, cfg)
+            for name, value in {"loss": loss, "grad_norm": grad_norm, **terms}.items():
+                m.window[name] = m.window.get(name, 0.0) + value
         step += 1
-        result.steps = step
-        for name, value in {"loss": loss, "grad_norm": grad_norm, **terms}.items():
-            window[name] = window.get(name, 0.0) + value
         window_steps += 1
         if step % cfg.log_every == 0 or step == cfg.steps:
-            means = {name: float(total) / window_steps for name, total in window.items()}
-            if not math.isfinite(means["loss"]):
-                log(f"warning: non-finite loss in the steps up to {step} (their updates were skipped)")
             rate = window_steps / (time.perf_counter() - window_start)
-            entry = {"step": step, "seconds": time.perf_counter() - start, "lr": optimizer.param_groups[0]["lr"],
-                     "steps_per_s": rate, "rendered": data.rendered, **means}
-            result.history.append(entry)
-            result.final_loss = means["loss"]
-            parts = " ".join(f"{k}={v:.4f}" for k, v in means.items() if k not in ("loss", "grad_norm"))
-            log(f"step {step} t={entry['seconds']:.0f}s loss={means['loss']:.4f} gnorm={means['grad_norm']:.2f} "
-                f"lr={entry['lr']:.2e} {rate:.2f} it/s rendered={data.rendered} | {parts}")
-            window, window_steps, window_start = {}, 0, time.perf_counter()
+            for m in members:
+                means = {name: float(total) / window_steps for name, total in m.window.items()}
+                if not math.isfinite(means["loss"]):
+                    log(f"warning: {m.preset}: non-finite loss in the steps up to {step} (their updates were skipped)")
+                entry = {"step": step, "seconds": trained_s(), "model_seconds": m.seconds, "lr": lr,
+                         "steps_per_s": rate, "rendered": data.rendered, **means}
+                m.result.history.append(entry)
+                m.result.final_loss = means["loss"]
+                parts = " ".join(f"{k}={v:.4f}" for k, v in means.items() if k not in ("loss", "grad_norm"))
+                who = f"{m.preset} " if len(members) > 1 else ""
+                log(f"{who}step {step} t={entry['seconds']:.0f}s loss={means['loss']:.4f} "
+                    f"gnorm={means['grad_norm']:.2f} lr={lr:.2e} {rate:.2f} it/s rendered={data.rendered} | {parts}")
+                m.window = {}
+            window_steps, window_start = 0, time.perf_counter()
         if cfg.ckpt_every and step % cfg.ckpt_every == 0:
-            save_model(model, cfg.out, cfg.save_dtype, metadata())
+            save_all()
 
-    if window_steps:
-        result.final_loss = float(window["loss"]) / window_steps
-    result.seconds = time.perf_counter() - start
-    result.sequences_rendered = data.rendered
-    save_model(model, cfg.out, cfg.save_dtype, metadata())
-    log(f"done: {result.steps} steps in {result.seconds:.0f}s, {data.rendered} sequences rendered; saved {cfg.out}")
+    for m in members:
+        if window_steps:
+            m.result.final_loss = float(m.window["loss"]) / window_steps
+        m.result.steps = step
+        m.result.seconds = m.seconds if len(members) > 1 else trained_s()
+        m.result.sequences_rendered = data.rendered
+    save_all()
+    log(f"done: {step} steps, {trained_s():.0f}s trained in all, {data.rendered} sequences rendered; saved "
+        + ", ".join(m.out for m in members) + (f" and the training state {cfg.state_out}" if cfg.state_out else ""))
+    result = members[0].result
+    result.paired = members[1].result if len(members) > 1 else None
     return result
