@@ -7,7 +7,9 @@ both measured in the same run on the same run folder.
 
 A synthetic run folder is built for each size: N committed sequences (marker, a frames partition
 and a PLY each; the output files are a few bytes, as only names and sizes are read), a manifest
-written by the committer, and the intents of the last 1% of commits (as after a driver crash).
+written by the committer, and the intents of the last `--intents` commits (default 100: a driver
+killed 10 s after its last manifest write, committing 10 sequences/s); each intent costs `status`
+one marker GET, so its time grows with them (not with N).
 On moto the objects are put into its in-process backend directly (setting up 300k objects over
 HTTP would take longer than the measurement); everything measured goes over HTTP through s3fs.
 
@@ -59,7 +61,7 @@ def _marker(run_uri: str, layout: RunLayout, sid: str) -> dict:
     }
 
 
-def _objects(run_uri: str, n: int) -> tuple[dict[str, bytes], list[SequenceRecord]]:
+def _objects(run_uri: str, n: int, intents: int) -> tuple[dict[str, bytes], list[SequenceRecord]]:
     """Every object of a synthetic run of n committed sequences (URI -> bytes), and its records."""
     layout = RunLayout(run_uri)
     objects, records = {}, []
@@ -70,14 +72,14 @@ def _objects(run_uri: str, n: int) -> tuple[dict[str, bytes], list[SequenceRecor
         for kind in (FRAMES, POINTS):
             objects[layout.final(sid, kind)] = b"12345678"
         records.append(SequenceRecord.from_marker(marker))
-    for record in records[-max(1, n // 100) :]:  # the last 1% committed after the last manifest write
+    for record in records[-min(n, intents) :]:  # committed after the last manifest write
         objects[layout.intent(record.sequence_id)] = json.dumps({"sequence_id": record.sequence_id}).encode()
     return objects, records
 
 
-def build_local(root: str, n: int) -> str:
+def build_local(root: str, n: int, intents: int) -> str:
     run_uri = os.path.join(root, f"run-{n}")
-    objects, records = _objects(run_uri, n)
+    objects, records = _objects(run_uri, n, intents)
     for uri, data in objects.items():
         os.makedirs(os.path.dirname(uri), exist_ok=True)
         with open(uri, "wb") as f:
@@ -86,13 +88,13 @@ def build_local(root: str, n: int) -> str:
     return run_uri
 
 
-def build_moto(bucket: str, n: int, storage: StorageSpec) -> str:
+def build_moto(bucket: str, n: int, intents: int, storage: StorageSpec) -> str:
     from moto.core import DEFAULT_ACCOUNT_ID
     from moto.s3.models import s3_backends
 
     backend = s3_backends[DEFAULT_ACCOUNT_ID]["global"]
     run_uri = f"s3://{bucket}/run-{n}"
-    objects, records = _objects(run_uri, n)
+    objects, records = _objects(run_uri, n, intents)
     for uri, data in objects.items():
         backend.put_object(bucket, uri[len(f"s3://{bucket}/") :], data)
     write_manifest(Store(run_uri, storage), RunLayout(run_uri), records, covers_commits=True)
@@ -147,18 +149,20 @@ def _best(fn, repeat: int) -> tuple[tuple[float, float], object]:
 
 def measure(run_uri: str, n: int, storage: StorageSpec | None, args) -> dict:
     row = {"n": n}
-    new_status = lambda: run_status(run_uri, storage=storage)  # noqa: E731
-    row["status_new"], summary = _best(new_status, args.repeat)
+
+    def timed(key: str, fn):
+        row[key], result = _best(fn, args.repeat)
+        print(f"  {n} sequences, {key}: {row[key][0]:.3f} s ({row[key][1]:.3f} s CPU)", file=sys.stderr, flush=True)
+        return result
+
+    summary = timed("status_new", lambda: run_status(run_uri, storage=storage))
     assert summary.done == n, summary
-    row["verify_new"], summary = _best(lambda: run_status(run_uri, storage=storage, verify=True), args.repeat)
+    summary = timed("verify_new", lambda: run_status(run_uri, storage=storage, verify=True))
     assert summary.done == n and not summary.torn, summary
-    row["resume_new"], done = _best(lambda: new_resume_start(run_uri, storage), args.repeat)
-    assert done == n
+    assert timed("resume_new", lambda: new_resume_start(run_uri, storage)) == n
     if n <= args.old_limit:
-        row["status_old"], summary = _best(lambda: old_status(run_uri, storage), args.repeat)
-        assert summary.done == n
-        row["resume_old"], done = _best(lambda: old_resume_start(run_uri, storage), args.repeat)
-        assert done == n
+        assert timed("status_old", lambda: old_status(run_uri, storage)).done == n
+        assert timed("resume_old", lambda: old_resume_start(run_uri, storage)) == n
     return row
 
 
@@ -187,6 +191,7 @@ def main(argv=None) -> dict[str, list[dict]]:
     p.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
     p.add_argument("--stores", nargs="+", choices=["local", "moto"], default=["local", "moto"])
     p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--intents", type=int, default=100, help="commits after the last manifest write")
     p.add_argument("--old-limit", type=int, default=10**9, help="skip the previous way above this many sequences")
     p.add_argument("--json", help="also write the rows here")
     args = p.parse_args(argv)
@@ -195,11 +200,11 @@ def main(argv=None) -> dict[str, list[dict]]:
         root = tempfile.mkdtemp(prefix="commit-record-")
         try:
             rows = results["local"] = []
-            measure(build_local(root, 10), 10, None, args)  # warm-up: imports and first-use costs
+            measure(build_local(root, 10, 1), 10, None, args)  # warm-up: imports and first-use costs
             _header("local disk")
             for n in args.sizes:
                 start = time.perf_counter()
-                run_uri = build_local(root, n)
+                run_uri = build_local(root, n, args.intents)
                 print(f"local: built {n} sequences in {time.perf_counter() - start:.1f}s", file=sys.stderr)
                 rows.append(measure(run_uri, n, None, args))
                 _row(rows[-1])
@@ -214,13 +219,13 @@ def main(argv=None) -> dict[str, list[dict]]:
             storage = StorageSpec(endpoint_url=s3.endpoint_url, region="us-east-1")
             rows = results["moto"] = []
             s3.create_bucket("bench-warm-up")
-            measure(build_moto("bench-warm-up", 10, storage), 10, storage, args)  # the client's first use
+            measure(build_moto("bench-warm-up", 10, 1, storage), 10, storage, args)  # the client's first use
             _header("moto over HTTP")
             for n in args.sizes:
                 bucket = f"bench-{n}"
                 s3.create_bucket(bucket)
                 start = time.perf_counter()
-                run_uri = build_moto(bucket, n, storage)
+                run_uri = build_moto(bucket, n, args.intents, storage)
                 print(f"moto: built {n} sequences in {time.perf_counter() - start:.1f}s", file=sys.stderr)
                 rows.append(measure(run_uri, n, storage, args))
                 _row(rows[-1])
