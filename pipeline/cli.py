@@ -87,7 +87,7 @@ def _resume(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from .api import run_status
 
-    summary = run_status(args.run_uri, storage=_storage(args))
+    summary = run_status(args.run_uri, storage=_storage(args), verify=args.verify)
     if summary.sequences == 0 and summary.driver is None:
         raise SpecError(f"{args.run_uri} has no manifest or commit markers; is it a run folder?")
     driver = summary.driver
@@ -303,8 +303,13 @@ def _parser() -> argparse.ArgumentParser:
     overrides(p)
     p.set_defaults(func=_submit)
 
-    p = sub.add_parser("status", help="print a run's summary from its manifest and commit markers")
+    p = sub.add_parser("status", help="print a run's summary from its manifest and commit record")
     p.add_argument("run_uri")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="also list every commit marker and output: report committed sequences whose outputs are missing",
+    )
     store_options(p)
     p.set_defaults(func=_status)
 

@@ -21,17 +21,18 @@ from typing import Any
 
 from .actor_pool import ActorPool, Slot
 from .actors import check_checkpoint
-from .commit import commit_sequence, discard_attempt
+from .commit import Committer, discard_attempt
+from .commit_record import Commits
 from .discovery import Discovery, SequenceSource
 from .errors import InfrastructureError, PipelineError, storage_error
 from .execution import Executor, classify, describe, ray_executor
 from .layout import RunLayout
 from .lease import Lease, LeaseLostError, RunLease, iso_time
 from .logs import log_event
-from .manifest import RunSummary, SequenceRecord, write_manifest
+from .manifest import RunSummary, SequenceRecord
 from .progress import ProgressReport
 from .redaction import get_logger
-from .restore import Previous, check_same_results, find_sources, previous_elapsed, read_previous, restore_table
+from .restore import check_same_results, find_sources, previous_elapsed, read_previous, restore_table
 from .sequence_table import SequenceTable
 from .spec import JobSpec
 from .storage import Store
@@ -76,6 +77,7 @@ class Coordinator:
         self.spec = spec
         self.layout = RunLayout(spec.run_uri)
         self.store = Store(spec.run_uri, spec.storage)
+        self._committer = Committer(self.store, self.layout)
         self._show_progress = progress
         self._retry_failed = retry_failed
         self._open_executor = executor or (lambda s: ray_executor(s, ray_address))
@@ -89,6 +91,7 @@ class Coordinator:
         self._pool: ActorPool | None = None
         self._elapsed_before = 0.0  # working time of earlier sessions of this run
         self._worked_since: float | None = None  # when this session started working, if it had work
+        self._stale_record = False  # the manifest and summary miss what an earlier session did or left
         self._last_event = time.monotonic()
         self._next_manifest = 0.0
         self._next_publish = 0.0
@@ -123,16 +126,19 @@ class Coordinator:
             raise
         return self._finish()
 
-    def _restore(self, found: Discovery, previous: Previous, last_lease: Lease | None) -> None:
+    def _restore(self, found: Discovery, previous: Commits, last_lease: Lease | None) -> None:
         try:
             self._table = restore_table(
-                self.store, self.layout, self.spec, found.sources, previous, retry_failed=self._retry_failed
+                self._committer, self.spec, found.sources, previous, retry_failed=self._retry_failed
             )
             self._elapsed_before = previous_elapsed(self.store, self.layout, last_lease)
         except PipelineError:
             raise
         except Exception as exc:
             raise self._storage_error(exc) from exc
+        self._stale_record = bool(previous.intents or previous.torn or previous.orphans) or (
+            last_lease is not None and last_lease.state == "running"  # its driver died before its summary
+        )
         self._sources = {s.sequence_id: s for s in found.sources}
         self._skipped_inputs = found.skipped_counts()
         self._progress = ProgressReport(
@@ -147,13 +153,15 @@ class Coordinator:
         self._lease.publish(self._live_progress())
 
     def _finish(self) -> RunSummary:
-        """Store the manifest and summary (if this session changed anything) and release the lease."""
+        """Store the manifest and summary (unless this session found them complete and changed
+        nothing: `resume` of a finished run) and release the lease."""
         elapsed = self._elapsed()
         summary = RunSummary.from_records(
             self.spec.run_id, self.spec.run_uri, self._table.records(), elapsed, self._table.frames_done,
             skipped_inputs=self._skipped_inputs,
         )
-        if len(self._table) and (self._worked_since is not None or not self._summary_exists()):
+        changed = self._worked_since is not None or self._stale_record
+        if len(self._table) and (changed or not self._summary_exists()):
             self._write_manifest()
             try:
                 self.store.write_json(self.layout.summary, summary.model_dump(mode="json"))
@@ -236,9 +244,7 @@ class Coordinator:
         timings = {**result.timings, "total_s": time.monotonic() - attempt.started}
         self._lease.check()  # never publish into a run that another driver has taken over
         try:
-            marker = commit_sequence(
-                self.store,
-                self.layout,
+            marker = self._committer.commit(
                 sid,
                 attempt.attempt_id,
                 result.staged,
@@ -335,7 +341,7 @@ class Coordinator:
         if not len(self._table):
             return
         try:
-            write_manifest(self.store, self.layout, self._table.records())
+            self._committer.compact(self._table.records())  # the manifest is the compact commit record
         except Exception as exc:  # the next write (or the commit markers) will catch up
             logger.warning("could not write the manifest: %s", exc)
 

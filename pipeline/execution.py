@@ -23,6 +23,7 @@ from .discovery import SequenceSource
 from .errors import ActorInitError, InputError, SpecError
 from .redaction import get_logger, redact_text
 from .spec import JobSpec
+from .testing import faults
 
 logger = get_logger(__name__)
 
@@ -114,6 +115,7 @@ class RayExecutor:
             resources=plan.resources or None,
             max_concurrency=ACTOR_CONCURRENCY,
             max_restarts=0,  # a dead actor is replaced by the coordinator, with a fresh handle
+            **({"runtime_env": env} if (env := faults.ray_runtime_env()) else {}),  # tests only
         )
         self._decode = ray.remote(decode_sequence).options(
             num_cpus=spec.resources.decode_cpus,

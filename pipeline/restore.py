@@ -1,26 +1,25 @@
 """What a driver session starts from: the input's sequences and what earlier sessions of the run did.
 
 Before taking the run's lease, a session only reads: the stored spec (a run may not change what
-its outputs mean), the commit markers and manifest of earlier sessions (so sequences keep their
-ids), and the input (an empty input is an error unless the run has results). With the lease
-held, it stores the spec, drops uncommitted leftovers and builds the sequence table: committed
-sequences from their markers, failures from the manifest (unless retried), the rest pending with
-the frame counts the progress total needs.
+its outputs mean), the run's commit record (pipeline.commit_record, verified: so sequences keep
+their ids and torn ones are found), and the input (an empty input is an error unless the run has
+results). With the lease held, it stores the spec, lets the committer recover (torn sequences
+withdrawn, uncommitted leftovers removed) and builds the sequence table: committed sequences,
+failures from the manifest (unless retried), the rest pending with the frame counts the progress
+total needs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 from pydantic import ValidationError
 
-from .commit import clean_uncommitted, committed_sequences
+from .commit import Committer
+from .commit_record import Commits, read_commits
 from .discovery import Discovery, SequenceSource, discover_inputs
 from .errors import SpecError
 from .layout import RunLayout
 from .lease import Lease
-from .manifest import SequenceRecord, read_manifest
+from .manifest import SequenceRecord
 from .redaction import get_logger, redact_uri
 from .sequence_table import SequenceTable
 from .spec import JobSpec
@@ -29,23 +28,16 @@ from .storage import Store
 logger = get_logger(__name__)
 
 
-@dataclass(frozen=True)
-class Previous:
-    """What earlier sessions of a run left: commit markers (the truth) and the manifest."""
-
-    committed: dict[str, dict[str, Any]]
-    manifest: dict[str, SequenceRecord]
-
-    @property
-    def known_ids(self) -> dict[str, str]:
-        """Ids given out before, by source URI: discovery keeps them stable."""
-        known = {r.sequence_id: r.source_uri for r in self.manifest.values() if r.source_uri}
-        known.update({sid: m["source_uri"] for sid, m in self.committed.items() if m.get("source_uri")})
-        return known
+def read_previous(store: Store, layout: RunLayout) -> Commits:
+    """What earlier sessions left, verified: markers win, torn sequences and orphans are found."""
+    return read_commits(store, layout, verify=True)
 
 
-def read_previous(store: Store, layout: RunLayout) -> Previous:
-    return Previous(committed_sequences(store, layout), read_manifest(store, layout))
+def known_ids(previous: Commits) -> dict[str, str]:
+    """Ids given out before, by source URI: discovery keeps them stable."""
+    known = {r.sequence_id: r.source_uri for r in previous.manifest.values() if r.source_uri}
+    known.update({sid: r.source_uri for sid, r in previous.committed.items() if r.source_uri})
+    return known
 
 
 def check_same_results(store: Store, layout: RunLayout, spec: JobSpec) -> None:
@@ -65,11 +57,11 @@ def check_same_results(store: Store, layout: RunLayout, spec: JobSpec) -> None:
         )
 
 
-def find_sources(spec: JobSpec, previous: Previous) -> Discovery:
+def find_sources(spec: JobSpec, previous: Commits) -> Discovery:
     """The input's sequences (and what discovery skipped); an empty or missing input is a spec error
     unless the run has results."""
     try:
-        found = discover_inputs(spec, known=previous.known_ids)
+        found = discover_inputs(spec, known=known_ids(previous))
     except SpecError as exc:
         if not previous.committed:
             raise
@@ -82,16 +74,16 @@ def find_sources(spec: JobSpec, previous: Previous) -> Discovery:
 
 
 def restore_table(
-    store: Store, layout: RunLayout, spec: JobSpec, sources: list[SequenceSource], previous: Previous, *,
-    retry_failed: bool,
+    committer: Committer, spec: JobSpec, sources: list[SequenceSource], previous: Commits, *, retry_failed: bool
 ) -> SequenceTable:
-    """Store the spec, clean up what no marker vouches for, and build the table (lease held)."""
+    """Store the spec, recover the commit state (torn sequences withdrawn, what no marker vouches
+    for removed) and build the table (lease held)."""
     committed = previous.committed
-    store.write_bytes(layout.spec, spec.to_json().encode())
-    clean_uncommitted(store, layout, set(committed))
+    committer.store.write_bytes(committer.layout.spec, spec.to_json().encode())
+    committer.recover(previous)
     table = SequenceTable()
-    for marker in committed.values():
-        table.add(SequenceRecord.from_marker(marker))
+    for record in committed.values():
+        table.add(record)
     for source in sources:
         sid = source.sequence_id
         if sid in committed:

@@ -1,7 +1,8 @@
 """A run's state as `zipmap-pipeline status` reports it, without Ray.
 
-Which sequences are done comes from the commit markers, failures from the manifest, and
-whether a driver is working on the run from its lease (pipeline.lease): a lease renewed within
+Which sequences are done comes from the run's compact commit record (pipeline.commit_record;
+with `verify`, from every marker and output, which also finds torn sequences), failures from the
+manifest, and whether a driver is working on the run from its lease (pipeline.lease): a lease renewed within
 its expiry means the run is running (its heartbeat lists the sequences in flight and the time
 worked so far), a stale one that its driver died, a released one that the driver finished or
 stopped.
@@ -12,32 +13,35 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .commit import committed_sequences
+from .commit_record import read_commits
 from .errors import PipelineError, storage_error
 from .layout import RunLayout
 from .lease import Lease, read_lease
-from .manifest import RunSummary, SequenceRecord, read_manifest
+from .manifest import RunSummary
 from .spec import StorageSpec
 from .storage import Store
 
 
-def run_status(run_uri: str, *, storage: StorageSpec | None = None) -> RunSummary:
-    """The state of a run from its commit markers, manifest and lease (no Ray needed)."""
+def run_status(run_uri: str, *, storage: StorageSpec | None = None, verify: bool = False) -> RunSummary:
+    """The state of a run from its commit record, manifest and lease (no Ray needed).
+
+    With `verify`, the markers and every output are listed too: committed sequences whose outputs
+    are missing are reported in `torn` (and counted as pending: `resume` redoes them).
+    """
     run_uri = run_uri.rstrip("/")
     try:
-        return _run_status(run_uri, storage)
+        return _run_status(run_uri, storage, verify)
     except PipelineError:
         raise
     except Exception as exc:  # the store failed us: one line that says why, not a client's traceback
         raise storage_error(exc, run_uri, endpoint_url=(storage or StorageSpec()).endpoint_url, doing="read") from exc
 
 
-def _run_status(run_uri: str, storage: StorageSpec | None) -> RunSummary:
+def _run_status(run_uri: str, storage: StorageSpec | None, verify: bool) -> RunSummary:
     store, layout = Store(run_uri, storage), RunLayout(run_uri)
-    lease = read_lease(store, layout)  # before the markers: a driver finishing meanwhile looks running, not dead
-    records: dict[str, SequenceRecord] = read_manifest(store, layout)
-    for sid, marker in committed_sequences(store, layout).items():
-        records[sid] = SequenceRecord.from_marker(marker)
+    lease = read_lease(store, layout)  # before the commits: a driver finishing meanwhile looks running, not dead
+    commits = read_commits(store, layout, verify=verify)
+    records = commits.records()
     now = time.time()
     live = lease is not None and lease.holder_alive(now)
     in_flight = {r["sequence_id"]: r for r in lease.progress.get("running_sequences", [])} if live else {}
@@ -62,6 +66,7 @@ def _run_status(run_uri: str, storage: StorageSpec | None) -> RunSummary:
             "status": "running" if live else summary.status,
             "running_sequences": running,
             "driver": _driver(lease, live, summary, now),
+            "torn": [{"sequence_id": sid, "problem": problem} for sid, problem in sorted(commits.torn.items())],
         }
     )
 

@@ -149,3 +149,14 @@ def test_engine_auto_benchmark_smoke(capsys):
         assert row["ratio"] > 0
     out = capsys.readouterr().out
     assert "default / best" in out and "compile rule" in out
+
+
+def test_commit_record_benchmark_smoke(capsys):
+    results = _load("commit_record_scale").main(["--sizes", "20", "100", "--repeat", "1"])
+    assert [row["n"] for row in results["local"]] == [row["n"] for row in results["moto"]] == [20, 100]
+    for rows in results.values():
+        for row in rows:
+            for key in ("status_old", "status_new", "verify_new", "resume_old", "resume_new"):
+                assert row[key][0] > 0 and row[key][1] >= 0, (key, row)
+    out = capsys.readouterr().out
+    assert "status before" in out and "moto over HTTP" in out

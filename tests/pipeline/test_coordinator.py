@@ -7,6 +7,7 @@ import contextlib
 import csv
 import importlib.util
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from pipeline.coordinator import Coordinator
 from pipeline.errors import InfrastructureError
 from pipeline.layout import RunLayout
 from pipeline.lease import LeaseLostError, read_lease
+from pipeline.manifest import read_manifest
 from pipeline.spec import load_spec
 from pipeline.storage import Store
 
@@ -98,3 +100,30 @@ def test_working_time_adds_up_over_sessions_and_a_finished_run_is_left_alone(tmp
     stored = summary_path.read_text()
     third = _run(spec, bench.FakeExecutor())  # nothing to do
     assert summary_path.read_text() == stored and third.elapsed_s == second.elapsed_s
+
+
+def test_a_session_after_a_killed_one_brings_manifest_and_summary_up_to_date(tmp_path):
+    """The killed session committed a sequence but wrote neither manifest nor summary; the next
+    one has nothing left to run, yet must not leave the older session's summary in place."""
+    fast = {"driver.heartbeat_s": 0.1, "driver.lease_expiry_s": 0.3}
+    spec = _spec(tmp_path, 4, **fast)
+    run, layout = Path(spec.run_uri), RunLayout(spec.run_uri)
+    assert _run(spec, bench.FakeExecutor()).done == 4
+    grown = _spec(tmp_path, 5, **fast)  # the input gains a sequence; a session runs it and is killed
+    killed = Coordinator(grown, progress=False, executor=lambda s: contextlib.nullcontext(bench.FakeExecutor()))
+
+    def die():  # as SIGKILL: the heartbeat stops, nothing more is written
+        killed._lease._stop.set()
+        killed._lease._thread.join()
+        raise KeyboardInterrupt
+
+    killed._finish = die
+    with pytest.raises(KeyboardInterrupt):
+        killed.run()
+    assert (run / "_commits" / "s4.json").exists() and json.loads((run / "summary.json").read_text())["done"] == 4
+    assert read_lease(Store(spec.run_uri), layout).state == "running"  # a dead driver's lease
+    time.sleep(0.4)  # it expires
+    after = _run(grown, bench.FakeExecutor())
+    assert after.done == 5 and json.loads((run / "summary.json").read_text())["done"] == 5
+    assert read_manifest(Store(spec.run_uri), layout)["s4"].status == "done"
+    assert not list((run / "_commit_intents").glob("*.json"))  # the compact record covers s4 now

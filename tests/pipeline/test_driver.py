@@ -17,6 +17,7 @@ import pytest
 from pipeline import read_outputs, resume_job, run_status
 from pipeline.cli import main
 from pipeline.spec import StorageSpec
+from pipeline.testing.faults import ACTOR_CRASH_POINT, FaultPlan
 from pipeline.testing.s3server import LocalS3
 
 from .conftest import make_spec, write_sequence
@@ -25,11 +26,15 @@ pytestmark = pytest.mark.timeout(240)
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _start_driver(ray_cluster, tmp_path: Path, spec, *args: str) -> subprocess.Popen:
-    """`zipmap-pipeline [args] run job.json` in its own process, joined to the shared cluster."""
+def _start_driver(
+    ray_cluster, tmp_path: Path, spec, *args: str, faults: FaultPlan | None = None
+) -> subprocess.Popen:
+    """`zipmap-pipeline [args] run job.json` in its own process, joined to the shared cluster (with
+    `faults` switched on in it and in the actors it starts)."""
     path = tmp_path / f"job-{spec.run_id}.json"
     path.write_text(spec.to_json())
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.address, "PYTHONPATH": str(REPO)}
+    env.update(faults.env() if faults else {})
     with open(tmp_path / "driver.log", "wb") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli", *args, "run", str(path)],
@@ -75,10 +80,10 @@ def test_the_driver_log_has_one_line_per_sequence_state_change(ray_cluster, tiny
     (inputs / "broken" / "b.png").write_bytes(b"")
     spec = make_spec(
         inputs, tmp_path / "out", tiny_checkpoint, run_id="logged",
-        faults__crash_sequence="take1", faults__crash_marker=str(tmp_path / "crashed"),
         resources__max_in_flight_per_actor=1, driver__progress_interval_s=0.2,
     )
-    driver = _start_driver(ray_cluster, tmp_path, spec)
+    crash = FaultPlan(crash_point=ACTOR_CRASH_POINT, crash_sequence="take1", once_file=str(tmp_path / "crashed"))
+    driver = _start_driver(ray_cluster, tmp_path, spec, faults=crash)
     driver.wait(timeout=180)
     raw = (tmp_path / "driver.log").read_bytes()
     text = raw.decode()
@@ -112,10 +117,9 @@ def test_status_tells_a_live_run_from_a_dead_driver_then_resume_takes_over(
 ):
     spec = make_spec(
         _inputs(tmp_path / "in", 4), tmp_path / "out", tiny_checkpoint, run_id="watched",
-        faults__delay_s=1.5, resources__max_in_flight_per_actor=1, driver__heartbeat_s=0.5,
-        driver__lease_expiry_s=2.0,
+        resources__max_in_flight_per_actor=1, driver__heartbeat_s=0.5, driver__lease_expiry_s=2.0,
     )
-    driver = _start_driver(ray_cluster, tmp_path, spec, "--log-format", "json")
+    driver = _start_driver(ray_cluster, tmp_path, spec, "--log-format", "json", faults=FaultPlan(delay_s=1.5))
     try:
         live = _wait_for("a committed sequence", lambda: (s := run_status(spec.run_uri)).done >= 1 and s, driver)
         live = _wait_for(
@@ -163,10 +167,10 @@ def test_a_second_driver_exits_3_naming_the_holder_and_nothing_is_lost(
     try:
         output = "s3://results/recon" if where == "s3" else tmp_path / "out"
         spec = make_spec(
-            _inputs(tmp_path / "in", 4), output, tiny_checkpoint, run_id="contested", faults__delay_s=1.0,
+            _inputs(tmp_path / "in", 4), output, tiny_checkpoint, run_id="contested",
             resources__max_in_flight_per_actor=1, **extra,
         )
-        first = _start_driver(ray_cluster, tmp_path, spec)
+        first = _start_driver(ray_cluster, tmp_path, spec, faults=FaultPlan(delay_s=1.0))
         _wait_for("a committed sequence", lambda: run_status(spec.run_uri, storage=storage).done >= 1, first)
         job = tmp_path / f"job-{spec.run_id}.json"
         store_args = ["--endpoint-url", server.endpoint_url] if server else []

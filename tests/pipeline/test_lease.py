@@ -14,24 +14,15 @@ from pipeline.layout import RunLayout
 from pipeline.lease import HOST, LeaseHeldError, LeaseLostError, RunLease, read_lease
 from pipeline.spec import DriverSpec, StorageSpec
 from pipeline.storage import Store
-from pipeline.testing.s3server import FAKE_CREDENTIALS, LocalS3
 
 pytestmark = pytest.mark.timeout(120)
 FAST = DriverSpec(heartbeat_s=0.1, lease_expiry_s=0.5)
 
 
 @pytest.fixture(scope="module")
-def s3():
-    saved = {k: os.environ.get(k) for k in FAKE_CREDENTIALS}
-    os.environ.update(FAKE_CREDENTIALS)
-    with LocalS3() as server:
-        server.create_bucket("leases")
-        yield server
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+def s3(local_s3):
+    local_s3.create_bucket("leases")
+    return local_s3
 
 
 @pytest.fixture(params=["local", "s3"])
