@@ -16,7 +16,7 @@ import resource
 import time
 
 import torch
-from timing import measure, run  # bench/timing.py (this script's folder is on sys.path)
+from timing import measure, pinned_gib, run  # bench/timing.py (this script's folder is on sys.path)
 
 from zipmap_core import EngineConfig, ModelConfig, ZipMap
 
@@ -73,7 +73,7 @@ def main() -> None:
         if n in args.frames:
             row["offline"] = measure(model, images, offline, repeats)
         row["host_peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        row["pinned_gib"] = _pinned_gib()
+        row["pinned_gib"] = pinned_gib()
         rows.append(row)
         print(json.dumps(row), flush=True)
         if args.json:  # after every row: a run cut short still leaves what it measured
@@ -98,15 +98,6 @@ def main() -> None:
         print(f"| {r['frames']} | {fmt(off.get('time_s'), '{:.2f}')} | {fmt(off.get('peak_gib'), '{:.1f}')} | "
               f"{fmt(ch.get('time_s'), '{:.2f}')} | {fmt(ch.get('peak_gib'), '{:.1f}')} | {fmt(ratio, '{:.3f}')} | "
               f"{fmt(fps, '{:.1f}')} |")
-
-
-def _pinned_gib() -> float | None:
-    """Pinned host memory held by PyTorch's caching host allocator (cached blocks included)."""
-    stats = getattr(torch.cuda.memory, "host_memory_stats", None)
-    if stats is None:
-        return None
-    current = [v for k, v in stats().items() if k.startswith("allocated_bytes") and k.endswith("current")]
-    return current[0] / 2**30 if current else None
 
 
 if __name__ == "__main__":

@@ -53,3 +53,12 @@ def gpu_time(fn, repeats: int = 3) -> float:
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end) / 1e3)
     return sorted(times)[len(times) // 2]
+
+
+def pinned_gib() -> float | None:
+    """Pinned host memory held by PyTorch's caching host allocator (cached blocks included)."""
+    stats = getattr(torch.cuda.memory, "host_memory_stats", None)
+    if stats is None:
+        return None
+    current = [v for k, v in stats().items() if k.startswith("allocated_bytes") and k.endswith("current")]
+    return current[0] / 2**30 if current else None

@@ -258,6 +258,7 @@ def _report(
         f"  frames table : {run}/frames (Parquet, hive-partitioned by sequence_id)",
         f"  depth maps   : {run}/depth",
         f"  point clouds : {run}/points/<sequence>.ply",
+        f"  report       : {run}/report.html (previews and GLB scenes in {run}/previews/<sequence>/)",
         f"  manifest     : {run}/manifest.parquet, {run}/summary.json",
         f"  metrics      : {metrics_uri}",
         f"  input data   : {data} (PNG frames, ground_truth.npz per sequence)",

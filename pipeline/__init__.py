@@ -3,6 +3,7 @@
     from pipeline import load_spec, run_job, read_outputs
     summary = run_job(load_spec("job.yaml", ["engine.mode=chunked"]))
     outputs = read_outputs(summary.run_uri)   # .frames (pyarrow), .point_cloud(id), ...
+    export_run(summary.run_uri, ["colmap"])     # <run>/exports/colmap/<id>/; write_report(run_uri)
     views = render_views(outputs.scene_state_uri(id), "cams.json")  # runs with scene_state.enabled
 
 Exports are imported lazily so that `pipeline.spec` (and the CLI's argument parsing) stay
@@ -23,6 +24,8 @@ _EXPORTS = {
     "run_status": "pipeline.api",
     "read_outputs": "pipeline.reader",
     "RunOutputs": "pipeline.reader",
+    "export_run": "pipeline.exports.run",
+    "write_report": "pipeline.report.html",
     "CameraRequest": "pipeline.rendering",
     "render_views": "pipeline.rendering",
     "render_sequence": "pipeline.rendering",

@@ -1,4 +1,4 @@
-"""`zipmap-pipeline run|submit|status|resume|render|render-batch`.
+"""`zipmap-pipeline run|submit|status|resume|render|render-batch|export|report`.
 
 Exit codes a scheduler can act on: 0 every sequence done, 1 some sequences failed (or are
 unfinished), 2 bad spec or usage, 3 infrastructure error (cluster, storage, model loading).
@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 
 from .errors import InfrastructureError, PipelineError, SpecError, one_line
 from .logs import configure_logging
+from .output_commands import add_commands
 from .redaction import REDACTED, get_logger, redact_text
 from .spec import StorageSpec, load_spec
 
@@ -319,6 +320,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_resume)
 
     _add_render_commands(sub, store_options)
+    add_commands(sub, store_options, _storage)  # export, report
     return parser
 
 

@@ -5,7 +5,8 @@ An attempt writes under `_staging/<id>/<attempt>/`. Committing it:
 1. stores an intent `_commit_intents/<id>.json` (from here on, readers ask the marker, not the
    manifest, whether the sequence is committed; `pipeline.commit_record`);
 2. moves the staged files to their final places (over leftovers of an earlier, crashed commit);
-3. checks that every output is in place and records its size;
+3. checks that every output is in place and records the sizes of the core outputs (folder
+   outputs, previews and exports, are moved whole);
 4. writes the commit marker `_commits/<id>.json`, last;
 5. drops the staging folder.
 
@@ -16,6 +17,8 @@ lost): then it did commit. Later `Committer.compact` writes the manifest, which 
 commits, and removes the intents it covers.
 
 Only the coordinator commits, one attempt per sequence at a time, so there is a single writer.
+Outputs derived later from a committed sequence (`export`, `report`) are added by
+`commit_derived`, which rewrites the marker and leaves the commit state as it is.
 Cleanup of outputs nobody committed checks each sequence's marker right before deleting, so it
 never removes a sequence committed meanwhile. Crash points for tests: `pipeline.testing.faults`.
 """
@@ -27,8 +30,8 @@ import json
 import time
 from typing import Any
 
-from .commit_record import Commits
-from .layout import OUTPUT_KINDS, RunLayout
+from .commit_record import Commits, folder_kinds
+from .layout import OUTPUT_KINDS, RunLayout, output_kind
 from .manifest import SequenceRecord, write_manifest
 from .outputs import StagedOutputs
 from .redaction import get_logger, redact
@@ -68,7 +71,7 @@ class Committer:
         try:
             full = self._publish(sequence_id, attempt_id, staged, record, start)
         except Exception:
-            landed = self._roll_back(sequence_id, attempt_id)
+            landed = self._roll_back(sequence_id, (*OUTPUT_KINDS, *staged.files))
             if landed is None:
                 raise
             full = landed
@@ -83,10 +86,13 @@ class Committer:
         outputs = {}
         for kind, staged_uri in staged.files.items():
             outputs[kind] = self.layout.final(sid, kind)
+            if output_kind(kind).folder:  # a folder moved onto a leftover one would land inside it
+                self.store.delete(outputs[kind])
             self.store.move(staged_uri, outputs[kind])
             if len(outputs) == 1:
                 crash_point("commit.output_moved", sid)
-        sizes = {kind: self.store.size(uri) for kind, uri in outputs.items()}  # all in place
+        # all in place; the sizes of the core outputs are what verification checks
+        sizes = {kind: self.store.size(uri) for kind, uri in outputs.items() if kind in OUTPUT_KINDS}
         crash_point("commit.outputs_moved", sid)
         timings = dict(record.get("timings", {}))
         timings["commit_s"] = time.monotonic() - start
@@ -104,7 +110,7 @@ class Committer:
         self.store.write_json(self.layout.commit_marker(sid), redact(full))  # last: from here on it is visible
         return full
 
-    def _roll_back(self, sid: str, attempt_id: str) -> dict[str, Any] | None:
+    def _roll_back(self, sid: str, kinds: tuple[str, ...]) -> dict[str, Any] | None:
         """After a failed commit: its marker if it was written after all, else None once the
         outputs it may have moved are removed (best effort: the intent stays if this fails)."""
         try:
@@ -112,17 +118,17 @@ class Committer:
             if landed is not None:
                 logger.warning("commit of %s reported an error but its marker is stored: committed", sid)
                 return landed
-            _delete_outputs(self.store, self.layout, sid)
+            _delete_outputs(self.store, self.layout, sid, kinds)
         except Exception as exc:
             self._unresolved.add(sid)
             logger.warning("could not roll back the failed commit of %s (the next session will): %s", sid, exc)
         return None
 
-    def uncommit(self, sequence_id: str) -> None:
+    def uncommit(self, sequence_id: str, kinds: tuple[str, ...] = tuple(OUTPUT_KINDS)) -> None:
         """Withdraw a committed sequence (its outputs are torn): intent, marker, then outputs."""
         self._write_intent(sequence_id, None)
         self.store.delete(self.layout.commit_marker(sequence_id))
-        _delete_outputs(self.store, self.layout, sequence_id)
+        _delete_outputs(self.store, self.layout, sequence_id, kinds)
 
     # -- bookkeeping -------------------------------------------------------------------------
 
@@ -130,11 +136,12 @@ class Committer:
         """Start a session on a run: withdraw torn sequences, remove outputs nobody committed and
         everything staged; the intents found are removed by the first `compact`."""
         self._intents |= commits.intents
+        kinds = (*OUTPUT_KINDS, *folder_kinds(self.store, self.layout))
         for sid in sorted(commits.torn):
             logger.warning("sequence %s: %s; it will be redone", sid, commits.torn[sid])
-            self.uncommit(sid)
+            self.uncommit(sid, kinds)
         suspects = commits.orphans | (commits.intents - commits.committed.keys())
-        clean_uncommitted(self.store, self.layout, set(commits.committed), suspects)
+        clean_uncommitted(self.store, self.layout, set(commits.committed), suspects, kinds)
 
     def compact(self, records: list[SequenceRecord]) -> None:
         """Write the manifest as the compact commit record, then drop the intents it covers."""
@@ -160,18 +167,43 @@ class Committer:
 # -- cleanup ----------------------------------------------------------------------------------
 
 
-def remove_outputs(store: Store, layout: RunLayout, sequence_id: str) -> bool:
-    """Delete a sequence's final outputs unless it is committed. The marker is checked right
-    before the delete, so a sequence committed since the caller looked is never torn apart.
+def commit_derived(
+    store: Store, layout: RunLayout, sequence_id: str, staged: dict[str, str]
+) -> dict[str, Any]:
+    """Publish outputs derived later from a committed sequence (exports, previews), replacing
+    earlier ones of the same kinds; returns the updated marker record.
+
+    Each kind is swapped in place (old folder removed, staged one moved there), then the marker is
+    rewritten to list it. A crash in between leaves the kind missing or unlisted, never mixed with
+    an older version; running the export again repairs it. The sequence stays committed throughout
+    (its core outputs and their recorded sizes do not change), so no intent is needed.
+    """
+    marker = store.read_json(layout.commit_marker(sequence_id))
+    outputs = dict(marker.get("outputs", {}))
+    for kind, staged_uri in staged.items():
+        final = layout.final(sequence_id, kind)
+        store.delete(layout.final_owner(sequence_id, kind))
+        store.move(staged_uri, final)
+        outputs[kind] = final
+    marker["outputs"] = outputs
+    store.write_json(layout.commit_marker(sequence_id), redact(marker))
+    return marker
+
+
+def remove_outputs(
+    store: Store, layout: RunLayout, sequence_id: str, kinds: tuple[str, ...] = tuple(OUTPUT_KINDS)
+) -> bool:
+    """Delete a sequence's final outputs of `kinds` unless it is committed. The marker is checked
+    right before the delete, so a sequence committed since the caller looked is never torn apart.
     Returns whether anything was deleted."""
     if store.exists(layout.commit_marker(sequence_id)):
         return False
-    _delete_outputs(store, layout, sequence_id)
+    _delete_outputs(store, layout, sequence_id, kinds)
     return True
 
 
-def _delete_outputs(store: Store, layout: RunLayout, sequence_id: str) -> None:
-    for kind in OUTPUT_KINDS:
+def _delete_outputs(store: Store, layout: RunLayout, sequence_id: str, kinds: tuple[str, ...]) -> None:
+    for kind in dict.fromkeys(kinds):
         store.delete(layout.final_owner(sequence_id, kind))
 
 
@@ -184,28 +216,35 @@ def discard_attempt(store: Store, layout: RunLayout, sequence_id: str, attempt_i
 
 
 def clean_uncommitted(
-    store: Store, layout: RunLayout, committed: set[str], suspects: set[str] | None = None
+    store: Store,
+    layout: RunLayout,
+    committed: set[str],
+    suspects: set[str] | None = None,
+    kinds: tuple[str, ...] | None = None,
 ) -> list[str]:
     """Before (re)starting a run: drop all staging, the outputs of sequences without a commit
     marker, and the temporary files of atomic writes that a killed driver left behind.
 
     `committed` is what the caller read earlier; `suspects` the sequences that may have outputs
-    without a marker (None: list the output folders to find them). Each sequence's marker is
-    checked again right before its outputs are deleted. Returns the sequences cleaned."""
+    without a marker (None: list the output folders to find them); `kinds` the outputs to look at
+    (None: the core ones and the folder outputs the run holds). Each sequence's marker is checked
+    again right before its outputs are deleted. Returns the sequences cleaned."""
     try:
         store.delete(layout.staging_root)
     except Exception as exc:
         logger.warning("could not clean up %s: %s", layout.staging_root, exc)
     for folder in (layout.commits, layout.intents, layout.run_uri):
         store.remove_partial_writes(folder)
+    if kinds is None:
+        kinds = (*OUTPUT_KINDS, *folder_kinds(store, layout))
     if suspects is None:
         suspects = set()
-        for kind in OUTPUT_KINDS:
+        for kind in kinds:
             for rel in store.list_files(layout.dataset_dir(kind)):
                 sid = layout.sequence_of(kind, rel)
                 if sid is not None:
                     suspects.add(sid)
-    cleaned = [sid for sid in sorted(suspects - committed) if remove_outputs(store, layout, sid)]
+    cleaned = [sid for sid in sorted(suspects - committed) if remove_outputs(store, layout, sid, kinds)]
     if cleaned:
         logger.info("removed the outputs of %d uncommitted sequence(s): %s", len(cleaned), ", ".join(cleaned[:10]))
     return cleaned

@@ -24,8 +24,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from .layout import OUTPUT_KINDS, RunLayout, final_name
+from .layout import EXPORTS, OUTPUT_KINDS, PREVIEWS, RunLayout, final_name
 from .manifest import SequenceRecord, read_stored_manifest
+from .names import SAFE_NAME
 from .redaction import get_logger
 from .storage import PARTIAL_WRITE_INFIX, Store
 
@@ -86,6 +87,18 @@ def read_markers(store: Store, layout: RunLayout, ids: set[str]) -> dict[str, di
     return {uris[uri]: json.loads(data) for uri, data in store.read_existing(list(uris)).items()}
 
 
+def committed_markers(store: Store, layout: RunLayout) -> dict[str, dict]:
+    """Every commit marker, by id: for what only markers hold (the folder outputs `export` and
+    `report` add after the commit). A listing and a GET per marker, concurrent on object stores."""
+    return read_markers(store, layout, marker_ids(store, layout))
+
+
+def folder_kinds(store: Store, layout: RunLayout) -> list[str]:
+    """The folder outputs a run may hold: the previews, and one kind per export format found."""
+    names = [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in store.ls(layout.dataset_dir(EXPORTS))]
+    return [PREVIEWS, *(f"{EXPORTS}/{name}" for name in names if SAFE_NAME.fullmatch(name))]
+
+
 def read_commits(store: Store, layout: RunLayout, *, verify: bool = False) -> Commits:
     """The run's commit state (see the module docstring for what it reads)."""
     stored = read_stored_manifest(store, layout)
@@ -113,7 +126,7 @@ def _verify_outputs(store: Store, layout: RunLayout, commits: Commits) -> None:
     """List every output folder once: torn committed sequences, and outputs nobody committed."""
     present: dict[str, dict[str, int]] = {}  # sid -> kind -> size of its final file
     owners: set[str] = set()  # sequences that own anything in an output folder
-    for kind in OUTPUT_KINDS:
+    for kind in (*OUTPUT_KINDS, *folder_kinds(store, layout)):
         for rel, size in store.list_files(layout.dataset_dir(kind)).items():
             sid = layout.sequence_of(kind, rel)
             if sid is None:

@@ -32,6 +32,7 @@ from .logs import log_event
 from .manifest import RunSummary, SequenceRecord
 from .progress import ProgressReport
 from .redaction import get_logger
+from .report.html import report_at_end
 from .restore import check_same_results, find_sources, previous_elapsed, read_previous, restore_table
 from .sequence_table import SequenceTable
 from .spec import JobSpec
@@ -167,6 +168,7 @@ class Coordinator:
                 self.store.write_json(self.layout.summary, summary.model_dump(mode="json"))
             except Exception as exc:  # do not mask the error that stopped the run
                 logger.warning("could not write %s: %s", self.layout.summary, exc)
+            report_at_end(self.spec)  # while the lease is held: report.html is the run's too
         self._lease.release(self._live_progress(elapsed))
         log_event(
             logger, "run_end", run_id=self.spec.run_id, status=summary.status, done=summary.done,

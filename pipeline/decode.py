@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,7 @@ from zipmap_core.images import FrameBuffer, ImageLoadError, ImageTooLargeError, 
 
 from .discovery import SequenceSource
 from .errors import InputError
-from .sampling import FrameSelection
+from .sampling import ChosenFrames, FrameSelection
 from .spec import FrameSampling, JobSpec
 from .storage import Store
 
@@ -58,15 +58,19 @@ class DecodedSequence:
         return torch.from_numpy(self.pixels.astype(np.float32) / 255.0)
 
 
-def decode_sequence(source: SequenceSource, spec: JobSpec) -> DecodedSequence:
-    """Read, select and preprocess one sequence (see module docstring for the error contract)."""
+def decode_sequence(source: SequenceSource, spec: JobSpec, *, indices: Sequence[int] | None = None) -> DecodedSequence:
+    """Read, select and preprocess one sequence (see module docstring for the error contract).
+
+    `indices`: decode exactly these source frames instead of sampling (a finished run's frames again).
+    """
     start = time.perf_counter()
     sampling = source.sampling or spec.input.sampling
+    chosen = None if indices is None else ChosenFrames.of(indices)
     frames = FrameBuffer(size=spec.preprocess.size, mode=spec.preprocess.mode)
     uris: list[str] = []
     read = _read_video if source.kind == "video" else _read_images
     try:
-        selection = read(source, spec, sampling, frames, uris)
+        selection = read(source, spec, sampling, frames, uris, chosen)
     except ImageTooLargeError as exc:
         raise InputError(f"sequence {source.sequence_id}: {exc} (input.max_pixels)") from None
     except ImageLoadError as exc:
@@ -82,7 +86,7 @@ def decode_sequence(source: SequenceSource, spec: JobSpec) -> DecodedSequence:
     )
 
 
-def _check_count(source: SequenceSource, count: int, spec: JobSpec, selection: FrameSelection) -> None:
+def _check_count(source: SequenceSource, count: int, spec: JobSpec, selection: FrameSelection | ChosenFrames) -> None:
     how = "" if selection.describe() == "every frame" else f" after sampling ({selection.describe()})"
     if count == 0:
         raise InputError(f"sequence {source.sequence_id}: no frames{how} in {source.uri}")
@@ -96,9 +100,10 @@ def _check_count(source: SequenceSource, count: int, spec: JobSpec, selection: F
 
 
 def _read_images(
-    source: SequenceSource, spec: JobSpec, sampling: FrameSampling, frames: FrameBuffer, uris: list[str]
-) -> FrameSelection:
-    selection = FrameSelection.plan(sampling, sampling.image_fps)
+    source: SequenceSource, spec: JobSpec, sampling: FrameSampling, frames: FrameBuffer, uris: list[str],
+    explicit: ChosenFrames | None = None,
+) -> FrameSelection | ChosenFrames:
+    selection = explicit or FrameSelection.plan(sampling, sampling.image_fps)
     chosen = [source.frames[i] for i in selection.indices(len(source.frames))]
     frames.reserve(len(chosen))
     store = Store(source.uri, spec.storage)
@@ -118,8 +123,9 @@ def _read_images(
 
 
 def _read_video(
-    source: SequenceSource, spec: JobSpec, sampling: FrameSampling, frames: FrameBuffer, uris: list[str]
-) -> FrameSelection:
+    source: SequenceSource, spec: JobSpec, sampling: FrameSampling, frames: FrameBuffer, uris: list[str],
+    explicit: ChosenFrames | None = None,
+) -> FrameSelection | ChosenFrames:
     av = _import_av(source)
     store = Store(source.uri, spec.storage)
     try:
@@ -129,9 +135,9 @@ def _read_video(
             stream = container.streams.video[0]
             _check_pixels(source, stream.codec_context.width, stream.codec_context.height, spec)
             rate = _frame_rate(stream)
-            if sampling.fps is not None and rate is None:
+            if explicit is None and sampling.fps is not None and rate is None:
                 raise InputError(f"sequence {source.sequence_id}: {source.uri} has no frame rate to sample fps from")
-            selection = FrameSelection.plan(sampling, rate)
+            selection = explicit or FrameSelection.plan(sampling, rate)
             total = int(stream.frames or 0) or None  # from the container's index, when it has one
             if selection.needs_total and total is None:
                 total = _count_frames(av, store, source.uri)

@@ -8,13 +8,18 @@
   depth/sequence_id=<id>/part-0.parquet  per-frame depth + confidence maps (save_depth)
   points/<id>.ply                        the sequence's point cloud
   states/<id>.safetensors                its scene state (scene_state.enabled)
+  previews/<id>/                         trajectory and point-cloud PNGs, GLB scene (report.enabled)
+  exports/<format>/<id>/                 COLMAP model, nerfstudio transforms.json (exports: [...])
+  report.html                            the run report (links the previews)
   _commits/<id>.json                     commit marker: the sequence's outputs are complete
   _commit_intents/<id>.json              the sequence's commit state may differ from the manifest
   _lease/<generation>.json               the driver's lease on the run and its live progress
   _staging/<id>/<attempt_id>/...         an attempt's outputs before they are committed
 
 The per-sequence outputs are described once, in `OUTPUT_KINDS`: committing, cleaning up and
-verifying a run go over that table, so a new kind of output is one more entry there. Sequence and
+verifying a run go over that table, so a new kind of output is one more entry there. Folder
+outputs (previews, exports/<format>: `output_kind`) are committed the same way but not verified
+by size. Sequence and
 attempt ids are checked (pipeline.names) wherever they become part of a path; names listed from
 the store that are no safe name are no sequence's.
 """
@@ -30,22 +35,28 @@ FRAMES = "frames"
 DEPTH = "depth"
 POINTS = "points"
 STATE = "states"
+PREVIEWS = "previews"
+EXPORTS = "exports"  # one kind per format: "exports/colmap", ...
 PARTITION_KEY = "sequence_id"
 
 
 @dataclass(frozen=True)
 class OutputKind:
-    """One kind of per-sequence output: its staged file name and where it is published.
+    """One kind of per-sequence output: its staged name and where it is published.
 
     With `suffix` None the output is a hive partition, `<kind>/sequence_id=<id>/part-0.parquet`
     (so the folder reads as one dataset); otherwise one file per sequence, `<kind>/<id><suffix>`.
+    A `folder` output (previews, exports) is a folder per sequence, `<kind>/<id>/`, staged as
+    `<attempt>/<kind>/`: derived from the others, it may also be added after the commit.
     """
 
     name: str  # also its folder under the run
     staged_name: str
     suffix: str | None = None
+    folder: bool = False
 
 
+# the outputs a sequence is committed with (sizes recorded and verified: pipeline.commit_record)
 OUTPUT_KINDS: dict[str, OutputKind] = {
     kind.name: kind
     for kind in (
@@ -55,14 +66,25 @@ OUTPUT_KINDS: dict[str, OutputKind] = {
         OutputKind(STATE, "state.safetensors", suffix=".safetensors"),
     )
 }
-STAGED_FILES = {name: kind.staged_name for name, kind in OUTPUT_KINDS.items()}
+
+
+def output_kind(name: str) -> OutputKind:
+    """The kind called `name`: one of OUTPUT_KINDS, or a folder output (previews, exports/<format>)."""
+    kind = OUTPUT_KINDS.get(name)
+    if kind is not None:
+        return kind
+    if name == PREVIEWS or (name.startswith(f"{EXPORTS}/") and SAFE_NAME.fullmatch(name[len(EXPORTS) + 1 :])):
+        return OutputKind(name, name, folder=True)
+    raise KeyError(f"no output kind {name!r}")
 
 
 def final_name(sequence_id: str, kind: str) -> str:
     """Where a sequence's output is published, relative to the kind's folder."""
-    suffix = OUTPUT_KINDS[kind].suffix
-    if suffix is not None:
-        return f"{sequence_id}{suffix}"
+    spec = output_kind(kind)
+    if spec.folder:
+        return sequence_id
+    if spec.suffix is not None:
+        return f"{sequence_id}{spec.suffix}"
     return f"{PARTITION_KEY}={sequence_id}/part-0.parquet"
 
 
@@ -81,6 +103,10 @@ class RunLayout:
     @property
     def summary(self) -> str:
         return join(self.run_uri, "summary.json")
+
+    @property
+    def report(self) -> str:
+        return join(self.run_uri, "report.html")
 
     @property
     def commits(self) -> str:
@@ -112,7 +138,7 @@ class RunLayout:
         return join(self.staging_root, _sequence(sequence_id), check_name(attempt_id, "attempt id"))
 
     def staged(self, sequence_id: str, attempt_id: str, kind: str) -> str:
-        return join(self.staging(sequence_id, attempt_id), OUTPUT_KINDS[kind].staged_name)
+        return join(self.staging(sequence_id, attempt_id), output_kind(kind).staged_name)
 
     def dataset_dir(self, kind: str) -> str:
         return join(self.run_uri, kind)
@@ -122,18 +148,21 @@ class RunLayout:
         return join(self.run_uri, kind, final_name(_sequence(sequence_id), kind))
 
     def final_owner(self, sequence_id: str, kind: str) -> str:
-        """What to delete to remove one output of a sequence (its partition folder, or file)."""
-        if OUTPUT_KINDS[kind].suffix is not None:
+        """What to delete to remove one output of a sequence (its partition folder, file or folder)."""
+        spec = output_kind(kind)
+        if spec.suffix is not None or spec.folder:
             return self.final(sequence_id, kind)
         return join(self.run_uri, kind, f"{PARTITION_KEY}={_sequence(sequence_id)}")
 
     def sequence_of(self, kind: str, relative: str) -> str | None:
         """The sequence a file below `dataset_dir(kind)` belongs to (`relative` to that folder),
         or None for a file that is no sequence's output."""
-        suffix = OUTPUT_KINDS[kind].suffix
+        spec = output_kind(kind)
         first, _, rest = relative.partition("/")
-        if suffix is not None:
-            sid = first[: -len(suffix)] if not rest and first.endswith(suffix) else None
+        if spec.folder:
+            sid = first if rest else None
+        elif spec.suffix is not None:
+            sid = first[: -len(spec.suffix)] if not rest and first.endswith(spec.suffix) else None
         else:
             key, _, value = first.partition("=")
             sid = value if key == PARTITION_KEY and rest else None

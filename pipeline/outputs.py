@@ -20,6 +20,8 @@ import pyarrow.parquet as pq
 
 from zipmap_core.engines.results import FramePrediction
 
+from .exports.sequence import FrameData
+from .exports.writers import DerivedOutputs, derived_frame_files, derived_writers
 from .layout import DEPTH, FRAMES, POINTS, STATE, RunLayout
 from .pointcloud import PointCloudBuilder, VoxelSums, frame_points, voxel_sums
 from .redaction import redact_uri
@@ -75,6 +77,7 @@ class PreparedFrame:
     points: np.ndarray | None  # PLY vertices (without voxels)
     depth: pa.Table | None  # its depth row (DEPTH_SCHEMA but the partition key), when depth maps are saved
     voxels: tuple[VoxelSums, VoxelSums] | None = None  # the points' per-voxel sums (with voxels)
+    files: dict[str, dict[str, bytes]] | None = None  # exports' and previews' frame files, by kind
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,7 @@ class FrameFormat:
     conf_threshold: float | None  # None: no point cloud
     save_depth: bool
     voxel_size: float | None = None
+    derived: tuple = ()  # pipeline.exports.writers: exports and previews with frame files
 
 
 def prepare_frame(fmt: FrameFormat, frame: FramePrediction) -> PreparedFrame:
@@ -109,7 +113,8 @@ def prepare_frame(fmt: FrameFormat, frame: FramePrediction) -> PreparedFrame:
     if points is not None and fmt.voxel_size:
         points, voxels = None, voxel_sums(points, fmt.voxel_size)
     depth = _depth_row(frame) if fmt.save_depth else None
-    return PreparedFrame(row, points, depth, voxels)
+    files = derived_frame_files(fmt.derived, FrameData(frame.index, frame.image, frame.depth)) if fmt.derived else None
+    return PreparedFrame(row, points, depth, voxels, files)
 
 
 def _depth_row(frame: FramePrediction) -> pa.Table:
@@ -145,6 +150,7 @@ class SequenceWriter:
     _depth_writer: pq.ParquetWriter | None = None
     _depth_rows: list[pa.Table] = field(default_factory=list)  # the row group being filled
     _state: SceneState | None = None  # the sequence's scene state, on the host (scene_state.enabled)
+    _derived: DerivedOutputs | None = None  # exports and previews (exports:, report.enabled)
 
     def __post_init__(self) -> None:
         pc = self.spec.point_cloud
@@ -153,15 +159,20 @@ class SequenceWriter:
         if self.spec.save_depth:
             fd, self._depth_path = tempfile.mkstemp(suffix=".parquet")
             os.close(fd)
+        writers = derived_writers(self.spec.exports, self.spec.report)
+        if writers:
+            pre = self.spec.preprocess
+            self._derived = DerivedOutputs(writers, self.sequence_id, pre.size, pre.mode)
 
     @property
     def frame_format(self) -> FrameFormat:
         pc = self.spec.point_cloud
+        derived = self._derived.writers if self._derived is not None else ()
         if not pc.enabled:
-            return FrameFormat(self.sequence_id, None, self.spec.save_depth)
+            return FrameFormat(self.sequence_id, None, self.spec.save_depth, derived=derived)
         # with a percentile the sequence's threshold is known only at the end: no per-frame voxel sums
         voxel_size = None if pc.confidence_percentile else pc.voxel_size
-        return FrameFormat(self.sequence_id, pc.conf_threshold, self.spec.save_depth, voxel_size)
+        return FrameFormat(self.sequence_id, pc.conf_threshold, self.spec.save_depth, voxel_size, derived)
 
     def keep_state(self, state: SceneState) -> None:
         """The engine's `on_state` hook: called once, while the engine holds the accelerator, so it
@@ -186,6 +197,8 @@ class SequenceWriter:
         elif prepared.points is not None:
             self._points.add_points(prepared.points)
         self._rows.append(row)
+        if self._derived is not None:
+            self._derived.add(prepared.files)
         if prepared.depth is not None:
             self._depth_rows.append(prepared.depth)
             if sum(t.nbytes for t in self._depth_rows) >= DEPTH_ROW_GROUP_BYTES:
@@ -214,7 +227,8 @@ class SequenceWriter:
         if self._points is not None:
             files[POINTS] = layout.staged(sid, attempt_id, POINTS)
             with store.open(files[POINTS], "wb") as f:
-                num_points = self._points.write(f, comment=f"zipmap-pipeline sequence {sid}")
+                out = self._derived.keep_points(store, files[POINTS], f) if self._derived is not None else f
+                num_points = self._points.write(out, comment=f"zipmap-pipeline sequence {sid}")
             if self._points.kept_per_frame is not None:  # a sequence-wide percentile: known only now
                 for row, kept in zip(self._rows, self._points.kept_per_frame):
                     row["num_points"] = kept
@@ -237,10 +251,15 @@ class SequenceWriter:
             self._state.save(
                 files[STATE], dtype=self.spec.scene_state.dtype, storage_options=store.storage.for_uri(files[STATE])
             )
+        if self._derived is not None:
+            by_frame = not self.spec.point_cloud.voxel_size
+            files.update(self._derived.finish(store, layout, attempt_id, self._rows, by_frame, has_depth=True))
         return StagedOutputs(files=files, num_frames=len(self._rows), num_points=num_points)
 
     def close(self) -> None:
         """Release spool files (safe to call more than once)."""
+        if self._derived is not None:
+            self._derived.close()
         if self._points is not None:
             self._points.close()
         if self._depth_writer is not None:

@@ -136,11 +136,16 @@ def map_in_processes(
     if pool is None:
         yield from map(fn, items)
         return
-    prefix = f"{_SCRATCH_PREFIX}{os.getpid()}-"  # the owner, for remove_stale_scratch
-    with tempfile.TemporaryDirectory(prefix=prefix, dir=scratch_dir, ignore_cleanup_errors=True) as folder:
+    with tempfile.TemporaryDirectory(prefix=scratch_prefix(), dir=scratch_dir, ignore_cleanup_errors=True) as folder:
         paths = (_dump(item, os.path.join(folder, str(i))) for i, item in enumerate(items))
         for path in ordered_map(partial(_call_on_file, fn), paths, pool):
             yield _load(path)
+
+
+def scratch_prefix() -> str:
+    """The prefix of this process's scratch folders: it names the owner, so `remove_stale_scratch`
+    can delete what a killed worker left behind."""
+    return f"{_SCRATCH_PREFIX}{os.getpid()}-"
 
 
 def remove_stale_scratch(scratch_dir: str | None = None) -> int:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
@@ -42,6 +44,24 @@ class RunOutputs:
     def depth(self) -> pa.Table:
         """Depth maps of all committed sequences (empty if the run did not save them)."""
         return self._read(DEPTH, DEPTH_SCHEMA)
+
+    def sequence_frames(self, sequence_id: str) -> list[dict[str, Any]]:
+        """The frames-table rows of one committed sequence, in frame order."""
+        mask = pa.compute.equal(self.frames["sequence_id"], sequence_id)
+        return self.frames.filter(mask).to_pylist()
+
+    def sequence_depth(self, sequence_id: str) -> pa.Table | None:
+        """One committed sequence's depth maps (frame_index, height, width, depth, depth_conf, in
+        frame order), or None if the run did not save them."""
+        if DEPTH not in self.committed[sequence_id].output_kinds():
+            return None
+        data = self.store.read_bytes(self.layout.final(sequence_id, DEPTH))
+        columns = ["frame_index", "height", "width", "depth", "depth_conf"]
+        table = pq.read_table(io.BytesIO(data), columns=columns)
+        order = table.column("frame_index").to_numpy()
+        if (order[1:] < order[:-1]).any():  # written in frame order; sorting copies every map
+            table = table.sort_by([("frame_index", "ascending")])
+        return table
 
     def point_cloud(self, sequence_id: str) -> np.ndarray:
         """The sequence's PLY vertices (x y z red green blue confidence)."""

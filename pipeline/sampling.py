@@ -15,7 +15,7 @@ kept frames follow the average rate.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from .spec import FrameSampling
@@ -84,3 +84,22 @@ class FrameSelection:
         if self.limit is not None:
             parts.append(f"at most {self.limit} ({'spread uniformly' if self.uniform else 'the first'})")
         return ", ".join(parts) or "every frame"
+
+
+@dataclass(frozen=True)
+class ChosenFrames:
+    """Exactly these source indices: the frames a finished run recorded, to decode them again
+    (its sampling may have come from a manifest row the run did not keep)."""
+
+    chosen: tuple[int, ...]
+    needs_total = False
+
+    @classmethod
+    def of(cls, indices: Sequence[int]) -> ChosenFrames:
+        return cls(tuple(sorted(set(indices))))
+
+    def indices(self, total: int | None = None) -> Iterator[int]:
+        return (i for i in self.chosen if total is None or i < total)
+
+    def describe(self) -> str:
+        return f"the {len(self.chosen)} frames the run recorded"

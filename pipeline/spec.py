@@ -33,8 +33,10 @@ from zipmap_core.config import ModelConfig
 from zipmap_core.engines.config import EngineConfig
 
 from .errors import SpecError, storage_error
+from .exports.options import ExportOptions, unique_formats
 from .names import check_run_id
 from .redaction import SECRET_NAME, redact, redact_uri
+from .report.options import ReportSpec
 
 REVEAL_SECRETS = "reveal_secrets"  # serialisation context key for in-process, unredacted copies
 PATCH = 14
@@ -271,6 +273,8 @@ class JobSpec(_Section):
     preprocess: PreprocessSpec = Field(default_factory=PreprocessSpec)
     point_cloud: PointCloudSpec = Field(default_factory=PointCloudSpec)
     save_depth: bool = False  # per-frame depth + confidence maps as a Parquet table
+    exports: list[ExportOptions] = Field(default_factory=list)  # colmap, nerfstudio (pipeline.exports)
+    report: ReportSpec = Field(default_factory=ReportSpec)  # previews per sequence, report.html per run
     scene_state: SceneStateSpec = Field(default_factory=SceneStateSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     retry: RetrySpec = Field(default_factory=RetrySpec)
@@ -298,6 +302,11 @@ class JobSpec(_Section):
                 raise ValueError(str(exc)) from None
         return run_id
 
+    @field_validator("exports")
+    @classmethod
+    def _one_of_each(cls, exports: list) -> list:
+        return unique_formats(exports)
+
     @field_validator("output")
     @classmethod
     def _strip_slash(cls, output: str) -> str:
@@ -319,6 +328,11 @@ class JobSpec(_Section):
         if self.engine.mode == "streaming" and self.engine.window is None and model.streaming_window is None:
             raise ValueError(
                 f"engine.mode 'streaming' needs engine.window: preset {model.name!r} has no default window"
+            )
+        if self.engine.frame_parallel not in (1, "auto"):
+            raise ValueError(
+                f"engine.frame_parallel={self.engine.frame_parallel}: the pipeline runs each sequence on one "
+                "actor (auto means 1 here); spread one sequence over GPUs with torchrun (README)"
             )
         return self
 

@@ -10,8 +10,10 @@ a rename locally but a server-side copy + delete on S3.
 from __future__ import annotations
 
 import json
+import mimetypes
 import os
 import posixpath
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -183,7 +185,7 @@ class Store:
         if self.local:
             os.replace(self._local_temporary(uri, data), path)
         else:
-            self.fs.pipe_file(path, data)  # one PUT: atomic on object stores
+            self.fs.pipe_file(path, data, **self._put_options(uri))  # one PUT: atomic on object stores
 
     def create_exclusive(self, uri: str, data: bytes) -> None:
         """Write a whole file only if nothing exists at `uri`; FileExistsError otherwise.
@@ -230,12 +232,34 @@ class Store:
             self._parent(uri)
         self.fs.put_file(local_path, self.path(uri))
 
+    def put_tree(self, local_dir: str, uri: str) -> None:
+        """Copy a local folder to `uri` (symbolic links stay links on a local store; object stores
+        get every file, uploaded concurrently)."""
+        if self.local:
+            shutil.copytree(local_dir, self.path(uri), symlinks=True, dirs_exist_ok=True)
+            return
+        local, remote = [], []
+        for folder, _, names in os.walk(local_dir):
+            for name in names:
+                path = os.path.join(folder, name)
+                local.append(path)
+                remote.append(join(self.path(uri), os.path.relpath(path, local_dir).replace(os.sep, "/")))
+        if local:
+            self.fs.put(local, remote)
+
     def move(self, src_uri: str, dst_uri: str) -> None:
-        """Move one file (a rename locally, a server-side copy then delete on object stores)."""
+        """Move a file or a folder (a rename locally, server-side copies then deletes on object
+        stores)."""
         src, dst = self.path(src_uri), self.path(dst_uri)
         if self.local:
             self._parent(dst_uri)
             os.replace(src, dst)
+            return
+        self.fs.invalidate_cache(src)
+        if self.fs.isdir(src):
+            files = self.fs.find(src)
+            self.fs.copy(files, [dst + f[len(src) :] for f in files])
+            self.fs.rm(files)
         else:
             self.fs.copy(src, dst)
             self.fs.rm_file(src)
@@ -268,6 +292,12 @@ class Store:
         except FileNotFoundError:
             if not missing_ok:
                 raise
+
+    def _put_options(self, uri: str) -> dict[str, str]:
+        """S3 objects carry their media type, so a report or a preview opens in a browser from the
+        bucket (s3fs guesses it for uploaded files, not for written bytes)."""
+        media, _ = mimetypes.guess_type(uri)
+        return {"ContentType": media} if media and self._scheme in ("s3://", "s3a://") else {}
 
     def _parent(self, uri: str) -> None:
         if self.local:

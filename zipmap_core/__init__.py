@@ -27,6 +27,8 @@ _EXPORTS = {
     "FramePrediction": "zipmap_core.engines",
     "StreamingSession": "zipmap_core.engines",
     "reconstruct": "zipmap_core.engines",
+    "reconstruct_distributed": "zipmap_core.engines",
+    "frame_shares": "zipmap_core.engines",
     "ImageLoadError": "zipmap_core.images",
     "load_images": "zipmap_core.images",
     "preprocess_images": "zipmap_core.images",

@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import fsspec
 import numpy as np
@@ -33,7 +33,9 @@ __all__ = [
     "ImageLoadError",
     "ImageSource",
     "ImageTooLargeError",
+    "InputToSource",
     "image_to_uint8",
+    "input_to_source",
     "load_images",
     "open_image",
     "preprocess_images",
@@ -185,6 +187,29 @@ def image_to_uint8(image: torch.Tensor) -> np.ndarray:
         raise ValueError(f"expected a [3, H, W] tensor, got shape {tuple(image.shape)}")
     scaled = image.detach().to(device="cpu", dtype=torch.float32).clamp(0.0, 1.0) * 255.0
     return scaled.round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+
+
+class InputToSource(NamedTuple):
+    """Where a model-input pixel lies in the original image, in edge coordinates (pixel corners on
+    integers): u_source = scale_x * (u_input + offset_x), v_source = scale_y * (v_input + offset_y)."""
+
+    scale_x: float
+    scale_y: float
+    offset_x: float
+    offset_y: float
+
+
+def input_to_source(width: int, height: int, *, size: int = 518, mode: PreprocessMode = "crop") -> InputToSource:
+    """The map from model-input pixels back to a `width` x `height` original, as `preprocess_images`
+    resized and cropped (or padded) it. Cameras predicted for the input are moved to the original
+    resolution with it (exports that link the source frames)."""
+    _check_args(size, mode)
+    new_w, new_h = _target_size(width, height, size, mode)
+    if mode == "crop":
+        offset_x, offset_y = 0.0, float((new_h - size) // 2) if new_h > size else 0.0
+    else:
+        offset_x, offset_y = -float((size - new_w) // 2), -float((size - new_h) // 2)
+    return InputToSource(width / new_w, height / new_h, offset_x, offset_y)
 
 
 # --- helpers -------------------------------------------------------------------------------

@@ -114,6 +114,7 @@ def test_demo_runs_end_to_end(local_ray, tmp_path, capsys):
     # what the user reads: both tables and where things are
     assert "trivial baseline" in printed and "AbsRel" in printed and str(run) in printed
     assert f"{run}/points/<sequence>.ply" in printed and str(out / "metrics.json") in printed
+    assert f"{run}/report.html" in printed and (run / "report.html").is_file()  # the run's report, at its end
 
     # a second run reuses the dataset instead of rendering it again
     assert demo.main(argv) == 0

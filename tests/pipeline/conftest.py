@@ -49,6 +49,18 @@ def ray_cluster():
             os.environ[key] = value
 
 
+@pytest.fixture(scope="module")
+def s3():
+    """A local S3 endpoint (moto's server over HTTP) with the buckets `capture` and `results`.
+    moto keeps its buckets per process, not per server: give each test its own prefixes."""
+    from pipeline.testing.s3server import LocalS3
+
+    with LocalS3() as server:
+        server.create_bucket("capture")
+        server.create_bucket("results")
+        yield server
+
+
 @pytest.fixture(scope="session")
 def local_s3():
     """One moto S3 server over HTTP for the session, with fake credentials in the environment."""

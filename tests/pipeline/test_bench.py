@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -101,6 +103,37 @@ def test_coordinator_scale_benchmark_smoke(tmp_path, capsys):
     assert 20 <= results["baseline"]["local/30/driver"]["sequences"] < 30  # sampled: the first 20 commits (and
     assert 10 <= results["current"]["moto/30/driver"]["sequences"] < 20  # those already in flight)
     assert "| moto | 30 | resume start, s |" in out and "ratio" in out
+
+
+def test_frame_parallel_benchmark_smoke(tmp_path, monkeypatch):
+    """bench/frame_parallel.py on 2 gloo processes with the tiny model: the same table as on 2 GPUs."""
+    monkeypatch.syspath_prepend(str(BENCH))  # the spawned processes import the script by its name
+    bench = importlib.import_module("frame_parallel")
+    args = ["--device", "cpu", "--preset", "tiny", "--frames", "5", "--height", "28", "--width", "42",
+            "--newton-schulz", "float32"]
+    result = bench.main([*args, "--chunk-size", "2", "--workdir", str(tmp_path), "--json", str(tmp_path / "r.json")])
+    one, two = result["rows"]
+    assert (one["frames"], one["gpus"], two["frames"], two["gpus"]) == (5, 1, 5, 2)
+    assert one["time_s"] > 0 and len(two["per_process"]) == 2 and all(p["time_s"] > 0 for p in two["per_process"])
+    d = two["differences"]  # float32: the 2-process result is the 1-process one up to summation order
+    assert d["depth_of_max"] < 1e-4 and d["translation_of_max"] < 1e-4 and d["rotation_deg"] < 1e-2, d
+    assert d["depth_max"] > 0
+    assert json.loads((tmp_path / "r.json").read_text())["rows"] == result["rows"]
+    assert list(tmp_path.iterdir()) == [tmp_path / "r.json"]  # the 1-GPU depth maps were cleaned up
+
+
+def test_exports_benchmark_smoke(ray_cluster, tmp_path, capsys):
+    result = _load("exports").main(["--frames", "3", "--size", "112", "--workdir", str(tmp_path)])
+    assert set(result["exports"]) == {"colmap", "colmap (text too)", "nerfstudio", "previews"}
+    assert all(r["seconds"] > 0 and r["bytes"] > 0 for r in result["exports"].values())
+    assert result["exports"]["colmap (text too)"]["bytes"] > result["exports"]["colmap"]["bytes"]
+    assert "| colmap |" in capsys.readouterr().out
+
+
+def test_report_load_benchmark_smoke(ray_cluster, tmp_path, capsys):
+    result = _load("report_load").main(["--sequences", "3", "--loads", "1", "--workdir", str(tmp_path)])
+    assert result["images"] == 6 and result["load_ms"] > 0 and result["html_bytes"] > 0
+    assert "DOMContentLoaded" in capsys.readouterr().out
 
 
 def test_video_benchmark_smoke(ray_cluster, tmp_path, capsys):

@@ -304,3 +304,44 @@ def test_missing_or_truncated_outputs_are_torn(tmp_path, capsys):
     assert not store.exists(layout.commit_marker("b")) and not store.exists(layout.final("b", POINTS))
     assert not store.exists(layout.final("c", POINTS))
     assert read_commits(store, layout, verify=True).torn == {}
+
+
+def test_folder_outputs_commit_whole_and_are_never_called_torn(run):
+    """Previews and exports are folders per sequence: committed with the sequence (moved over any
+    leftover), not size-checked, removed with an uncommitted sequence, kept with a committed one."""
+    uri, storage = run
+    store, layout = Store(uri, storage), RunLayout(uri)
+    committer = Committer(store, layout)
+    folders = {"previews": ("trajectory.png", "stats.json"), "exports/colmap": ("sparse/0/cameras.bin",)}
+
+    def stage_with_folders(sid: str, attempt: str) -> StagedOutputs:
+        staged = _stage(store, layout, sid, attempt)
+        for kind, names in folders.items():
+            for name in names:
+                store.write_bytes(f"{layout.staged(sid, attempt, kind)}/{name}", attempt.encode())
+            staged.files[kind] = layout.staged(sid, attempt, kind)
+        return staged
+
+    store.write_bytes(f"{layout.final('a', 'previews')}/old.png", b"left by a crashed commit")
+    marker = committer.commit("a", "a1", stage_with_folders("a", "a1"), {"attempt": 1})
+    assert marker["outputs"]["previews"] == layout.final("a", "previews")
+    assert set(marker["output_bytes"]) == {FRAMES, POINTS}  # sizes of the core outputs only
+    assert sorted(store.list_files(layout.final("a", "previews"))) == ["stats.json", "trajectory.png"]
+    assert store.read_bytes(f"{layout.final('a', 'exports/colmap')}/sparse/0/cameras.bin") == b"a1"
+    # a commit that died after moving b's folders, before its marker: b's folders go, a's stay
+    class DiesAtTheMarker(Store):
+        def write_bytes(self, uri, data):
+            if uri == layout.commit_marker("b"):
+                raise Crash(uri)
+            super().write_bytes(uri, data)
+
+    crashing = Committer(DiesAtTheMarker(uri, storage), layout)
+    with pytest.raises(Crash):
+        crashing.commit("b", "b1", stage_with_folders("b", "b1"), {"attempt": 1})
+    assert store.exists(layout.final("b", "exports/colmap"))
+    commits = read_commits(Store(uri, storage), layout, verify=True)
+    assert set(commits.committed) == {"a"} and commits.torn == {} and "b" in commits.orphans
+    Committer(Store(uri, storage), layout).recover(commits)
+    assert not store.exists(layout.final("b", "previews")) and not store.exists(layout.final("b", "exports/colmap"))
+    assert store.exists(layout.final("a", "previews")) and store.exists(layout.final("a", "exports/colmap"))
+    assert run_status(uri, storage=storage, verify=True).torn == []

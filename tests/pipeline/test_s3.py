@@ -14,19 +14,10 @@ import s3fs
 
 from pipeline import read_outputs, run_job
 from pipeline.spec import StorageSpec
-from pipeline.testing.s3server import LocalS3
 
 from .conftest import expected_points, make_spec, parse_ply, reference_frames, write_sequence
 
 pytestmark = pytest.mark.timeout(240)
-
-
-@pytest.fixture(scope="module")
-def s3():
-    with LocalS3() as server:
-        server.create_bucket("capture")
-        server.create_bucket("results")
-        yield server
 
 
 def test_s3_in_s3_out(ray_cluster, tiny_checkpoint, tmp_path, s3):

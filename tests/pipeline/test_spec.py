@@ -70,6 +70,7 @@ def test_json_round_trip(tmp_path):
         (["model.preset=demo_ttt", "engine.mode=streaming"], "needs engine.window"),
         (["model.preset=demo_attention", "engine.mode=chunked"], "needs a TTT model"),
         (["engine.fast=true", "engine.dtype=float32"], "bfloat16 or float16"),
+        (["engine.mode=chunked", "engine.frame_parallel=2"], "one actor"),
         (["model.checkpoint=bundled:nope"], "no bundled weights of that name"),
         (["model.preset=demo_attention", "model.checkpoint=bundled:demo_ttt"], "weights of preset 'demo_ttt'"),
         (["point_cloud.confidence_percentile=101"], "confidence_percentile"),

@@ -109,6 +109,12 @@ def test_chunked_matches_reference_offline_outputs():
     ref = load_arrays()
     images = torch.from_numpy(ref["images"])[0]
     frames = list(reconstruct(model, images, EngineConfig(mode="chunked", chunk_size=2, local_points=True, **EXACT)))
+    assert_matches_reference_offline_outputs(frames, ref)
+
+
+def assert_matches_reference_offline_outputs(frames, ref: dict[str, np.ndarray]) -> None:
+    """Frames (FramePrediction or anything with its attributes) of the reference images against
+    the published model's offline outputs."""
     extrinsics = align_to_first_view(torch.from_numpy(ref["offline/extrinsic"][0]))
     expected = {
         "extrinsic": extrinsics.numpy(),

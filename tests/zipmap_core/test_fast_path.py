@@ -19,15 +19,23 @@ from zipmap_core.layers.mlp import Mlp
 from zipmap_core.synthetic import generate_sequence
 
 
+def trained_demo() -> ZipMap:
+    return load_checkpoint(ZipMap(ModelConfig.preset("demo_ttt")), demo_checkpoint_path("demo_ttt")).eval()
+
+
+def demo_scene() -> torch.Tensor:
+    seq = generate_sequence(3, num_frames=6, height=112, width=154)
+    return seq.images.permute(0, 3, 1, 2).float() / 255.0
+
+
 @pytest.fixture(scope="module")
 def trained() -> ZipMap:
-    return load_checkpoint(ZipMap(ModelConfig.preset("demo_ttt")), demo_checkpoint_path("demo_ttt")).eval()
+    return trained_demo()
 
 
 @pytest.fixture(scope="module")
 def scene() -> torch.Tensor:
-    seq = generate_sequence(3, num_frames=6, height=112, width=154)
-    return seq.images.permute(0, 3, 1, 2).float() / 255.0
+    return demo_scene()
 
 
 def stacked(frames, field: str) -> np.ndarray:
@@ -57,13 +65,22 @@ def errors(ours, ref) -> dict[str, float]:
 
 @pytest.mark.parametrize("mode", ["offline", "chunked", "streaming"])
 def test_fast_path_matches_float32_on_a_trained_model(trained, scene, mode):
+    assert_fast_path_matches_float32(trained, scene, mode)
+
+
+def assert_fast_path_matches_float32(trained: ZipMap, scene: torch.Tensor, mode: str) -> None:
     """Cameras as close to float32 as under plain bf16 autocast (the released code's precision);
-    dense maps within bf16 rounding (the fast path runs the DPT heads in bf16, not float32)."""
+    dense maps within bf16 rounding (the fast path runs the DPT heads in bf16, not float32). On
+    the device `trained` is on (test_gpu.py runs it on CUDA)."""
+    device = next(trained.parameters()).device
     common = {"mode": mode, "chunk_size": 4, "window": 3, "local_points": True}
-    ref = list(reconstruct(trained, scene, EngineConfig(**common)))
-    autocast = errors(list(reconstruct(trained, scene, EngineConfig(dtype="bfloat16", **common))), ref)
+    # explicit precisions: on CUDA "auto" would be the fast path, which casts `trained` in place
+    ref = list(reconstruct(trained, scene, EngineConfig(dtype="float32", **common), device=device))
+    plain_bf16 = EngineConfig(dtype="bfloat16", fast=False, **common)
+    autocast = errors(list(reconstruct(trained, scene, plain_bf16, device=device)), ref)
     fast_model = copy.deepcopy(trained)
-    fast = errors(list(reconstruct(fast_model, scene, EngineConfig(dtype="bfloat16", fast=True, **common))), ref)
+    fast_engine = EngineConfig(dtype="bfloat16", fast=True, **common)
+    fast = errors(list(reconstruct(fast_model, scene, fast_engine, device=device)), ref)
     assert fast_model.aggregator.frame_blocks[0].attn.qkv.weight.dtype == torch.bfloat16
     for key in ("translation", "rotation_deg", "intrinsic"):
         assert fast[key] <= 1.5 * autocast[key] + 1e-3, (key, fast, autocast)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from zipmap_core.images import ImageLoadError, image_to_uint8, load_images, preprocess_images
+from zipmap_core.images import ImageLoadError, image_to_uint8, input_to_source, load_images, preprocess_images
 
 
 def _rgb_array(w: int, h: int, seed: int = 0) -> np.ndarray:
@@ -274,6 +274,32 @@ def test_bad_arrays_and_types() -> None:
         load_images([12345])  # type: ignore[list-item]
     with pytest.raises(ImageLoadError, match="not tensors"):
         load_images(torch.zeros(1, 3, 14, 14))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "size, mode, source",
+    [
+        ((640, 360), "crop", (201.3, 150.8)),  # wider than tall: resized, no crop
+        ((360, 900), "crop", (170.6, 440.2)),  # taller than the input: resized, then cropped
+        ((360, 900), "pad", (170.6, 440.2)),  # padded left and right
+        ((900, 360), "pad", (433.0, 170.4)),  # padded top and bottom
+    ],
+)
+def test_input_to_source_maps_model_pixels_back_onto_the_original(size, mode, source):
+    """A blob drawn at a known place of the original lands, after preprocessing, where
+    `input_to_source` says (its intensity centroid, pixel corners on integers)."""
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w] + 0.5  # pixel centres, corners on integers
+    blob = np.exp(-((xx - source[0]) ** 2 + (yy - source[1]) ** 2) / (2 * 12.0**2))
+    image = Image.fromarray(np.repeat((blob * 200).round().astype(np.uint8)[..., None], 3, axis=2))
+    model_input = preprocess_images([image], size=112, mode=mode)[0, 0].numpy()
+    model_input = np.where(model_input == 1.0, 0.0, model_input)  # white padding: no signal
+    weight = np.clip(model_input - 0.02, 0, None)
+    v, u = np.mgrid[0 : weight.shape[0], 0 : weight.shape[1]] + 0.5
+    centroid = np.array([(u * weight).sum(), (v * weight).sum()]) / weight.sum()
+    m = input_to_source(w, h, size=112, mode=mode)
+    mapped = ((centroid[0] + m.offset_x) * m.scale_x, (centroid[1] + m.offset_y) * m.scale_y)
+    np.testing.assert_allclose(mapped, source, atol=0.3 * max(m.scale_x, m.scale_y))  # 0.3 input pixels
 
 
 # --- orientation, bit depth, size limits, streaming ------------------------------------------

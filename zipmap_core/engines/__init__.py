@@ -5,7 +5,8 @@
 
 `images` is [S, 3, H, W] in [0, 1] (see zipmap_core.images.load_images). Frames come out in
 order; the offline engine yields them after one forward pass, the chunked engine as each chunk's
-heads finish, the streaming engine after each window.
+heads finish, the streaming engine after each window. `reconstruct_distributed` spreads one
+chunked sequence over the processes of a torch.distributed group (frame_parallel.py).
 
 `EngineConfig` and `FramePrediction` import without torch (output writers in other processes
 need only them); `reconstruct` and `StreamingSession` load torch and the engines on first use.
@@ -19,9 +20,16 @@ from typing import Any
 from zipmap_core.engines.config import EngineConfig
 from zipmap_core.engines.results import FramePrediction
 
-_LAZY = {"reconstruct": "zipmap_core.engines.dispatch", "StreamingSession": "zipmap_core.engines.streaming"}
+_LAZY = {
+    "reconstruct": "zipmap_core.engines.dispatch",
+    "reconstruct_distributed": "zipmap_core.engines.dispatch",
+    "frame_shares": "zipmap_core.engines.frame_parallel",
+    "StreamingSession": "zipmap_core.engines.streaming",
+}
 
-__all__ = ["EngineConfig", "FramePrediction", "StreamingSession", "reconstruct"]
+__all__ = [
+    "EngineConfig", "FramePrediction", "StreamingSession", "frame_shares", "reconstruct", "reconstruct_distributed"
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -33,12 +33,11 @@ from zipmap_core.engines.precision import DTYPES, float32_parameters, weights_dt
 
 GiB = 2**30
 
-# Compilation costs about 60 s per actor and image size (README: "the first sequences of each new
-# shape pay about 60 s"); it saves about 5.8 ms a frame at 392x518 (the eager fast path ran 71.1
-# frames/s in bench/pipeline_throughput.py, the compiled one 117-121 in bench/engines.py and
-# bench/fastpath.py: different runs, so an estimate): 60 s / 5.8 ms ~ 10,000 frames.
-# `python bench/engine_auto.py` measures both on the GPU and prints the break-even point.
-COMPILE_PAYBACK_FRAMES = 10_000
+# Measured by `python bench/engine_auto.py` on one H200 (offline_affine, 392x518, fast path,
+# 2026-11-30): compiling costs 57 s per actor and image size (warm-up of two lengths, after which
+# the frame count is dynamic) and saves 1.89 ms a frame (250 frames: eager 3.60 s, compiled
+# 3.13 s), so it pays back after about 30,000 frames.
+COMPILE_PAYBACK_FRAMES = 30_000
 
 # Run offline only when its predicted peak stays within this share of the device's memory.
 MEMORY_HEADROOM = 0.9

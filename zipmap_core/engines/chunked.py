@@ -11,6 +11,10 @@ too; the camera head then runs over all frames' camera tokens, and the dense hea
 frames stream out while later chunks are still being decoded. When the head inputs of a long
 sequence would not fit in the host budget, they are recomputed per chunk instead: once every
 layer's fast weights are trained, the network is a per-frame function.
+
+Given a `FrameShard`, the engine runs one process's share of a sequence spread over several
+(frame_parallel.py): the update sums are all-reduced before each orthogonalisation and the camera
+tokens all-gathered before the camera head.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from collections.abc import Iterator
 import torch
 
 from zipmap_core.engines.config import EngineConfig
+from zipmap_core.engines.frame_parallel import FrameShard
 from zipmap_core.engines.frames import align_to_reference, frame_predictions
 from zipmap_core.engines.offline import StateSink
 from zipmap_core.engines.precision import autocast
@@ -54,7 +59,8 @@ class _GlobalLayer:
         for acc, g in zip(self.grads, self.ttt.gradients(self.initial, inputs)):
             acc += g
 
-    def finalize(self) -> None:
+    def finalize(self, shard: FrameShard) -> None:
+        shard.all_reduce_sum_(self.grads)  # the other processes' frames' part of the sum
         self.state = self.ttt.step(self.initial, tuple(self.grads), self.norms)
         self.grads = None
 
@@ -66,12 +72,20 @@ class _GlobalLayer:
 
 @torch.inference_mode()
 def reconstruct_chunked(
-    model: ZipMap, images: torch.Tensor, engine: EngineConfig, device: torch.device, on_state: StateSink | None = None
+    model: ZipMap,
+    images: torch.Tensor,
+    engine: EngineConfig,
+    device: torch.device,
+    on_state: StateSink | None = None,
+    shard: FrameShard | None = None,
 ) -> Iterator[FramePrediction]:
+    """`images` are the frames of `shard` (default: the whole sequence); yields those frames."""
     agg, cfg = model.aggregator, model.config
     if not agg.is_ttt:
         raise ValueError("the chunked engine needs a TTT model: global attention does not decompose over chunks")
     S = images.shape[0]
+    shard = shard or FrameShard.whole(S)
+    first = shard.start  # global index of images[0]
     image_hw = tuple(images.shape[-2:])
     chunks = [(s, min(s + engine.chunk_size, S)) for s in range(0, S, engine.chunk_size)]
     dpt_layers, last = set(cfg.dpt.layers), cfg.depth - 1
@@ -84,7 +98,8 @@ def reconstruct_chunked(
             # layer 0: embed, frame block 0, pass 1 of global block 0
             layer = _GlobalLayer(agg.global_blocks[0])
             for c in chunks:
-                tokens = agg.embed(images[c[0] : c[1]].to(device, non_blocking=True).unsqueeze(0), first_frame=c[0])
+                chunk = images[c[0] : c[1]].to(device, non_blocking=True).unsqueeze(0)
+                tokens = agg.embed(chunk, first_frame=first + c[0])
                 frame_out = agg.frame_block(0, tokens, rope)
                 layer.accumulate(frame_out)
                 store.put(("frame", c), frame_out)
@@ -93,7 +108,7 @@ def reconstruct_chunked(
 
             trained = []
             for i in range(cfg.depth):
-                layer.finalize()
+                layer.finalize(shard)
                 trained.append(layer)
                 next_layer = _GlobalLayer(agg.global_blocks[i + 1]) if i < last else None
                 pending = store.fetch(("frame", chunks[0]))
@@ -115,14 +130,15 @@ def reconstruct_chunked(
                         store.put(("frame", c), frame_out)
                 layer = next_layer
 
-            camera_tokens = torch.cat([store.get(("camera", c)) for c in chunks], dim=1)
+            camera_tokens = shard.all_gather_frames(torch.cat([store.get(("camera", c)) for c in chunks], dim=1))
         # cameras as in the offline engine: the head and the conversion outside autocast
         pose_enc = model.predict_cameras(camera_tokens.unsqueeze(2))
         extrinsics, intrinsics = pose_encoding_to_cameras(pose_enc[0], image_hw)
         extrinsics = align_to_reference(extrinsics, extrinsics[0])
         if on_state is not None:  # every layer's fast weights are trained: the offline state
             states = [layer.state for layer in trained]
-            on_state(SceneState.capture(model, states, image_hw, S, extrinsics, intrinsics))
+            on_state(SceneState.capture(model, states, image_hw, shard.total, extrinsics, intrinsics))
+        extrinsics, intrinsics = extrinsics[first : first + S], intrinsics[first : first + S]
 
         for c in chunks:
             # autocast is never held across a yield: the consumer's code runs between yields
@@ -134,10 +150,12 @@ def reconstruct_chunked(
                             store.drop(("head", name, i, c))
                     dense = model.decode_dense(projected, image_hw)
                 else:
-                    layers = _rerun_for_heads(agg, trained, images[c[0] : c[1]].to(device), c[0], rope, dpt_layers)
+                    layers = _rerun_for_heads(
+                        agg, trained, images[c[0] : c[1]].to(device), first + c[0], rope, dpt_layers
+                    )
                     dense = model.predict_dense(layers, image_hw, local_points=engine.local_points)
             yield from frame_predictions(
-                c[0], images[c[0] : c[1]], extrinsics[c[0] : c[1]], intrinsics[c[0] : c[1]], dense
+                first + c[0], images[c[0] : c[1]], extrinsics[c[0] : c[1]], intrinsics[c[0] : c[1]], dense
             )
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 AUTO = "auto"
+MAX_FRAME_PARALLEL = 8  # the GPUs of one host
 
 
 class EngineConfig(BaseModel):
@@ -21,6 +22,11 @@ class EngineConfig(BaseModel):
     `zipmap_core.engines.auto.resolve_engine` (the bf16 fast path on CUDA, float32 on CPU; offline
     when the sequence fits the accelerator's memory, chunked when it does not; streaming for
     streaming models). Explicit values always win.
+
+    `frame_parallel` spreads one chunked sequence over that many processes (one GPU each), every
+    process owning a contiguous share of the frames (`reconstruct_distributed`, run in each
+    process of a torch.distributed group); "auto" takes the group's size. `reconstruct` runs one
+    process: it accepts 1 and "auto" only.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -52,6 +58,7 @@ class EngineConfig(BaseModel):
     # run the local-point head too (half of the dense-head compute); depth and cameras suffice for
     # world points, so it is off unless asked for
     local_points: bool = False
+    frame_parallel: Annotated[int, Field(ge=1, le=MAX_FRAME_PARALLEL)] | Literal["auto"] = "auto"
 
     @model_validator(mode="after")
     def _fast_needs_low_precision(self) -> EngineConfig:
@@ -59,6 +66,8 @@ class EngineConfig(BaseModel):
             raise ValueError("fast=True stores the weights in bfloat16 or float16: set dtype accordingly")
         if self.compile is True and self.fast is False:
             raise ValueError("compile=True is part of the fast path: set fast=True too")
+        if self.frame_parallel not in (1, AUTO) and self.mode not in ("chunked", AUTO):
+            raise ValueError(f"frame_parallel={self.frame_parallel} needs mode='chunked' (the frame-parallel engine)")
         return self
 
     @property

@@ -1,5 +1,6 @@
 """`reconstruct`: checks the input, decides what was left to "auto", readies the model for the
-requested precision, and hands the sequence to the engine of the requested mode."""
+requested precision, and hands the sequence to the engine of the requested mode;
+`reconstruct_distributed`: the same for one process's share of a sequence spread over several."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import torch
 from zipmap_core.engines.auto import resolve_engine
 from zipmap_core.engines.chunked import reconstruct_chunked
 from zipmap_core.engines.compiled import compile_for_inference
-from zipmap_core.engines.config import EngineConfig
+from zipmap_core.engines.config import AUTO, EngineConfig
+from zipmap_core.engines.frame_parallel import exchange_shards, group_size
 from zipmap_core.engines.offline import StateSink, reconstruct_offline
 from zipmap_core.engines.precision import (
     cast_for_inference,
@@ -37,8 +39,65 @@ def reconstruct(
     sequence's `SceneState` (every TTT layer's trained fast weights and the cameras) as soon as it
     is known, before the frames' dense heads: offline and chunked engines only."""
     engine = engine or EngineConfig()
-    if images.dim() == 5 and images.shape[0] == 1:
-        images = images[0]
+    if engine.frame_parallel not in (1, AUTO):
+        raise ValueError(
+            f"frame_parallel={engine.frame_parallel} spreads one sequence over {engine.frame_parallel} processes: "
+            "call reconstruct_distributed in each of them (README: one sequence on several GPUs)"
+        )
+    images = _checked_images(model, _unbatched(images))
+    device = resolve_device(device, model)
+    if not engine.resolved:
+        engine = resolve_engine(engine, model, images.shape[0], tuple(images.shape[-2:]), device)
+    if on_state is not None and engine.mode == "streaming":
+        raise ValueError("scene states come from one bidirectional update over all frames: use engine mode "
+                         "'offline' or 'chunked' (streaming keeps per-window states)")
+    _ready(model, engine)
+    if on_state is not None:
+        if not model.aggregator.is_ttt:
+            raise ValueError(f"model {model.config.name!r} has no fast weights to keep (global_block='attention')")
+        return _ENGINES[engine.mode](model, images, engine, device, on_state)
+    return _ENGINES[engine.mode](model, images, engine, device)
+
+
+def reconstruct_distributed(
+    model: ZipMap,
+    images: torch.Tensor,
+    engine: EngineConfig | None = None,
+    *,
+    device: str | torch.device | None = None,
+    group=None,
+) -> Iterator[FramePrediction]:
+    """The chunked engine with one sequence spread over the processes of a torch.distributed
+    group (default: the whole world; NCCL on GPUs, gloo on CPUs; without torch.distributed, one
+    process). Call it in every process, each with its own contiguous share of the frames in rank
+    order (`frame_shares` gives an even split), and consume every frame in every process: the
+    engine's collectives run between yields. Each process yields its own share's frames, with
+    their indices in the whole sequence; the result is one process's up to summation order
+    (frame_parallel.py). "auto" settings are decided as for one process running the whole
+    sequence (mode: chunked), identically in every process."""
+    engine = engine or EngineConfig(mode="chunked")
+    processes = group_size(group)
+    if engine.mode not in ("chunked", AUTO):
+        raise ValueError(f"reconstruct_distributed runs the chunked engine: got mode={engine.mode!r}")
+    if engine.frame_parallel not in (AUTO, processes):
+        raise ValueError(f"engine.frame_parallel={engine.frame_parallel}, but the process group has {processes}")
+    images = _unbatched(images)
+    device = resolve_device(device, model)
+    shard = exchange_shards(images, device, group)  # first: bad input then raises in every process
+    images = _checked_images(model, images)
+    engine = engine.model_copy(update={"mode": "chunked", "frame_parallel": processes})
+    if not engine.resolved:  # every process decides alike: from the whole sequence and the largest share
+        hw = tuple(images.shape[-2:])
+        engine = resolve_engine(engine, model, shard.total, hw, device, run_frames=max(shard.counts))
+    _ready(model, engine)
+    return reconstruct_chunked(model, images, engine, device, shard=shard)
+
+
+def _unbatched(images: torch.Tensor) -> torch.Tensor:
+    return images[0] if images.dim() == 5 and images.shape[0] == 1 else images
+
+
+def _checked_images(model: ZipMap, images: torch.Tensor) -> torch.Tensor:
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"expected images [S, 3, H, W], got {tuple(images.shape)}")
     if images.shape[0] == 0:
@@ -46,12 +105,11 @@ def reconstruct(
     p = model.config.patch_size
     if images.shape[-2] % p or images.shape[-1] % p:
         raise ValueError(f"image size {tuple(images.shape[-2:])} is not a multiple of the patch size {p}")
-    device = resolve_device(device, model)
-    if not engine.resolved:
-        engine = resolve_engine(engine, model, images.shape[0], tuple(images.shape[-2:]), device)
-    if on_state is not None and engine.mode == "streaming":
-        raise ValueError("scene states come from one bidirectional update over all frames: use engine mode "
-                         "'offline' or 'chunked' (streaming keeps per-window states)")
+    return images
+
+
+def _ready(model: ZipMap, engine: EngineConfig) -> None:
+    """The model in eval mode, cast and compiled for the fast path if asked, at the engine's precision."""
     model.eval()
     if engine.fast:
         cast_for_inference(model, engine.dtype)
@@ -63,8 +121,3 @@ def reconstruct(
             "use EngineConfig(fast=True, ...) or load a fresh model"
         )
     set_newton_schulz_precision(model, engine.newton_schulz)
-    if on_state is not None:
-        if not model.aggregator.is_ttt:
-            raise ValueError(f"model {model.config.name!r} has no fast weights to keep (global_block='attention')")
-        return _ENGINES[engine.mode](model, images, engine, device, on_state)
-    return _ENGINES[engine.mode](model, images, engine, device)

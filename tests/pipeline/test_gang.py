@@ -1,0 +1,41 @@
+"""A gang of 2 CPU model actors (one placement group, a gloo process group between the actors)
+reconstructs one sequence exactly as one process does."""
+
+from __future__ import annotations
+
+import pytest
+import ray
+import torch
+
+from pipeline.gang import Gang
+from tests.pipeline.conftest import make_spec
+from tests.zipmap_core.test_engines import max_rel_error
+from zipmap_core import EngineConfig, ModelConfig, ZipMap, load_checkpoint, reconstruct
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def test_gang_of_two_actors_equals_one_process(ray_cluster, tiny_checkpoint, tmp_path):
+    spec = make_spec(tmp_path, tmp_path / "out", tiny_checkpoint, engine__mode="chunked", engine__chunk_size=2,
+                     engine__dtype="float32", engine__newton_schulz="float32",
+                     resources__device="cpu")
+    images = torch.rand(5, 3, 56, 84, generator=torch.Generator().manual_seed(4))
+    gang = Gang(spec, 2, num_cpus=0.5, timeout_s=120)
+    try:
+        members = ray.get([m.info.remote() for m in gang.members])
+        frames = gang.reconstruct(images)
+    finally:
+        gang.shutdown()
+    assert [m["rank"] for m in members] == [0, 1] and len({m["pid"] for m in members}) == 2
+    model = load_checkpoint(ZipMap(ModelConfig.preset("tiny")), str(tiny_checkpoint))
+    exact = EngineConfig(mode="chunked", chunk_size=2, dtype="float32", newton_schulz="float32")
+    one = list(reconstruct(model, images, exact))
+    assert [f.index for f in frames] == list(range(5))
+    errors = max_rel_error(one, frames)
+    assert max(errors.values()) <= 1e-4, errors
+
+
+def test_a_gang_too_large_for_any_node_times_out(ray_cluster, tmp_path):
+    spec = make_spec(tmp_path, tmp_path / "out", None, model__allow_random_weights="true")
+    with pytest.raises(TimeoutError, match="no node had room"):
+        Gang(spec, 3, num_cpus=1, timeout_s=2)  # the test cluster's nodes have 2 CPUs

@@ -1,0 +1,131 @@
+"""Code paths that only run on CUDA, which CPU CI never reaches: `pytest -m gpu` on a GPU machine
+(skipped without CUDA, see tests/conftest.py). Small models and tensors: a minute or two in all.
+
+- the fast path's GELU in the GEMM epilogue (Mlp.gelu_in_gemm);
+- strict float32 (no TF32) in the float32 engines;
+- the chunked store's GPU cache and pinned-memory tiers, and the chunked engine through them;
+- the fast path's precision claim (test_fast_path.py's check, on CUDA);
+- the frame-parallel engine on GPUs: 2 processes with NCCL on 2 GPUs, or 2 processes sharing
+  one GPU through gloo where the machine has one.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.zipmap_core.test_engines import EXACT, max_rel_error
+from tests.zipmap_core.test_fast_path import assert_fast_path_matches_float32, demo_scene, trained_demo
+from tests.zipmap_core.test_frame_parallel import (
+    CASES,
+    assert_shares_equal_one,
+    five_frames,
+    sensitive_tiny,
+    share_worker,
+)
+from zipmap_core import EngineConfig, reconstruct
+from zipmap_core.engines.frame_parallel import spawn
+from zipmap_core.engines.precision import autocast
+from zipmap_core.engines.store import ActivationStore
+from zipmap_core.layers.mlp import Mlp
+
+pytestmark = [pytest.mark.gpu, pytest.mark.timeout(900)]
+CUDA = torch.device("cuda")
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).abs().max() / b.float().abs().max())
+
+
+def test_gelu_in_the_gemm_epilogue_is_gelu_at_bf16_level():
+    torch.manual_seed(0)
+    exact = Mlp(256, 1024).to(CUDA)  # float32, erf GELU
+    plain = copy.deepcopy(exact).to(torch.bfloat16)
+    fused = copy.deepcopy(plain)
+    fused.gelu_in_gemm = True
+    x = torch.randn(4, 300, 256, device=CUDA)
+    with torch.no_grad():
+        want, got_plain, got_fused = exact(x), plain(x.bfloat16()), fused(x.bfloat16())
+    assert not torch.equal(got_fused, got_plain)  # the epilogue (tanh GELU, fused rounding) really ran
+    assert rel(got_fused, want) <= 2 * rel(got_plain, want) + 1e-3, (rel(got_fused, want), rel(got_plain, want))
+    assert rel(got_fused, want) < 2e-2
+
+
+def test_float32_engines_run_without_tf32_and_restore_the_flags():
+    torch.manual_seed(0)
+    a, b = torch.randn(2, 512, 512, device=CUDA).unbind(0)
+    image, kernel = torch.randn(1, 64, 32, 32, device=CUDA), torch.randn(64, 64, 3, 3, device=CUDA)
+    exact_mm, exact_conv = a.double() @ b.double(), F.conv2d(image.double(), kernel.double())
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # a caller who enabled TF32
+    try:
+        with autocast(CUDA, "float32"):
+            assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+            strict_mm, strict_conv = a @ b, F.conv2d(image, kernel)
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32  # restored
+        loose_mm = a @ b
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    assert rel(strict_mm, exact_mm) < 1e-5 and rel(strict_conv, exact_conv) < 1e-5
+    assert rel(loose_mm, exact_mm) > 1e-4  # TF32 (10-bit mantissa) would have been used
+
+
+def test_store_tiers_on_cuda(tmp_path):
+    mib = 2**20
+    tensors = {key: torch.randn(256, 1024, device=CUDA) for key in ("gpu", "pinned", "file")}  # 1 MiB each
+    with ActivationStore(CUDA, budget_bytes=mib, scratch_dir=str(tmp_path), device_bytes=mib) as store:
+        for key, t in tensors.items():
+            store.put(key, t)
+        assert (store.device_bytes, store.host_bytes, store.spilled_bytes) == (mib, mib, mib)
+        assert store._host["pinned"][0].is_pinned()
+        for key, t in tensors.items():
+            back = store.get(key)
+            assert back.device.type == "cuda" and torch.equal(back, t), key
+        pinned = store._pool.pinned_bytes
+        store.drop("pinned")
+        again = 2 * tensors["pinned"]
+        store.put("again", again)  # the freed pinned buffer is reused: no new pinning
+        assert store._pool.pinned_bytes == pinned and torch.equal(store.fetch("again").wait(), again)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "tiers",
+    [
+        {"gpu_cache_gb": 6.0},  # everything in the GPU cache
+        {"gpu_cache_gb": 0.0},  # pinned host memory, side-stream copies
+        {"gpu_cache_gb": 0.0, "host_memory_budget_gb": 1e-5},  # scratch files
+    ],
+)
+def test_chunked_on_cuda_is_exact_through_every_store_tier(tiers, tmp_path):
+    model = sensitive_tiny().to(CUDA)
+    images = five_frames()
+    exact = {"dtype": "float32", "local_points": True, **EXACT}  # on CUDA "auto" would be the bf16 fast path
+    offline = list(reconstruct(model, images, EngineConfig(mode="offline", **exact), device=CUDA))
+    engine = EngineConfig(mode="chunked", chunk_size=2, scratch_dir=str(tmp_path), **exact, **tiers)
+    chunked = list(reconstruct(model, images, engine, device=CUDA))
+    errors = max_rel_error(offline, chunked)
+    assert max(errors.values()) <= 1e-4, errors
+
+
+@pytest.mark.parametrize("mode", ["offline", "chunked", "streaming"])
+def test_fast_path_matches_float32_on_cuda(mode):
+    assert_fast_path_matches_float32(trained_demo().to(CUDA), demo_scene(), mode)
+
+
+@pytest.mark.parametrize("backend", ["nccl", "gloo"])
+def test_frame_parallel_on_gpus_equals_one_gpu(backend, tmp_path):
+    """NCCL: one process per GPU (needs 2 GPUs); gloo: 2 processes, on one GPU if there is one."""
+    if backend == "nccl" and torch.cuda.device_count() < 2:
+        pytest.skip("NCCL needs a GPU per process: this machine has one (the gloo case covers it)")
+    model, images = sensitive_tiny(), five_frames()
+    spawn(share_worker, 2, model, images, str(tmp_path), "cuda", backend=backend)
+    model = model.to(CUDA)
+    for case, engine in CASES.items():
+        one = list(reconstruct(model, images, engine, device=CUDA))
+        two = assert_shares_equal_one(one, tmp_path, case)
+        assert np.isfinite(two[0].depth).all()
