@@ -217,7 +217,7 @@ def _bench_pipeline(args, input_prefix: str, output: str) -> dict:
     try:
         num_actors = plan_actors(spec, ray.cluster_resources(), fixed_size=started).num_actors
         start = time.perf_counter()
-        summary = run_job(spec)
+        summary = run_job(spec, raise_on_failure=False)  # failures end the benchmark below, with their errors
         seconds = time.perf_counter() - start
     finally:
         if started:

@@ -2,18 +2,24 @@
 
 Run by `ray job submit` (or `zipmap-pipeline submit`) on the cluster's head node, where
 RAY_ADDRESS is set, so the pipeline joins the cluster instead of starting a local Ray. The exit
-code follows `zipmap-pipeline run` (0 done, 1 some failed, 2 bad spec, 3 infrastructure).
+code follows `zipmap-pipeline run` (0 done, 1 some failed, 2 bad spec, 3 infrastructure), and the
+last line of the log says it (`zipmap-pipeline driver exit code: N`): `submit --wait` trusts the
+job's exit code only with that line, since Python itself exits 1 when this module cannot even be
+imported. SIGTERM (what `ray job stop` sends) stops the run like Ctrl-C: in-flight work is
+cancelled and the manifest written before the driver exits.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Sequence
 
 from pipeline.cli import guarded
 from pipeline.logs import configure_logging
+from pipeline.submission import result_line
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -29,14 +35,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log-format", choices=["text", "json"], default="text", help="json: one object per line")
     args = parser.parse_args(argv)
     configure_logging(verbose=args.verbose, fmt=args.log_format)
-    return guarded(lambda: _reconstruct(args), verbose=args.verbose)
+    signal.signal(signal.SIGTERM, _interrupt)
+    code = guarded(lambda: _reconstruct(args), verbose=args.verbose)
+    print(result_line(code), flush=True)
+    return code
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _reconstruct(args: argparse.Namespace) -> int:
     from pipeline.api import resume_job, run_job
     from pipeline.spec import load_spec
 
-    options = {"progress": args.progress, "retry_failed": args.retry_failed}
+    options = {"progress": args.progress, "retry_failed": args.retry_failed, "raise_on_failure": False}
     if args.resume:
         summary = resume_job(args.resume, overrides=args.overrides, **options)
     else:

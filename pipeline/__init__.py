@@ -1,7 +1,7 @@
 """Distributed batch reconstruction of capture sequences with ZipMap on Ray.
 
     from pipeline import load_spec, run_job, read_outputs
-    summary = run_job(load_spec("job.yaml", ["engine.mode=chunked"]))
+    summary = run_job(load_spec("job.yaml", ["engine.mode=chunked"]))   # RunFailedError if any sequence failed
     outputs = read_outputs(summary.run_uri)   # .frames (pyarrow), .point_cloud(id), ...
     export_run(summary.run_uri, ["colmap"])     # <run>/exports/colmap/<id>/; write_report(run_uri)
     views = render_views(outputs.scene_state_uri(id), "cams.json")  # runs with scene_state.enabled
@@ -26,6 +26,7 @@ _EXPORTS = {
     "RunOutputs": "pipeline.reader",
     "export_run": "pipeline.exports.run",
     "write_report": "pipeline.report.html",
+    "RunFailedError": "pipeline.errors",
     "CameraRequest": "pipeline.rendering",
     "render_views": "pipeline.rendering",
     "render_sequence": "pipeline.rendering",

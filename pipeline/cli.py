@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
-import time
 import traceback
-import uuid
 from collections.abc import Callable, Sequence
 
 from .errors import InfrastructureError, PipelineError, SpecError, one_line
 from .logs import configure_logging
 from .output_commands import add_commands
-from .redaction import REDACTED, get_logger, redact_text
+from .redaction import get_logger, redact_text
 from .spec import StorageSpec, load_spec
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INFRA = 0, 1, 2, 3
@@ -67,7 +64,13 @@ def _run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec, args.overrides, storage_options=storage.for_uri(args.spec))
     spec = spec.with_storage_default(storage).with_run_id(args.run_id)
     logger.info("run %s -> %s", spec.run_id, spec.run_uri)
-    summary = run_job(spec, progress=not args.no_progress, retry_failed=args.retry_failed, ray_address=args.address)
+    summary = run_job(
+        spec,
+        progress=not args.no_progress,
+        retry_failed=args.retry_failed,
+        ray_address=args.address,
+        raise_on_failure=False,  # the exit code says it
+    )
     return _report(summary)
 
 
@@ -81,6 +84,7 @@ def _resume(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         retry_failed=args.retry_failed,
         ray_address=args.address,
+        raise_on_failure=False,
     )
     return _report(summary)
 
@@ -107,36 +111,17 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from ray.job_submission import JobStatus, JobSubmissionClient
+    from .submission import Follower, connect_job_server, runtime_env, submit
 
     spec = load_spec(args.spec, args.overrides).with_run_id(args.run_id)
-    spec_json = json.dumps(spec.model_dump(mode="json"), separators=(",", ":"))
-    if REDACTED in spec_json:
-        raise SpecError("the spec holds credentials (in a URI); give them to the cluster through its environment")
-    entrypoint = f"python -m jobs.reconstruct --spec-json {shlex.quote(spec_json)}"
-    runtime_env = (
-        {"working_dir": args.working_dir, "excludes": [".venv", ".git", "**/__pycache__"]} if args.working_dir else None
-    )
-    try:
-        client = JobSubmissionClient(args.address)
-        job_id = client.submit_job(
-            entrypoint=entrypoint,
-            submission_id=args.submission_id or f"zipmap-{spec.run_id}-{uuid.uuid4().hex[:6]}",
-            runtime_env=runtime_env,
-        )
-    except Exception as exc:
-        raise InfrastructureError(f"cannot submit to {args.address}: {exc}") from exc
-    print(json.dumps({"job_id": job_id, "run_id": spec.run_id, "run_uri": spec.run_uri}))
+    env = runtime_env(args.runtime_env, env=args.env, pip=args.pip, working_dir=args.working_dir)
+    client = connect_job_server(args.address)
+    job = submit(client, spec, address=args.address, submission_id=args.submission_id, runtime_env=env)
+    print(json.dumps(job.as_dict()), flush=True)
     if not args.wait:
+        logger.info("follow it with `ray job logs --follow %s --address %s`", job.job_id, args.address)
         return EXIT_OK
-    while (status := client.get_job_status(job_id)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
-        time.sleep(5)
-    sys.stderr.write(client.get_job_logs(job_id))
-    info = client.get_job_info(job_id)
-    code = getattr(info, "driver_exit_code", None)
-    if code is not None:
-        return int(code)
-    return EXIT_OK if status == JobStatus.SUCCEEDED else EXIT_INFRA
+    return Follower(client, job, unreachable_timeout_s=args.unreachable_timeout).run()
 
 
 def _render(args: argparse.Namespace) -> int:
@@ -294,13 +279,32 @@ def _parser() -> argparse.ArgumentParser:
     overrides(p), driver(p), store_options(p, "the spec file, and of the run unless the spec sets storage")
     p.set_defaults(func=_run)
 
-    p = sub.add_parser("submit", help="submit a job spec to a Ray cluster's job server")
+    p = sub.add_parser(
+        "submit",
+        help="submit a job spec to a Ray cluster's job server",
+        description="Submit a job spec to a Ray cluster's job server. With --wait, stream the job's log until it "
+        "ends and exit with the run's code (0 done, 1 some sequences failed, 2 bad spec, 3 infrastructure: the "
+        "job could not run or the job server was lost). Ctrl-C (or SIGTERM) stops the job; a second Ctrl-C "
+        "detaches without waiting for the stop (exit 130, or 143 for SIGTERM).",
+    )
     p.add_argument("spec", help="job spec file (YAML or JSON; path or URL)")
     p.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://head:8265")
-    p.add_argument("--run-id")
+    p.add_argument("--run-id", help="the run's id (default: the spec's, else a new one); reuse one to continue it")
     p.add_argument("--submission-id", help="Ray job id (default: zipmap-<run_id>-<random>)")
     p.add_argument("--working-dir", help="upload this folder as the job's code (default: the image's)")
-    p.add_argument("--wait", action="store_true", help="wait for the job and exit with its exit code")
+    p.add_argument("--runtime-env", help="Ray runtime environment: a YAML/JSON file, or JSON text")
+    p.add_argument(
+        "--env", action="append", default=[], metavar="NAME=VALUE", help="environment variable of the job (repeatable)"
+    )
+    p.add_argument("--pip", action="append", default=[], metavar="PACKAGE", help="pip package for the job (repeatable)")
+    p.add_argument("--wait", action="store_true", help="stream the job's log and exit with the run's exit code")
+    p.add_argument(
+        "--unreachable-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="with --wait: give up (exit 3) when the job server does not answer for this long (default 60)",
+    )
     overrides(p)
     p.set_defaults(func=_submit)
 

@@ -8,7 +8,12 @@ amount of retrying a single sequence can fix it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .redaction import redact_text
+
+if TYPE_CHECKING:
+    from .manifest import RunSummary
 
 
 class PipelineError(Exception):
@@ -33,6 +38,28 @@ class InfrastructureError(PipelineError, RuntimeError):
 
 class ActorInitError(InfrastructureError):
     """A model actor failed to build its model or load the checkpoint."""
+
+
+class RunFailedError(PipelineError):
+    """A run ended with sequences failed or unfinished; `summary` says which (exit code 1).
+
+    Raised by `run_job` / `resume_job` unless `raise_on_failure=False`, so that a scheduler task
+    that calls them fails instead of going green with missing results.
+    """
+
+    exit_code = 1
+
+    def __init__(self, summary: RunSummary):
+        self.summary = summary
+        shown = "; ".join(f"{f['sequence_id']}: {f.get('error') or f.get('error_kind')}" for f in summary.failures[:3])
+        more = f" (and {summary.failed - 3} more)" if summary.failed > 3 else ""
+        super().__init__(
+            f"run {summary.run_id} {summary.status}: {summary.done} of {summary.sequences} sequences done, "
+            f"{summary.failed} failed, {summary.pending} unfinished" + (f"; {shown}{more}" if shown else "")
+        )
+
+    def __reduce__(self):  # pickle (Ray, Airflow, Prefect) rebuilds it from the summary, not the message
+        return type(self), (self.summary,)
 
 
 # --- storage ---------------------------------------------------------------------------------

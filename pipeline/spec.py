@@ -214,7 +214,7 @@ class StorageSpec(_Section):
     @field_validator("options")
     @classmethod
     def _no_credentials(cls, options: dict[str, Any]) -> dict[str, Any]:
-        found = _secret_keys(options)
+        found = secret_keys(options)
         if found:
             raise ValueError(
                 f"storage.options must not hold credentials ({', '.join(found)}); "
@@ -473,12 +473,13 @@ def _describe_validation(exc: ValidationError) -> str:
 # --- credentials ---------------------------------------------------------------------------
 
 
-def _secret_keys(options: Mapping[str, Any], prefix: str = "") -> list[str]:
+def secret_keys(options: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """The dotted names of entries (at any depth) whose key looks like a credential."""
     found = []
     for key, value in options.items():
         name = f"{prefix}{key}"
         if isinstance(key, str) and SECRET_NAME.search(key):
             found.append(name)
         elif isinstance(value, Mapping):
-            found.extend(_secret_keys(value, f"{name}."))
+            found.extend(secret_keys(value, f"{name}."))
     return found

@@ -4,8 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
-.venv/bin/pip install -q --upgrade pip
+.venv/bin/python -m pip install -q --upgrade pip
 # CPU torch: the wheel of this exact version lies on disk; a bare "torch" would fetch a CUDA build.
-.venv/bin/pip install -q torch==2.13.0
-.venv/bin/pip install -q -e .
+.venv/bin/python -m pip install -q torch==2.13.0
+.venv/bin/python -m pip install -q -e .
 exec .venv/bin/python -m jobs.demo "$@"

@@ -10,8 +10,8 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
         chromium chromium-driver
 fi
 python3 -m venv .venv
-.venv/bin/pip install -q --upgrade pip
+.venv/bin/python -m pip install -q --upgrade pip
 # CPU torch: the wheel of this exact version lies on disk; a bare "torch" would fetch a CUDA build.
-.venv/bin/pip install -q torch==2.13.0
-.venv/bin/pip install -q -e '.[test]'
+.venv/bin/python -m pip install -q torch==2.13.0
+.venv/bin/python -m pip install -q -e '.[test]'
 exec .venv/bin/python -m pytest "$@"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 
 import numpy as np
 import pandas as pd
@@ -13,7 +14,7 @@ import pytest
 
 from pipeline import read_outputs, resume_job, run_job, run_status
 from pipeline.cli import main
-from pipeline.errors import InfrastructureError, SpecError
+from pipeline.errors import InfrastructureError, RunFailedError, SpecError
 from pipeline.tables import read_metadata
 
 from .conftest import (
@@ -47,7 +48,7 @@ def local_run(ray_cluster, tiny_checkpoint, tmp_path_factory):
     spec = make_spec(
         inputs, root / "out", tiny_checkpoint, run_id="e2e", point_cloud__conf_threshold=threshold, save_depth="true"
     )
-    summary = run_job(spec)
+    summary = run_job(spec, raise_on_failure=False)
     return {"spec": spec, "summary": summary, "refs": refs, "paths": paths, "threshold": threshold}
 
 
@@ -190,7 +191,7 @@ def test_tables_open_in_pandas_and_pyarrow(local_run):
 
 def test_frames_prepared_in_writer_processes_give_the_same_outputs(local_run, tmp_path):
     spec = local_run["spec"]
-    other = run_job(spec, overrides=[f"output={tmp_path}", "resources.frame_writers=2"])
+    other = run_job(spec, overrides=[f"output={tmp_path}", "resources.frame_writers=2"], raise_on_failure=False)
     assert (other.done, other.failed) == (3, 3)
     ours, theirs = read_outputs(spec.run_uri), read_outputs(other.run_uri)
     order = [("sequence_id", "ascending"), ("frame_index", "ascending")]
@@ -207,7 +208,7 @@ def test_rerun_skips_committed_and_failed(local_run, capsys):
         n: (os.stat(os.path.join(commits, n)).st_mtime_ns, open(os.path.join(commits, n)).read())
         for n in os.listdir(commits)
     }
-    summary = run_job(spec)
+    summary = run_job(spec, raise_on_failure=False)
     assert (summary.done, summary.failed) == (3, 3)
     after = {
         n: (os.stat(os.path.join(commits, n)).st_mtime_ns, open(os.path.join(commits, n)).read())
@@ -224,7 +225,7 @@ def test_resume_of_a_finished_run_keeps_its_statistics(local_run):
     spec = local_run["spec"]
     path = os.path.join(spec.run_uri, "summary.json")
     before, status_before = open(path).read(), run_status(spec.run_uri)
-    resumed = resume_job(spec.run_uri)
+    resumed = resume_job(spec.run_uri, raise_on_failure=False)
     assert open(path).read() == before
     stored = json.loads(before)
     assert (resumed.elapsed_s, resumed.frames_per_s) == (stored["elapsed_s"], stored["frames_per_s"]) != (0.0, 0.0)
@@ -233,12 +234,28 @@ def test_resume_of_a_finished_run_keeps_its_statistics(local_run):
     assert after.frames_per_s == stored["frames_per_s"]
 
 
+def test_run_job_raises_with_the_summary_when_sequences_failed(local_run):
+    """A scheduler task calling run_job fails (not green) when sequences failed; the error carries the summary."""
+    spec = local_run["spec"]
+    with pytest.raises(RunFailedError, match=r"run e2e partial: 3 of 6 sequences done, 3 failed") as caught:
+        run_job(spec)  # the finished run: nothing runs again, the summary is rebuilt from markers and manifest
+    summary = caught.value.summary
+    assert (summary.status, summary.done, summary.failed) == ("partial", 3, 3)
+    assert {f["sequence_id"] for f in summary.failures} == {"single", "mixed", "broken"}
+    assert caught.value.exit_code == 1
+    again = pickle.loads(pickle.dumps(caught.value))  # schedulers and Ray pickle exceptions
+    assert again.summary == summary and str(again) == str(caught.value)
+
+
 def test_a_run_cannot_change_what_its_outputs_mean(local_run):
     spec = local_run["spec"]
     with pytest.raises(SpecError, match="point_cloud"):
         run_job(spec, overrides=["point_cloud.voxel_size=0.1"])
     # resources, retries and the like may change between sessions
-    assert run_job(spec, overrides=["resources.max_in_flight_per_actor=1", "retry.max_attempts=5"]).done == 3
+    summary = run_job(
+        spec, overrides=["resources.max_in_flight_per_actor=1", "retry.max_attempts=5"], raise_on_failure=False
+    )
+    assert summary.done == 3
 
 
 def test_missing_checkpoint_is_an_infrastructure_error(ray_cluster, tmp_path):
