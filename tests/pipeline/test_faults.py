@@ -193,7 +193,8 @@ def test_driver_killed_then_resumed(ray_cluster, tiny_checkpoint, tmp_path):
     )
     commits = Path(spec.run_uri) / "_commits"
     deadline = time.monotonic() + 120
-    while not (commits.exists() and any(commits.iterdir())):
+    # a marker, not the temporary file of its atomic write (killed then, the driver committed nothing)
+    while not (commits.exists() and any(p.suffix == ".json" for p in commits.iterdir())):
         assert driver.poll() is None, driver.stderr.read().decode()[-3000:]
         assert time.monotonic() < deadline, "the driver committed nothing"
         time.sleep(0.05)
