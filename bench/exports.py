@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     run_uri = plain.run_uri
     (sid,) = read_outputs(run_uri).committed
-    frames = read_outputs(run_uri).committed[sid]["num_frames"]
+    frames = read_outputs(run_uri).committed[sid].num_frames
     jobs = {
         "colmap": lambda: export_run(run_uri, ["colmap"]),
         "colmap (text too)": lambda: export_run(run_uri, [{"format": "colmap", "model_format": "both"}]),

@@ -73,7 +73,7 @@ def _fingerprint(run_uri: str) -> dict:
     from pipeline.layout import POINTS
 
     outputs = read_outputs(run_uri)
-    plys = {sid: record["outputs"][POINTS] for sid, record in outputs.committed.items()}
+    plys = {sid: outputs.layout.final(sid, POINTS) for sid in outputs.committed}
 
     def digest(uri: str) -> str:
         with outputs.store.open(uri, "rb") as f:

@@ -225,11 +225,11 @@ def _bench_pipeline(args, input_prefix: str, output: str) -> dict:
     if summary.failed:
         raise SystemExit(f"pipeline run had failures: {summary.failures}")
     outputs = read_outputs(summary.run_uri)
-    markers = sorted(outputs.committed.values(), key=lambda m: m["committed_at"])
-    stamps = [dt.datetime.fromisoformat(m["committed_at"]) for m in markers]
+    markers = sorted(outputs.committed.values(), key=lambda m: m.committed_at)
+    stamps = [dt.datetime.fromisoformat(m.committed_at) for m in markers]
     # Steady state starts once every actor has committed a sequence (start-up is then behind all).
     first = min(num_actors, len(markers)) - 1
-    steady_frames = sum(m["num_frames"] for m in markers[first + 1 :])
+    steady_frames = sum(m.num_frames for m in markers[first + 1 :])
     span = (stamps[-1] - stamps[first]).total_seconds() if len(stamps) > first + 1 else 0.0
     return {
         "frames": summary.frames,

@@ -17,7 +17,8 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from pipeline.cli import configure_logging, guarded
+from pipeline.cli import guarded
+from pipeline.logs import configure_logging
 from pipeline.submission import result_line
 
 
@@ -29,10 +30,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     source.add_argument("--resume", metavar="RUN_URI", help="continue this run from its stored spec")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--retry-failed", action="store_true")
-    parser.add_argument("--progress", action="store_true", help="show a progress bar (off: job logs)")
+    parser.add_argument("--progress", action="store_true", help="also write periodic progress lines")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logs, and tracebacks of errors")
+    parser.add_argument("--log-format", choices=["text", "json"], default="text", help="json: one object per line")
     args = parser.parse_args(argv)
-    configure_logging(args.verbose)
+    configure_logging(verbose=args.verbose, fmt=args.log_format)
     signal.signal(signal.SIGTERM, _interrupt)
     code = guarded(lambda: _reconstruct(args), verbose=args.verbose)
     print(result_line(code), flush=True)

@@ -27,6 +27,7 @@ from .outputs import SequenceWriter, StagedOutputs, prepare_frame
 from .overlap import frame_writers, in_background, map_in_processes, remove_stale_scratch
 from .spec import JobSpec, ModelSpec, StorageSpec
 from .storage import Store
+from .testing import faults
 
 RANDOM_WEIGHTS_SEED = 0  # every worker must hold the same weights, or retries would differ
 
@@ -140,7 +141,7 @@ class ModelWorker:
                 # already; chunked/streaming: at most two chunks ahead, to bound host memory)
                 nonlocal infer_s, engine
                 with self._lock, torch.inference_mode():
-                    self._maybe_delay()
+                    faults.delay()
                     if engine.fast and getattr(self._model, "_compiled_for_inference", False):
                         engine = engine.model_copy(update={"compile": True})  # compiled for good meanwhile
                         writer.engine = engine.settings()
@@ -154,7 +155,7 @@ class ModelWorker:
             frames = in_background(infer, max_ahead=ahead)
             for prepared in map_in_processes(partial(prepare_frame, writer.frame_format), frames, self._writers):
                 writer.add_prepared(prepared)
-                self._maybe_crash(source)
+                faults.crash_point(faults.ACTOR_CRASH_POINT, source.sequence_id)
             staged = writer.finish(store, layout, attempt_id)
         except BrokenProcessPool:
             # a writer process died (out of memory, killed): this attempt fails and is retried,
@@ -182,23 +183,3 @@ class ModelWorker:
         hw, n = tuple(images.shape[-2:]), images.shape[0]
         self._frames_run[hw] = run_frames = self._frames_run.get(hw, 0) + n
         return resolve_engine(self._spec.engine, self._model, n, hw, self._device, run_frames=run_frames)
-
-    # -- test hooks (JobSpec.faults) ---------------------------------------------------------
-
-    def _maybe_delay(self) -> None:
-        faults = self._spec.faults
-        if faults is not None and faults.delay_s:
-            time.sleep(faults.delay_s)
-
-    def _maybe_crash(self, source: SequenceSource) -> None:
-        """Kill this worker process mid-sequence, once per marker file."""
-        faults = self._spec.faults
-        if faults is None or faults.crash_sequence != source.sequence_id:
-            return
-        marker = faults.crash_marker
-        if marker is not None and os.path.exists(marker):
-            return
-        if marker is not None:
-            with open(marker, "w") as f:
-                f.write(f"crashed pid {os.getpid()}\n")
-        os._exit(1)

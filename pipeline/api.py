@@ -12,13 +12,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .commit import committed_sequences
 from .coordinator import Coordinator
-from .errors import PipelineError, RunFailedError, storage_error
+from .errors import RunFailedError
 from .layout import RunLayout
-from .manifest import RunSummary, SequenceRecord, read_manifest
+from .manifest import RunSummary
 from .spec import JobSpec, StorageSpec, load_spec
-from .storage import Store
+from .status import run_status
+
+__all__ = ["load_run_spec", "resume_job", "run_job", "run_status"]
 
 
 def run_job(
@@ -78,33 +79,3 @@ def resume_job(
         raise_on_failure=raise_on_failure,
     )
 
-
-def run_status(run_uri: str, *, storage: StorageSpec | None = None) -> RunSummary:
-    """The state of a run from its manifest and commit markers (no Ray needed)."""
-    run_uri = run_uri.rstrip("/")
-    try:
-        return _run_status(run_uri, storage)
-    except PipelineError:
-        raise
-    except Exception as exc:  # the store failed us: one line that says why, not a client's traceback
-        raise storage_error(exc, run_uri, endpoint_url=(storage or StorageSpec()).endpoint_url, doing="read") from exc
-
-
-def _run_status(run_uri: str, storage: StorageSpec | None) -> RunSummary:
-    store, layout = Store(run_uri, storage), RunLayout(run_uri)
-    records: dict[str, SequenceRecord] = read_manifest(store, layout)
-    for sid, marker in committed_sequences(store, layout).items():
-        records[sid] = SequenceRecord.from_marker(marker)
-    for record in records.values():
-        if record.status == "running":  # no driver is running it now (as far as we know)
-            record.status = "pending"
-    try:
-        stored = store.read_json(layout.summary)
-        elapsed = float(stored.get("elapsed_s", 0.0))
-        skipped = dict(stored.get("skipped_inputs") or {})
-    except (FileNotFoundError, ValueError):
-        elapsed, skipped = 0.0, {}
-    frames = sum(r.num_frames or 0 for r in records.values() if r.status == "done")
-    return RunSummary.from_records(
-        run_uri.rsplit("/", 1)[-1], run_uri, list(records.values()), elapsed, frames, skipped_inputs=skipped
-    )

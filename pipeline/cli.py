@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 
 from .errors import InfrastructureError, PipelineError, SpecError, one_line
+from .logs import configure_logging
 from .output_commands import add_commands
-from .redaction import get_logger, redact_log_handlers, redact_text
+from .redaction import get_logger, redact_text
 from .spec import StorageSpec, load_spec
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INFRA = 0, 1, 2, 3
@@ -26,18 +26,8 @@ logger = get_logger("pipeline")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    configure_logging(args.verbose)
+    configure_logging(verbose=args.verbose, fmt=args.log_format)
     return guarded(lambda: args.func(args), verbose=args.verbose)
-
-
-def configure_logging(verbose: bool = False) -> None:
-    """Log lines on stderr, credentials redacted from every library's records (botocore's too)."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    redact_log_handlers()
 
 
 def guarded(command: Callable[[], int], *, verbose: bool = False) -> int:
@@ -102,9 +92,21 @@ def _resume(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from .api import run_status
 
-    summary = run_status(args.run_uri, storage=_storage(args))
-    if summary.sequences == 0:
+    summary = run_status(args.run_uri, storage=_storage(args), verify=args.verify)
+    if summary.sequences == 0 and summary.driver is None:
         raise SpecError(f"{args.run_uri} has no manifest or commit markers; is it a run folder?")
+    driver = summary.driver
+    if driver is not None and driver["state"] == "running":
+        logger.info(
+            "run %s is running: driver on host %s, pid %s, since %s; last heartbeat %.0fs ago",
+            summary.run_id, driver["host"], driver["pid"], driver["since"], driver["heartbeat_age_s"],
+        )
+    elif driver is not None and driver["state"] == "dead":
+        logger.warning(
+            "run %s: its driver (host %s, pid %s) is dead: no heartbeat for %.0fs; continue with "
+            "`zipmap-pipeline resume %s`", summary.run_id, driver["host"], driver["pid"], driver["heartbeat_age_s"],
+            args.run_uri,
+        )
     return _report(summary)
 
 
@@ -243,6 +245,9 @@ def _storage(args: argparse.Namespace) -> StorageSpec:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zipmap-pipeline", description=__doc__.split("\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument(
+        "--log-format", choices=["text", "json"], default="text", help="json: one JSON object per log line"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def overrides(p: argparse.ArgumentParser) -> None:
@@ -303,8 +308,13 @@ def _parser() -> argparse.ArgumentParser:
     overrides(p)
     p.set_defaults(func=_submit)
 
-    p = sub.add_parser("status", help="print a run's summary from its manifest and commit markers")
+    p = sub.add_parser("status", help="print a run's summary from its manifest and commit record")
     p.add_argument("run_uri")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="also list every commit marker and output: report committed sequences whose outputs are missing",
+    )
     store_options(p)
     p.set_defaults(func=_status)
 

@@ -1,10 +1,26 @@
 """Atomic, idempotent publication of a sequence's outputs.
 
-An attempt writes under `_staging/<id>/<attempt>/`. Committing moves those files to their final
-places and then writes the commit marker `_commits/<id>.json`, last. Readers trust a sequence
-only when its marker exists, so a crash at any point leaves either nothing visible or the whole
-sequence; the next commit of that sequence first clears whatever a crashed commit left behind.
+An attempt writes under `_staging/<id>/<attempt>/`. Committing it:
+
+1. stores an intent `_commit_intents/<id>.json` (from here on, readers ask the marker, not the
+   manifest, whether the sequence is committed; `pipeline.commit_record`);
+2. moves the staged files to their final places (over leftovers of an earlier, crashed commit);
+3. checks that every output is in place and records the sizes of the core outputs (folder
+   outputs, previews and exports, are moved whole);
+4. writes the commit marker `_commits/<id>.json`, last;
+5. drops the staging folder.
+
+Readers trust a sequence only when its marker exists, so a crash at any point leaves either no
+marker (the sequence is redone; its leftovers are removed) or the whole sequence. A commit that
+fails removes what it moved, unless its marker turns out to exist (a write whose response was
+lost): then it did commit. Later `Committer.compact` writes the manifest, which records the
+commits, and removes the intents it covers.
+
 Only the coordinator commits, one attempt per sequence at a time, so there is a single writer.
+Outputs derived later from a committed sequence (`export`, `report`) are added by
+`commit_derived`, which rewrites the marker and leaves the commit state as it is.
+Cleanup of outputs nobody committed checks each sequence's marker right before deleting, so it
+never removes a sequence committed meanwhile. Crash points for tests: `pipeline.testing.faults`.
 """
 
 from __future__ import annotations
@@ -14,63 +30,141 @@ import json
 import time
 from typing import Any
 
-from .layout import EXPORTS, OUTPUT_KINDS, PREVIEWS, RunLayout
+from .commit_record import Commits, folder_kinds
+from .layout import OUTPUT_KINDS, RunLayout, output_kind
+from .manifest import SequenceRecord, write_manifest
 from .outputs import StagedOutputs
 from .redaction import get_logger, redact
 from .storage import Store
+from .testing.faults import crash_point
 
 logger = get_logger(__name__)
 
 
-def commit_sequence(
-    store: Store,
-    layout: RunLayout,
-    sequence_id: str,
-    attempt_id: str,
-    staged: StagedOutputs,
-    record: dict[str, Any],
-) -> dict[str, Any]:
-    """Publish one attempt's staged outputs; returns the marker record.
+class Committer:
+    """The run's only writer of commit markers, intents and the manifest."""
 
-    If the sequence is already committed (a duplicate attempt), the existing record wins and
-    the staged files are discarded, so nothing is ever published twice.
-    """
-    start = time.monotonic()
-    marker = layout.commit_marker(sequence_id)
-    if store.exists(marker):
-        discard_attempt(store, layout, sequence_id, attempt_id)
-        return store.read_json(marker)
-    remove_outputs(store, layout, sequence_id, kinds=(*OUTPUT_KINDS, *staged.files))
-    outputs = {}
-    for kind, staged_uri in staged.files.items():
-        final = layout.final(sequence_id, kind)
-        store.move(staged_uri, final)
-        outputs[kind] = final
-    timings = dict(record.get("timings", {}))
-    timings["commit_s"] = time.monotonic() - start
-    full = {
-        **record,
-        "timings": timings,
-        "sequence_id": sequence_id,
-        "attempt_id": attempt_id,
-        "num_frames": staged.num_frames,
-        "num_points": staged.num_points,
-        "outputs": outputs,
-        "committed_at": dt.datetime.now(dt.UTC).isoformat(),
-    }
-    store.write_json(marker, redact(full))  # last: from here on the sequence is visible
-    discard_attempt(store, layout, sequence_id, attempt_id)
-    return full
+    def __init__(self, store: Store, layout: RunLayout):
+        self.store = store
+        self.layout = layout
+        self._intents: set[str] = set()  # stored intents that the next manifest write covers
+        self._unresolved: set[str] = set()  # failed commits whose marker could not be checked
+
+    # -- committing --------------------------------------------------------------------------
+
+    def commit(
+        self, sequence_id: str, attempt_id: str, staged: StagedOutputs, record: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Publish one attempt's staged outputs; returns the marker record.
+
+        If the sequence is already committed (a duplicate attempt), the existing record wins and
+        the staged files are discarded, so nothing is ever published twice.
+        """
+        start = time.monotonic()
+        existing = self._marker(sequence_id)
+        if existing is not None:
+            self._unresolved.discard(sequence_id)  # an earlier commit whose answer was lost did land
+            discard_attempt(self.store, self.layout, sequence_id, attempt_id)
+            return existing
+        self._write_intent(sequence_id, attempt_id)
+        crash_point("commit.intent_written", sequence_id)
+        try:
+            full = self._publish(sequence_id, attempt_id, staged, record, start)
+        except Exception:
+            landed = self._roll_back(sequence_id, (*OUTPUT_KINDS, *staged.files))
+            if landed is None:
+                raise
+            full = landed
+        self._unresolved.discard(sequence_id)
+        crash_point("commit.marker_written", sequence_id)
+        discard_attempt(self.store, self.layout, sequence_id, attempt_id)
+        return full
+
+    def _publish(
+        self, sid: str, attempt_id: str, staged: StagedOutputs, record: dict[str, Any], start: float
+    ) -> dict[str, Any]:
+        outputs = {}
+        for kind, staged_uri in staged.files.items():
+            outputs[kind] = self.layout.final(sid, kind)
+            if output_kind(kind).folder:  # a folder moved onto a leftover one would land inside it
+                self.store.delete(outputs[kind])
+            self.store.move(staged_uri, outputs[kind])
+            if len(outputs) == 1:
+                crash_point("commit.output_moved", sid)
+        # all in place; the sizes of the core outputs are what verification checks
+        sizes = {kind: self.store.size(uri) for kind, uri in outputs.items() if kind in OUTPUT_KINDS}
+        crash_point("commit.outputs_moved", sid)
+        timings = dict(record.get("timings", {}))
+        timings["commit_s"] = time.monotonic() - start
+        full = {
+            **record,
+            "timings": timings,
+            "sequence_id": sid,
+            "attempt_id": attempt_id,
+            "num_frames": staged.num_frames,
+            "num_points": staged.num_points,
+            "outputs": outputs,
+            "output_bytes": sizes,
+            "committed_at": dt.datetime.now(dt.UTC).isoformat(),
+        }
+        self.store.write_json(self.layout.commit_marker(sid), redact(full))  # last: from here on it is visible
+        return full
+
+    def _roll_back(self, sid: str, kinds: tuple[str, ...]) -> dict[str, Any] | None:
+        """After a failed commit: its marker if it was written after all, else None once the
+        outputs it may have moved are removed (best effort: the intent stays if this fails)."""
+        try:
+            landed = self._marker(sid)
+            if landed is not None:
+                logger.warning("commit of %s reported an error but its marker is stored: committed", sid)
+                return landed
+            _delete_outputs(self.store, self.layout, sid, kinds)
+        except Exception as exc:
+            self._unresolved.add(sid)
+            logger.warning("could not roll back the failed commit of %s (the next session will): %s", sid, exc)
+        return None
+
+    def uncommit(self, sequence_id: str, kinds: tuple[str, ...] = tuple(OUTPUT_KINDS)) -> None:
+        """Withdraw a committed sequence (its outputs are torn): intent, marker, then outputs."""
+        self._write_intent(sequence_id, None)
+        self.store.delete(self.layout.commit_marker(sequence_id))
+        _delete_outputs(self.store, self.layout, sequence_id, kinds)
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    def recover(self, commits: Commits) -> None:
+        """Start a session on a run: withdraw torn sequences, remove outputs nobody committed and
+        everything staged; the intents found are removed by the first `compact`."""
+        self._intents |= commits.intents
+        kinds = (*OUTPUT_KINDS, *folder_kinds(self.store, self.layout))
+        for sid in sorted(commits.torn):
+            logger.warning("sequence %s: %s; it will be redone", sid, commits.torn[sid])
+            self.uncommit(sid, kinds)
+        suspects = commits.orphans | (commits.intents - commits.committed.keys())
+        clean_uncommitted(self.store, self.layout, set(commits.committed), suspects, kinds)
+
+    def compact(self, records: list[SequenceRecord]) -> None:
+        """Write the manifest as the compact commit record, then drop the intents it covers."""
+        write_manifest(self.store, self.layout, records, covers_commits=True)
+        crash_point("manifest.written")
+        covered = self._intents - self._unresolved
+        try:
+            self.store.delete_files([self.layout.intent(sid) for sid in sorted(covered)])
+        except Exception as exc:  # they are only re-read, not wrong
+            logger.warning("could not remove %d commit intents: %s", len(covered), exc)
+            return
+        self._intents -= covered
+
+    def _write_intent(self, sid: str, attempt_id: str | None) -> None:
+        self.store.write_json(self.layout.intent(sid), {"sequence_id": sid, "attempt_id": attempt_id})
+        self._intents.add(sid)
+
+    def _marker(self, sid: str) -> dict[str, Any] | None:
+        found = self.store.read_existing([self.layout.commit_marker(sid)])
+        return json.loads(next(iter(found.values()))) if found else None
 
 
-def committed_sequences(store: Store, layout: RunLayout) -> dict[str, dict[str, Any]]:
-    """Marker records of all committed sequences, by id (read fresh from the store)."""
-    uris = [u for u in store.find(layout.commits) if u.endswith(".json")]
-    records = {}
-    for data in store.read_many(uris):
-        record = json.loads(data)
-        records[record["sequence_id"]] = record
-    return records
+# -- cleanup ----------------------------------------------------------------------------------
 
 
 def commit_derived(
@@ -81,7 +175,8 @@ def commit_derived(
 
     Each kind is swapped in place (old folder removed, staged one moved there), then the marker is
     rewritten to list it. A crash in between leaves the kind missing or unlisted, never mixed with
-    an older version; running the export again repairs it.
+    an older version; running the export again repairs it. The sequence stays committed throughout
+    (its core outputs and their recorded sizes do not change), so no intent is needed.
     """
     marker = store.read_json(layout.commit_marker(sequence_id))
     outputs = dict(marker.get("outputs", {}))
@@ -96,9 +191,18 @@ def commit_derived(
 
 
 def remove_outputs(
-    store: Store, layout: RunLayout, sequence_id: str, kinds: tuple[str, ...] = OUTPUT_KINDS
-) -> None:
-    """Delete any final outputs of a sequence (leftovers of a commit that never finished)."""
+    store: Store, layout: RunLayout, sequence_id: str, kinds: tuple[str, ...] = tuple(OUTPUT_KINDS)
+) -> bool:
+    """Delete a sequence's final outputs of `kinds` unless it is committed. The marker is checked
+    right before the delete, so a sequence committed since the caller looked is never torn apart.
+    Returns whether anything was deleted."""
+    if store.exists(layout.commit_marker(sequence_id)):
+        return False
+    _delete_outputs(store, layout, sequence_id, kinds)
+    return True
+
+
+def _delete_outputs(store: Store, layout: RunLayout, sequence_id: str, kinds: tuple[str, ...]) -> None:
     for kind in dict.fromkeys(kinds):
         store.delete(layout.final_owner(sequence_id, kind))
 
@@ -111,23 +215,48 @@ def discard_attempt(store: Store, layout: RunLayout, sequence_id: str, attempt_i
         logger.warning("could not clean up staging of %s/%s: %s", sequence_id, attempt_id, exc)
 
 
-def clean_uncommitted(store: Store, layout: RunLayout, committed: set[str]) -> None:
-    """Before (re)starting a run: drop all staging, any outputs without a commit marker, and the
-    temporary files of marker, manifest or summary writes that a killed driver left behind."""
+def clean_uncommitted(
+    store: Store,
+    layout: RunLayout,
+    committed: set[str],
+    suspects: set[str] | None = None,
+    kinds: tuple[str, ...] | None = None,
+) -> list[str]:
+    """Before (re)starting a run: drop all staging, the outputs of sequences without a commit
+    marker, and the temporary files of atomic writes that a killed driver left behind.
+
+    `committed` is what the caller read earlier; `suspects` the sequences that may have outputs
+    without a marker (None: list the output folders to find them); `kinds` the outputs to look at
+    (None: the core ones and the folder outputs the run holds). Each sequence's marker is checked
+    again right before its outputs are deleted. Returns the sequences cleaned."""
     try:
         store.delete(layout.staging_root)
     except Exception as exc:
         logger.warning("could not clean up %s: %s", layout.staging_root, exc)
-    for folder in (layout.commits, layout.run_uri):
+    for folder in (layout.commits, layout.intents, layout.run_uri):
         store.remove_partial_writes(folder)
-    for kind in (*OUTPUT_KINDS, *folder_kinds(store, layout)):
-        for entry in store.ls(layout.dataset_dir(kind)):
-            owner = layout.owner_sequence(kind, entry["name"])
-            if owner is not None and owner not in committed:
-                store.delete(store.uri(entry["name"]))
+    if kinds is None:
+        kinds = (*OUTPUT_KINDS, *folder_kinds(store, layout))
+    if suspects is None:
+        suspects = set()
+        for kind in kinds:
+            for rel in store.list_files(layout.dataset_dir(kind)):
+                sid = layout.sequence_of(kind, rel)
+                if sid is not None:
+                    suspects.add(sid)
+    cleaned = [sid for sid in sorted(suspects - committed) if remove_outputs(store, layout, sid, kinds)]
+    if cleaned:
+        logger.info("removed the outputs of %d uncommitted sequence(s): %s", len(cleaned), ", ".join(cleaned[:10]))
+    return cleaned
 
 
-def folder_kinds(store: Store, layout: RunLayout) -> list[str]:
-    """The folder outputs a run may hold: the previews, and one kind per export format found."""
-    formats = [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in store.ls(layout.dataset_dir(EXPORTS))]
-    return [PREVIEWS, *(f"{EXPORTS}/{name}" for name in formats)]
+def commit_sequence(
+    store: Store,
+    layout: RunLayout,
+    sequence_id: str,
+    attempt_id: str,
+    staged: StagedOutputs,
+    record: dict[str, Any],
+) -> dict[str, Any]:
+    """Commit one attempt with a committer of its own (tests and tools; a run keeps one `Committer`)."""
+    return Committer(store, layout).commit(sequence_id, attempt_id, staged, record)

@@ -3,263 +3,225 @@
 Every sequence moves pending -> running -> done | failed. Bad input fails at once; anything
 else is retried with exponential backoff up to `retry.max_attempts` (per driver session), on a
 fresh actor if the old one died. A run can always be continued: commit markers say what is
-done, the manifest says what failed for good, and everything else simply runs again.
+done, the manifest says what failed for good, and everything else simply runs again. Only one
+driver works on a run at a time (pipeline.lease); the state of every sequence lives in a
+`SequenceTable`, the actors in an `ActorPool`, and what people see in `ProgressReport` and the
+event log (pipeline.logs).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any
 
-from pydantic import ValidationError
-from tqdm import tqdm
-
+from .actor_pool import ActorPool, Slot
 from .actors import check_checkpoint
-from .cluster import connect
-from .commit import clean_uncommitted, commit_sequence, committed_sequences, discard_attempt
-from .discovery import SequenceSource, discover_inputs
-from .errors import InfrastructureError, PipelineError, SpecError, storage_error
-from .execution import RayExecutor, classify, describe, plan_actors
+from .commit import Committer, discard_attempt
+from .commit_record import Commits
+from .discovery import Discovery, SequenceSource
+from .errors import InfrastructureError, PipelineError, storage_error
+from .execution import Executor, classify, describe, ray_executor
 from .layout import RunLayout
-from .manifest import RunSummary, SequenceRecord, read_manifest, write_manifest
-from .redaction import get_logger, redact_uri
+from .lease import Lease, LeaseLostError, RunLease, iso_time
+from .logs import log_event
+from .manifest import RunSummary, SequenceRecord
+from .progress import ProgressReport
+from .redaction import get_logger
 from .report.html import report_at_end
+from .restore import check_same_results, find_sources, previous_elapsed, read_previous, restore_table
+from .sequence_table import SequenceTable
 from .spec import JobSpec
 from .storage import Store
 
 logger = get_logger(__name__)
 
-MANIFEST_INTERVAL_S = 10.0  # how often the manifest is rewritten while the run goes on
+MANIFEST_INTERVAL_S = 10.0  # the manifest is rewritten at most this often while the run goes on ...
+MANIFEST_SHARE = 0.1  # ... and so that rewriting it takes at most this share of the driver's time
+PUBLISH_S = 0.5  # how often the loop hands the heartbeat fresh progress
 POLL_S = 1.0
 
-
-@dataclass
-class _Slot:
-    """A place for one model actor; the actor in it is replaced when it dies."""
-
-    actor: Any = None
-    ready_ref: Any = None
-    ready: bool = False
-    inflight: set = field(default_factory=set)  # process refs running on the current actor
+ExecutorFactory = Callable[[JobSpec], AbstractContextManager[Executor]]
 
 
 @dataclass
 class _Attempt:
     sequence_id: str
     attempt_id: str
-    slot: _Slot
+    slot: Slot
     actor: Any
     decode_ref: Any
     started: float
 
 
 class Coordinator:
-    """Runs one job to completion (or until an infrastructure error stops it)."""
+    """Runs one job to completion (or until an infrastructure error stops it).
+
+    `executor` opens the cluster the work runs on; by default Ray (`ray_address`, or local).
+    """
 
     def __init__(
-        self, spec: JobSpec, *, progress: bool = True, retry_failed: bool = False, ray_address: str | None = None
+        self,
+        spec: JobSpec,
+        *,
+        progress: bool = True,
+        retry_failed: bool = False,
+        ray_address: str | None = None,
+        executor: ExecutorFactory | None = None,
     ):
         if spec.run_id is None:
             spec = spec.with_run_id()
         self.spec = spec
         self.layout = RunLayout(spec.run_uri)
         self.store = Store(spec.run_uri, spec.storage)
+        self._committer = Committer(self.store, self.layout)
         self._show_progress = progress
         self._retry_failed = retry_failed
-        self._ray_address = ray_address
-        self._records: dict[str, SequenceRecord] = {}
+        self._open_executor = executor or (lambda s: ray_executor(s, ray_address))
+        self._table = SequenceTable()
         self._sources: dict[str, SequenceSource] = {}
-        self._session_attempts: dict[str, int] = {}
-        self._not_before: dict[str, float] = {}
-        self._attempts: dict[Any, _Attempt] = {}
-        self._slots: list[_Slot] = []
-        self._executor: RayExecutor | None = None
-        self._bar: tqdm | None = None
-        self._frames_done = 0
-        self._startup_failures = 0
-        self._last_manifest = 0.0
         self._skipped_inputs: dict[str, int] = {}  # discovery's skip counts by reason
+        self._attempts: dict[Any, _Attempt] = {}
+        self._lease = RunLease(self.store, self.layout, spec.driver, spec.run_id)
+        self._progress = ProgressReport(spec.run_id, self._table, enabled=False)
+        self._executor: Executor | None = None
+        self._pool: ActorPool | None = None
+        self._elapsed_before = 0.0  # working time of earlier sessions of this run
+        self._worked_since: float | None = None  # when this session started working, if it had work
+        self._stale_record = False  # the manifest and summary miss what an earlier session did or left
+        self._last_event = time.monotonic()
+        self._next_manifest = 0.0
+        self._next_publish = 0.0
 
     # -- the run -----------------------------------------------------------------------------
 
     def run(self) -> RunSummary:
         """Run every sequence not yet done; the summary is also stored, even if the run stops early."""
-        start = time.monotonic()
-        self._prepare()  # before Ray: a bad input or store fails fast, a finished run needs no cluster
-        started_ray = False
+        try:  # before the lease, only reads: bad input, checkpoints and stores fail without writing
+            self._lease.refuse_if_held()  # before discovery, which may take minutes on a large input
+            check_same_results(self.store, self.layout, self.spec)
+            previous = read_previous(self.store, self.layout)
+            found = find_sources(self.spec, previous)
+            if any(s.sequence_id not in previous.committed for s in found.sources):
+                check_checkpoint(self.spec)  # before a run folder or a cluster exists
+            last_lease = self._lease.acquire()
+        except PipelineError:
+            raise
+        except Exception as exc:  # OSError, or a store client's own errors (e.g. unreachable endpoint)
+            raise self._storage_error(exc) from exc
         try:
-            if self._pending_ids():
-                started_ray = connect(self._ray_address, self.spec.resources.ray_connect_timeout_s)
-                self._start_executor(fixed_size=started_ray)  # a cluster we started cannot grow
-                self._loop()
-        finally:
-            self._stop()
-            if started_ray:
-                import ray
+            self._restore(found, previous, last_lease)
+            if self._table.unfinished:
+                self._worked_since = time.monotonic()
+                with self._open_executor(self.spec) as executor:
+                    self._work(executor)
+        except LeaseLostError:
+            self._lease.release({})  # only stops the heartbeat: another driver owns the run now
+            raise
+        except BaseException:
+            self._finish()
+            raise
+        return self._finish()
 
-                ray.shutdown()
-            summary = RunSummary.from_records(
-                self.spec.run_id,
-                self.spec.run_uri,
-                list(self._records.values()),
-                time.monotonic() - start,
-                self._frames_done,
-                skipped_inputs=self._skipped_inputs,
+    def _restore(self, found: Discovery, previous: Commits, last_lease: Lease | None) -> None:
+        try:
+            self._table = restore_table(
+                self._committer, self.spec, found.sources, previous, retry_failed=self._retry_failed
             )
+            self._elapsed_before = previous_elapsed(self.store, self.layout, last_lease)
+        except PipelineError:
+            raise
+        except Exception as exc:
+            raise self._storage_error(exc) from exc
+        self._stale_record = bool(previous.intents or previous.torn or previous.orphans) or (
+            last_lease is not None and last_lease.state == "running"  # its driver died before its summary
+        )
+        self._sources = {s.sequence_id: s for s in found.sources}
+        self._skipped_inputs = found.skipped_counts()
+        self._progress = ProgressReport(
+            self.spec.run_id, self._table, enabled=self._show_progress, interval_s=self.spec.driver.progress_interval_s
+        )
+        counts = self._table.counts
+        log_event(
+            logger, "run_start", run_id=self.spec.run_id, sequences=len(self._table), done=counts["done"],
+            failed=counts["failed"], todo=counts["pending"], frames_todo=self._table.frames_todo,
+            frames_unknown_sequences=self._table.unknown_todo,
+        )
+        self._lease.publish(self._live_progress())
+
+    def _finish(self) -> RunSummary:
+        """Store the manifest and summary (unless this session found them complete and changed
+        nothing: `resume` of a finished run) and release the lease."""
+        elapsed = self._elapsed()
+        summary = RunSummary.from_records(
+            self.spec.run_id, self.spec.run_uri, self._table.records(), elapsed, self._table.frames_done,
+            skipped_inputs=self._skipped_inputs,
+        )
+        changed = self._worked_since is not None or self._stale_record
+        if len(self._table) and (changed or not self._summary_exists()):
             self._write_manifest()
             try:
                 self.store.write_json(self.layout.summary, summary.model_dump(mode="json"))
             except Exception as exc:  # do not mask the error that stopped the run
                 logger.warning("could not write %s: %s", self.layout.summary, exc)
-            report_at_end(self.spec)
+            report_at_end(self.spec)  # while the lease is held: report.html is the run's too
+        self._lease.release(self._live_progress(elapsed))
+        log_event(
+            logger, "run_end", run_id=self.spec.run_id, status=summary.status, done=summary.done,
+            failed=summary.failed, pending=summary.pending, elapsed_s=summary.elapsed_s,
+        )
         return summary
 
-    def _prepare(self) -> None:
-        """Find the sequences, store the spec, restore what earlier sessions already did."""
+    # -- the loop ----------------------------------------------------------------------------
+
+    def _work(self, executor: Executor) -> None:
+        self._executor = executor
+        resources = self.spec.resources
+        self._pool = ActorPool(executor, executor.plan.num_actors, start_timeout_s=resources.actor_start_timeout_s)
+        self._last_event = time.monotonic()
         try:
-            self._check_same_results()
-            committed = committed_sequences(self.store, self.layout)
-            previous = read_manifest(self.store, self.layout)
-            known = {r.sequence_id: r.source_uri for r in previous.values() if r.source_uri}
-            known.update({sid: m["source_uri"] for sid, m in committed.items() if m.get("source_uri")})
-            sources = self._discover(bool(committed), known)
-            if any(s.sequence_id not in committed for s in sources):
-                check_checkpoint(self.spec)  # before the run folder or a cluster exists
-            self.store.write_bytes(self.layout.spec, self.spec.to_json().encode())
-            clean_uncommitted(self.store, self.layout, set(committed))
-        except PipelineError:
-            raise
-        except Exception as exc:  # OSError, or a store client's own errors (e.g. unreachable endpoint)
-            raise storage_error(exc, self.spec.run_uri, endpoint_url=self.spec.storage.endpoint_url) from exc
-        self._sources = {s.sequence_id: s for s in sources}
-        for sid, marker in committed.items():
-            self._records[sid] = SequenceRecord.from_marker(marker)
-        for source in sources:
-            sid = source.sequence_id
-            if sid in self._records:
-                continue
-            before = previous.get(sid)
-            if before is not None and before.status == "failed" and not self._retry_failed:
-                self._records[sid] = before
-                continue
-            self._records[sid] = SequenceRecord(
-                sequence_id=sid,
-                source_uri=source.uri,
-                num_frames=source.num_frames,
-                attempts=before.attempts if before else 0,
-            )
-        logger.info(
-            "run %s: %d sequences, %d already done, %d to do",
-            self.spec.run_id,
-            len(self._records),
-            len(committed),
-            len(self._pending_ids()),
-        )
-
-    def _check_same_results(self) -> None:
-        """Refuse to continue a run with a spec that would produce different outputs."""
-        try:
-            stored = JobSpec.model_validate(self.store.read_json(self.layout.spec))
-        except FileNotFoundError:
-            return
-        except (ValueError, ValidationError) as exc:
-            raise SpecError(f"{self.layout.spec} is not a valid job spec: {exc}") from None
-        before, now = stored.result_fields(), self.spec.result_fields()
-        changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
-        if changed:
-            raise SpecError(
-                f"run {self.spec.run_id} was started with different {', '.join(changed)} settings; "
-                "its committed outputs would not match: use a new run_id"
-            )
-
-    def _discover(self, resuming: bool, known: dict[str, str]) -> list[SequenceSource]:
-        """The input's sequences; an empty input is a spec error unless the run has results."""
-        try:
-            found = discover_inputs(self.spec, known=known)
-        except SpecError as exc:
-            if not resuming:
-                raise
-            logger.warning("input unavailable (%s); keeping the run's committed sequences", exc)
-            return []
-        sources, self._skipped_inputs = found.sources, found.skipped_counts()
-        if not sources and not resuming:
-            where = self.spec.input.prefix or self.spec.input.manifest
-            raise SpecError(f"no sequences found in {redact_uri(where)} (sub-folders of images, or video files)")
-        return sources
-
-    def _start_executor(self, fixed_size: bool) -> None:
-        import ray
-
-        plan = plan_actors(self.spec, ray.cluster_resources(), fixed_size)
-        logger.info("starting %d model actor(s) (gpus=%s cpus=%s each)", plan.num_actors, plan.num_gpus, plan.num_cpus)
-        self._executor = RayExecutor(self.spec, plan)
-        self._slots = [_Slot() for _ in range(plan.num_actors)]
-        for slot in self._slots:
-            self._start_actor(slot)
-        todo = [self._records[sid] for sid in self._pending_ids()]
-        self._bar = tqdm(
-            total=sum(r.num_frames or 0 for r in todo),
-            unit="frame",
-            desc=f"run {self.spec.run_id}",
-            disable=not self._show_progress,
-            dynamic_ncols=True,
-        )
-        self._startup_deadline = time.monotonic() + self.spec.resources.actor_start_timeout_s
-
-    def _loop(self) -> None:
-        while self._unfinished():
-            self._dispatch()
-            refs = list(self._attempts) + [s.ready_ref for s in self._slots if s.ready_ref is not None]
-            timeout = self._wait_timeout()
-            if refs:
-                for ref in self._executor.wait(refs, timeout):
+            while self._table.unfinished:
+                self._lease.check()
+                self._dispatch()
+                refs = [*self._attempts, *self._pool.starting_refs]
+                for ref in executor.wait(refs, self._wait_timeout()) if refs else []:
                     self._handle(ref)
-            else:
-                time.sleep(timeout)
-            self._check_startup_deadline()
-            if time.monotonic() - self._last_manifest > MANIFEST_INTERVAL_S:
-                self._write_manifest()
-
-    def _unfinished(self) -> bool:
-        return any(r.status in ("pending", "running") for r in self._records.values())
-
-    def _pending_ids(self) -> list[str]:
-        return [sid for sid, r in sorted(self._records.items()) if r.status == "pending"]
-
-    # -- dispatching -------------------------------------------------------------------------
+                if not refs:
+                    time.sleep(self._wait_timeout())
+                self._pool.check_start_deadline()
+                self._check_progress()
+                self._periodic()
+        finally:
+            self._stop()
 
     def _dispatch(self) -> None:
         now = time.monotonic()
         limit = self.spec.resources.max_in_flight_per_actor
-        for sid in self._pending_ids():
-            if self._not_before.get(sid, 0.0) > now:
-                continue
-            free = [s for s in self._slots if s.ready and len(s.inflight) < limit]
-            if not free:
+        while (slot := self._pool.least_loaded(limit)) is not None:
+            sid = self._table.pop_runnable(now)
+            if sid is None:
                 return
-            slot = min(free, key=lambda s: len(s.inflight))
-            record = self._records[sid]
             attempt_id = uuid.uuid4().hex[:12]
-            record.status, record.attempts = "running", record.attempts + 1
-            self._session_attempts[sid] = self._session_attempts.get(sid, 0) + 1
+            running = self._table.start(sid, attempt_id, started_at=time.time(), started=now)
             decode_ref, ref = self._executor.submit(slot.actor, self._sources[sid], attempt_id)
             slot.inflight.add(ref)
-            self._attempts[ref] = _Attempt(sid, attempt_id, slot, slot.actor, decode_ref, time.monotonic())
-            self._update_bar()
+            self._attempts[ref] = _Attempt(sid, attempt_id, slot, slot.actor, decode_ref, now)
+            log_event(logger, "sequence_start", sequence_id=sid, attempt=running.attempt, actor=slot.index)
 
     def _wait_timeout(self) -> float:
-        now = time.monotonic()
-        waits = [t - now for sid, t in self._not_before.items() if self._records[sid].status == "pending"]
-        return max(0.05, min([POLL_S, *waits]))
-
-    # -- results -----------------------------------------------------------------------------
+        due = self._table.next_retry_at()
+        return max(0.05, min(POLL_S, due - time.monotonic())) if due is not None else POLL_S
 
     def _handle(self, ref: Any) -> None:
         attempt = self._attempts.pop(ref, None)
         if attempt is None:
-            self._handle_ready(ref)
+            if self._pool.is_starting(ref):
+                self._pool.started(ref)
+                self._last_event = time.monotonic()
             return
         attempt.slot.inflight.discard(ref)
         try:
@@ -269,21 +231,23 @@ class Coordinator:
             if kind == "init":
                 raise InfrastructureError(describe(exc)) from exc
             if kind == "actor_lost" and attempt.slot.actor is attempt.actor:
-                logger.warning("model actor lost while running %s; starting a new one", attempt.sequence_id)
-                self._start_actor(attempt.slot)
+                log_event(
+                    logger, "actor_lost", logging.WARNING, actor=attempt.slot.index, sequence_id=attempt.sequence_id
+                )
+                self._pool.replace(attempt.slot)
             discard_attempt(self.store, self.layout, attempt.sequence_id, attempt.attempt_id)
             self._attempt_failed(attempt.sequence_id, kind, describe(exc))
             return
         self._commit(attempt, result)
 
     def _commit(self, attempt: _Attempt, result: Any) -> None:
-        record = self._records[attempt.sequence_id]
+        sid = attempt.sequence_id
+        record = self._table[sid]
         timings = {**result.timings, "total_s": time.monotonic() - attempt.started}
+        self._lease.check()  # never publish into a run that another driver has taken over
         try:
-            marker = commit_sequence(
-                self.store,
-                self.layout,
-                attempt.sequence_id,
+            marker = self._committer.commit(
+                sid,
                 attempt.attempt_id,
                 result.staged,
                 {
@@ -295,106 +259,107 @@ class Coordinator:
                 },
             )
         except Exception as exc:  # the store failed us: the whole attempt is retried
-            discard_attempt(self.store, self.layout, attempt.sequence_id, attempt.attempt_id)
-            self._attempt_failed(attempt.sequence_id, "transient", f"commit failed: {describe(exc)}")
+            discard_attempt(self.store, self.layout, sid, attempt.attempt_id)
+            self._attempt_failed(sid, "transient", f"commit failed: {describe(exc)}")
             return
         done = SequenceRecord.from_marker(marker)
-        self._records[attempt.sequence_id] = done
-        self._frames_done += done.num_frames or 0
-        if self._bar is not None:
-            if record.num_frames is None:  # a video: its length is known only now
-                self._bar.total += done.num_frames or 0
-            self._bar.update(done.num_frames or 0)
-        self._update_bar()
+        self._table.done(done)
+        now = time.monotonic()
+        self._last_event = now
+        self._progress.committed(now)
+        log_event(
+            logger, "sequence_done", sequence_id=sid, attempt=done.attempts, frames=done.num_frames,
+            seconds=done.total_s,
+        )
 
     def _attempt_failed(self, sid: str, kind: str, error: str) -> None:
-        record = self._records[sid]
-        record.error, record.error_kind = error, kind
-        retry = self.spec.retry
-        if kind == "input" or self._session_attempts.get(sid, 0) >= retry.max_attempts:
-            record.status = "failed"
-            logger.error("sequence %s failed (%s): %s", sid, kind, error)
-            if self._bar is not None and record.num_frames:
-                self._bar.total -= record.num_frames
-        else:
-            record.status = "pending"
-            delay = retry.delay(self._session_attempts[sid])
-            self._not_before[sid] = time.monotonic() + delay
-            logger.warning(
-                "sequence %s attempt %d failed (%s), retrying in %.1fs: %s", sid, record.attempts, kind, delay, error
+        self._last_event = time.monotonic()
+        attempt = self._table[sid].attempts
+        if kind == "input" or self._table.session_attempts(sid) >= self.spec.retry.max_attempts:
+            self._table.fail(sid, kind, error)
+            log_event(
+                logger, "sequence_failed", logging.ERROR, sequence_id=sid, attempt=attempt, kind=kind, error=error
             )
-        self._update_bar()
-
-    # -- actors ------------------------------------------------------------------------------
-
-    def _start_actor(self, slot: _Slot) -> None:
-        if slot.actor is not None:
-            self._executor.kill(slot.actor)
-        slot.actor, slot.ready_ref = self._executor.start_actor()
-        slot.ready, slot.inflight = False, set()
-
-    def _handle_ready(self, ref: Any) -> None:
-        slot = next((s for s in self._slots if s.ready_ref is ref), None)
-        if slot is None:
             return
-        slot.ready_ref = None
-        try:
-            info = self._executor.get(ref)
-        except Exception as exc:
-            if classify(exc) == "init":
-                raise InfrastructureError(describe(exc)) from exc
-            self._startup_failures += 1
-            if self._startup_failures > max(3, 2 * len(self._slots)):
-                raise InfrastructureError(f"model actors keep dying while starting: {describe(exc)}") from exc
-            logger.warning("model actor died while starting (%s); starting another", describe(exc))
-            self._start_actor(slot)
-            return
-        slot.ready = True
-        self._startup_failures = 0
-        logger.info("model actor ready: %s", info)
+        delay = self.spec.retry.delay(self._table.session_attempts(sid))
+        self._table.retry(sid, kind, error, time.monotonic() + delay)
+        log_event(
+            logger, "sequence_retry", logging.WARNING, sequence_id=sid, attempt=attempt, kind=kind,
+            retry_in_s=round(delay, 3), error=error,
+        )
 
-    def _check_startup_deadline(self) -> None:
-        if any(s.ready for s in self._slots) or time.monotonic() < self._startup_deadline:
+    def _check_progress(self) -> None:
+        """Stop a run that waits for something that will not come (resources.progress_timeout_s).
+        While no actor is ready, resources.actor_start_timeout_s applies instead."""
+        idle = time.monotonic() - self._last_event
+        if idle <= self.spec.resources.progress_timeout_s or not any(s.ready for s in self._pool.slots):
             return
+        counts = self._table.counts
         raise InfrastructureError(
-            f"no model actor started within {self.spec.resources.actor_start_timeout_s:.0f}s; "
-            "does the cluster have the resources one actor asks for?"
+            f"no progress for {idle:.0f}s (resources.progress_timeout_s): no sequence finished and no actor "
+            f"started; {counts['running']} sequence(s) in flight, {counts['pending']} waiting, "
+            f"{sum(s.ready for s in self._pool.slots)} of {len(self._pool.slots)} actor(s) ready; "
+            f"{self._executor.describe_resources()}"
         )
 
     # -- bookkeeping -------------------------------------------------------------------------
 
-    def _update_bar(self) -> None:
-        if self._bar is None:
-            return
-        counts = {"done": 0, "failed": 0, "running": 0, "pending": 0}
-        for r in self._records.values():
-            counts[r.status] += 1
-        self._bar.set_postfix(counts, refresh=False)
-        self._bar.refresh()
+    def _periodic(self) -> None:
+        now = time.monotonic()
+        self._progress.update(now)
+        if now >= self._next_publish:
+            self._lease.publish(self._live_progress())
+            self._next_publish = now + PUBLISH_S
+        if now >= self._next_manifest:
+            self._write_manifest()
+            took = time.monotonic() - now
+            self._next_manifest = time.monotonic() + max(MANIFEST_INTERVAL_S, took / MANIFEST_SHARE)
+
+    def _summary_exists(self) -> bool:
+        try:
+            return self.store.exists(self.layout.summary)
+        except Exception:  # the store failed: try to write it
+            return False
+
+    def _elapsed(self) -> float:
+        """Working time of the run over all its sessions."""
+        session = time.monotonic() - self._worked_since if self._worked_since is not None else 0.0
+        return self._elapsed_before + session
+
+    def _live_progress(self, elapsed: float | None = None) -> dict[str, Any]:
+        """What the heartbeat tells `status`: counts, frames, rate, and the sequences in flight."""
+        running = sorted(self._table.running.items(), key=lambda item: item[1].started)
+        return {
+            **self._progress.facts(),
+            "elapsed_s": self._elapsed() if elapsed is None else elapsed,
+            "last_event_at": iso_time(time.time() - (time.monotonic() - self._last_event)),
+            "skipped_inputs": self._skipped_inputs,
+            "running_sequences": [
+                {"sequence_id": sid, "attempt": r.attempt, "started_at": iso_time(r.started_at)} for sid, r in running
+            ],
+        }
 
     def _write_manifest(self) -> None:
-        if not self._records:
+        if not len(self._table):
             return
         try:
-            write_manifest(self.store, self.layout, list(self._records.values()))
-            self._last_manifest = time.monotonic()
+            self._committer.compact(self._table.records())  # the manifest is the compact commit record
         except Exception as exc:  # the next write (or the commit markers) will catch up
             logger.warning("could not write the manifest: %s", exc)
 
     def _stop(self) -> None:
         """Cancel what is still in flight and release the actors (and their GPUs)."""
-        if self._executor is not None:
-            for slot in self._slots:
-                if slot.actor is not None:
-                    self._executor.kill(slot.actor)
-            for attempt in self._attempts.values():
-                self._executor.cancel(attempt.decode_ref)
-            try:  # nothing runs any more, so no staged file can still be needed
+        if self._pool is not None:
+            self._pool.shutdown()
+        for attempt in self._attempts.values():
+            self._executor.cancel(attempt.decode_ref)
+        if self._lease.held:  # nothing of ours runs any more, so no staged file can still be needed
+            try:
                 self.store.delete(self.layout.staging_root)
             except Exception as exc:
                 logger.warning("could not clean up %s: %s", self.layout.staging_root, exc)
-        for record in self._records.values():
-            if record.status == "running":
-                record.status = "pending"
-        if self._bar is not None:
-            self._bar.close()
+        self._table.stop()
+        self._progress.close()
+
+    def _storage_error(self, exc: Exception) -> InfrastructureError:
+        return storage_error(exc, self.spec.run_uri, endpoint_url=self.spec.storage.endpoint_url)

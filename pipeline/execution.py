@@ -8,18 +8,22 @@ while the actor is still busy with the previous one. Which failures mean what is
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from .actors import ModelWorker
+from .cluster import connect
 from .decode import decode_sequence
 from .discovery import SequenceSource
 from .errors import ActorInitError, InputError, SpecError
 from .redaction import get_logger, redact_text
 from .spec import JobSpec
+from .testing import faults
 
 logger = get_logger(__name__)
 
@@ -72,24 +76,63 @@ def plan_actors(spec: JobSpec, cluster_resources: dict[str, float], fixed_size: 
     return plan
 
 
+class Executor(Protocol):
+    """What the coordinator needs from a cluster (`RayExecutor`; a fake in bench/coordinator_scale.py)."""
+
+    plan: ActorPlan
+
+    def start_actor(self) -> tuple[Any, Any]: ...
+    def submit(self, actor: Any, source: SequenceSource, attempt_id: str) -> tuple[Any, Any]: ...
+    def wait(self, refs: list[Any], timeout: float) -> list[Any]: ...
+    def get(self, ref: Any) -> Any: ...
+    def cancel(self, ref: Any) -> None: ...
+    def kill(self, actor: Any) -> None: ...
+    def describe_resources(self) -> str: ...
+
+
+@contextmanager
+def ray_executor(spec: JobSpec, address: str | None = None) -> Iterator[RayExecutor]:
+    """A RayExecutor on the cluster at `address` (or a local one, shut down again afterwards)."""
+    started = connect(address, spec.resources.ray_connect_timeout_s)
+    try:
+        plan = plan_actors(spec, ray.cluster_resources(), fixed_size=started)  # a cluster we started cannot grow
+        logger.info("starting %d model actor(s) (gpus=%s cpus=%s each)", plan.num_actors, plan.num_gpus, plan.num_cpus)
+        yield RayExecutor(spec, plan)
+    finally:
+        if started:
+            ray.shutdown()
+
+
 class RayExecutor:
     """Starts actors and submits sequences; the only module that talks to Ray's task API."""
 
     def __init__(self, spec: JobSpec, plan: ActorPlan):
         self._spec = spec
-        self._plan = plan
+        self.plan = plan
         self._actor_cls = ray.remote(ModelWorker).options(
             num_gpus=plan.num_gpus,
             num_cpus=plan.num_cpus,
             resources=plan.resources or None,
             max_concurrency=ACTOR_CONCURRENCY,
             max_restarts=0,  # a dead actor is replaced by the coordinator, with a fresh handle
+            **({"runtime_env": env} if (env := faults.ray_runtime_env()) else {}),  # tests only
         )
         self._decode = ray.remote(decode_sequence).options(
             num_cpus=spec.resources.decode_cpus,
             max_retries=0,  # the coordinator owns retries (with backoff and attempt counts)
         )
         self._spec_ref = ray.put(spec)
+
+    def describe_resources(self) -> str:
+        """What one actor and one decode task ask for, against what the cluster has and has free."""
+        plan = self.plan
+        actor = {"CPU": plan.num_cpus, "GPU": plan.num_gpus, **plan.resources}
+        asks = {k: v for k, v in actor.items() if v}
+        return (
+            f"{plan.num_actors} model actor(s) ask for {_resources(asks)} each, a decode task for "
+            f"CPU {self._spec.resources.decode_cpus:g}; the cluster has {_resources(ray.cluster_resources())}, "
+            f"free now {_resources(ray.available_resources())}"
+        )
 
     def start_actor(self) -> tuple[Any, ray.ObjectRef]:
         """A new actor and the ref that resolves once its model is loaded."""
@@ -128,6 +171,12 @@ class RayExecutor:
             ray.kill(actor, no_restart=True)
         except Exception as exc:  # already gone
             logger.debug("kill actor: %s", exc)
+
+
+def _resources(resources: dict[str, float]) -> str:
+    shown = {k: v for k, v in sorted(resources.items()) if not k.startswith(("node:", "accelerator_type:"))}
+    names = ("memory", "object_store_memory")
+    return "{" + ", ".join(f"{k} {v / 2**30:.1f} GiB" if k in names else f"{k} {v:g}" for k, v in shown.items()) + "}"
 
 
 def classify(exc: BaseException) -> FailureKind:

@@ -1,9 +1,14 @@
-"""Reading a run back: only committed sequences count, whatever else lies in the folder."""
+"""Reading a run back: only committed sequences count, whatever else lies in the folder.
+
+The commit record is verified first (`pipeline.commit_record`): a sequence whose marker exists
+but whose outputs are missing or incomplete is left out and reported in `torn` (a warning is
+logged; `resume` redoes it), so one broken sequence never makes the whole run unreadable.
+"""
 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -12,13 +17,16 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from .commit import committed_sequences
+from .commit_record import read_commits
 from .layout import DEPTH, FRAMES, POINTS, STATE, RunLayout
-from .manifest import MANIFEST_SCHEMA
+from .manifest import MANIFEST_SCHEMA, SequenceRecord
 from .pointcloud import read_ply
+from .redaction import get_logger
 from .spec import StorageSpec
 from .storage import Store
 from .tables import DEPTH_SCHEMA, FRAMES_SCHEMA, PARTITIONING
+
+logger = get_logger(__name__)
 
 
 @dataclass
@@ -27,10 +35,11 @@ class RunOutputs:
 
     run_uri: str
     layout: RunLayout
-    committed: dict[str, dict[str, Any]]  # commit marker records by sequence id
+    committed: dict[str, SequenceRecord]  # committed sequences whose outputs are complete, by id
     manifest: pa.Table
     frames: pa.Table  # FRAMES_SCHEMA, sorted by (sequence_id, frame_index)
     store: Store
+    torn: dict[str, str] = field(default_factory=dict)  # committed, outputs missing: what is wrong
 
     def depth(self) -> pa.Table:
         """Depth maps of all committed sequences (empty if the run did not save them)."""
@@ -44,7 +53,7 @@ class RunOutputs:
     def sequence_depth(self, sequence_id: str) -> pa.Table | None:
         """One committed sequence's depth maps (frame_index, height, width, depth, depth_conf, in
         frame order), or None if the run did not save them."""
-        if DEPTH not in self.committed[sequence_id].get("outputs", {}):
+        if DEPTH not in self.committed[sequence_id].output_kinds():
             return None
         data = self.store.read_bytes(self.layout.final(sequence_id, DEPTH))
         columns = ["frame_index", "height", "width", "depth", "depth_conf"]
@@ -56,9 +65,16 @@ class RunOutputs:
 
     def point_cloud(self, sequence_id: str) -> np.ndarray:
         """The sequence's PLY vertices (x y z red green blue confidence)."""
-        if POINTS not in self.committed[sequence_id].get("outputs", {}):
+        if POINTS not in self.committed[sequence_id].output_kinds():
             raise KeyError(f"sequence {sequence_id} has no point cloud")
-        return read_ply(self.store.read_bytes(RunLayout(self.run_uri).final(sequence_id, POINTS)))
+        return read_ply(self.store.read_bytes(self.layout.final(sequence_id, POINTS)))
+
+    def files(self, kind: str) -> list[str]:
+        """URIs of one output kind of every committed sequence, in sequence order (where the layout
+        puts them in this run's folder: markers store URIs with credentials redacted)."""
+        return [
+            self.layout.final(sid, kind) for sid, r in sorted(self.committed.items()) if kind in r.output_kinds()
+        ]
 
     def scene_state_uri(self, sequence_id: str) -> str:
         """Where the sequence's scene state lies (runs with scene_state.enabled); load it with
@@ -66,12 +82,11 @@ class RunOutputs:
         record = self.committed.get(sequence_id)
         if record is None:
             raise LookupError(f"sequence {sequence_id!r} is not committed in {self.run_uri}")
-        uri = record.get("outputs", {}).get(STATE)
-        if uri is None:
+        if STATE not in record.output_kinds():
             raise LookupError(
                 f"sequence {sequence_id!r} of {self.run_uri} has no scene state (the run had scene_state.enabled off)"
             )
-        return uri
+        return self.layout.final(sequence_id, STATE)  # in this run's folder: markers hold redacted URIs
 
     def frames_dataset(self):
         """The frames of committed sequences as a ray.data Dataset (needs ray[data])."""
@@ -82,7 +97,7 @@ class RunOutputs:
 
         from ray.data.datasource.partitioning import Partitioning
 
-        files = self._files(FRAMES)
+        files = self.files(FRAMES)
         partitioning = Partitioning(
             "hive", base_dir=self.store.path(self.layout.dataset_dir(FRAMES)), field_types={"sequence_id": str}
         )
@@ -90,13 +105,8 @@ class RunOutputs:
             [self.store.path(u) for u in files], filesystem=self.store.fs, partitioning=partitioning
         )
 
-    def _files(self, kind: str) -> list[str]:
-        # where the layout puts them in this run's folder: markers store URIs with credentials redacted
-        layout = RunLayout(self.run_uri)
-        return sorted(layout.final(sid, kind) for sid, r in self.committed.items() if kind in r.get("outputs", {}))
-
     def _read(self, kind: str, schema: pa.Schema) -> pa.Table:
-        files = self._files(kind)
+        files = self.files(kind)
         if not files:
             return schema.empty_table()
         paths = [self.store.path(u) for u in files]
@@ -114,7 +124,14 @@ class RunOutputs:
 def read_outputs(run_uri: str, storage: StorageSpec | None = None) -> RunOutputs:
     store = Store(run_uri, storage)
     layout = RunLayout(run_uri.rstrip("/"))
-    committed = committed_sequences(store, layout)
+    commits = read_commits(store, layout, verify=True)
+    if commits.torn:
+        logger.warning(
+            "%d committed sequence(s) of %s have missing outputs and are left out (resume redoes them): %s",
+            len(commits.torn),
+            layout.run_uri,
+            ", ".join(sorted(commits.torn)[:10]),
+        )
     try:
         manifest = pq.read_table(io.BytesIO(store.read_bytes(layout.manifest)))
     except FileNotFoundError:
@@ -122,10 +139,11 @@ def read_outputs(run_uri: str, storage: StorageSpec | None = None) -> RunOutputs
     outputs = RunOutputs(
         run_uri=layout.run_uri,
         layout=layout,
-        committed=committed,
+        committed=commits.committed,
         manifest=manifest,
         frames=FRAMES_SCHEMA.empty_table(),
         store=store,
+        torn=dict(commits.torn),
     )
     outputs.frames = outputs._read(FRAMES, FRAMES_SCHEMA)
     return outputs

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .actors import load_model
 from .cluster import connect
-from .commit import committed_sequences
+from .commit_record import read_commits
 from .errors import InfrastructureError, SpecError
 from .execution import classify, describe
 from .layout import STATE, RunLayout
@@ -101,7 +101,8 @@ def sequences_to_render(job: RenderJobSpec) -> tuple[list[str], list[str]]:
     """(sequences to render, sequences already rendered); unknown or state-less ones are errors."""
     store = Store(job.run, job.storage)
     layout = RunLayout(job.run.rstrip("/"))
-    with_state = {sid for sid, r in committed_sequences(store, layout).items() if STATE in r.get("outputs", {})}
+    committed = read_commits(store, layout).committed  # the compact record: no GET per marker
+    with_state = {sid for sid, r in committed.items() if STATE in r.output_kinds()}
     if job.sequences is None:
         if not with_state:
             raise SpecError(f"{job.run} has no committed sequence with a scene state (scene_state.enabled)")

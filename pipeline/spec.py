@@ -169,6 +169,10 @@ class ResourcesSpec(_Section):
     custom_resources: dict[str, float] = Field(default_factory=dict)  # extra Ray resources per actor
     # Give up when no model actor has started after this long (autoscalers may need minutes).
     actor_start_timeout_s: float = Field(default=1800.0, gt=0)
+    # Give up when work is waiting but nothing happened for this long: no sequence finished or
+    # failed and no actor started (e.g. decode tasks that no node can schedule). The error says
+    # what the run asks for and what the cluster has. Raise it for sequences that take longer.
+    progress_timeout_s: float = Field(default=1800.0, gt=0)
     # Give up when the Ray cluster to join does not answer within this long (exit code 3).
     ray_connect_timeout_s: float = Field(default=60.0, gt=0)
 
@@ -189,12 +193,23 @@ class RetrySpec(_Section):
 
 
 class StorageSpec(_Section):
-    """fsspec options for every URI of the run. No credentials: those come from the environment."""
+    """fsspec options for every URI of the run. No credentials: those come from the environment.
+
+    On S3 every request is retried by botocore's "standard" mode (500/502/503/504, SlowDown and
+    other throttling, time-outs, dropped connections) with exponential backoff and jitter (at most
+    20 s between attempts), up to `max_attempts` attempts; s3fs's own retry loop is switched off
+    (pipeline.storage.Store), so these are all the attempts. A stalled request is abandoned after
+    `read_timeout_s` without a byte, so one request gives up after at most about
+    max_attempts * (read_timeout_s + 20 s): about 4 minutes with the defaults.
+    """
 
     endpoint_url: str | None = None  # S3-compatible endpoint (MinIO, moto, ...)
     region: str | None = None
     anon: bool = False
-    options: dict[str, Any] = Field(default_factory=dict)  # extra fsspec/s3fs options
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    read_timeout_s: float = Field(default=30.0, gt=0)  # a request with no response byte for this long is retried
+    max_attempts: int = Field(default=5, ge=1)  # per S3 request, first attempt included
+    options: dict[str, Any] = Field(default_factory=dict)  # extra fsspec/s3fs options (win over the above)
 
     @field_validator("options")
     @classmethod
@@ -220,15 +235,31 @@ class StorageSpec(_Section):
                 opts["client_kwargs"] = client
             if self.anon:
                 opts.setdefault("anon", True)
+            config = dict(opts.get("config_kwargs", {}))
+            config.setdefault("connect_timeout", self.connect_timeout_s)
+            config.setdefault("read_timeout", self.read_timeout_s)
+            config.setdefault("retries", {"max_attempts": self.max_attempts, "mode": "standard"})
+            opts["config_kwargs"] = config
         return opts
 
 
-class FaultSpec(_Section):
-    """Test hooks that make failures happen on purpose. Never set these in production."""
+class DriverSpec(_Section):
+    """How the driver guards and reports a run: its lease on the run folder and its progress."""
 
-    crash_sequence: str | None = None  # the actor process exits while reconstructing this one
-    crash_marker: str | None = None  # local file: the crash happens only while it is absent
-    delay_s: float = Field(default=0.0, ge=0)  # sleep per sequence in the actor
+    # The driver rewrites <run>/_lease/<n>.json this often: its lease on the run (one driver per
+    # run) and the live progress `status` reports.
+    heartbeat_s: float = Field(default=2.0, gt=0)
+    # A driver whose heartbeat is older than this is dead: `status` says so and `resume` may
+    # take the run over (at once when the dead driver ran on the same host).
+    lease_expiry_s: float = Field(default=60.0, gt=0)
+    # A progress line this often when stderr is not a terminal (a terminal gets a live bar).
+    progress_interval_s: float = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _expiry_spans_heartbeats(self) -> DriverSpec:
+        if self.lease_expiry_s < 2 * self.heartbeat_s:
+            raise ValueError("driver.lease_expiry_s must be at least twice driver.heartbeat_s")
+        return self
 
 
 class JobSpec(_Section):
@@ -248,7 +279,18 @@ class JobSpec(_Section):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     retry: RetrySpec = Field(default_factory=RetrySpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
-    faults: FaultSpec | None = None
+    driver: DriverSpec = Field(default_factory=DriverSpec)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_fault_hooks(cls, data: Any) -> Any:
+        """Specs stored by earlier versions hold `faults: null`; a set one is refused (test hooks
+        are switched on by pipeline.testing.faults, never by a spec)."""
+        if isinstance(data, Mapping) and "faults" in data:
+            if data["faults"] is not None:
+                raise ValueError("faults: fault injection is for tests only and cannot be set in a job spec")
+            data = {k: v for k, v in data.items() if k != "faults"}
+        return data
 
     @field_validator("run_id")
     @classmethod

@@ -126,9 +126,9 @@ def export_sequence(
     store = outputs.store
     rows = outputs.sequence_frames(sequence_id)
     record = outputs.committed[sequence_id]
-    vertices = outputs.point_cloud(sequence_id) if POINTS in record.get("outputs", {}) else np.empty(0, PLY_DTYPE)
+    vertices = outputs.point_cloud(sequence_id) if POINTS in record.output_kinds() else np.empty(0, PLY_DTYPE)
     wants_depth = any(_needs_depth(w) for w in writers)
-    depth = outputs.sequence_depth(sequence_id) if wants_depth and DEPTH in record.get("outputs", {}) else None
+    depth = outputs.sequence_depth(sequence_id) if wants_depth and DEPTH in record.output_kinds() else None
     attempt_id = f"export-{uuid.uuid4().hex[:12]}"
     derived = DerivedOutputs(writers, sequence_id, spec.preprocess.size, spec.preprocess.mode)
     try:

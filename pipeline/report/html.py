@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..commit import committed_sequences
+from ..commit_record import committed_markers
 from ..layout import EXPORTS, POINTS, PREVIEWS, RunLayout
 from ..manifest import RunSummary, SequenceRecord, read_manifest
 from ..redaction import get_logger
@@ -78,7 +78,7 @@ def write_report(
     run_uri = run_uri.rstrip("/")
     store, layout = Store(run_uri, storage), RunLayout(run_uri)
     require_run_folder(store, layout)
-    committed = committed_sequences(store, layout)
+    committed = committed_markers(store, layout)
     missing = [sid for sid, marker in committed.items() if PREVIEWS not in marker.get("outputs", {})]
     if fill_previews and missing:
         from ..api import load_run_spec
@@ -88,7 +88,7 @@ def write_report(
         spec = load_run_spec(run_uri, storage=storage)
         report = spec.report if spec.report.enabled else spec.report.model_copy(update={"enabled": True})
         write_derived(run_uri, derived_writers([], report), missing, storage, workers, on_done)
-        committed = committed_sequences(store, layout)
+        committed = committed_markers(store, layout)
     page = render_report(store, layout, committed)
     store.write_bytes(layout.report, page.encode())
     return layout.report

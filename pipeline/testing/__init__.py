@@ -1,1 +1,4 @@
-"""Development helpers (a local S3 endpoint); not used by production runs."""
+"""Test helpers: a local S3 endpoint, a fault-injecting proxy in front of it, fault plans.
+
+Production code calls only the hooks of `faults`, which do nothing unless a test switched a plan on.
+"""

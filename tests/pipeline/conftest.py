@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from pipeline.spec import JobSpec, load_spec
-from pipeline.testing.s3server import FAKE_CREDENTIALS
+from pipeline.testing.s3server import FAKE_CREDENTIALS, LocalS3
 
 IMAGE_W, IMAGE_H = 112, 84  # model input 112 wide (tiny preset), 84 = 6 patches high
 
@@ -59,6 +59,20 @@ def s3():
         server.create_bucket("capture")
         server.create_bucket("results")
         yield server
+
+
+@pytest.fixture(scope="session")
+def local_s3():
+    """One moto S3 server over HTTP for the session, with fake credentials in the environment."""
+    saved = {k: os.environ.get(k) for k in FAKE_CREDENTIALS}
+    os.environ.update(FAKE_CREDENTIALS)
+    with LocalS3() as server:
+        yield server
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(scope="session")

@@ -87,6 +87,24 @@ def test_scaling_benchmark_reports_differences():
     ]
 
 
+def test_coordinator_scale_benchmark_smoke(tmp_path, capsys):
+    """A tiny size on both stores, against the baseline commit: every row measured for both versions."""
+    results = _load("coordinator_scale").main(
+        ["--sizes", "30", "--sample", "20", "--moto-sample", "10", "--workdir", str(tmp_path)]
+    )
+    out = capsys.readouterr().out
+    for version in ("current", "baseline"):
+        rows = results[version]
+        assert set(rows) == {f"{s}/30/{w}" for s in ("local", "moto") for w in ("driver", "status", "resume start")}
+        for store in ("local", "moto"):
+            assert rows[f"{store}/30/status"]["done"] >= 30
+            assert rows[f"{store}/30/driver"]["cpu_per_seq_ms"] > 0 and rows[f"{store}/30/resume start"]["seconds"] > 0
+    assert results["current"]["local/30/driver"]["sequences"] == 30  # this checkout: whole runs on local disk
+    assert 20 <= results["baseline"]["local/30/driver"]["sequences"] < 30  # sampled: the first 20 commits (and
+    assert 10 <= results["current"]["moto/30/driver"]["sequences"] < 20  # those already in flight)
+    assert "| moto | 30 | resume start, s |" in out and "ratio" in out
+
+
 def test_frame_parallel_benchmark_smoke(tmp_path, monkeypatch):
     """bench/frame_parallel.py on 2 gloo processes with the tiny model: the same table as on 2 GPUs."""
     monkeypatch.syspath_prepend(str(BENCH))  # the spawned processes import the script by its name
@@ -164,3 +182,14 @@ def test_engine_auto_benchmark_smoke(capsys):
         assert row["ratio"] > 0
     out = capsys.readouterr().out
     assert "default / best" in out and "compile rule" in out
+
+
+def test_commit_record_benchmark_smoke(capsys):
+    results = _load("commit_record_scale").main(["--sizes", "20", "100", "--repeat", "1"])
+    assert [row["n"] for row in results["local"]] == [row["n"] for row in results["moto"]] == [20, 100]
+    for rows in results.values():
+        for row in rows:
+            for key in ("status_old", "status_new", "verify_new", "resume_old", "resume_new"):
+                assert row[key][0] > 0 and row[key][1] >= 0, (key, row)
+    out = capsys.readouterr().out
+    assert "status before" in out and "moto over HTTP" in out

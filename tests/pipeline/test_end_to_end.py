@@ -12,7 +12,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import read_outputs, run_job, run_status
+from pipeline import read_outputs, resume_job, run_job, run_status
 from pipeline.cli import main
 from pipeline.errors import InfrastructureError, RunFailedError, SpecError
 from pipeline.tables import read_metadata
@@ -219,6 +219,19 @@ def test_rerun_skips_committed_and_failed(local_run, capsys):
     assert run_status(spec.run_uri).done == 3
     assert main(["status", spec.run_uri]) == 1  # some sequences failed
     assert json.loads(capsys.readouterr().out)["failed"] == 3
+
+
+def test_resume_of_a_finished_run_keeps_its_statistics(local_run):
+    spec = local_run["spec"]
+    path = os.path.join(spec.run_uri, "summary.json")
+    before, status_before = open(path).read(), run_status(spec.run_uri)
+    resumed = resume_job(spec.run_uri, raise_on_failure=False)
+    assert open(path).read() == before
+    stored = json.loads(before)
+    assert (resumed.elapsed_s, resumed.frames_per_s) == (stored["elapsed_s"], stored["frames_per_s"]) != (0.0, 0.0)
+    after = run_status(spec.run_uri)
+    assert (after.elapsed_s, after.frames_per_s) == (status_before.elapsed_s, status_before.frames_per_s)
+    assert after.frames_per_s == stored["frames_per_s"]
 
 
 def test_run_job_raises_with_the_summary_when_sequences_failed(local_run):

@@ -20,6 +20,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from pipeline import run_job
+from pipeline.testing.faults import ACTOR_CRASH_POINT, FaultPlan, injected
 
 from .conftest import make_spec, reference_frames, write_sequence
 
@@ -71,8 +72,6 @@ def test_worker_killed_mid_sequence_is_retried(ray_cluster, tiny_checkpoint, tmp
         tmp_path / "out",
         tiny_checkpoint,
         run_id="crash",
-        faults__crash_sequence="b",
-        faults__crash_marker=str(marker),
         engine__mode="streaming",
         engine__window=2,
         resources__frame_writers=1,  # the killed worker's writer process must not outlive it
@@ -88,14 +87,15 @@ def test_worker_killed_mid_sequence_is_retried(ray_cluster, tiny_checkpoint, tmp
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        summary = run_job(spec)
+        with injected(FaultPlan(crash_point=ACTOR_CRASH_POINT, crash_sequence="b", once_file=str(marker))):
+            summary = run_job(spec)
     finally:
         done.set()
         watcher.join()
     assert len(seen) >= 2, "writer processes of the killed worker and of its replacement"
     assert marker.exists(), "the fault was never injected"
     assert (summary.done, summary.failed) == (3, 0), summary
-    killed_pid = int(marker.read_text().split()[-1])
+    killed_pid = json.loads(marker.read_text())["pid"]
     leftovers = [p for p in os.listdir(tempfile.gettempdir()) if p.startswith(f"zipmap-frames-{killed_pid}-")]
     assert leftovers == [], "the replacement worker removes the killed one's item folder"
     assert _frames_by_sequence(spec.run_uri) == {k: list(range(n)) for k, n in sizes.items()}
@@ -138,11 +138,15 @@ def test_node_lost_while_work_is_in_flight(ray_cluster, tiny_checkpoint, tmp_pat
         resources__num_actors=2,
         resources__custom_resources="{model_slot: 1}",
         resources__max_in_flight_per_actor=1,
-        faults__delay_s=1.5,
         retry__max_attempts=4,
     )
     result = {}
-    runner = threading.Thread(target=lambda: result.setdefault("summary", run_job(spec)))
+
+    def run():
+        with injected(FaultPlan(delay_s=1.5)):
+            result["summary"] = run_job(spec)
+
+    runner = threading.Thread(target=run)
     runner.start()
     try:
         commits = Path(spec.run_uri) / "_commits"
@@ -176,21 +180,21 @@ def test_driver_killed_then_resumed(ray_cluster, tiny_checkpoint, tmp_path):
         tiny_checkpoint,
         run_id="killed",
         resources__max_in_flight_per_actor=1,
-        faults__delay_s=1.0,
     )
     spec_path = tmp_path / "job.json"
     spec_path.write_text(spec.to_json())
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.address, "PYTHONPATH": str(REPO)}
-    driver = subprocess.Popen(
+    driver = subprocess.Popen(  # slowed down, so that it is killed with work in flight
         [sys.executable, "-m", "jobs.reconstruct", "--spec", str(spec_path)],
         cwd=REPO,
-        env=env,
+        env={**env, **FaultPlan(delay_s=1.0).env()},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
     commits = Path(spec.run_uri) / "_commits"
     deadline = time.monotonic() + 120
-    while not (commits.exists() and any(commits.iterdir())):
+    # a marker, not the temporary file of its atomic write (killed then, the driver committed nothing)
+    while not (commits.exists() and any(p.suffix == ".json" for p in commits.iterdir())):
         assert driver.poll() is None, driver.stderr.read().decode()[-3000:]
         assert time.monotonic() < deadline, "the driver committed nothing"
         time.sleep(0.05)

@@ -9,7 +9,7 @@ import os
 import pyarrow.dataset as ds
 import pytest
 
-from pipeline import run_job
+from pipeline import run_job, run_status
 from pipeline.testing.media import encode_video, index_pattern, write_blank_png
 
 from .conftest import IMAGE_H, IMAGE_W, make_spec, write_sequence
@@ -79,6 +79,7 @@ def test_skipped_inputs_are_counted_and_logged(captures_run):
     assert summary.skipped_inputs == expected
     with open(os.path.join(run_uri, "summary.json")) as f:
         assert json.load(f)["skipped_inputs"] == expected
+    assert run_status(run_uri).skipped_inputs == expected  # `status` of the finished run too
     for line in [
         "skipped input .DS_Store: hidden",
         "skipped input empty: an empty folder",

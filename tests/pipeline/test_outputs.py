@@ -1,4 +1,4 @@
-"""Point clouds, PLY files and the commit protocol, on a local store (no Ray)."""
+"""Point clouds, PLY files and output rows, on a local store (no Ray)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,11 @@ import io
 import os
 
 import numpy as np
-import pyarrow.dataset as ds
 import pytest
 
-from pipeline.commit import clean_uncommitted, commit_sequence, committed_sequences
-from pipeline.layout import FRAMES, POINTS, RunLayout
-from pipeline.outputs import StagedOutputs, depth_statistics
+from pipeline.layout import RunLayout
+from pipeline.outputs import depth_statistics
 from pipeline.pointcloud import PointCloudBuilder, VoxelGrid, frame_points, voxel_sums
-from pipeline.reader import read_outputs
 from pipeline.storage import Store
 
 from .conftest import assert_voxel_means, parse_ply
@@ -106,58 +103,6 @@ def test_depth_statistics_ignore_invalid():
         "valid_depth_fraction": 0.5,
     }
     assert depth_statistics(np.full((2, 2), np.nan, np.float32))["depth_mean"] is None
-
-
-def _stage(store, layout, sid, attempt, content=b"x"):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    buf = io.BytesIO()
-    pq.write_table(pa.table({"sequence_id": [sid], "frame_index": pa.array([0], pa.int32())}), buf)
-    store.write_bytes(layout.staged(sid, attempt, FRAMES), buf.getvalue())
-    store.write_bytes(layout.staged(sid, attempt, POINTS), content)
-    return StagedOutputs(
-        files={FRAMES: layout.staged(sid, attempt, FRAMES), POINTS: layout.staged(sid, attempt, POINTS)},
-        num_frames=1,
-        num_points=0,
-    )
-
-
-def test_commit_is_atomic_and_idempotent(tmp_path):
-    store, layout = Store(str(tmp_path / "run")), RunLayout(str(tmp_path / "run"))
-    first = commit_sequence(store, layout, "a", "att1", _stage(store, layout, "a", "att1", b"one"), {"attempt": 1})
-    assert store.read_bytes(layout.final("a", POINTS)) == b"one"
-    assert not store.exists(layout.staging("a", "att1"))
-    # a duplicate attempt of a committed sequence changes nothing
-    again = commit_sequence(store, layout, "a", "att2", _stage(store, layout, "a", "att2", b"two"), {"attempt": 2})
-    assert again["attempt_id"] == "att1" == first["attempt_id"]
-    assert store.read_bytes(layout.final("a", POINTS)) == b"one"
-    assert not store.exists(layout.staging("a", "att2"))
-    assert set(committed_sequences(store, layout)) == {"a"}
-
-
-def test_outputs_without_marker_are_never_results(tmp_path):
-    run = str(tmp_path / "run")
-    store, layout = Store(run), RunLayout(run)
-    commit_sequence(store, layout, "good", "g1", _stage(store, layout, "good", "g1"), {})
-    # a commit that died after moving files but before its marker
-    staged = _stage(store, layout, "torn", "t1")
-    for kind, uri in staged.files.items():
-        store.move(uri, layout.final("torn", kind))
-    _stage(store, layout, "torn", "t2")  # and a staged attempt that never finished
-    # and the temporary files of atomic writes killed before their rename
-    for uri in (layout.commit_marker("torn"), layout.manifest):
-        with open(uri + ".tmp-0badf00d", "wb") as f:
-            f.write(b"{")
-    out = read_outputs(run)
-    assert set(out.committed) == {"good"} and out.frames.column("sequence_id").to_pylist() == ["good"]
-    clean_uncommitted(store, layout, {"good"})
-    assert not store.exists(layout.final("torn", POINTS)) and not store.exists(layout.staging_root)
-    assert sorted(os.listdir(layout.commits)) == ["good.json"]
-    assert not any(".tmp-" in name for name in os.listdir(run))
-    assert ds.dataset(layout.dataset_dir(FRAMES), partitioning="hive").to_table().column("sequence_id").to_pylist() == [
-        "good"
-    ]
 
 
 def _smooth_frame(index: int, h: int = 48, w: int = 64):

@@ -80,7 +80,7 @@ def test_states_are_committed_with_the_outputs(state_run, checkpoint):
     for name, n in SEQUENCES.items():
         uri = outputs.scene_state_uri(name)
         assert uri == os.path.join(run_uri, "states", f"{name}.safetensors")
-        assert outputs.committed[name]["outputs"]["states"] == uri
+        assert outputs.committed[name].state_path == uri
         state = SceneState.load(uri)
         assert state.num_frames == n and state.image_hw == (84, 112) and state.metadata["sequence_id"] == name
         assert json.loads(state.metadata["model"])["preset"] == "tiny_state_query"

@@ -117,7 +117,7 @@ def test_spec_is_a_frozen_typed_model():
 
 def test_documented_spec_is_valid_and_complete():
     """The job spec in docs/pipeline.md loads, and names every field of every section (except the
-    alternative input.manifest, shown in a comment, and the test-only fault hooks)."""
+    alternative input.manifest, shown in a comment)."""
     import re
     from pathlib import Path
 
@@ -127,8 +127,19 @@ def test_documented_spec_is_valid_and_complete():
     data = yaml.safe_load(re.search(r"## Job spec.*?```yaml\n(.*?)```", text, re.S).group(1))
     spec = load_spec(data)
     assert spec.engine.mode == "auto" and spec.point_cloud.enabled
-    assert set(JobSpec.model_fields) - set(data) == {"faults"}
+    assert set(JobSpec.model_fields) == set(data)
     for name, value in data.items():
         fields = getattr(JobSpec.model_fields[name].annotation, "model_fields", None)
         if fields is not None:
             assert set(fields) - set(value) == ({"manifest"} if name == "input" else set()), name
+
+
+def test_fault_hooks_are_not_part_of_a_spec():
+    """Fault injection is switched on by tests (pipeline.testing.faults), never by a job spec; specs
+    stored by earlier versions, which hold `faults: null`, still load."""
+    base = {"input": {"prefix": "/in"}, "output": "/out", "model": {"preset": "tiny", "allow_random_weights": True}}
+    with pytest.raises(SpecError, match="faults: fault injection is for tests only"):
+        load_spec({**base, "faults": {"crash_sequence": "a"}})
+    with pytest.raises(SpecError, match="faults"):
+        load_spec(base, ["faults.delay_s=5"])
+    assert "faults" not in load_spec({**base, "faults": None}).model_dump()

@@ -30,6 +30,8 @@ from ray.job_submission import JobSubmissionClient
 from pipeline import read_outputs
 from pipeline.cli import main
 from pipeline.submission import RESULT_MARKER, runtime_env
+from pipeline.testing.faults import ENV as FAULTS_ENV
+from pipeline.testing.faults import FaultPlan
 from pipeline.testing.s3server import FAKE_CREDENTIALS, LocalS3, free_port
 
 from .conftest import make_spec, write_sequence
@@ -145,6 +147,12 @@ class Cli:
         return "".join(self.stdout) + "\n--- stderr ---\n" + "".join(self.stderr)
 
 
+def _slow(delay_s: float) -> list[str]:
+    """`submit` flags that make every sequence take `delay_s` longer in the job's model actors (a
+    test fault plan, handed to the job through its environment: job specs cannot hold one)."""
+    return ["--env", f"{FAULTS_ENV}={FaultPlan(delay_s=delay_s).model_dump_json()}"]
+
+
 def _spec_file(tmp_path: Path, spec) -> str:
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True)))
@@ -175,14 +183,14 @@ def test_submit_streams_the_log_passes_the_environment_and_exits_with_the_run_co
             (tmp_path / "in" / "bad" / frame).write_bytes(b"nope")
         fs = s3fs.S3FileSystem(endpoint_url=s3.endpoint_url, key="testing", secret="testing")
         fs.put(str(tmp_path / "in") + "/", "submit-inputs/takes/", recursive=True)
-        spec = make_spec("s3://submit-inputs/takes", tmp_path / "out", tiny_checkpoint, run_id="env", faults__delay_s=3)
+        spec = make_spec("s3://submit-inputs/takes", tmp_path / "out", tiny_checkpoint, run_id="env")
 
         env_file = tmp_path / "runtime_env.yaml"
         env_file.write_text(yaml.safe_dump({"env_vars": {"AWS_ENDPOINT_URL": s3.endpoint_url, "NOTE": "file"}}))
-        flags = ["--address", address, "--wait", "--runtime-env", str(env_file), "--env", "NOTE=flag"]
+        flags = ["--address", address, "--wait", "--runtime-env", str(env_file), "--env", "NOTE=flag", *_slow(3)]
         cli = Cli(_spec_file(tmp_path, spec), *flags)
         job_id = cli.job_id()
-        shown_at = cli.wait_for("model actor ready")  # a line of the driver's log ...
+        shown_at = cli.wait_for("actor_ready actor=0")  # a line of the driver's log ...
         code = cli.finish()
 
     assert code == 1, cli.text
@@ -192,6 +200,7 @@ def test_submit_streams_the_log_passes_the_environment_and_exits_with_the_run_co
     assert info.runtime_env["env_vars"] == {
         "AWS_ENDPOINT_URL": s3.endpoint_url,
         "NOTE": "flag",  # --env over the file
+        FAULTS_ENV: FaultPlan(delay_s=3).model_dump_json(),
         "RAY_JOB_STOP_WAIT_TIME_S": "30",
     }
     outputs = read_outputs(str(tmp_path / "out" / "env"))
@@ -223,8 +232,8 @@ def test_an_entrypoint_that_cannot_import_is_an_infrastructure_failure(job_serve
 def _interrupted_job(address: str, tiny_checkpoint: Path, tmp_path: Path, run_id: str) -> tuple[Cli, str]:
     """`submit --wait` of a job that would take a minute, sent one Ctrl-C once its actor starts."""
     write_sequence(tmp_path / "in" / "s", 2, seed=0)
-    spec = make_spec(tmp_path / "in", tmp_path / "out", tiny_checkpoint, run_id=run_id, faults__delay_s=60)
-    cli = Cli(_spec_file(tmp_path, spec), "--address", address, "--wait")
+    spec = make_spec(tmp_path / "in", tmp_path / "out", tiny_checkpoint, run_id=run_id)
+    cli = Cli(_spec_file(tmp_path, spec), "--address", address, "--wait", *_slow(60))
     job_id = cli.job_id()
     cli.wait_for("starting 1 model actor")
     cli.proc.send_signal(signal.SIGINT)
@@ -312,7 +321,7 @@ def test_losing_the_job_server_gives_up_in_bounded_time(job_server, tiny_checkpo
     """The dashboard vanishes mid-run: exit 3 after --unreachable-timeout, saying the job may still run."""
     address, client = job_server
     write_sequence(tmp_path / "in" / "s", 2, seed=0)
-    spec = make_spec(tmp_path / "in", tmp_path / "out", tiny_checkpoint, run_id="lost", faults__delay_s=60)
+    spec = make_spec(tmp_path / "in", tmp_path / "out", tiny_checkpoint, run_id="lost")
     proxy = TcpProxy(int(address.rsplit(":", 1)[1]))
 
     cli = Cli(
@@ -322,6 +331,7 @@ def test_losing_the_job_server_gives_up_in_bounded_time(job_server, tiny_checkpo
         "--wait",
         "--unreachable-timeout",
         "5",
+        *_slow(60),
     )
     job_id = cli.job_id()
     cli.wait_for("starting 1 model actor")  # streamed through the proxy
