@@ -16,6 +16,16 @@ fails removes what it moved, unless its marker turns out to exist (a write whose
 lost): then it did commit. Later `Committer.compact` writes the manifest, which records the
 commits, and removes the intents it covers.
 
+Durability. Each step is atomic (a rename locally, one PUT on object stores), which is what a
+killed driver or worker needs. Against a power loss on local disk, intents and markers are
+written without an fsync of their own and made durable together, by one `Store.sync` before each
+manifest write (`compact`: at most every few seconds while the run goes on, and when a session
+ends). A power loss can then undo the commits since the last manifest, never tear one: the
+filesystem keeps what it kept in order, and what it did not is found by the next session, which
+lists markers and outputs (markers without complete outputs are torn and redone, outputs without a
+marker removed). A lost intent only makes `status` count a commit late. The staged outputs are
+synced by the workers that write them; the manifest, spec and summary are synced as written.
+
 Only the coordinator commits, one attempt per sequence at a time, so there is a single writer.
 Outputs derived later from a committed sequence (`export`, `report`) are added by
 `commit_derived`, which rewrites the marker and leaves the commit state as it is.
@@ -66,7 +76,8 @@ class Committer:
             self._unresolved.discard(sequence_id)  # an earlier commit whose answer was lost did land
             discard_attempt(self.store, self.layout, sequence_id, attempt_id)
             return existing
-        self._write_intent(sequence_id, attempt_id)
+        # not synced: a marker that a sync keeps was written after it (and a lost one only delays `status`)
+        self._write_intent(sequence_id, attempt_id, durable=False)
         crash_point("commit.intent_written", sequence_id)
         try:
             full = self._publish(sequence_id, attempt_id, staged, record, start)
@@ -107,7 +118,8 @@ class Committer:
             "output_bytes": sizes,
             "committed_at": dt.datetime.now(dt.UTC).isoformat(),
         }
-        self.store.write_json(self.layout.commit_marker(sid), redact(full))  # last: from here on it is visible
+        # last: from here on it is visible (durable at the next `compact`)
+        self.store.write_json(self.layout.commit_marker(sid), redact(full), durable=False)
         return full
 
     def _roll_back(self, sid: str, kinds: tuple[str, ...]) -> dict[str, Any] | None:
@@ -144,7 +156,9 @@ class Committer:
         clean_uncommitted(self.store, self.layout, set(commits.committed), suspects, kinds)
 
     def compact(self, records: list[SequenceRecord]) -> None:
-        """Write the manifest as the compact commit record, then drop the intents it covers."""
+        """Make the commits so far durable, write the manifest as the compact commit record, then
+        drop the intents it covers."""
+        self.store.sync()  # before the manifest can vouch for a commit, its marker must be kept
         write_manifest(self.store, self.layout, records, covers_commits=True)
         crash_point("manifest.written")
         covered = self._intents - self._unresolved
@@ -155,8 +169,10 @@ class Committer:
             return
         self._intents -= covered
 
-    def _write_intent(self, sid: str, attempt_id: str | None) -> None:
-        self.store.write_json(self.layout.intent(sid), {"sequence_id": sid, "attempt_id": attempt_id})
+    def _write_intent(self, sid: str, attempt_id: str | None, *, durable: bool = True) -> None:
+        self.store.write_json(
+            self.layout.intent(sid), {"sequence_id": sid, "attempt_id": attempt_id}, durable=durable
+        )
         self._intents.add(sid)
 
     def _marker(self, sid: str) -> dict[str, Any] | None:

@@ -48,9 +48,9 @@ class CrashingStore(Store):
         if len(self.changes) == self.at:
             raise Crash(what)
 
-    def write_bytes(self, uri, data):
+    def write_bytes(self, uri, data, **kwargs):
         self._change(f"write {uri}")
-        super().write_bytes(uri, data)
+        super().write_bytes(uri, data, **kwargs)
 
     def move(self, src_uri, dst_uri):
         self._change(f"move {dst_uri}")
@@ -211,10 +211,10 @@ def test_cleanup_never_removes_a_sequence_committed_meanwhile(tmp_path):
     seen = {}
 
     class FirstDriversStore(Store):
-        def write_bytes(self, uri, data):
+        def write_bytes(self, uri, data, **kwargs):
             if uri == layout.commit_marker("a"):  # the second driver starts right now
                 seen["commits"] = read_commits(Store(run), layout, verify=True)
-            super().write_bytes(uri, data)
+            super().write_bytes(uri, data, **kwargs)
 
     _commit(Committer(FirstDriversStore(run), layout), "a", "a1", b"A")
     assert seen["commits"].orphans == {"a"} and not seen["commits"].committed  # what the second driver saw
@@ -330,10 +330,10 @@ def test_folder_outputs_commit_whole_and_are_never_called_torn(run):
     assert store.read_bytes(f"{layout.final('a', 'exports/colmap')}/sparse/0/cameras.bin") == b"a1"
     # a commit that died after moving b's folders, before its marker: b's folders go, a's stay
     class DiesAtTheMarker(Store):
-        def write_bytes(self, uri, data):
+        def write_bytes(self, uri, data, **kwargs):
             if uri == layout.commit_marker("b"):
                 raise Crash(uri)
-            super().write_bytes(uri, data)
+            super().write_bytes(uri, data, **kwargs)
 
     crashing = Committer(DiesAtTheMarker(uri, storage), layout)
     with pytest.raises(Crash):
