@@ -249,6 +249,37 @@ def test_status_reads_no_marker_once_the_manifest_covers_them(run):
     assert summary.model_dump() == run_status(uri, storage=storage, verify=True).model_dump()
 
 
+def test_commits_are_synced_before_the_manifest_that_records_them(tmp_path):
+    """Intents and markers are written without an fsync each (atomic against a killed process, not
+    yet against a power loss): one sync of the store must come after them and before the manifest
+    vouches for them, and the manifest itself is synced as written."""
+    run = str(tmp_path / "run")
+    layout = RunLayout(run)
+    events: list[tuple[str, bool]] = []
+
+    class RecordingStore(Store):
+        def write_bytes(self, uri, data, **kwargs):
+            events.append((uri, kwargs.get("durable", True)))
+            super().write_bytes(uri, data, **kwargs)
+
+        def sync(self):
+            events.append(("sync", True))
+            super().sync()  # the real syncfs
+
+    committer = Committer(RecordingStore(run), layout)
+    records = [_commit(committer, sid, f"{sid}1") for sid in ("a", "b")]
+    events.clear()  # the staged files (a worker's writes) are durable as written
+    committer.compact(records)
+    assert events == [("sync", True), (layout.manifest, True)]
+    events.clear()
+    _commit(committer, "c", "c1")
+    assert (layout.intent("c"), False) in events and (layout.commit_marker("c"), False) in events
+    assert ("sync", True) not in events  # the per-commit fsyncs are what this saves
+    committer.compact([*records, SequenceRecord.from_marker(Store(run).read_json(layout.commit_marker("c")))])
+    assert events[-2:] == [("sync", True), (layout.manifest, True)]
+    assert set(read_commits(Store(run), layout, verify=True).committed) == {"a", "b", "c"}
+
+
 def test_markers_win_over_the_manifest(tmp_path):
     run = str(tmp_path / "run")
     store, layout = Store(run), RunLayout(run)
