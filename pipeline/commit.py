@@ -19,12 +19,15 @@ commits, and removes the intents it covers.
 Durability. Each step is atomic (a rename locally, one PUT on object stores), which is what a
 killed driver or worker needs. Against a power loss on local disk, intents and markers are
 written without an fsync of their own and made durable together, by one `Store.sync` before each
-manifest write (`compact`: at most every few seconds while the run goes on, and when a session
-ends). A power loss can then undo the commits since the last manifest, never tear one: the
-filesystem keeps what it kept in order, and what it did not is found by the next session, which
-lists markers and outputs (markers without complete outputs are torn and redone, outputs without a
-marker removed). A lost intent only makes `status` count a commit late. The staged outputs are
-synced by the workers that write them; the manifest, spec and summary are synced as written.
+manifest write (`compact`: every 10 s or more while the run goes on, and when a session ends).
+A power loss can then undo commits made since the last manifest (they are redone), never serve a
+torn one: the next session lists markers and outputs, redoes markers without complete outputs
+(torn) and removes outputs without a marker. A lost intent only makes `status` count a commit
+late. The manifest, spec and summary are synced as written. Of the staged outputs only the frames
+table is synced as written (points, depth and folders are not, as before); the sync before the
+manifest flushes them too when the workers write to the same filesystem (a single-machine run),
+and one lost to a power loss all the same shows as a torn sequence at the next session's
+verification, which redoes it.
 
 Only the coordinator commits, one attempt per sequence at a time, so there is a single writer.
 Outputs derived later from a committed sequence (`export`, `report`) are added by
