@@ -210,6 +210,7 @@ class RunSummary(BaseModel):
         skipped_inputs: dict[str, int] | None = None,
     ) -> RunSummary:
         """`frames_processed` frames were computed in `elapsed_s` (which gives frames_per_s)."""
+        elapsed_s = round(elapsed_s, 3)  # the rate from the stored time, so the two agree on short runs too
         done = [r for r in records if r.status == "done"]
         failed = [r for r in records if r.status == "failed"]
         running = sum(r.status == "running" for r in records)
@@ -230,7 +231,7 @@ class RunSummary(BaseModel):
             pending=pending,
             frames=sum(r.num_frames or 0 for r in done),
             points=sum(r.num_points or 0 for r in done),
-            elapsed_s=round(elapsed_s, 3),
+            elapsed_s=elapsed_s,
             frames_per_s=round(frames_processed / elapsed_s, 3) if elapsed_s > 0 else 0.0,
             running=running,
             failures=[
