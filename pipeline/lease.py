@@ -4,11 +4,12 @@ A driver session holds `_lease/<generation>.json`. It takes the run by creating 
 generation's file exclusively (a hard link locally, a conditional PUT `If-None-Match: *` on
 S3), so of two drivers starting together exactly one wins and the other stops with exit 3,
 naming the holder. The holder rewrites its file every `driver.heartbeat_s`, with the progress
-`status` shows. A file not rewritten for `driver.lease_expiry_s` belongs to a dead driver:
-`status` says so, and the next driver takes the run over with the next generation (at once
-when the dead driver ran on the same host and its process is gone). A driver that finds a
-newer generation, or cannot renew for longer than the expiry, has lost the run: it stops
-without writing anything more to it.
+`status` shows, and sooner (at most every `NUDGE_GAP_S`) when the sequences in flight change, so
+that `status` lists them even when they are shorter than a heartbeat. A file not rewritten for
+`driver.lease_expiry_s` belongs to a dead driver: `status` says so, and the next driver takes the
+run over with the next generation (at once when the dead driver ran on the same host and its process
+is gone). A driver that finds a newer generation, or cannot renew for longer than the expiry, has
+lost the run: it stops without writing anything more to it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from .layout import RunLayout
 from .redaction import get_logger
 from .spec import DriverSpec
 from .storage import Store
+
+NUDGE_GAP_S = 0.25  # shortest time between two writes of the lease file
 
 logger = get_logger(__name__)
 HOST = socket.gethostname()
@@ -103,6 +106,7 @@ class RunLease:
         self._renewed = 0.0  # monotonic time of the last successful write
         self._progress: dict[str, Any] = {}
         self._stop = threading.Event()
+        self._nudge = threading.Event()  # the sequences in flight changed: write before the heartbeat is due
         self._thread: threading.Thread | None = None
 
     def refuse_if_held(self) -> None:
@@ -132,7 +136,11 @@ class RunLease:
         raise self._held(read_lease(self._store, self._layout))
 
     def publish(self, progress: dict[str, Any]) -> None:
-        """The progress the next heartbeat writes (replaced as a whole: safe across threads)."""
+        """The progress the next heartbeat writes (replaced as a whole: safe across threads); a change
+        in the sequences in flight brings that write forward."""
+        in_flight = [r.get("sequence_id") for r in progress.get("running_sequences", [])]
+        if in_flight != [r.get("sequence_id") for r in self._progress.get("running_sequences", [])]:
+            self._nudge.set()
         self._progress = progress
 
     def check(self) -> None:
@@ -142,11 +150,13 @@ class RunLease:
         if self._lost is not None:
             self.held = False
             self._stop.set()
+            self._nudge.set()
             raise LeaseLostError(f"run {self._run_id}: this driver lost the run: {self._lost}; stopping")
 
     def release(self, progress: dict[str, Any]) -> None:
         """Stop the heartbeat and mark the lease released (a no-op if it was lost)."""
         self._stop.set()
+        self._nudge.set()
         if self._thread is not None:
             self._thread.join()
         if not self.held or self._lost is not None:
@@ -161,8 +171,14 @@ class RunLease:
     # -- heartbeat ---------------------------------------------------------------------------
 
     def _beat_forever(self) -> None:
-        while not self._stop.wait(self._spec.heartbeat_s):
+        while True:
+            self._nudge.wait(self._spec.heartbeat_s)
+            if self._stop.is_set():
+                return
+            self._nudge.clear()
             self.beat()
+            if self._stop.wait(NUDGE_GAP_S):
+                return
 
     def beat(self) -> None:
         """Renew the lease with the latest progress, unless a newer driver has taken the run."""

@@ -119,6 +119,25 @@ def test_the_heartbeat_renews_and_publishes_progress(run):
     assert read_lease(*run).state == "released"
 
 
+def test_a_change_of_the_sequences_in_flight_is_written_before_the_heartbeat_is_due(run):
+    """Sequences shorter than a heartbeat must still show up in `status` while they run."""
+    lease = _lease(run, DriverSpec(heartbeat_s=30.0, lease_expiry_s=90.0))
+    lease.acquire()
+    try:
+        for sid in ("a", "b", "c"):
+            lease.publish({"running_sequences": [{"sequence_id": sid, "attempt": 1, "started_at": "now"}]})
+            deadline = time.monotonic() + 5.0
+            while read_lease(*run).progress.get("running_sequences", [{}])[0].get("sequence_id") != sid:
+                assert time.monotonic() < deadline, f"{sid} in flight was not written within 5 s"
+                time.sleep(0.05)
+        lease.publish({"running_sequences": [{"sequence_id": "c", "attempt": 1, "started_at": "now"}], "done": 2})
+        time.sleep(1.0)  # the same sequences in flight: no early write, the heartbeat carries it later
+        assert "done" not in read_lease(*run).progress
+    finally:
+        lease.release({"done": 3})
+    assert read_lease(*run).progress == {"done": 3}
+
+
 def test_a_dead_driver_on_this_host_is_taken_over_at_once(run):
     store, layout = run
     dead = subprocess.Popen(["true"])
