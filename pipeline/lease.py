@@ -149,14 +149,12 @@ class RunLease:
             self._lost = f"could not renew the lease for over {self._spec.lease_expiry_s:.0f}s"
         if self._lost is not None:
             self.held = False
-            self._stop.set()
-            self._nudge.set()
+            self._halt()
             raise LeaseLostError(f"run {self._run_id}: this driver lost the run: {self._lost}; stopping")
 
     def release(self, progress: dict[str, Any]) -> None:
         """Stop the heartbeat and mark the lease released (a no-op if it was lost)."""
-        self._stop.set()
-        self._nudge.set()
+        self._halt()
         if self._thread is not None:
             self._thread.join()
         if not self.held or self._lost is not None:
@@ -169,6 +167,11 @@ class RunLease:
         self.held = False
 
     # -- heartbeat ---------------------------------------------------------------------------
+
+    def _halt(self) -> None:
+        """End the heartbeat thread now, whatever it is waiting for."""
+        self._stop.set()
+        self._nudge.set()
 
     def _beat_forever(self) -> None:
         while True:
@@ -188,7 +191,7 @@ class RunLease:
                 taker = read_lease(self._store, self._layout)
                 self._lost = f"taken over by {taker.describe() if taker else 'another driver'}"
                 logger.error("run %s: %s", self._run_id, self._lost)
-                self._stop.set()
+                self._halt()
                 return
             self._store.write_bytes(self._layout.lease(self.generation), self._document("running"))
             self._renewed = time.monotonic()
