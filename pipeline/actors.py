@@ -1,11 +1,11 @@
 """The long-lived model worker: one per GPU (or one CPU worker on a machine without GPUs).
 
-The model is built and its checkpoint loaded once, in `__init__`; each `process` call then
-runs one decoded sequence through the engine and writes the sequence's staged outputs. Calls
-may overlap (a threaded Ray actor) but inference is serialised by a lock, so one sequence's
-writing and upload overlap the next one's inference without two sequences sharing the
-accelerator; within a sequence, frames are prepared for writing (in `resources.frame_writers`
-processes) while later ones are still computed.
+The model is built and its checkpoint loaded once, in the worker's engine process
+(pipeline.engine_process), which runs sequences one after another; each `process` call hands
+one decoded sequence to it and writes the sequence's staged outputs. Calls overlap (a threaded
+Ray actor): one sequence is written while the next computes and a third waits in the engine
+process, so the accelerator never waits for a hand-off; within a sequence, frames are prepared
+for writing (in `resources.frame_writers` processes) while later ones are still computed.
 """
 
 from __future__ import annotations
@@ -21,13 +21,17 @@ from typing import Any
 
 from .decode import DecodedSequence
 from .discovery import SequenceSource
+from .engine_process import EngineProcess, remove_stale_files
 from .errors import ActorInitError, InfrastructureError, storage_error
 from .layout import RunLayout
 from .outputs import SequenceWriter, StagedOutputs, prepare_frame
-from .overlap import frame_writers, in_background, map_in_processes, remove_stale_scratch
+from .overlap import frame_writers, map_in_processes
+from .redaction import get_logger
 from .spec import JobSpec, ModelSpec, StorageSpec
 from .storage import Store
 from .testing import faults
+
+logger = get_logger(__name__)
 
 RANDOM_WEIGHTS_SEED = 0  # every worker must hold the same weights, or retries would differ
 
@@ -97,21 +101,18 @@ def _pick_device(wanted: str, torch):
 
 
 class ModelWorker:
-    """Holds one model on one device. Wrapped with `ray.remote` by pipeline.execution."""
+    """Feeds one engine process (pipeline.engine_process: the model on one device) and writes
+    what it computes. Wrapped with `ray.remote` by pipeline.execution."""
 
     def __init__(self, spec: JobSpec):
         self._spec = spec
-        self._lock = threading.Lock()
+        remove_stale_files()  # what a killed worker on this node left behind
         self._writers = frame_writers(spec.resources.frame_writer_processes)
-        remove_stale_scratch()  # what a killed worker on this node left behind
-        self._init_error: str | None = None
         self._info: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid()}
-        self._frames_run: dict[tuple[int, int], int] = {}  # frames this worker ran per image size
-        try:
-            self._model, self._device = build_model(spec)
-            self._info["device"] = str(self._device)
-        except Exception as exc:  # reported by ready(): a broken checkpoint must stop the run
-            self._init_error = f"{type(exc).__name__}: {exc}"
+        self._engine_lock = threading.Lock()
+        self._engine = EngineProcess(spec)
+        self._init_error = self._engine.init_error
+        self._info.update(self._engine.info)
 
     def ready(self) -> dict[str, Any]:
         """Raises ActorInitError if the model could not be built; else describes the worker."""
@@ -121,41 +122,24 @@ class ModelWorker:
 
     def process(self, source: SequenceSource, decoded: DecodedSequence, attempt_id: str) -> AttemptResult:
         """Reconstruct one sequence and write its outputs to this attempt's staging folder."""
-        import torch
-
-        from zipmap_core.engines import reconstruct
-
         self.ready()
+        entered = time.time()
         layout = RunLayout(self._spec.run_uri)
         store = Store(self._spec.run_uri, self._spec.storage)
         writer = SequenceWriter(self._spec, source.sequence_id, decoded.frame_uris, decoded.source_sizes)
-        infer_s = 0.0
+        on_state = writer.keep_state if self._spec.scene_state.enabled else None
         start = time.perf_counter()
+        run = None
         try:
-            images = decoded.images()  # outside the lock: overlaps the previous sequence
-            engine = self._engine_for(images)
-
-            def infer():
-                # the engine runs in its own thread and holds the accelerator only while it
-                # computes; frames it has finished wait here (offline: they are all on the host
-                # already; chunked/streaming: at most two chunks ahead, to bound host memory)
-                nonlocal infer_s, engine
-                with self._lock, torch.inference_mode():
-                    faults.delay()
-                    if engine.fast and getattr(self._model, "_compiled_for_inference", False):
-                        engine = engine.model_copy(update={"compile": True})  # compiled for good meanwhile
-                        writer.engine = engine.settings()
-                    begin = time.perf_counter()
-                    on_state = writer.keep_state if self._spec.scene_state.enabled else None
-                    yield from reconstruct(self._model, images, engine, device=self._device, on_state=on_state)
-                    infer_s = time.perf_counter() - begin
-
-            writer.engine = engine.settings()
-            ahead = 0 if engine.mode == "offline" else 2 * max(engine.chunk_size, engine.window or 1)
-            frames = in_background(infer, max_ahead=ahead)
-            for prepared in map_in_processes(partial(prepare_frame, writer.frame_format), frames, self._writers):
+            # queued in the engine process at once: it starts the moment the sequence before ends
+            run = self._live_engine().run(
+                source.sequence_id, decoded.pixels, local_points=self._spec.engine.local_points, on_state=on_state
+            )
+            writer.engine = run.engine_settings()
+            for prepared in map_in_processes(partial(prepare_frame, writer.frame_format), run.frames(), self._writers):
                 writer.add_prepared(prepared)
                 faults.crash_point(faults.ACTOR_CRASH_POINT, source.sequence_id)
+            faults.write_delay()
             staged = writer.finish(store, layout, attempt_id)
         except BrokenProcessPool:
             # a writer process died (out of memory, killed): this attempt fails and is retried,
@@ -163,23 +147,31 @@ class ModelWorker:
             self._writers = frame_writers(self._spec.resources.frame_writer_processes)
             raise
         finally:
+            if run is not None:
+                run.close()
             writer.close()
+        infer_s = run.timings.get("infer_s", 0.0)
         write_s = time.perf_counter() - start - infer_s  # what writing added beyond inference
         return AttemptResult(
             sequence_id=source.sequence_id,
             attempt_id=attempt_id,
             staged=staged,
-            timings={"decode_s": decoded.decode_s, "infer_s": infer_s, "write_s": write_s},
+            timings={
+                "decode_s": decoded.decode_s, "infer_s": infer_s, "write_s": write_s,
+                "actor_entered": entered, **{k: v for k, v in run.timings.items() if k != "infer_s"},
+            },
             worker=dict(self._info),
             engine=writer.engine,
         )
 
-    def _engine_for(self, images):
-        """The spec's engine with "auto" decided for this sequence (zipmap_core.engines.auto). What
-        this worker already ran at this image size counts towards the run's length: a run of many
-        sequences compiles once it has run enough frames to pay the compilation back."""
-        from zipmap_core.engines.auto import resolve_engine
-
-        hw, n = tuple(images.shape[-2:]), images.shape[0]
-        self._frames_run[hw] = run_frames = self._frames_run.get(hw, 0) + n
-        return resolve_engine(self._spec.engine, self._model, n, hw, self._device, run_frames=run_frames)
+    def _live_engine(self) -> EngineProcess:
+        """The engine process, started again if it died (its sequences failed and are retried)."""
+        with self._engine_lock:
+            if self._engine.dead is not None:
+                logger.warning("model worker %s: %s; starting a new one", self._info["pid"], self._engine.dead)
+                self._engine.close()
+                self._engine = EngineProcess(self._spec)
+                if self._engine.init_error is not None:
+                    raise InfrastructureError(f"the engine process failed to start again: {self._engine.init_error}")
+                self._info.update(self._engine.info)
+            return self._engine

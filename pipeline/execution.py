@@ -28,9 +28,12 @@ from .testing import faults
 logger = get_logger(__name__)
 
 FailureKind = Literal["input", "actor_lost", "init", "transient"]
-# `process` calls an actor runs at once: one sequence computing, one writing. Further in-flight
-# sequences wait in the actor's queue with their decoding done, not in its memory.
-ACTOR_CONCURRENCY = 2
+# `process` calls an actor runs at once: one sequence writing, one computing in the engine process
+# and one queued there with its frames in place, so the engine never waits for the one being
+# written to make room (with 2, the third entered only once the first was written, often after
+# the second had finished computing). Further in-flight sequences wait in the actor's queue with
+# their decoding done, not in its memory.
+ACTOR_CONCURRENCY = 3
 
 
 @dataclass(frozen=True)

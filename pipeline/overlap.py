@@ -9,6 +9,7 @@ while keeping frames in order.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import pickle
@@ -148,15 +149,21 @@ def scratch_prefix() -> str:
     return f"{_SCRATCH_PREFIX}{os.getpid()}-"
 
 
-def remove_stale_scratch(scratch_dir: str | None = None) -> int:
-    """Delete the item folders of `map_in_processes` calls whose process has died (a killed
-    worker cannot clean up after itself); returns how many. Folders of live processes stay."""
+def remove_stale_scratch(scratch_dir: str | None = None, prefix: str = _SCRATCH_PREFIX) -> int:
+    """Delete the item folders of `map_in_processes` calls (or files and folders named `prefix`,
+    then a pid) whose process has died (a killed worker cannot clean up after itself); returns how
+    many. Those of live processes stay."""
     removed = 0
     for entry in os.scandir(scratch_dir or tempfile.gettempdir()):
-        owner = re.fullmatch(rf"{_SCRATCH_PREFIX}(\d+)-.+", entry.name)
-        if owner and entry.is_dir(follow_symlinks=False) and not _alive(int(owner[1])):
+        owner = re.fullmatch(rf"{re.escape(prefix)}(\d+)-.+", entry.name)
+        if not owner or _alive(int(owner[1])):
+            continue
+        if entry.is_dir(follow_symlinks=False):
             shutil.rmtree(entry.path, ignore_errors=True)
-            removed += 1
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+        removed += 1
     return removed
 
 

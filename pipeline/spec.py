@@ -161,9 +161,9 @@ class ResourcesSpec(_Section):
     # default single CPU (frames are then prepared in the actor itself).
     frame_writers: int | None = Field(default=None, ge=0)
     decode_cpus: float = Field(default=1.0, gt=0)  # per decode task
-    # Sequences handed to one actor at a time: one computing, one writing, the rest decoding or
-    # decoded and waiting, so the next is ready when the accelerator frees. Bounds decoded frames
-    # in memory.
+    # Sequences handed to one actor at a time: one computing, one queued at its engine, one writing,
+    # the rest decoding or decoded and waiting, so the next is ready when the accelerator frees. Bounds
+    # decoded frames in memory.
     max_in_flight_per_actor: int = Field(default=4, ge=1)
     device: Literal["auto", "cuda", "cpu"] = "auto"
     custom_resources: dict[str, float] = Field(default_factory=dict)  # extra Ray resources per actor

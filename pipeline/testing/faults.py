@@ -51,7 +51,8 @@ class FaultPlan(BaseModel):
     crash_point: str | None = None
     crash_sequence: str | None = None
     once_file: str | None = None
-    delay_s: float = Field(default=0.0, ge=0)  # sleep per sequence in the model actor
+    delay_s: float = Field(default=0.0, ge=0)  # sleep per sequence in the engine, before inference
+    write_delay_s: float = Field(default=0.0, ge=0)  # sleep per sequence in the model actor, before its files
 
     def env(self) -> dict[str, str]:
         """Environment variables that switch this plan on in a child process."""
@@ -104,3 +105,10 @@ def delay() -> None:
     plan = active()
     if plan is not None and plan.delay_s:
         time.sleep(plan.delay_s)
+
+
+def write_delay() -> None:
+    """Sleep as long as the active plan says before a sequence's files are written (a slow store)."""
+    plan = active()
+    if plan is not None and plan.write_delay_s:
+        time.sleep(plan.write_delay_s)
