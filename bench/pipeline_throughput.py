@@ -56,6 +56,11 @@ def main(argv: list[str] | None = None) -> dict:
         f"inference    : {pipeline['median_infer_s']:9.3f} s per sequence in the actor (median), "
         f"{engine['median_sequence_s']:.3f} s alone"
     )
+    idle = pipeline["engine_idle"]
+    print(
+        f"engine idle  : {idle['median_gap_s']:9.3f} s between sequences (median; max {idle['max_gap_s']:.3f}), "
+        f"busy {idle['busy_share']:.1%} of the time from its first sequence's start to its last one's end"
+    )
     print(json.dumps(result))
     return result
 
@@ -240,6 +245,33 @@ def _bench_pipeline(args, input_prefix: str, output: str) -> dict:
         "run_uri": summary.run_uri,
         # inference of one sequence inside an actor, beside the other sequences' writing
         "median_infer_s": statistics.median(outputs.manifest.column("infer_s").to_pylist()),
+        "engine_idle": engine_idle(summary.run_uri),
+    }
+
+
+def engine_idle(run_uri: str) -> dict:
+    """How long the engine processes waited between sequences, from the commit markers' stamps
+    (pipeline.engine_process: when each sequence started and ended in its engine)."""
+    import glob
+    import os
+
+    runs: dict[int, list[tuple[float, float]]] = {}
+    for path in glob.glob(os.path.join(run_uri, "_commits", "*.json")):
+        with open(path) as f:
+            marker = json.load(f)
+        t = marker.get("timings", {})
+        if "engine_start" in t:
+            runs.setdefault(marker["worker"].get("engine_pid", 0), []).append((t["engine_start"], t["engine_end"]))
+    gaps, busy, span = [], 0.0, 0.0
+    for spans in runs.values():
+        spans.sort()
+        gaps += [b[0] - a[1] for a, b in zip(spans, spans[1:])]
+        busy += sum(end - start for start, end in spans)
+        span += spans[-1][1] - spans[0][0]
+    return {
+        "median_gap_s": statistics.median(gaps) if gaps else 0.0,
+        "max_gap_s": max(gaps) if gaps else 0.0,
+        "busy_share": busy / span if span else 1.0,
     }
 
 

@@ -205,6 +205,10 @@ def _print(args, r: dict) -> None:
           f"{pipe['steady_frames_per_s']:.1f} |")
     steps = ", ".join(f"{k} {v:.2f}" for k, v in r["decode_breakdown_ms"].items())
     print(f"decode CPU ms per frame (cumulative): {steps}")
+    idle = pipe["engine_idle"]
+    print(f"inference per sequence: {pipe['median_infer_s']:.3f} s in the pipeline (median), "
+          f"{eng['median_sequence_s']:.3f} s alone; engine idle between sequences {idle['median_gap_s']:.3f} s "
+          f"(median), busy {idle['busy_share']:.1%}")
     print(f"ratio pipeline / engine: {r['ratio']:.3f} (target >= 0.90)")
     print(f"decode cores per GPU to keep up with the engine: {r['decode_cores_per_gpu']:.1f}")
     print(json.dumps(r))

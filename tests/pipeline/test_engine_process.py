@@ -32,6 +32,43 @@ def test_the_engine_gets_the_images_and_gives_the_colours_of_the_actor():
     assert torch.equal((values.clamp(0, 1) * 255).round().to(torch.uint8), torch.arange(256, dtype=torch.uint8))
 
 
+def test_a_full_ring_holds_the_engine_and_a_sequence_given_up_stops_it(tiny_checkpoint, tmp_path, monkeypatch):
+    """With room for one frame the engine waits for each to be taken; a sequence the actor gives up
+    (a writer failed) ends the engine's work on it, and the next sequence runs as usual."""
+    from pipeline import engine_process
+    from pipeline.decode import decode_sequence
+    from pipeline.discovery import discover
+
+    for name, n in (("a", 4), ("b", 3)):
+        write_sequence(tmp_path / "in" / name, n, seed=n)
+    spec = make_spec(tmp_path / "in", tmp_path / "out", tiny_checkpoint, run_id="ring").with_run_id()
+    decoded = {s.sequence_id: decode_sequence(s, spec) for s in discover(spec)}
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as in a 1-CPU Ray actor, and as reference_frames runs
+    monkeypatch.setattr(engine_process, "RING_BYTES", 1)  # one slot
+    engine = engine_process.EngineProcess(spec)
+    try:
+        assert engine.init_error is None
+        given_up = engine.run("a", decoded["a"].pixels, local_points=False, on_state=None)
+        frames = given_up.frames()
+        assert next(frames).index == 0
+        given_up.close()  # the engine stops at its next frame instead of waiting for room forever
+        run = engine.run("b", decoded["b"].pixels, local_points=False, on_state=None)
+        try:
+            got = list(run.frames())
+            assert run.engine_settings()["mode"] == "offline"
+        finally:
+            run.close()
+        want = reference_frames(tiny_checkpoint, sorted((tmp_path / "in" / "b").iterdir()))
+        assert [f.index for f in got] == [0, 1, 2]
+        for g, w in zip(got, want):
+            assert np.array_equal(g.depth, w.depth) and np.array_equal(g.depth_conf, w.depth_conf)
+            assert np.array_equal(g.extrinsic, w.extrinsic) and np.array_equal(g.image, w.image)
+        assert not _folders_of({os.getpid()}), "the engine deletes a sequence's files once it has them open"
+    finally:
+        engine.close()
+    assert not engine._process.is_alive()
+
+
 def _markers(run_uri: str) -> dict[str, dict]:
     folder = os.path.join(run_uri, "_commits")
     names = [n for n in os.listdir(folder) if n.endswith(".json")]
