@@ -38,6 +38,9 @@ def test_benchmark_smoke(ray_cluster, tmp_path, capsys):
     assert result["engine"]["frames_per_s"] > 0 and result["pipeline"]["steady_frames_per_s"] > 0
     assert result["engine"]["median_sequence_s"] > 0 and result["pipeline"]["median_infer_s"] > 0
     assert "s per sequence in the actor" in out
+    idle = result["pipeline"]["engine_idle"]  # 3 sequences on one engine: two gaps between them
+    assert 0 < idle["busy_share"] <= 1 and 0 <= idle["median_gap_s"] <= idle["max_gap_s"]
+    assert "engine idle" in out
 
 
 def test_frame_handoff_benchmark_smoke(capsys):
