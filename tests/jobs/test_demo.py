@@ -123,12 +123,12 @@ def test_demo_runs_end_to_end(local_ray, tmp_path, capsys):
     ]
     assert all(r["seconds"] > 0 and r["peak_bytes"] > 0 and (r["height"], r["width"]) == (42, 56) for r in cost["runs"])
     assert "[4/4] time and memory of demo_ttt and demo_attention" in printed
-    assert "cost of the comparison, measured now on cpu, 1 thread" in printed and cost["table"] in printed
+    assert "the cost side, measured now on cpu, 1 thread" in printed and cost["table"] in printed
 
     # a second run reuses the dataset instead of rendering it again; --cost off skips step 4
     assert demo.main([*argv, "--cost", "off"]) == 0
     printed = capsys.readouterr().out
-    assert "reused the dataset" in printed and "[3/3] scoring" in printed and "cost of the comparison" not in printed
+    assert "reused the dataset" in printed and "[3/3] scoring" in printed and "the cost side" not in printed
     assert "cost" not in json.loads((out / "metrics.json").read_text())
 
 

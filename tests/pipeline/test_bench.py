@@ -193,3 +193,14 @@ def test_commit_record_benchmark_smoke(capsys):
                 assert row[key][0] > 0 and row[key][1] >= 0, (key, row)
     out = capsys.readouterr().out
     assert "status before" in out and "moto over HTTP" in out
+
+
+def test_cost_benchmark_smoke(tmp_path, capsys):
+    rows = _load("cost").main(
+        ["--presets", "tiny", "--frames", "2", "4", "--height", "28", "--width", "28", "--device", "cpu",
+         "--threads", "1", "--repeats", "2", "--json", str(tmp_path / "cost.json")]
+    )
+    assert [(r["model"], r["frames"]) for r in rows] == [("tiny", 2), ("tiny", 4)]
+    assert all(r["seconds"] > 0 and r["peak_bytes"] > 0 for r in rows)
+    assert json.loads((tmp_path / "cost.json").read_text())["rows"] == rows
+    assert "from 2 to 4 frames (x2): tiny time x" in capsys.readouterr().out

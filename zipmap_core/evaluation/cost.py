@@ -81,7 +81,8 @@ def measure_costs(
             torch.manual_seed(seed)
             model = ZipMap(config).eval().to(device)
             for n in frames:
-                images = torch.rand(n, 3, height, width, generator=generator)
+                # on the device already, so that the peak counts what the run allocates, not the input
+                images = torch.rand(n, 3, height, width, generator=generator).to(device)
                 costs.append(_measure(model, config.name, images, device, repeats, long_run_s))
             del model
     finally:
