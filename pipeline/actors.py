@@ -182,4 +182,5 @@ class ModelWorker:
 
         hw, n = tuple(images.shape[-2:]), images.shape[0]
         self._frames_run[hw] = run_frames = self._frames_run.get(hw, 0) + n
-        return resolve_engine(self._spec.engine, self._model, n, hw, self._device, run_frames=run_frames)
+        engine = self._spec.engine.model_copy(update={"frame_parallel": 1})  # gangs run long sequences (gang.py)
+        return resolve_engine(engine, self._model, n, hw, self._device, run_frames=run_frames)

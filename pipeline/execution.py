@@ -80,9 +80,11 @@ class Executor(Protocol):
     """What the coordinator needs from a cluster (`RayExecutor`; a fake in bench/coordinator_scale.py)."""
 
     plan: ActorPlan
+    gang_plan: Any  # pipeline.gang_phase.GangPlan, or None: every sequence on one actor
 
     def start_actor(self) -> tuple[Any, Any]: ...
     def submit(self, actor: Any, source: SequenceSource, attempt_id: str) -> tuple[Any, Any]: ...
+    def decode(self, source: SequenceSource) -> Any: ...
     def wait(self, refs: list[Any], timeout: float) -> list[Any]: ...
     def get(self, ref: Any) -> Any: ...
     def cancel(self, ref: Any) -> None: ...
@@ -95,9 +97,13 @@ def ray_executor(spec: JobSpec, address: str | None = None) -> Iterator[RayExecu
     """A RayExecutor on the cluster at `address` (or a local one, shut down again afterwards)."""
     started = connect(address, spec.resources.ray_connect_timeout_s)
     try:
+        from .gang_phase import plan_gang
+
         plan = plan_actors(spec, ray.cluster_resources(), fixed_size=started)  # a cluster we started cannot grow
+        nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+        gang_plan = plan_gang(spec, nodes, plan, fixed_size=started)
         logger.info("starting %d model actor(s) (gpus=%s cpus=%s each)", plan.num_actors, plan.num_gpus, plan.num_cpus)
-        yield RayExecutor(spec, plan)
+        yield RayExecutor(spec, plan, gang_plan)
     finally:
         if started:
             ray.shutdown()
@@ -106,9 +112,10 @@ def ray_executor(spec: JobSpec, address: str | None = None) -> Iterator[RayExecu
 class RayExecutor:
     """Starts actors and submits sequences; the only module that talks to Ray's task API."""
 
-    def __init__(self, spec: JobSpec, plan: ActorPlan):
+    def __init__(self, spec: JobSpec, plan: ActorPlan, gang_plan: Any = None):
         self._spec = spec
         self.plan = plan
+        self.gang_plan = gang_plan
         self._actor_cls = ray.remote(ModelWorker).options(
             num_gpus=plan.num_gpus,
             num_cpus=plan.num_cpus,
@@ -141,8 +148,12 @@ class RayExecutor:
 
     def submit(self, actor: Any, source: SequenceSource, attempt_id: str) -> tuple[ray.ObjectRef, ray.ObjectRef]:
         """Decode on a CPU task, then process on `actor`; returns (decode ref, result ref)."""
-        decoded = self._decode.remote(source, self._spec_ref)
+        decoded = self.decode(source)
         return decoded, actor.process.remote(source, decoded, attempt_id)
+
+    def decode(self, source: SequenceSource) -> ray.ObjectRef:
+        """A CPU task that decodes one sequence (its result goes to the actor(s) that run it)."""
+        return self._decode.remote(source, self._spec_ref)
 
     @staticmethod
     def wait(refs: list[ray.ObjectRef], timeout: float) -> list[ray.ObjectRef]:

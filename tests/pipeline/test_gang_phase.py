@@ -1,0 +1,120 @@
+"""Long sequences on a gang of 2 CPU actors (gloo) inside a pipeline run: routing, outputs equal to
+a single actor's, a killed member, resume. Real Ray (the shared test cluster), the tiny model."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import run_job
+from pipeline.tables import read_metadata
+from pipeline.testing.faults import ACTOR_CRASH_POINT, FaultPlan, injected
+
+from .conftest import make_spec, write_sequence
+
+pytestmark = pytest.mark.timeout(300)
+
+# exact numerics (float32 everywhere) so that 2 processes equal 1 up to summation order; half a
+# CPU per actor: the test cluster's head has 2 CPUs for a gang of 2 and a decode task
+GANG_JOB = dict(
+    engine__mode="chunked", engine__chunk_size=2, engine__dtype="float32", engine__newton_schulz="float32",
+    engine__frame_parallel=2, resources__gang_min_frames=5, resources__device="cpu",
+    resources__cpus_per_actor=0.5, save_depth="true",
+)
+
+
+def _marker(run_uri: str, sid: str) -> dict:
+    with open(os.path.join(run_uri, "_commits", f"{sid}.json")) as f:
+        return json.load(f)
+
+
+def _outputs(run_uri: str, sid: str) -> dict[str, np.ndarray]:
+    """Cameras and depth of one sequence, read back with pyarrow, in frame order."""
+    frames = pq.read_table(os.path.join(run_uri, "frames", f"sequence_id={sid}")).sort_by("frame_index")
+    depth = pq.read_table(os.path.join(run_uri, "depth", f"sequence_id={sid}")).sort_by("frame_index")
+    return {
+        "index": np.asarray(frames["frame_index"]),
+        "extrinsic": np.asarray(frames["extrinsic"].to_pylist(), np.float32),
+        "intrinsic": np.asarray(frames["intrinsic"].to_pylist(), np.float32),
+        "depth": np.asarray(depth["depth"].to_pylist(), np.float32),
+        "depth_index": np.asarray(depth["frame_index"]),
+    }
+
+
+def _events(caplog, event: str) -> list[dict]:
+    return [r.fields for r in caplog.records if getattr(r, "fields", {}).get("event") == event]
+
+
+def test_long_sequences_run_on_a_gang_equal_one_actor_and_resume_skips_them(
+    ray_cluster, tiny_checkpoint, tmp_path, caplog
+):
+    caplog.set_level(logging.INFO)
+    data = tmp_path / "data"
+    write_sequence(data / "short", 3, seed=1)
+    write_sequence(data / "long", 5, seed=2)
+    spec = make_spec(data, tmp_path / "out", tiny_checkpoint, run_id="gang", **GANG_JOB)
+    summary = run_job(spec)
+    assert (summary.done, summary.failed) == (2, 0), summary
+
+    starts = {e["sequence_id"]: e for e in _events(caplog, "sequence_start")}
+    assert starts["long"].get("gang") == 2 and "actor" not in starts["long"]
+    assert starts["short"].get("actor") == 0 and "gang" not in starts["short"]
+    assert [e["sequence_id"] for e in _events(caplog, "sequence_done") if e.get("gang") == 2] == ["long"]
+    long_marker, short_marker = _marker(spec.run_uri, "long"), _marker(spec.run_uri, "short")
+    assert long_marker["engine"]["frame_parallel"] == 2 and long_marker["worker"]["gang"] == 2
+    assert "frame_parallel" not in short_marker["engine"]
+    frames_file = pq.ParquetFile(long_marker["outputs"]["frames"])
+    assert read_metadata(frames_file.schema_arrow)["engine"]["frame_parallel"] == 2
+
+    # the same job on single actors: the long sequence's outputs agree up to float summation order
+    single = make_spec(data, tmp_path / "single", tiny_checkpoint, run_id="single",
+                       **{**GANG_JOB, "engine__frame_parallel": 1})
+    assert run_job(single).done == 2
+    gang, one = _outputs(spec.run_uri, "long"), _outputs(single.run_uri, "long")
+    assert list(gang["index"]) == list(gang["depth_index"]) == list(range(5))
+    for key in ("extrinsic", "intrinsic", "depth"):
+        scale = np.abs(one[key]).max()
+        assert np.abs(gang[key] - one[key]).max() <= 1e-4 * scale, key
+    short_gang, short_one = _outputs(spec.run_uri, "short"), _outputs(single.run_uri, "short")
+    for key in ("extrinsic", "intrinsic", "depth"):
+        np.testing.assert_array_equal(short_gang[key], short_one[key])  # the same pool, the same bits
+
+    # resume with one more long sequence: the committed one is not redone, the new one runs on a gang
+    write_sequence(data / "later", 6, seed=3)
+    caplog.clear()
+    summary = run_job(spec)
+    assert (summary.done, summary.failed) == (3, 0), summary
+    assert [e["sequence_id"] for e in _events(caplog, "sequence_start")] == ["later"]
+    assert _events(caplog, "sequence_start")[0]["gang"] == 2
+    assert _marker(spec.run_uri, "long") == long_marker
+    assert list(_outputs(spec.run_uri, "later")["index"]) == list(range(6))
+
+
+def test_a_killed_gang_member_fails_the_attempt_and_a_new_gang_commits_it_once(
+    ray_cluster, tiny_checkpoint, tmp_path, caplog
+):
+    caplog.set_level(logging.INFO)
+    data = tmp_path / "data"
+    write_sequence(data / "long", 5, seed=2)
+    spec = make_spec(data, tmp_path / "out", tiny_checkpoint, run_id="crash", **GANG_JOB)
+    once = tmp_path / "crashed"
+    with injected(FaultPlan(crash_point=ACTOR_CRASH_POINT, crash_sequence="long", once_file=str(once))):
+        summary = run_job(spec)
+    assert once.exists(), "the fault was never injected"
+    assert (summary.done, summary.failed) == (1, 0), summary
+    assert len(_events(caplog, "gang_ready")) == 2, "the gang is rebuilt after a member died"
+    assert len(_events(caplog, "gang_lost")) == 1 and len(_events(caplog, "sequence_retry")) == 1
+    assert not _events(caplog, "actor_ready"), "a run of long sequences only starts no pool"
+    marker = _marker(spec.run_uri, "long")
+    assert marker["attempt"] == 2 and marker["worker"]["gang"] == 2
+    assert os.listdir(os.path.join(spec.run_uri, "_commits")) == ["long.json"]
+    out = _outputs(spec.run_uri, "long")
+    assert list(out["index"]) == list(out["depth_index"]) == list(range(5))
+    assert not os.path.exists(os.path.join(spec.run_uri, "_staging")) or not os.listdir(
+        os.path.join(spec.run_uri, "_staging")
+    )
