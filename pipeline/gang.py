@@ -39,7 +39,11 @@ class GangMember:
 
     def __init__(self, spec: JobSpec, rank: int, size: int):
         self._spec, self.rank, self.size = spec, rank, size
+        import ray
+
         self._info: dict[str, Any] = {"rank": rank, "host": socket.gethostname(), "pid": os.getpid()}
+        if ray.is_initialized():  # the GPUs Ray gave this member (CUDA_VISIBLE_DEVICES)
+            self._info["gpus"] = [str(g) for g in ray.get_gpu_ids()]
         self._init_error: str | None = None
         self._writers = frame_writers(spec.resources.frame_writer_processes)
         try:
@@ -172,7 +176,11 @@ class Gang:
         num_gpus: float = 0,
         resources: dict[str, float] | None = None,
         timeout_s: float = 600,
+        collective_timeout_s: float | None = None,
     ):
+        """Waits up to `timeout_s` for room and for the members to start; a collective that waits
+        longer than `collective_timeout_s` (default: timeout_s) fails, so a lost peer cannot hang
+        the others forever."""
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -198,7 +206,8 @@ class Gang:
                 )
             self.info = ray.get([m.info.remote() for m in self.members], timeout=timeout_s)
             address = ray.get(self.members[0].rendezvous_address.remote(), timeout=timeout_s)
-            ray.get([m.join.remote(address, timeout_s) for m in self.members], timeout=timeout_s)
+            collective_s = collective_timeout_s or timeout_s
+            ray.get([m.join.remote(address, collective_s) for m in self.members], timeout=timeout_s)
         except Exception:
             self.shutdown()
             raise

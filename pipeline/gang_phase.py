@@ -89,14 +89,22 @@ def plan_gang(
         )
     plan = GangPlan(size, res.gang_min_frames, pool.num_cpus, pool.num_gpus, dict(pool.resources))
     need = {k: size * v for k, v in plan.bundle().items() if v}
+    cpus = sum(node.get("CPU", 0.0) for node in nodes)
+    problem = None
     if not any(all(node.get(k, 0.0) >= v for k, v in need.items()) for node in nodes):
         largest = max(nodes, key=lambda n: (n.get("GPU", 0.0), n.get("CPU", 0.0)), default={})
         problem = (
             f"engine.frame_parallel={size}: a gang needs {_text(need)} on one node; the largest node has "
             f"{_text({k: largest.get(k, 0.0) for k in need})}"
         )
-        if fixed_size:
-            raise SpecError(f"{problem}; lower engine.frame_parallel")
+    elif size * plan.num_cpus + res.decode_cpus > cpus:  # the gang's sequences must still be decoded
+        problem = (
+            f"engine.frame_parallel={size}: a gang of {size} x {plan.num_cpus:g} CPUs (resources.cpus_per_actor) "
+            f"leaves less than resources.decode_cpus={res.decode_cpus:g} of the cluster's {cpus:g} CPUs for decoding"
+        )
+    if problem and fixed_size:
+        raise SpecError(f"{problem}; lower engine.frame_parallel or resources.cpus_per_actor")
+    if problem:
         logger.warning("%s: the gang waits until the cluster grows", problem)
     return plan
 
@@ -165,6 +173,7 @@ class GangPhase:
             gang = Gang(
                 self._spec, plan.size, num_cpus=plan.num_cpus, num_gpus=plan.num_gpus, resources=plan.resources,
                 timeout_s=self._spec.resources.actor_start_timeout_s,
+                collective_timeout_s=self._spec.resources.progress_timeout_s,
             )
         except TimeoutError as exc:
             raise InfrastructureError(f"{exc} (resources.actor_start_timeout_s)") from exc
@@ -177,7 +186,10 @@ class GangPhase:
             log_event(logger, "gang_died_starting", logging.WARNING, size=plan.size, error=describe(exc))
             return None
         self._start_failures = 0
-        members = ",".join(f"{m['host']}:{m['pid']}:{m.get('device', '?')}" for m in gang.info)
+        members = ",".join(
+            f"{m['host']}:{m['pid']}:{m.get('device', '?')}{''.join(f':gpu{g}' for g in m.get('gpus', []))}"
+            for m in gang.info
+        )
         log_event(logger, "gang_ready", size=plan.size, members=members)
         return gang
 

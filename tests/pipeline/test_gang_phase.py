@@ -1,5 +1,6 @@
-"""Long sequences on a gang of 2 CPU actors (gloo) inside a pipeline run: routing, outputs equal to
-a single actor's, a killed member, resume. Real Ray (the shared test cluster), the tiny model."""
+"""Long sequences on a gang of actors: the plan and the routing (pure functions), then runs on a
+gang of 2 CPU actors (gloo) on the shared test Ray cluster with the tiny model: routing, outputs
+equal to a single actor's, a killed member, resume."""
 
 from __future__ import annotations
 
@@ -12,6 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import run_job
+from pipeline.errors import SpecError
+from pipeline.execution import plan_actors
+from pipeline.gang_phase import plan_gang, route
+from pipeline.manifest import SequenceRecord
+from pipeline.sequence_table import GANG, POOL, SequenceTable
 from pipeline.tables import read_metadata
 from pipeline.testing.faults import ACTOR_CRASH_POINT, FaultPlan, injected
 
@@ -26,6 +32,51 @@ GANG_JOB = dict(
     engine__frame_parallel=2, resources__gang_min_frames=5, resources__device="cpu",
     resources__cpus_per_actor=0.5, save_depth="true",
 )
+
+
+def _plan(nodes: list[dict], fixed_size: bool = True, **fields):
+    spec = make_spec("/in", "/out", "/c.pt", **fields)
+    cluster = {k: sum(n.get(k, 0) for n in nodes) for k in ("CPU", "GPU")}
+    return plan_gang(spec, nodes, plan_actors(spec, cluster), fixed_size=fixed_size)
+
+
+def test_the_gang_size_auto_is_the_gpus_of_one_node_and_impossible_sizes_are_refused(caplog):
+    host8, host2 = {"CPU": 64, "GPU": 8}, {"CPU": 16, "GPU": 2}
+    assert _plan([host8]).size == 8 and _plan([host8]).min_frames == 5000
+    assert _plan([host2, host2]).size == 2  # one node: NCCL over its NVLink
+    assert _plan([host8], resources__num_actors=4).size == 4  # the GPUs the job's actors get
+    assert _plan([host8], engine__frame_parallel=4, resources__gang_min_frames=900).min_frames == 900
+    assert _plan([{"CPU": 16}]) is None  # CPUs only: one actor per sequence unless asked
+    assert _plan([{"CPU": 16, "GPU": 1}]) is None
+    assert _plan([host8], resources__gpus_per_actor=0.5) is None
+    assert _plan([host8], engine__mode="offline") is None
+    assert _plan([{"CPU": 16}], engine__frame_parallel=2).num_gpus == 0  # CPU processes over gloo
+    with pytest.raises(SpecError, match=r"frame_parallel=4: a gang needs \{CPU 4, GPU 4\} on one node; the largest"):
+        _plan([host2, host2], engine__frame_parallel=4)
+    with pytest.raises(SpecError, match="needs a whole GPU"):
+        _plan([host8], engine__frame_parallel=2, resources__gpus_per_actor=0.5)
+    with pytest.raises(SpecError, match="leaves less than resources.decode_cpus=1 of the cluster's 2 CPUs"):
+        _plan([{"CPU": 2}], engine__frame_parallel=2)  # the gang's sequences could never be decoded
+    assert _plan([{"CPU": 2}], engine__frame_parallel=2, resources__cpus_per_actor=0.5).num_cpus == 0.5
+    with caplog.at_level("WARNING", logger="pipeline.gang_phase"):
+        assert _plan([host2], fixed_size=False, engine__frame_parallel=4).size == 4  # it may grow
+    assert "waits until the cluster grows" in caplog.text
+
+
+def test_sequences_of_at_least_min_frames_known_before_decoding_go_to_the_gang_lane():
+    table = SequenceTable()
+    for sid, frames in (("a", 4), ("b", 9), ("video", None), ("c", 10), ("d", 2)):
+        table.add(SequenceRecord(sid), frames)
+    table.add(SequenceRecord("old", status="done", num_frames=50))
+    plan = _plan([{"CPU": 16, "GPU": 2}], resources__gang_min_frames=9)
+    assert route(table, plan) == 2 and route(table, None) == 0
+    assert (table.unfinished_in(POOL), table.unfinished_in(GANG)) == (3, 2)
+    assert [table.pop_runnable(0.0, GANG), table.pop_runnable(0.0, GANG)] == ["b", "c"]
+    assert [table.pop_runnable(0.0) for _ in range(4)] == ["a", "video", "d", None]
+    table.start("b", "x", started_at=0.0, started=0.0)
+    table.retry("b", "actor_lost", "died", not_before=5.0)  # a gang retry waits in the gang lane
+    assert table.next_retry_at(GANG) == 5.0 and table.next_retry_at(POOL) is None
+    assert table.pop_runnable(5.0) is None and table.pop_runnable(5.0, GANG) == "b"
 
 
 def _marker(run_uri: str, sid: str) -> dict:
