@@ -119,6 +119,8 @@ def test_long_sequences_run_on_a_gang_equal_one_actor_and_resume_skips_them(
     long_marker, short_marker = _marker(spec.run_uri, "long"), _marker(spec.run_uri, "short")
     assert long_marker["engine"]["frame_parallel"] == 2 and long_marker["worker"]["gang"] == 2
     assert "frame_parallel" not in short_marker["engine"]
+    manifest = {r["sequence_id"]: r for r in pq.read_table(os.path.join(spec.run_uri, "manifest.parquet")).to_pylist()}
+    assert json.loads(manifest["long"]["engine"])["frame_parallel"] == 2
     frames_file = pq.ParquetFile(long_marker["outputs"]["frames"])
     assert read_metadata(frames_file.schema_arrow)["engine"]["frame_parallel"] == 2
 
