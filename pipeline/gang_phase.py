@@ -87,7 +87,8 @@ def plan_gang(
             f"engine.frame_parallel={size}: each gang member needs a whole GPU (NCCL), "
             f"but resources.gpus_per_actor={pool.num_gpus:g}"
         )
-    plan = GangPlan(size, res.gang_min_frames, pool.num_cpus, pool.num_gpus, dict(pool.resources))
+    # every member needs a frame (an explicit G above gang_min_frames is a spec error; auto's is not)
+    plan = GangPlan(size, max(size, res.gang_min_frames), pool.num_cpus, pool.num_gpus, dict(pool.resources))
     need = {k: size * v for k, v in plan.bundle().items() if v}
     cpus = sum(node.get("CPU", 0.0) for node in nodes)
     problem = None

@@ -45,6 +45,7 @@ def test_the_gang_size_auto_is_the_gpus_of_one_node_and_impossible_sizes_are_ref
     assert _plan([host8]).size == 8 and _plan([host8]).min_frames == 5000
     assert _plan([host2, host2]).size == 2  # one node: NCCL over its NVLink
     assert _plan([host8], resources__num_actors=4).size == 4  # the GPUs the job's actors get
+    assert _plan([host8], resources__gang_min_frames=3).min_frames == 8  # a frame for every member
     assert _plan([host8], engine__frame_parallel=4, resources__gang_min_frames=900).min_frames == 900
     assert _plan([{"CPU": 16}]) is None  # CPUs only: one actor per sequence unless asked
     assert _plan([{"CPU": 16, "GPU": 1}]) is None
@@ -101,6 +102,7 @@ def _events(caplog, event: str) -> list[dict]:
     return [r.fields for r in caplog.records if getattr(r, "fields", {}).get("event") == event]
 
 
+@pytest.mark.slow
 def test_long_sequences_run_on_a_gang_equal_one_actor_and_resume_skips_them(
     ray_cluster, tiny_checkpoint, tmp_path, caplog
 ):
@@ -148,6 +150,7 @@ def test_long_sequences_run_on_a_gang_equal_one_actor_and_resume_skips_them(
     assert list(_outputs(spec.run_uri, "later")["index"]) == list(range(6))
 
 
+@pytest.mark.slow
 def test_a_killed_gang_member_fails_the_attempt_and_a_new_gang_commits_it_once(
     ray_cluster, tiny_checkpoint, tmp_path, caplog
 ):
