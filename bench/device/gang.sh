@@ -5,6 +5,7 @@
 # Ray/pydantic on PYTHONPATH, pytest. About 1-2 minutes (two runs of the tiny model, 4 actor and
 # 2 gang-member starts). Writes $OUT/gang_gpu.txt (pytest output with one JSON line of errors).
 set -u
+export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}  # as bench/device/README.md
 OUT=${OUT:-/tmp/gang-out}
 mkdir -p "$OUT"
 export RAY_TMPDIR=${RAY_TMPDIR:-/tmp/ray-gang-gpu}
