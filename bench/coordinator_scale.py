@@ -186,7 +186,7 @@ class FakeExecutor:
     def start_actor(self):
         return object(), _Ref("ready")
 
-    def submit(self, actor, source, attempt_id):
+    def submit(self, actor, source, attempt_id, gang_min_frames=None):
         if self.first_submit is None:
             self.first_submit = (time.perf_counter(), time.process_time())
         return _Ref("decode"), _Ref("result", source.sequence_id)

@@ -26,7 +26,7 @@ from .commit import Committer, discard_attempt
 from .commit_record import Commits
 from .discovery import Discovery, SequenceSource
 from .errors import InfrastructureError, PipelineError, storage_error
-from .execution import Executor, classify, describe, ray_executor
+from .execution import Executor, cause_of, classify, describe, ray_executor
 from .gang_phase import GangPhase, route
 from .layout import RunLayout
 from .lease import Lease, LeaseLostError, RunLease, iso_time
@@ -225,7 +225,9 @@ class Coordinator:
             if sid is None:
                 return
             running = self.begin(sid, actor=slot.index)
-            decode_ref, ref = self._executor.submit(slot.actor, self._sources[sid], running.attempt_id)
+            gangs = self._executor.gang_plan  # a length known only once decoded may send it to a gang
+            hand_back = gangs.min_frames if gangs and self._table.expected_frames(sid) is None else None
+            decode_ref, ref = self._executor.submit(slot.actor, self._sources[sid], running.attempt_id, hand_back)
             slot.inflight.add(ref)
             self._attempts[ref] = _Attempt(sid, running, slot, slot.actor, decode_ref)
 
@@ -270,6 +272,11 @@ class Coordinator:
             raise InfrastructureError(describe(exc)) from exc
         self._on_gang.pop(sid, None)
         discard_attempt(self.store, self.layout, sid, attempt.attempt_id)
+        if kind == "gang":
+            frames = cause_of(exc).num_frames
+            self._table.hand_to_gang(sid, frames)
+            log_event(logger, "sequence_to_gang", sequence_id=sid, frames=frames)
+            return
         self._attempt_failed(sid, kind, describe(exc))
 
     def tick(self) -> None:

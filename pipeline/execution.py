@@ -20,14 +20,14 @@ from .actors import ModelWorker
 from .cluster import connect
 from .decode import decode_sequence
 from .discovery import SequenceSource
-from .errors import ActorInitError, InputError, SpecError
+from .errors import ActorInitError, InputError, LongSequence, SpecError
 from .redaction import get_logger, redact_text
 from .spec import JobSpec
 from .testing import faults
 
 logger = get_logger(__name__)
 
-FailureKind = Literal["input", "actor_lost", "init", "transient"]
+FailureKind = Literal["input", "actor_lost", "init", "transient", "gang"]
 # `process` calls an actor runs at once: one sequence computing, one writing. Further in-flight
 # sequences wait in the actor's queue with their decoding done, not in its memory.
 ACTOR_CONCURRENCY = 2
@@ -83,7 +83,9 @@ class Executor(Protocol):
     gang_plan: Any  # pipeline.gang_phase.GangPlan, or None: every sequence on one actor
 
     def start_actor(self) -> tuple[Any, Any]: ...
-    def submit(self, actor: Any, source: SequenceSource, attempt_id: str) -> tuple[Any, Any]: ...
+    def submit(
+        self, actor: Any, source: SequenceSource, attempt_id: str, gang_min_frames: int | None = None
+    ) -> tuple[Any, Any]: ...
     def decode(self, source: SequenceSource) -> Any: ...
     def wait(self, refs: list[Any], timeout: float) -> list[Any]: ...
     def get(self, ref: Any) -> Any: ...
@@ -146,10 +148,13 @@ class RayExecutor:
         actor = self._actor_cls.remote(self._spec_ref)
         return actor, actor.ready.remote()
 
-    def submit(self, actor: Any, source: SequenceSource, attempt_id: str) -> tuple[ray.ObjectRef, ray.ObjectRef]:
-        """Decode on a CPU task, then process on `actor`; returns (decode ref, result ref)."""
+    def submit(
+        self, actor: Any, source: SequenceSource, attempt_id: str, gang_min_frames: int | None = None
+    ) -> tuple[ray.ObjectRef, ray.ObjectRef]:
+        """Decode on a CPU task, then process on `actor`; returns (decode ref, result ref).
+        `gang_min_frames`: the actor hands back (LongSequence) a sequence that turns out this long."""
         decoded = self.decode(source)
-        return decoded, actor.process.remote(source, decoded, attempt_id)
+        return decoded, actor.process.remote(source, decoded, attempt_id, gang_min_frames)
 
     def decode(self, source: SequenceSource) -> ray.ObjectRef:
         """A CPU task that decodes one sequence (its result goes to the actor(s) that run it)."""
@@ -190,13 +195,20 @@ def _resources(resources: dict[str, float]) -> str:
     return "{" + ", ".join(f"{k} {v / 2**30:.1f} GiB" if k in names else f"{k} {v:g}" for k, v in shown.items()) + "}"
 
 
+def cause_of(exc: BaseException) -> BaseException:
+    """What was raised in the task or actor (not Ray's wrapper)."""
+    return exc.cause if isinstance(exc, RayTaskError) and exc.cause is not None else exc
+
+
 def classify(exc: BaseException) -> FailureKind:
     """What a failure means for the sequence (see pipeline.errors)."""
-    cause = exc.cause if isinstance(exc, RayTaskError) and exc.cause is not None else exc
+    cause = cause_of(exc)
     if isinstance(cause, InputError):
         return "input"
     if isinstance(cause, ActorInitError):
         return "init"
+    if isinstance(cause, LongSequence):
+        return "gang"  # not a failure: the sequence goes to the gang lane
     if isinstance(exc, RayActorError):
         return "actor_lost"
     return "transient"  # lost nodes/objects, crashed workers, I/O errors: worth another try
@@ -204,6 +216,6 @@ def classify(exc: BaseException) -> FailureKind:
 
 def describe(exc: BaseException) -> str:
     """A one-line error for the manifest (the cause, not Ray's wrapper and traceback)."""
-    cause = exc.cause if isinstance(exc, RayTaskError) and exc.cause is not None else exc
+    cause = cause_of(exc)
     lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
     return redact_text(f"{type(cause).__name__}: {lines[0] if lines else ''}")[:2000]

@@ -15,7 +15,9 @@ commits and fails it with its usual rules. When a member fails, the whole attemp
 gang is shut down and the retry runs on a fresh gang; bad input (a decode that fails) leaves the
 gang as it is.
 
-Videos: their frame count is known only after decoding, so they always run on the pool.
+Videos: their frame count is known only once decoded, so they go to the pool, whose actor hands
+a long one back (`LongSequence`, not counted as an attempt) before running it; the table moves it
+to the gang lane, and the gang decodes it again.
 """
 
 from __future__ import annotations

@@ -119,6 +119,19 @@ class SequenceTable:
         """Frames an unfinished sequence will give, if known before decoding."""
         return self._expected.get(sid)
 
+    def hand_to_gang(self, sid: str, frames: int) -> None:
+        """A running sequence whose decoded length (`frames`) sends it to the gang lane: its
+        attempt is not counted, as it never ran."""
+        record = self._records[sid]
+        self._running.pop(sid)
+        record.attempts -= 1
+        self._session_attempts[sid] -= 1
+        self._move(record, "pending")
+        self._unexpect(sid)
+        self._expect(sid, frames)
+        self._gang.add(sid)
+        self._runnable[GANG].append(sid)
+
     def send_to_gang(self, sids: set[str]) -> None:
         """Move these pending, not yet started sequences to the gang lane (one pass over the queue)."""
         sids = {sid for sid in sids if self._records[sid].status == "pending"}

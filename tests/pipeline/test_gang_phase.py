@@ -20,8 +20,9 @@ from pipeline.manifest import SequenceRecord
 from pipeline.sequence_table import GANG, POOL, SequenceTable
 from pipeline.tables import read_metadata
 from pipeline.testing.faults import ACTOR_CRASH_POINT, FaultPlan, injected
+from pipeline.testing.media import encode_video, index_pattern
 
-from .conftest import make_spec, write_sequence
+from .conftest import IMAGE_H, IMAGE_W, make_spec, write_sequence
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -78,6 +79,11 @@ def test_sequences_of_at_least_min_frames_known_before_decoding_go_to_the_gang_l
     table.retry("b", "actor_lost", "died", not_before=5.0)  # a gang retry waits in the gang lane
     assert table.next_retry_at(GANG) == 5.0 and table.next_retry_at(POOL) is None
     assert table.pop_runnable(5.0) is None and table.pop_runnable(5.0, GANG) == "b"
+    table.start("video", "y", started_at=0.0, started=0.0)  # on the pool: its length was unknown
+    table.hand_to_gang("video", 12)  # ... until decoded
+    assert table["video"].attempts == 0 and table.session_attempts("video") == 0 and not table.running
+    assert (table.unknown_todo, table.frames_todo) == (0, 4 + 9 + 12 + 10 + 2)
+    assert table.pop_runnable(9.0, GANG) == "video" and table.unfinished_in(GANG) == 3
 
 
 def _marker(run_uri: str, sid: str) -> dict:
@@ -110,14 +116,19 @@ def test_long_sequences_run_on_a_gang_equal_one_actor_and_resume_skips_them(
     data = tmp_path / "data"
     write_sequence(data / "short", 3, seed=1)
     write_sequence(data / "long", 5, seed=2)
+    encode_video(data / "clip.mp4", [index_pattern(i, IMAGE_W, IMAGE_H) for i in range(5)])  # counted once decoded
     spec = make_spec(data, tmp_path / "out", tiny_checkpoint, run_id="gang", **GANG_JOB)
     summary = run_job(spec)
-    assert (summary.done, summary.failed) == (2, 0), summary
+    assert (summary.done, summary.failed) == (3, 0), summary
 
     starts = {e["sequence_id"]: e for e in _events(caplog, "sequence_start")}
     assert starts["long"].get("gang") == 2 and "actor" not in starts["long"]
     assert starts["short"].get("actor") == 0 and "gang" not in starts["short"]
-    assert [e["sequence_id"] for e in _events(caplog, "sequence_done") if e.get("gang") == 2] == ["long"]
+    # the video went to the pool (its length unknown), which handed it back once decoded: not an attempt
+    assert [e["sequence_id"] for e in _events(caplog, "sequence_to_gang")] == ["clip"]
+    assert sorted(e["sequence_id"] for e in _events(caplog, "sequence_done") if e.get("gang") == 2) == ["clip", "long"]
+    assert not _events(caplog, "sequence_retry") and _marker(spec.run_uri, "clip")["attempt"] == 1
+    assert _marker(spec.run_uri, "clip")["engine"]["frame_parallel"] == 2
     long_marker, short_marker = _marker(spec.run_uri, "long"), _marker(spec.run_uri, "short")
     assert long_marker["engine"]["frame_parallel"] == 2 and long_marker["worker"]["gang"] == 2
     assert "frame_parallel" not in short_marker["engine"]
@@ -129,12 +140,13 @@ def test_long_sequences_run_on_a_gang_equal_one_actor_and_resume_skips_them(
     # the same job on single actors: the long sequence's outputs agree up to float summation order
     single = make_spec(data, tmp_path / "single", tiny_checkpoint, run_id="single",
                        **{**GANG_JOB, "engine__frame_parallel": 1})
-    assert run_job(single).done == 2
-    gang, one = _outputs(spec.run_uri, "long"), _outputs(single.run_uri, "long")
-    assert list(gang["index"]) == list(gang["depth_index"]) == list(range(5))
-    for key in ("extrinsic", "intrinsic", "depth"):
-        scale = np.abs(one[key]).max()
-        assert np.abs(gang[key] - one[key]).max() <= 1e-4 * scale, key
+    assert run_job(single).done == 3
+    for sid in ("long", "clip"):
+        gang, one = _outputs(spec.run_uri, sid), _outputs(single.run_uri, sid)
+        assert list(gang["index"]) == list(gang["depth_index"]) == list(range(5))
+        for key in ("extrinsic", "intrinsic", "depth"):
+            scale = np.abs(one[key]).max()
+            assert np.abs(gang[key] - one[key]).max() <= 1e-4 * scale, (sid, key)
     short_gang, short_one = _outputs(spec.run_uri, "short"), _outputs(single.run_uri, "short")
     for key in ("extrinsic", "intrinsic", "depth"):
         np.testing.assert_array_equal(short_gang[key], short_one[key])  # the same pool, the same bits
@@ -143,7 +155,7 @@ def test_long_sequences_run_on_a_gang_equal_one_actor_and_resume_skips_them(
     write_sequence(data / "later", 6, seed=3)
     caplog.clear()
     summary = run_job(spec)
-    assert (summary.done, summary.failed) == (3, 0), summary
+    assert (summary.done, summary.failed) == (4, 0), summary
     assert [e["sequence_id"] for e in _events(caplog, "sequence_start")] == ["later"]
     assert _events(caplog, "sequence_start")[0]["gang"] == 2
     assert _marker(spec.run_uri, "long") == long_marker
