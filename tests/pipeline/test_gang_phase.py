@@ -86,6 +86,19 @@ def test_sequences_of_at_least_min_frames_known_before_decoding_go_to_the_gang_l
     assert table.pop_runnable(9.0, GANG) == "video" and table.unfinished_in(GANG) == 3
 
 
+def test_status_shows_a_running_gang_sequence_with_its_size(tmp_path):
+    from pipeline.coordinator import Coordinator
+
+    coordinator = Coordinator(make_spec("/in", tmp_path / "out", "/c.pt", run_id="r"), progress=False)
+    table = coordinator._table
+    table.add(SequenceRecord("city"), 9000)
+    table.add(SequenceRecord("street"), 40)
+    coordinator.begin("city", gang=2)
+    coordinator.begin("street", actor=0)
+    running = coordinator._live_progress()["running_sequences"]  # what the heartbeat hands `status`
+    assert [(r["sequence_id"], r.get("gang")) for r in running] == [("city", 2), ("street", None)]
+
+
 def _marker(run_uri: str, sid: str) -> dict:
     with open(os.path.join(run_uri, "_commits", f"{sid}.json")) as f:
         return json.load(f)
