@@ -121,16 +121,21 @@ def _events(caplog, event: str) -> list[dict]:
     return [r.fields for r in caplog.records if getattr(r, "fields", {}).get("event") == event]
 
 
+def _gang_job(tmp_path, checkpoint, caplog, run_id: str):
+    """An input folder with one long sequence (5 frames: a gang's) and the gang job on it."""
+    caplog.set_level(logging.INFO)
+    data = tmp_path / "data"
+    write_sequence(data / "long", 5, seed=2)
+    return data, make_spec(data, tmp_path / "out", checkpoint, run_id=run_id, **GANG_JOB)
+
+
 @pytest.mark.slow
 def test_long_sequences_run_on_a_gang_equal_one_actor_and_resume_skips_them(
     ray_cluster, tiny_checkpoint, tmp_path, caplog
 ):
-    caplog.set_level(logging.INFO)
-    data = tmp_path / "data"
+    data, spec = _gang_job(tmp_path, tiny_checkpoint, caplog, "gang")
     write_sequence(data / "short", 3, seed=1)
-    write_sequence(data / "long", 5, seed=2)
     encode_video(data / "clip.mp4", [index_pattern(i, IMAGE_W, IMAGE_H) for i in range(5)])  # counted once decoded
-    spec = make_spec(data, tmp_path / "out", tiny_checkpoint, run_id="gang", **GANG_JOB)
     summary = run_job(spec)
     assert (summary.done, summary.failed) == (3, 0), summary
 
@@ -179,10 +184,7 @@ def test_long_sequences_run_on_a_gang_equal_one_actor_and_resume_skips_them(
 def test_a_killed_gang_member_fails_the_attempt_and_a_new_gang_commits_it_once(
     ray_cluster, tiny_checkpoint, tmp_path, caplog
 ):
-    caplog.set_level(logging.INFO)
-    data = tmp_path / "data"
-    write_sequence(data / "long", 5, seed=2)
-    spec = make_spec(data, tmp_path / "out", tiny_checkpoint, run_id="crash", **GANG_JOB)
+    _, spec = _gang_job(tmp_path, tiny_checkpoint, caplog, "crash")
     once = tmp_path / "crashed"
     with injected(FaultPlan(crash_point=ACTOR_CRASH_POINT, crash_sequence="long", once_file=str(once))):
         summary = run_job(spec)
