@@ -2,8 +2,10 @@
 
 Each window first trains the fast weights on its own tokens, then reads them, so a frame's
 prediction depends only on frames up to the end of its window. A `StreamingSession` can be fed
-frames as they arrive (for example from a camera); `reconstruct_streaming` feeds a whole
-sequence window by window.
+frames as they arrive (for example from a camera): `open_stream` (dispatch.py) readies the model
+as `reconstruct` would and returns one, whose `push(frame)` gives that frame's prediction at
+window 1 (the released streaming setting). `reconstruct_streaming` feeds a whole sequence window
+by window; both give the same predictions.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ def tokens_per_frame(model: ZipMap, image_hw: tuple[int, int]) -> int:
 
 
 class StreamingSession:
+    """One stream's fast-weight state, carried from call to call. `push` takes frames one at a
+    time; `feed` / `feed_frames` take whole windows. The model must already be ready for `dtype`
+    (`open_stream` does that)."""
+
     def __init__(
         self, model: ZipMap, window: int, device: torch.device, dtype: str = "float32", local_points: bool = True
     ):
@@ -37,6 +43,29 @@ class StreamingSession:
         self.states: list[TTTState] | None = None
         self.frames_seen = 0
         self.reference: torch.Tensor | None = None  # camera-from-world of frame 0
+        self.pending: list[torch.Tensor] = []  # pushed frames of the window not yet full
+
+    def push(self, frame: torch.Tensor) -> list[FramePrediction]:
+        """One frame [3, H, W] in [0, 1] as it arrives -> the predictions it completes: at window 1
+        this frame's, at window W nothing until W frames are in, then those W frames'. Frames of
+        a stream share one size."""
+        if frame.dim() != 3 or frame.shape[0] != 3:
+            raise ValueError(f"expected one frame [3, H, W], got {tuple(frame.shape)}")
+        p = self.model.config.patch_size
+        if frame.shape[1] % p or frame.shape[2] % p:
+            raise ValueError(f"image size {tuple(frame.shape[1:])} is not a multiple of the patch size {p}")
+        if self.pending and frame.shape != self.pending[0].shape:
+            window = tuple(self.pending[0].shape)
+            raise ValueError(f"frame size {tuple(frame.shape)} differs from this window's {window}")
+        self.pending.append(frame)
+        return self.flush() if len(self.pending) == self.window else []
+
+    def flush(self) -> list[FramePrediction]:
+        """The predictions of the frames pushed since the last full window (end of a stream)."""
+        if not self.pending:
+            return []
+        images, self.pending = torch.stack(self.pending), []
+        return list(self.feed_frames(images))
 
     @torch.inference_mode()
     def feed(self, images: torch.Tensor) -> dict:
