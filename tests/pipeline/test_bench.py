@@ -193,3 +193,25 @@ def test_commit_record_benchmark_smoke(capsys):
                 assert row[key][0] > 0 and row[key][1] >= 0, (key, row)
     out = capsys.readouterr().out
     assert "status before" in out and "moto over HTTP" in out
+
+
+def test_streaming_latency_benchmark_smoke(capsys):
+    """Tiny model on the CPU: every variant's statistics, the offline reference, and the graphed
+    stream's static-buffer step (run eagerly off CUDA) giving the eager stream's predictions."""
+    bench = _load("streaming_latency")
+    results = bench.main([
+        "--preset", "tiny", "--window", "1", "--device", "cpu", "--height", "56", "--width", "84",
+        "--frames", "7", "--float32-frames", "5", "--settle", "2", "--variants", "float32", "fast", "fast+graph",
+        "--offline", "fast", "--offline-repeats", "1",
+    ])
+    rows = results["streaming"]
+    assert set(rows) == {"float32", "fast", "fast+graph"}
+    assert rows["float32"]["frames"] == 5 and rows["fast"]["frames"] == rows["fast+graph"]["frames"] == 7
+    for row in rows.values():
+        assert 0 < row["median_ms"] <= row["p99_ms"] <= row["max_ms"] and row["frames_per_s"] > 0
+        assert len(row["first_frames_ms"]) == 2
+    assert results["offline"]["fast"]["frames_per_s"] > 0
+    assert rows["fast+graph"]["capture_s"] is not None  # frames 2.. ran the static-buffer step
+    same = results["graph_vs_eager"]["fast+graph"]
+    assert same["frames"] == 7 and same["depth_of_max"] < 1e-3 and same["extrinsic_max_abs"] < 1e-3, same
+    assert "| fast+graph |" in capsys.readouterr().out

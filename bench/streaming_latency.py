@@ -1,0 +1,279 @@
+"""Streaming at the released setting: frames pushed one at a time, per-frame latency and frames/s.
+
+    python bench/streaming_latency.py --frames 500 --json /tmp/streaming.json
+
+One process, one model (the `streaming` preset, random full-size weights: window 1, MLP camera
+head), input [N, 3, 392, 518] already on the GPU. Each variant opens a fresh stream
+(`zipmap_core.open_stream`) and pushes the N frames one by one; a push returns that frame's
+prediction on the host (cameras, depth, confidence), and the GPU is synchronised after every
+push, so a latency is what a real-time caller waits for one frame. Median and p99 are over the
+frames after the first `--settle` of each stream (those are listed separately: first-frame
+kernels choices, and for the graphed variants the capture), frames/s = settled frames / their
+summed latency. Variants, in this order (the first fast one casts the model in place for good):
+
+- float32 (strict, no TF32; on --float32-frames frames only: it is slow), bf16 autocast;
+- fast: the bf16 fast path (bf16 weights, fused GEMM epilogues), eager;
+- fast+graph: the same with each frame's forward pass captured once in a CUDA graph and
+  replayed (`GraphedStream`: the shapes are static at window 1; the fast-weight state lives in
+  the graph's input buffers, updated in place; off CUDA, for smoke runs, without the graph);
+- compiled, compiled+graph: the same after torch.compile of the blocks (compilation timed).
+
+Against it, in the same run, our offline engine's frames/s on the same N frames (bidirectional:
+every frame sees every other, so it is not a streaming result, only the throughput reference),
+fast path eager and compiled, median of --offline-repeats runs after one unmeasured run. Every
+graphed variant's first --check-frames predictions are compared with its eager twin's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/timing.py, also when loaded by a test
+from timing import run  # noqa: E402
+
+from zipmap_core import EngineConfig, ModelConfig, ZipMap, open_stream  # noqa: E402
+from zipmap_core.engines.precision import DTYPES  # noqa: E402
+from zipmap_core.engines.streaming import StreamingSession, tokens_per_frame  # noqa: E402
+from zipmap_core.layers.ttt import TTTState, windowed_schedule  # noqa: E402
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _clone(state: TTTState) -> TTTState:
+    return TTTState(state.w0.clone(), state.w1.clone(), state.w2.clone())
+
+
+def _copy_into(dst: TTTState, src: TTTState) -> None:
+    for d, s in zip((dst.w0, dst.w1, dst.w2), (src.w0, src.w1, src.w2)):
+        d.copy_(s)
+
+
+class GraphedStream(StreamingSession):
+    """A window-1 stream whose per-frame forward pass is a replayed CUDA graph. The first
+    `eager_frames` frames run eagerly (frame 0 is the reference frame, and the kernels warm up);
+    the next one moves the frame and the fast weights into static buffers, which the graph reads
+    and updates in place, and captures it. Off CUDA the same static-buffer step runs eagerly, no
+    graph (what the CPU test checks)."""
+
+    def __init__(self, session: StreamingSession, eager_frames: int = 2):
+        if session.window != 1:
+            raise ValueError("GraphedStream needs window 1 (static shapes)")
+        super().__init__(session.model, 1, session.device, session.dtype, session.local_points)
+        self.eager_frames = max(1, eager_frames)
+        self.static_images: torch.Tensor | None = None
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.capture_s: float | None = None
+
+    def _forward(self) -> dict:
+        """One frame through the model from the static buffers, the new state written back into them."""
+        per_frame = tokens_per_frame(self.model, self.static_images.shape[-2:])
+        # no autocast cache: a cast cached during capture would be freed under the graph's feet
+        precision = contextlib.nullcontext() if self.dtype == "float32" else torch.autocast(
+            self.device.type, dtype=DTYPES[self.dtype], cache_enabled=False)
+        with precision:
+            out = self.model(
+                self.static_images.unsqueeze(0), windowed_schedule(per_frame, per_frame), self.states,
+                self.frames_seen, self.local_points,
+            )
+        for state, new in zip(self.states, out.pop("states")):
+            _copy_into(state, new)
+        return out
+
+    def _prepare(self, images: torch.Tensor) -> None:
+        start = time.perf_counter()
+        self.static_images = images[0].to(self.device).clone()
+        self.states = [_clone(s) for s in self.states]
+        if self.device.type == "cuda":
+            saved = [_clone(s) for s in self.states]
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up on a side stream, as torch.cuda.graph asks
+                for _ in range(2):
+                    self._forward()
+            torch.cuda.current_stream().wait_stream(side)
+            for state, old in zip(self.states, saved):
+                _copy_into(state, old)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.static_out = self._forward()
+            torch.cuda.synchronize()
+        self.capture_s = time.perf_counter() - start
+
+    @torch.inference_mode()
+    def feed(self, images: torch.Tensor) -> dict:
+        if self.frames_seen < self.eager_frames:
+            return super().feed(images)
+        if self.static_images is None:
+            self._prepare(images)
+        self.static_images.copy_(images[0], non_blocking=True)
+        if self.graph is not None:
+            self.graph.replay()
+            out = self.static_out
+        else:
+            out = self._forward()
+        self.frames_seen += 1
+        return dict(out)
+
+
+def push_all(session: StreamingSession, images: torch.Tensor, sync) -> tuple[list[float], list]:
+    """Latency of every push (seconds) and the predictions."""
+    latencies, frames = [], []
+    for frame in images:
+        start = time.perf_counter()
+        frames += session.push(frame)
+        sync()
+        latencies.append(time.perf_counter() - start)
+    return latencies, frames
+
+
+def summary(latencies: list[float], settle: int) -> dict:
+    steady = np.asarray(latencies[settle:]) * 1e3
+    return {
+        "frames": len(latencies),
+        "median_ms": float(np.median(steady)),
+        "p99_ms": float(np.percentile(steady, 99)),
+        "mean_ms": float(steady.mean()),
+        "max_ms": float(steady.max()),
+        "frames_per_s": float(len(steady) / steady.sum() * 1e3),
+        "first_frames_ms": [round(x * 1e3, 2) for x in latencies[:settle]],
+    }
+
+
+def max_difference(a: list, b: list) -> dict:
+    n = min(len(a), len(b))
+    depth_a, depth_b = np.stack([f.depth for f in a[:n]]), np.stack([f.depth for f in b[:n]])
+    ext_a, ext_b = np.stack([f.extrinsic for f in a[:n]]), np.stack([f.extrinsic for f in b[:n]])
+    return {
+        "frames": n,
+        "depth_of_max": float(np.abs(depth_a - depth_b).max() / np.abs(depth_b).max()),
+        "extrinsic_max_abs": float(np.abs(ext_a - ext_b).max()),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="streaming")
+    ap.add_argument("--window", type=int, help="override the preset's streaming window (the preset: 1)")
+    ap.add_argument("--frames", type=int, default=500)
+    ap.add_argument("--float32-frames", type=int, default=40, help="float32 pushes this many frames only")
+    ap.add_argument("--height", type=int, default=392)
+    ap.add_argument("--width", type=int, default=518)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--settle", type=int, default=3, help="first frames of each stream left out of the statistics")
+    ap.add_argument("--check-frames", type=int, default=20)
+    ap.add_argument("--variants", nargs="*", default=["float32", "autocast", "fast", "fast+graph", "compiled",
+                                                       "compiled+graph"])
+    ap.add_argument("--offline", nargs="*", default=["fast", "compiled"], help="offline references to time")
+    ap.add_argument("--offline-repeats", type=int, default=2)
+    ap.add_argument("--json", help="write the results here (after every variant)")
+    args = ap.parse_args(argv)
+
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    torch.manual_seed(0)
+    with torch.device(device):
+        config = ModelConfig.preset(args.preset)
+        if args.window:
+            config = config.model_copy(update={"streaming_window": args.window})
+        model = ZipMap(config).eval()
+    images = torch.rand(args.frames, 3, args.height, args.width, device=device)
+    results: dict = {"args": vars(args), "device": torch.cuda.get_device_name() if cuda else "cpu",
+                     "streaming": {}, "offline": {}, "graph_vs_eager": {}}
+
+    def save() -> None:
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(results, fh, indent=1)
+
+    engines = {
+        "float32": EngineConfig(dtype="float32"),
+        "autocast": EngineConfig(dtype="bfloat16", fast=False),
+        "fast": EngineConfig(dtype="bfloat16", fast=True, compile=False),
+        "compiled": EngineConfig(dtype="bfloat16", fast=True, compile=True),
+    }
+    eager_frames: dict[str, list] = {}
+    offline_done = False
+
+    def time_offline(kind: str) -> None:
+        engine = EngineConfig(mode="offline", dtype="bfloat16", fast=True, compile=kind == "compiled")
+        start = time.perf_counter()
+        run(model, images, engine, device=args.device)  # unmeasured: compilation, new shapes
+        first = time.perf_counter() - start
+        runs = [run(model, images, engine, device=args.device) for _ in range(args.offline_repeats)]
+        t = statistics.median(r[0] for r in runs)
+        results["offline"][kind] = {"time_s": t, "frames_per_s": args.frames / t, "first_run_s": first,
+                                    "peak_gib": runs[0][1]}
+        log(f"offline {kind}: {results['offline'][kind]}")
+        save()
+
+    for name in args.variants:
+        base, graphed = name.split("+")[0], name.endswith("+graph")
+        if base == "compiled" and "fast" in args.offline and not offline_done:
+            time_offline("fast")  # eager offline before the model is compiled for good
+            offline_done = True
+        frames = images[: args.float32_frames] if base == "float32" else images
+        start = time.perf_counter()
+        try:
+            warm = open_stream(model, engines[base], device=device, image_hw=(args.height, args.width))
+            push_all(warm, frames[: args.settle + 2], sync)  # compilation, first-shape kernel choices
+            warm_s = time.perf_counter() - start
+            session = open_stream(model, engines[base], device=device)
+            if graphed:
+                session = GraphedStream(session)
+            latencies, predictions = push_all(session, frames, sync)
+        except Exception as exc:  # noqa: BLE001 - a variant that fails is reported, the others still run
+            results["streaming"][name] = {"error": f"{type(exc).__name__}: {exc}"}
+            log(f"{name}: FAILED {type(exc).__name__}: {exc}")
+            save()
+            continue
+        row = summary(latencies, args.settle)
+        row["warm_up_s"] = warm_s
+        if graphed:
+            row["capture_s"] = session.capture_s
+            results["graph_vs_eager"][name] = max_difference(predictions, eager_frames[base])
+            log(f"{name} vs {base}: {results['graph_vs_eager'][name]}")
+        else:
+            eager_frames[base] = predictions[: args.check_frames]
+        results["streaming"][name] = row
+        log(f"{name}: {row}")
+        save()
+    if "fast" in args.offline and not offline_done:
+        time_offline("fast")
+    if "compiled" in args.offline:
+        time_offline("compiled")
+
+    offline = {k: v["frames_per_s"] for k, v in results["offline"].items()}
+    best_offline = max(offline.values()) if offline else None
+    log(f"\n{results['device']}, {args.preset} (window {model.config.streaming_window}), random weights, "
+        f"{args.height}x{args.width}, {args.frames} frames pushed one at a time (float32: {args.float32_frames}), "
+        f"statistics after the first {args.settle} of each stream\n")
+    log("| variant | median ms/frame | p99 ms/frame | frames/s | vs best offline frames/s |")
+    log("|---|---|---|---|---|")
+    for name, row in results["streaming"].items():
+        if "error" in row:
+            log(f"| {name} | failed: {row['error'][:80]} | | | |")
+            continue
+        ratio = f"{row['frames_per_s'] / best_offline:.3f}" if best_offline else "-"
+        log(f"| {name} | {row['median_ms']:.2f} | {row['p99_ms']:.2f} | {row['frames_per_s']:.1f} | {ratio} |")
+    for kind, fps in offline.items():
+        label = "fast path compiled" if kind == "compiled" else "fast path"
+        log(f"| offline engine, {label} ({args.frames} frames at once) | | | {fps:.1f} | "
+            f"{fps / best_offline:.3f} |")
+    save()
+    return results
+
+
+if __name__ == "__main__":
+    main()
