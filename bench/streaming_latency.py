@@ -11,7 +11,8 @@ frames after the first `--settle` of each stream (those are listed separately: f
 kernels choices, and for the graphed variants the capture), frames/s = settled frames / their
 summed latency. Variants, in this order (the first fast one casts the model in place for good):
 
-- float32 (strict, no TF32; on --float32-frames frames only: it is slow), bf16 autocast;
+- float32 (strict, no TF32; on --float32-frames frames only: it is slow), bf16 autocast (on
+  --autocast-frames if given);
 - fast: the bf16 fast path (bf16 weights, fused GEMM epilogues), eager;
 - fast+graph: the same with each frame's forward pass captured once in a CUDA graph and
   replayed (`GraphedStream`: the shapes are static at window 1; the fast-weight state lives in
@@ -167,6 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--window", type=int, help="override the preset's streaming window (the preset: 1)")
     ap.add_argument("--frames", type=int, default=500)
     ap.add_argument("--float32-frames", type=int, default=40, help="float32 pushes this many frames only")
+    ap.add_argument("--autocast-frames", type=int, help="bf16 autocast pushes this many frames only (default: all)")
     ap.add_argument("--height", type=int, default=392)
     ap.add_argument("--width", type=int, default=518)
     ap.add_argument("--device", default="cuda")
@@ -223,7 +225,7 @@ def main(argv: list[str] | None = None) -> dict:
         if base == "compiled" and "fast" in args.offline and not offline_done:
             time_offline("fast")  # eager offline before the model is compiled for good
             offline_done = True
-        frames = images[: args.float32_frames] if base == "float32" else images
+        frames = images[: {"float32": args.float32_frames, "autocast": args.autocast_frames}.get(base)]
         start = time.perf_counter()
         try:
             warm = open_stream(model, engines[base], device=device, image_hw=(args.height, args.width))
@@ -257,7 +259,8 @@ def main(argv: list[str] | None = None) -> dict:
     offline = {k: v["frames_per_s"] for k, v in results["offline"].items()}
     best_offline = max(offline.values()) if offline else None
     log(f"\n{results['device']}, {args.preset} (window {model.config.streaming_window}), random weights, "
-        f"{args.height}x{args.width}, {args.frames} frames pushed one at a time (float32: {args.float32_frames}), "
+        f"{args.height}x{args.width}, {args.frames} frames pushed one at a time (float32: {args.float32_frames}, "
+        f"autocast: {args.autocast_frames or args.frames}), "
         f"statistics after the first {args.settle} of each stream\n")
     log("| variant | median ms/frame | p99 ms/frame | frames/s | vs best offline frames/s |")
     log("|---|---|---|---|---|")

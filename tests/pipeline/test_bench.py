@@ -215,3 +215,21 @@ def test_streaming_latency_benchmark_smoke(capsys):
     same = results["graph_vs_eager"]["fast+graph"]
     assert same["frames"] == 7 and same["depth_of_max"] < 1e-3 and same["extrinsic_max_abs"] < 1e-3, same
     assert "| fast+graph |" in capsys.readouterr().out
+
+
+def test_fp8_benchmark_smoke(capsys):
+    """Tiny model on the CPU (FP8 products computed in float32 there): every table's rows."""
+    results = _load("fp8").main([
+        "--preset", "tiny", "--device", "cpu", "--frames", "3", "--height", "56", "--width", "84",
+        "--repeats", "1", "--gemm-tokens", "32",
+    ])
+    full = results["full_size"]
+    assert set(full["timings"]) == {"float32", "bf16", "fp8"}
+    assert all(t["time_s"] > 0 for t in full["timings"].values())
+    for name in ("bf16", "fp8"):
+        assert 0 < full["errors_vs_float32"][name]["depth"] < 0.05
+    assert full["fp8_vs_bf16"]["depth"] > 0  # FP8 really ran
+    assert set(results["trained_demo"]) == {"autocast_bf16", "bf16", "fp8"}
+    assert set(results["gemm"]) == {"1024->4096", "4096->1024"}
+    out = capsys.readouterr().out
+    assert "| fp8 |" in out and "GEMMs alone" in out
