@@ -15,8 +15,9 @@ summed latency. Variants, in this order (the first fast one casts the model in p
   --autocast-frames if given);
 - fast: the bf16 fast path (bf16 weights, fused GEMM epilogues), eager;
 - fast+graph: the same with each frame's forward pass captured once in a CUDA graph and
-  replayed (`GraphedStream`: the shapes are static at window 1; the fast-weight state lives in
-  the graph's input buffers, updated in place; off CUDA, for smoke runs, without the graph);
+  replayed (`open_stream(..., cuda_graph=True)`: the shapes are static at window 1; the
+  fast-weight state lives in the graph's input buffers, updated in place; off CUDA, for smoke
+  runs, without the graph);
 - compiled, compiled+graph: the same after torch.compile of the blocks (compilation timed).
 
 Against it, in the same run, our offline engine's frames/s on the same N frames (bidirectional:
@@ -28,7 +29,6 @@ graphed variant's first --check-frames predictions are compared with its eager t
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import sys
@@ -42,89 +42,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/timing.py, als
 from timing import run  # noqa: E402
 
 from zipmap_core import EngineConfig, ModelConfig, ZipMap, open_stream  # noqa: E402
-from zipmap_core.engines.precision import DTYPES  # noqa: E402
-from zipmap_core.engines.streaming import StreamingSession, tokens_per_frame  # noqa: E402
-from zipmap_core.layers.ttt import TTTState, windowed_schedule  # noqa: E402
+from zipmap_core.engines.streaming import StreamingSession  # noqa: E402
 
 
 def log(msg: str) -> None:
     print(msg, flush=True)
-
-
-def _clone(state: TTTState) -> TTTState:
-    return TTTState(state.w0.clone(), state.w1.clone(), state.w2.clone())
-
-
-def _copy_into(dst: TTTState, src: TTTState) -> None:
-    for d, s in zip((dst.w0, dst.w1, dst.w2), (src.w0, src.w1, src.w2)):
-        d.copy_(s)
-
-
-class GraphedStream(StreamingSession):
-    """A window-1 stream whose per-frame forward pass is a replayed CUDA graph. The first
-    `eager_frames` frames run eagerly (frame 0 is the reference frame, and the kernels warm up);
-    the next one moves the frame and the fast weights into static buffers, which the graph reads
-    and updates in place, and captures it. Off CUDA the same static-buffer step runs eagerly, no
-    graph (what the CPU test checks)."""
-
-    def __init__(self, session: StreamingSession, eager_frames: int = 2):
-        if session.window != 1:
-            raise ValueError("GraphedStream needs window 1 (static shapes)")
-        super().__init__(session.model, 1, session.device, session.dtype, session.local_points)
-        self.eager_frames = max(1, eager_frames)
-        self.static_images: torch.Tensor | None = None
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.capture_s: float | None = None
-
-    def _forward(self) -> dict:
-        """One frame through the model from the static buffers, the new state written back into them."""
-        per_frame = tokens_per_frame(self.model, self.static_images.shape[-2:])
-        # no autocast cache: a cast cached during capture would be freed under the graph's feet
-        precision = contextlib.nullcontext() if self.dtype == "float32" else torch.autocast(
-            self.device.type, dtype=DTYPES[self.dtype], cache_enabled=False)
-        with precision:
-            out = self.model(
-                self.static_images.unsqueeze(0), windowed_schedule(per_frame, per_frame), self.states,
-                self.frames_seen, self.local_points,
-            )
-        for state, new in zip(self.states, out.pop("states")):
-            _copy_into(state, new)
-        return out
-
-    def _prepare(self, images: torch.Tensor) -> None:
-        start = time.perf_counter()
-        self.static_images = images[0].to(self.device).clone()
-        self.states = [_clone(s) for s in self.states]
-        if self.device.type == "cuda":
-            saved = [_clone(s) for s in self.states]
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):  # warm-up on a side stream, as torch.cuda.graph asks
-                for _ in range(2):
-                    self._forward()
-            torch.cuda.current_stream().wait_stream(side)
-            for state, old in zip(self.states, saved):
-                _copy_into(state, old)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.static_out = self._forward()
-            torch.cuda.synchronize()
-        self.capture_s = time.perf_counter() - start
-
-    @torch.inference_mode()
-    def feed(self, images: torch.Tensor) -> dict:
-        if self.frames_seen < self.eager_frames:
-            return super().feed(images)
-        if self.static_images is None:
-            self._prepare(images)
-        self.static_images.copy_(images[0], non_blocking=True)
-        if self.graph is not None:
-            self.graph.replay()
-            out = self.static_out
-        else:
-            out = self._forward()
-        self.frames_seen += 1
-        return dict(out)
 
 
 def push_all(session: StreamingSession, images: torch.Tensor, sync) -> tuple[list[float], list]:
@@ -231,9 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
             warm = open_stream(model, engines[base], device=device, image_hw=(args.height, args.width))
             push_all(warm, frames[: args.settle + 2], sync)  # compilation, first-shape kernel choices
             warm_s = time.perf_counter() - start
-            session = open_stream(model, engines[base], device=device)
-            if graphed:
-                session = GraphedStream(session)
+            session = open_stream(model, engines[base], device=device, cuda_graph=graphed)
             latencies, predictions = push_all(session, frames, sync)
         except Exception as exc:  # noqa: BLE001 - a variant that fails is reported, the others still run
             results["streaming"][name] = {"error": f"{type(exc).__name__}: {exc}"}

@@ -10,7 +10,8 @@
 #   fp8.txt/.json        bench/fp8.py: GEMMs alone; offline_affine random full-size, 750 frames:
 #                        float32 / bf16 fast path / FP8, time and depth/camera errors vs float32;
 #                        the trained demo model's errors. About 2 min.
-#   gpu_fp8_test.txt     pytest -m gpu: torch._scaled_mm against the CPU computation. Seconds.
+#   gpu_test.txt         pytest -m gpu: torch._scaled_mm against the CPU computation, and a
+#                        CUDA-graphed window-1 stream against the eager one. Seconds.
 # Each step has its own time limit (JSON written after every variant: a step cut short keeps
 # what it measured); all three together stay under 8 minutes.
 set -u
@@ -26,7 +27,7 @@ echo "streaming_latency exit $?" | tee -a "$OUT/status.txt"
 timeout 150 python3 bench/fp8.py --frames 750 --repeats 2 --json "$OUT/fp8.json" > "$OUT/fp8.txt" 2>&1
 echo "fp8 exit $?" | tee -a "$OUT/status.txt"
 
-timeout 40 python3 -m pytest -q -m gpu -p no:cacheprovider tests/zipmap_core/test_gpu.py -k fp8 \
-    > "$OUT/gpu_fp8_test.txt" 2>&1
-echo "gpu fp8 test exit $?" | tee -a "$OUT/status.txt"
+timeout 40 python3 -m pytest -q -m gpu -p no:cacheprovider tests/zipmap_core/test_gpu.py -k "fp8 or graphed" \
+    > "$OUT/gpu_test.txt" 2>&1
+echo "gpu tests exit $?" | tee -a "$OUT/status.txt"
 tail -n 14 "$OUT/streaming.txt" "$OUT/fp8.txt"

@@ -6,6 +6,7 @@
 - the chunked store's GPU cache and pinned-memory tiers, and the chunked engine through them;
 - the fast path's precision claim (test_fast_path.py's check, on CUDA);
 - FP8 linears through torch._scaled_mm (row-wise scales), against their CPU computation;
+- a window-1 stream replayed as a CUDA graph, against the same stream run eagerly;
 - the frame-parallel engine on GPUs: 2 processes with NCCL on 2 GPUs, or 2 processes sharing
   one GPU through gloo where the machine has one.
 """
@@ -19,7 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.zipmap_core.test_engines import EXACT, max_rel_error
+from tests.zipmap_core.test_engines import EXACT, max_rel_error, tiny
 from tests.zipmap_core.test_fast_path import assert_fast_path_matches_float32, demo_scene, trained_demo
 from tests.zipmap_core.test_frame_parallel import (
     CASES,
@@ -28,7 +29,7 @@ from tests.zipmap_core.test_frame_parallel import (
     sensitive_tiny,
     share_worker,
 )
-from zipmap_core import EngineConfig, reconstruct
+from zipmap_core import EngineConfig, open_stream, reconstruct
 from zipmap_core.engines.fp8 import Fp8Linear
 from zipmap_core.engines.frame_parallel import spawn
 from zipmap_core.engines.precision import autocast
@@ -73,6 +74,22 @@ def test_fp8_linear_on_cuda_is_its_cpu_computation_at_bf16_level():
         got = layer(x.to(CUDA))
     assert got.dtype == torch.bfloat16
     assert rel(got.cpu(), want) < 1e-2, rel(got.cpu(), want)
+
+
+def test_cuda_graphed_stream_gives_the_eager_streams_predictions():
+    """The bf16 fast path at window 1 (the released streaming setting), tiny model, 8 frames: the
+    graph is captured at frame 2 and replayed from then on."""
+    model = tiny(camera_head="mlp", streaming_window=1).to(CUDA)
+    images = torch.rand(8, 3, 56, 84, device=CUDA, generator=torch.Generator(CUDA).manual_seed(0))
+    engine = EngineConfig(dtype="bfloat16", fast=True, compile=False)
+    eager = open_stream(model, engine)
+    want = [f for frame in images for f in eager.push(frame)]
+    graphed = open_stream(model, engine, cuda_graph=True)
+    got = [f for frame in images for f in graphed.push(frame)]
+    assert graphed.graph is not None
+    assert [f.index for f in got] == list(range(8))
+    for field, err in max_rel_error(want, got).items():
+        assert err <= 1e-3, (field, err)
 
 
 def test_float32_engines_run_without_tf32_and_restore_the_flags():

@@ -65,3 +65,22 @@ def test_push_rejects_bad_frames_and_open_stream_a_model_without_a_window(images
         session.push(images[0, :, :42])
     with pytest.raises(ValueError, match="needs a window"):
         open_stream(tiny())
+
+
+def test_graphed_stream_state_in_static_buffers_gives_the_same_predictions(images):
+    """open_stream(cuda_graph=True): from frame 2 on, the frame and the fast weights live in static
+    buffers updated in place (what the CUDA graph replays; off CUDA the same step runs eagerly)."""
+    model = tiny(camera_head="mlp", streaming_window=1)
+    engine = EngineConfig(local_points=True, **EXACT)
+    session = open_stream(model, engine)
+    plain = [f for frame in images for f in session.push(frame)]
+    graphed = open_stream(model, engine, cuda_graph=True)
+    pushed = [f for frame in images for f in graphed.push(frame)]
+    assert graphed.static_images is not None and graphed.capture_s is not None  # frames 2.. took that path
+    assert [f.index for f in pushed] == list(range(6))
+    for field, err in max_rel_error(plain, pushed).items():
+        assert err <= 1e-6, (field, err)
+    with pytest.raises(ValueError, match="differs from the stream's"):
+        graphed.push(images[0, :, :42])
+    with pytest.raises(ValueError, match="cuda_graph needs window 1"):
+        open_stream(tiny(camera_head="mlp", streaming_window=2), cuda_graph=True)

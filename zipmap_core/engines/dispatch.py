@@ -22,7 +22,7 @@ from zipmap_core.engines.precision import (
     weights_dtype,
 )
 from zipmap_core.engines.results import FramePrediction
-from zipmap_core.engines.streaming import StreamingSession, reconstruct_streaming
+from zipmap_core.engines.streaming import GraphedStreamingSession, StreamingSession, reconstruct_streaming
 from zipmap_core.models.zipmap import ZipMap
 
 _ENGINES = {"offline": reconstruct_offline, "chunked": reconstruct_chunked, "streaming": reconstruct_streaming}
@@ -66,12 +66,14 @@ def open_stream(
     *,
     device: str | torch.device | None = None,
     image_hw: tuple[int, int] | None = None,
+    cuda_graph: bool = False,
 ) -> StreamingSession:
     """A stream to push frames into one at a time (`session.push(frame)`: at the streaming
     model's released window of 1, each frame's prediction as soon as it is pushed), with the
     same predictions as `reconstruct(..., mode="streaming")` over the whole sequence. "auto"
     settings are decided as for a one-frame sequence of `image_hw` (default: the model's image
-    size), so a stream is compiled only if `compile=True` is asked for."""
+    size), so a stream is compiled only if `compile=True` is asked for. `cuda_graph` (window 1
+    only): replay each frame's forward pass as one CUDA graph (`GraphedStreamingSession`)."""
     engine = (engine or EngineConfig()).model_copy(update={"mode": "streaming"})
     if engine.frame_parallel not in (1, AUTO):
         raise ValueError("a stream runs in one process: frame_parallel must be 1 or 'auto'")
@@ -82,7 +84,11 @@ def open_stream(
     window = engine.window or model.config.streaming_window
     if window is None:
         raise ValueError("streaming needs a window: set engine.window or the model's streaming_window")
+    if cuda_graph and window != 1:
+        raise ValueError(f"cuda_graph needs window 1 (static shapes), got window {window}")
     _ready(model, engine)
+    if cuda_graph:
+        return GraphedStreamingSession(model, device, engine.dtype, engine.local_points)
     return StreamingSession(model, window, device, engine.dtype, engine.local_points)
 
 

@@ -5,18 +5,21 @@ prediction depends only on frames up to the end of its window. A `StreamingSessi
 frames as they arrive (for example from a camera): `open_stream` (dispatch.py) readies the model
 as `reconstruct` would and returns one, whose `push(frame)` gives that frame's prediction at
 window 1 (the released streaming setting). `reconstruct_streaming` feeds a whole sequence window
-by window; both give the same predictions.
+by window; both give the same predictions. `GraphedStreamingSession` (`open_stream(...,
+cuda_graph=True)`) replays each frame's forward pass as one CUDA graph.
 """
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import Iterator
 
 import torch
 
 from zipmap_core.engines.config import EngineConfig
 from zipmap_core.engines.frames import align_to_reference, frame_predictions
-from zipmap_core.engines.precision import autocast
+from zipmap_core.engines.precision import DTYPES, autocast
 from zipmap_core.engines.results import FramePrediction
 from zipmap_core.geometry import pose_encoding_to_cameras
 from zipmap_core.layers.ttt import TTTState, windowed_schedule
@@ -89,6 +92,90 @@ class StreamingSession:
             self.reference = extrinsics[0].clone()
         extrinsics = align_to_reference(extrinsics, self.reference)
         yield from frame_predictions(first, images, extrinsics, intrinsics, out)
+
+
+def _clone(state: TTTState) -> TTTState:
+    return TTTState(state.w0.clone(), state.w1.clone(), state.w2.clone())
+
+
+def _copy_into(dst: TTTState, src: TTTState) -> None:
+    for d, s in zip((dst.w0, dst.w1, dst.w2), (src.w0, src.w1, src.w2)):
+        d.copy_(s)
+
+
+class GraphedStreamingSession(StreamingSession):
+    """A window-1 stream whose per-frame forward pass is one replayed CUDA graph: at window 1
+    every frame has the same shapes, and a frame's thousands of small kernel launches cost about
+    as much as its arithmetic. The first `eager_frames` frames run eagerly (frame 0 is the
+    reference frame, and the kernels warm up); the next one moves the frame and the fast weights
+    into static buffers, which the graph reads and updates in place, and captures the graph
+    (`capture_s`). Off CUDA the same static-buffer step runs eagerly, without a graph (tests)."""
+
+    def __init__(
+        self, model: ZipMap, device: torch.device, dtype: str = "bfloat16", local_points: bool = True,
+        eager_frames: int = 2,
+    ):
+        super().__init__(model, 1, device, dtype, local_points)
+        self.eager_frames = max(1, eager_frames)
+        self.static_images: torch.Tensor | None = None
+        self.static_out: dict | None = None
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.capture_s: float | None = None
+
+    def _step(self) -> dict:
+        """The frame in the static buffer through the model, the new state written back in place."""
+        per_frame = tokens_per_frame(self.model, self.static_images.shape[-2:])
+        # no autocast weight cache: a cast cached during capture would be freed under the graph
+        precision = contextlib.nullcontext() if self.dtype == "float32" else torch.autocast(
+            self.device.type, dtype=DTYPES[self.dtype], cache_enabled=False)
+        with precision:
+            out = self.model(
+                self.static_images.unsqueeze(0), windowed_schedule(per_frame, per_frame), self.states,
+                self.frames_seen, self.local_points,
+            )
+        for state, new in zip(self.states, out.pop("states")):
+            _copy_into(state, new)
+        return out
+
+    def _capture(self, frame: torch.Tensor) -> None:
+        start = time.perf_counter()
+        self.static_images = frame.to(self.device).clone()
+        self.states = [_clone(s) for s in self.states]
+        if self.device.type == "cuda":
+            saved = [_clone(s) for s in self.states]
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up on a side stream, as torch.cuda.graph asks
+                for _ in range(2):
+                    self._step()
+            torch.cuda.current_stream().wait_stream(side)
+            for state, old in zip(self.states, saved):
+                _copy_into(state, old)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.static_out = self._step()
+            torch.cuda.synchronize()
+        self.capture_s = time.perf_counter() - start
+
+    @torch.inference_mode()
+    def feed(self, images: torch.Tensor) -> dict:
+        if self.frames_seen < self.eager_frames:
+            return super().feed(images)
+        if images.shape[0] != 1:
+            raise ValueError(f"a graphed stream takes one frame at a time, got {images.shape[0]}")
+        if self.static_images is None:
+            self._capture(images[0])
+        elif images.shape[1:] != self.static_images.shape:
+            raise ValueError(f"frame size {tuple(images.shape[1:])} differs from the stream's "
+                             f"{tuple(self.static_images.shape)}")
+        self.static_images.copy_(images[0], non_blocking=True)
+        if self.graph is None:
+            out = self._step()
+        else:
+            self.graph.replay()
+            out = self.static_out
+        self.frames_seen += 1
+        return dict(out)
 
 
 def reconstruct_streaming(
