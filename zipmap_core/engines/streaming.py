@@ -11,7 +11,6 @@ cuda_graph=True)`) replays each frame's forward pass as one CUDA graph.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterator
 
@@ -19,7 +18,7 @@ import torch
 
 from zipmap_core.engines.config import EngineConfig
 from zipmap_core.engines.frames import align_to_reference, frame_predictions
-from zipmap_core.engines.precision import DTYPES, autocast
+from zipmap_core.engines.precision import autocast
 from zipmap_core.engines.results import FramePrediction
 from zipmap_core.geometry import pose_encoding_to_cameras
 from zipmap_core.layers.ttt import TTTState, windowed_schedule
@@ -125,10 +124,9 @@ class GraphedStreamingSession(StreamingSession):
     def _step(self) -> dict:
         """The frame in the static buffer through the model, the new state written back in place."""
         per_frame = tokens_per_frame(self.model, self.static_images.shape[-2:])
-        # no autocast weight cache: a cast cached during capture would be freed under the graph
-        precision = contextlib.nullcontext() if self.dtype == "float32" else torch.autocast(
-            self.device.type, dtype=DTYPES[self.dtype], cache_enabled=False)
-        with precision:
+        # the eager frames' autocast, so that compiled blocks meet the same global state (no
+        # recompilation); its weight-cast cache lives and dies inside the captured region
+        with autocast(self.device, self.dtype):
             out = self.model(
                 self.static_images.unsqueeze(0), windowed_schedule(per_frame, per_frame), self.states,
                 self.frames_seen, self.local_points,
