@@ -2,18 +2,19 @@
 
     python bench/fp8.py --frames 750 --json /tmp/fp8.json
 
-One process:
-1. GEMMs alone, on the trunk's shapes (--gemm-tokens tokens, 1024 -> 4096 and 4096 -> 1024): bf16
+One process, in this order (the JSON is written after each step):
+1. Random full-size `offline_affine`, input [N, 3, 392, 518] on the GPU, offline engine, depth
+   head: float32 (strict, no TF32) once, its outputs the reference; then the model is cast for the
+   fast path and runs bf16 and FP8 (eager: the same engine but for the linear layers; FP8's
+   activation quantisation is compiled, a few seconds in the unmeasured run), each the median of
+   --repeats runs after one unmeasured run; with --compile also both compiled. Depth and camera
+   errors of each against float32 (bench/fastpath.py's `errors`), and FP8's against bf16.
+2. The trained demo model (bundled demo_ttt) on the synthetic demo scene: the same errors for bf16
+   autocast, the bf16 fast path and FP8, against float32 on the same device.
+3. GEMMs alone, on the trunk's shapes (--gemm-tokens tokens, 1024 -> 4096 and 4096 -> 1024): bf16
    `F.linear`; FP8 `torch._scaled_mm` on operands quantised beforehand; FP8 with the activations'
    row-wise quantisation included, eager and compiled (the engine's `quantize_activations`: what
    it pays per layer).
-2. Random full-size `offline_affine`, input [N, 3, 392, 518] on the GPU, offline engine, depth
-   head: float32 (strict, no TF32) once, its outputs the reference; then the model is cast for the
-   fast path and runs bf16 and FP8 (eager: the same engine but for the linear layers), each the
-   median of --repeats runs after one unmeasured run; with --compile also both compiled.
-   Depth and camera errors of each against float32 (bench/fastpath.py's `errors`).
-3. The trained demo model (bundled demo_ttt) on the synthetic demo scene: the same errors for bf16
-   autocast, the bf16 fast path and FP8, against float32 on the same device.
 """
 
 from __future__ import annotations
@@ -162,11 +163,14 @@ def main(argv: list[str] | None = None) -> dict:
             with open(args.json, "w") as fh:
                 json.dump(results, fh, indent=1)
 
-    results["gemm"] = gemm_times(args.gemm_tokens, args.device)
+    results["full_size"] = full_size(args)  # first: the table the issue asks for
     save()
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
     results["trained_demo"] = trained_demo(args.device)
     save()
-    results["full_size"] = full_size(args)
+    results["gemm"] = gemm_times(args.gemm_tokens, args.device)
     save()
 
     full = results["full_size"]
