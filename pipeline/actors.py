@@ -22,7 +22,7 @@ from typing import Any
 from .decode import DecodedSequence
 from .discovery import SequenceSource
 from .engine_process import EngineProcess, remove_stale_files
-from .errors import ActorInitError, InfrastructureError, storage_error
+from .errors import ActorInitError, InfrastructureError, LongSequence, storage_error
 from .layout import RunLayout
 from .outputs import SequenceWriter, StagedOutputs, prepare_frame
 from .overlap import frame_writers, map_in_processes
@@ -120,9 +120,14 @@ class ModelWorker:
             raise ActorInitError(f"model worker on {self._info['host']} failed to start: {self._init_error}")
         return dict(self._info)
 
-    def process(self, source: SequenceSource, decoded: DecodedSequence, attempt_id: str) -> AttemptResult:
-        """Reconstruct one sequence and write its outputs to this attempt's staging folder."""
+    def process(
+        self, source: SequenceSource, decoded: DecodedSequence, attempt_id: str, gang_min_frames: int | None = None
+    ) -> AttemptResult:
+        """Reconstruct one sequence and write its outputs to this attempt's staging folder (or hand
+        it back, if it has at least `gang_min_frames` frames: a gang runs it)."""
         self.ready()
+        if gang_min_frames is not None and decoded.num_frames >= gang_min_frames:
+            raise LongSequence(decoded.num_frames)
         entered = time.time()
         layout = RunLayout(self._spec.run_uri)
         store = Store(self._spec.run_uri, self._spec.storage)

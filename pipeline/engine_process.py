@@ -421,7 +421,8 @@ class _Runner:
 
         n, hw = shape[0], (shape[2], shape[3])
         self._frames_run[hw] = run_frames = self._frames_run.get(hw, 0) + n
-        engine = resolve_engine(self._spec.engine, self._model, n, hw, self._device, run_frames=run_frames)
+        engine = self._spec.engine.model_copy(update={"frame_parallel": 1})  # gangs run long sequences (gang.py)
+        engine = resolve_engine(engine, self._model, n, hw, self._device, run_frames=run_frames)
         if engine.fast and getattr(self._model, "_compiled_for_inference", False):
             engine = engine.model_copy(update={"compile": True})  # compiled for good by an earlier sequence
         return engine
