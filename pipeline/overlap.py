@@ -1,9 +1,10 @@
-"""Keeping up with the engine while a model worker writes outputs.
+"""Keeping the accelerator busy while a model worker writes outputs.
 
 A sequence's frames leave the engine faster than one thread can turn them into rows and points
 (unprojection, filtering, packing: ~20 ms a frame at 518x392 on the host). `map_in_processes`
-spreads that per-frame host work over `frame_writers` processes while keeping frames in order
-(the engine itself runs in a process of its own: pipeline.engine_process).
+spreads the per-frame host work over `frame_writers` processes while keeping frames in order.
+`in_background` runs an engine in a thread (a gang member's, pipeline.gang; a model actor's
+engine runs in a process of its own, pipeline.engine_process).
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ import contextlib
 import multiprocessing
 import os
 import pickle
+import queue
 import re
 import shutil
 import struct
 import tempfile
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, wait
@@ -27,7 +30,62 @@ import numpy as np
 T = TypeVar("T")
 R = TypeVar("R")
 
+_DONE = object()
 _SCRATCH_PREFIX = "zipmap-frames-"
+
+
+class _Failed:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def in_background(produce: Callable[[], Iterable[T]], max_ahead: int = 0) -> Iterator[T]:
+    """Items of `produce()`, computed in a thread up to `max_ahead` ahead (0: no limit).
+
+    The producer's exception is raised here. If the consumer stops early (an error while
+    writing), the producer is told to stop at its next item and is waited for, so that it never
+    stays blocked, holding whatever it holds (the accelerator's lock).
+    """
+    items: queue.Queue = queue.Queue(max_ahead)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        source = iter(produce())
+        try:
+            for item in source:
+                if not put(item):
+                    return
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            put(_Failed(exc))
+        else:
+            put(_DONE)
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:  # a generator's `with` blocks (the lock) end now, not at GC
+                close()
+
+    thread = threading.Thread(target=run, name="engine", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = items.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def ordered_map(

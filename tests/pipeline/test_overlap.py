@@ -1,4 +1,4 @@
-"""Writer overlap helpers: order, and errors on either side."""
+"""Engine/writer overlap helpers: order, errors on either side, and the lock released on failure."""
 
 import os
 import threading
@@ -8,7 +8,65 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from pipeline.overlap import frame_writers, map_in_processes, ordered_map
+from pipeline.overlap import frame_writers, in_background, map_in_processes, ordered_map
+
+
+def test_in_background_yields_all_items_in_order_and_ahead_of_the_consumer():
+    produced = []
+
+    def produce():
+        for i in range(20):
+            produced.append(i)
+            yield i
+
+    got = []
+    for item in in_background(produce):
+        if item == 0:
+            time.sleep(0.2)  # an unbounded producer finishes while the consumer is busy
+            assert len(produced) == 20
+        got.append(item)
+    assert got == list(range(20))
+
+
+def test_in_background_bounds_how_far_the_producer_runs_ahead():
+    produced = []
+
+    def produce():
+        for i in range(50):
+            produced.append(i)
+            yield i
+
+    items = in_background(produce, max_ahead=3)
+    assert next(items) == 0
+    time.sleep(0.3)
+    assert len(produced) <= 1 + 3 + 1  # the one taken, a full queue, one waiting to be put
+    assert list(items) == list(range(1, 50))
+
+
+def test_in_background_reraises_the_producers_error():
+    def produce():
+        yield 1
+        raise RuntimeError("engine failed")
+
+    items = in_background(produce)
+    assert next(items) == 1
+    with pytest.raises(RuntimeError, match="engine failed"):
+        next(items)
+
+
+def test_a_consumer_that_stops_early_releases_what_the_producer_holds():
+    lock = threading.Lock()
+
+    def produce():
+        with lock:  # like the worker's accelerator lock
+            yield from range(1000)
+
+    with pytest.raises(ValueError):
+        for item in in_background(produce, max_ahead=2):
+            if item == 5:
+                raise ValueError("writer failed")
+    assert lock.acquire(timeout=2)  # the producer stopped and left its `with` block
+    lock.release()
 
 
 def _slow_square(x):
