@@ -193,3 +193,18 @@ def test_commit_record_benchmark_smoke(capsys):
                 assert row[key][0] > 0 and row[key][1] >= 0, (key, row)
     out = capsys.readouterr().out
     assert "status before" in out and "moto over HTTP" in out
+
+
+@pytest.mark.slow
+def test_long_sequences_benchmark_smoke(tmp_path, capsys, monkeypatch):
+    """bench/long_sequences.py on the CPU with the tiny model: old and new store, one table."""
+    monkeypatch.syspath_prepend(str(BENCH))  # it imports bench/timing.py by name
+    result = _load("long_sequences").main(
+        ["--device", "cpu", "--preset", "tiny", "--height", "28", "--width", "42", "--chunk-size", "2",
+         "--frames", "3", "--old-frames", "3", "--repeats", "2", "--json", str(tmp_path / "r.json")]
+    )
+    old, new = result["runs"]
+    assert (old["variant"], new["variant"], old["frames"], new["frames"]) == ("old", "new", 3, 3)
+    assert all(r["first_s"] > 0 and r["warm_s"] > 0 and r["frames_per_s"] > 0 for r in (old, new))
+    assert json.loads((tmp_path / "r.json").read_text())["runs"] == result["runs"]
+    assert "| 3 | new |" in capsys.readouterr().out
