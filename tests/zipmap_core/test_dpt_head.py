@@ -1,6 +1,7 @@
 """The DPT head's two stages: what `project_layer` hands an engine to keep, and that splitting the
 head there changes nothing."""
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -59,3 +60,21 @@ def test_full_size_head_inputs_take_0_39_of_the_projections():
     assert projections == 5_834_752
     assert compact == 2 * (28 * 37 * (256 + 512 + 256) + 14 * 19 * 256) == 2_257_920
     print(f"head inputs a frame: {compact / 1e6:.2f} MB (projections: {projections / 1e6:.2f} MB)")
+
+
+def test_chunked_engine_with_compact_head_inputs_equals_the_projections_path():
+    """The chunked engine keeping the compact head inputs gives, bit for bit, what it gave when it
+    kept the four projections (`reassembled_early` all False: the previous store)."""
+    from zipmap_core.engines import EngineConfig, reconstruct
+
+    torch.manual_seed(0)
+    model = ZipMap(ModelConfig.preset("tiny")).eval()
+    images = torch.rand(5, 3, 56, 84, generator=torch.Generator().manual_seed(1))
+    engine = EngineConfig(mode="chunked", chunk_size=2, head_inputs="keep", local_points=True)
+    compact = list(reconstruct(model, images, engine))
+    for head in model.dense_heads().values():
+        head.reassembled_early = (False,) * 4
+    projections = list(reconstruct(model, images, engine))
+    for a, b in zip(compact, projections, strict=True):
+        for field in ("depth", "depth_conf", "local_points", "extrinsic", "intrinsic"):
+            assert np.array_equal(getattr(a, field), getattr(b, field)), field
