@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import resource
 import statistics
 import time
@@ -57,13 +58,14 @@ def _empty_host_cache() -> None:
 
 
 def _pinning(register_threads: int) -> str:
-    """Switch PyTorch's pinned allocator (only with its cache empty: it frees a block by the mode
-    in force at the time). 0: cudaHostAlloc; n: malloc, pages faulted in by n threads, cudaHostRegister."""
+    """Switch PyTorch's pinned allocator to cudaHostRegister, its pages faulted in by
+    `register_threads` threads (only with its cache empty: it frees a block by the mode in force at
+    the time). 0: leave it as the process started (cudaHostAlloc unless PYTORCH_CUDA_ALLOC_CONF
+    says otherwise)."""
     _empty_host_cache()
-    if register_threads:
-        setting = f"pinned_use_cuda_host_register:True,pinned_num_register_threads:{register_threads}"
-    else:
-        setting = "pinned_use_cuda_host_register:False"
+    if not register_threads:
+        return f"as started (PYTORCH_CUDA_ALLOC_CONF={os.environ.get('PYTORCH_CUDA_ALLOC_CONF', '')!r})"
+    setting = f"pinned_use_cuda_host_register:True,pinned_num_register_threads:{register_threads}"
     torch.cuda.memory._set_allocator_settings(setting)
     return setting
 
