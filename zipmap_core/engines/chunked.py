@@ -26,7 +26,7 @@ import torch
 
 from zipmap_core.engines.config import EngineConfig
 from zipmap_core.engines.frame_parallel import FrameShard
-from zipmap_core.engines.frames import align_to_reference, frame_predictions
+from zipmap_core.engines.frames import align_to_reference, frame_predictions, to_device
 from zipmap_core.engines.offline import StateSink
 from zipmap_core.engines.precision import autocast
 from zipmap_core.engines.results import FramePrediction
@@ -99,7 +99,7 @@ def reconstruct_chunked(
             # layer 0: embed, frame block 0, pass 1 of global block 0
             layer = _GlobalLayer(agg.global_blocks[0])
             for c in chunks:
-                chunk = images[c[0] : c[1]].to(device, non_blocking=True).unsqueeze(0)
+                chunk = to_device(images[c[0] : c[1]], device).unsqueeze(0)
                 tokens = agg.embed(chunk, first_frame=first + c[0])
                 frame_out = agg.frame_block(0, tokens, rope)
                 layer.accumulate(frame_out)
@@ -158,7 +158,7 @@ def reconstruct_chunked(
                     dense = model.decode_dense(projected, image_hw)
                 else:
                     layers = _rerun_for_heads(
-                        agg, trained, images[c[0] : c[1]].to(device), first + c[0], rope, dpt_layers
+                        agg, trained, to_device(images[c[0] : c[1]], device), first + c[0], rope, dpt_layers
                     )
                     dense = model.predict_dense(layers, image_hw, local_points=engine.local_points)
             yield from frame_predictions(
