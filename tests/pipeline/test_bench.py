@@ -235,6 +235,17 @@ def test_fp8_benchmark_smoke(capsys):
     assert "| fp8 |" in out and "GEMMs alone" in out
 
 
+def test_cost_benchmark_smoke(tmp_path, capsys):
+    rows = _load("cost").main(
+        ["--presets", "tiny", "--frames", "2", "4", "--height", "28", "--width", "28", "--device", "cpu",
+         "--threads", "1", "--repeats", "2", "--json", str(tmp_path / "cost.json")]
+    )
+    assert [(r["model"], r["frames"]) for r in rows] == [("tiny", 2), ("tiny", 4)]
+    assert all(r["seconds"] > 0 and r["peak_bytes"] > 0 for r in rows)
+    assert json.loads((tmp_path / "cost.json").read_text())["rows"] == rows
+    assert "from 2 to 4 frames (x2): tiny time x" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_long_sequences_benchmark_smoke(tmp_path, capsys, monkeypatch):
     """bench/long_sequences.py on the CPU with the tiny model: old and new store, one table."""
