@@ -247,3 +247,18 @@ def test_cost_benchmark_smoke(tmp_path, capsys):
     assert all(r["seconds"] > 0 and r["peak_bytes"] > 0 for r in rows)
     assert json.loads((tmp_path / "cost.json").read_text())["rows"] == rows
     assert "from 2 to 4 frames (x2): tiny time x" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_long_sequences_benchmark_smoke(tmp_path, capsys, monkeypatch):
+    """bench/long_sequences.py on the CPU with the tiny model: old and new store, one table."""
+    monkeypatch.syspath_prepend(str(BENCH))  # it imports bench/timing.py by name
+    result = _load("long_sequences").main(
+        ["--device", "cpu", "--preset", "tiny", "--height", "28", "--width", "42", "--chunk-size", "2",
+         "--frames", "3", "--old-frames", "3", "--repeats", "2", "--json", str(tmp_path / "r.json")]
+    )
+    old, new = result["runs"]
+    assert (old["variant"], new["variant"], old["frames"], new["frames"]) == ("old", "new", 3, 3)
+    assert all(r["first_s"] > 0 and r["warm_s"] > 0 and r["frames_per_s"] > 0 for r in (old, new))
+    assert json.loads((tmp_path / "r.json").read_text())["runs"] == result["runs"]
+    assert "| 3 | new |" in capsys.readouterr().out
