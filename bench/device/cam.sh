@@ -15,16 +15,25 @@
 #
 #   bash bench/device/cam.sh                       # fresh run
 #   RESUME=<dir with state/> STEPS=2200 bash bench/device/cam.sh   # continue to 2200 steps
+# CPU smoke run (a few minutes): PYTHON=.venv/bin/python OUT=/tmp/cam STEPS=2 TRAIN_EXTRA="--size 28 --frames-per-batch 4
+#   --max-frames 2 --pool-size 2 --pool-frames 3" EVAL_EXTRA="--size 28 --eval-sequences 1 --eval-frames 2"
+#   bash bench/device/cam.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 : "${OUT:?set OUT to the results folder}"
-GPUS=$(python3 -c "import torch; print(torch.cuda.device_count())")
+PY=${PYTHON:-python3}
+GPUS=$("$PY" -c "import torch; print(torch.cuda.device_count())")
 if [ "$GPUS" -ge 2 ]; then STEPS=${STEPS:-1100}; else STEPS=${STEPS:-700}; fi
+DEV=$([ "$GPUS" -ge 1 ] && echo cuda || echo cpu)  # cpu: smoke runs only (with tiny TRAIN_EXTRA/EVAL_EXTRA)
+# the recipe's model change: both presets in this run, until zipmap_core/config.py takes it with the new files
+read -r -a UPDATE <<< "${PRESET_UPDATE:-patch_positions=true layer_scale_init=0.1}"
+read -r -a TRAIN_EXTRA <<< "${TRAIN_EXTRA:-}"
+read -r -a EVAL_EXTRA <<< "${EVAL_EXTRA:---eval-demo}"
 STOP_MINUTES=${STOP_MINUTES:-6.2}  # guard: a run stopped by it saves a resumable state (steps may then differ)
 mkdir -p "$OUT/state" /tmp/cam_state
 COMMON=(--steps "$STEPS" --stop-after-minutes "$STOP_MINUTES" --lr 8e-4 --warmup-steps 150
         --frames-per-batch 64 --max-frames 12 --pool-size 128 --pool-frames 16 --new-per-step 0.5
-        --seed 0 --log-every 50 --eval-sequences 0)
+        --seed 0 --log-every 50 --eval-sequences 0 --preset-update "${UPDATE[@]}" "${TRAIN_EXTRA[@]}")
 
 resume_args() {  # $1: state name; joins the parts of an earlier run's state, if RESUME is set
   if [ -n "${RESUME:-}" ]; then
@@ -39,13 +48,15 @@ split_state() {  # $1: state name
 
 echo "GPUs: $GPUS, steps: $STEPS" | tee "$OUT/eval.log"
 if [ "$GPUS" -ge 2 ]; then
+  pids=()
   for i in 0 1; do
     model=$([ $i = 0 ] && echo demo_ttt || echo demo_attention)
     # shellcheck disable=SC2046
-    python3 bench/train_demo.py --models "$model" --device cuda:$i "${COMMON[@]}" --out-dir "$OUT/run_$model" \
+    "$PY" bench/train_demo.py --models "$model" --device "cuda:$i" "${COMMON[@]}" --out-dir "$OUT/run_$model" \
       --state-out /tmp/cam_state/$model.pt $(resume_args $model) > "$OUT/train_$model.log" 2>&1 &
+    pids+=($!)
   done
-  wait
+  for pid in "${pids[@]}"; do wait "$pid" || { echo "a training process failed:"; tail -n 20 "$OUT"/train_*.log; exit 1; }; done
   for model in demo_ttt demo_attention; do
     mv "$OUT/run_$model/$model.safetensors" "$OUT/"
     split_state $model
@@ -53,13 +64,14 @@ if [ "$GPUS" -ge 2 ]; then
   done
 else
   # shellcheck disable=SC2046
-  python3 bench/train_demo.py --device cuda "${COMMON[@]}" --out-dir "$OUT/run_both" \
+  "$PY" bench/train_demo.py --device "$DEV" "${COMMON[@]}" --out-dir "$OUT/run_both" \
     --state-out /tmp/cam_state/both.pt $(resume_args both) > "$OUT/train_both.log" 2>&1
   mv "$OUT"/run_both/demo_*.safetensors "$OUT/"
   split_state both
   tail -n 2 "$OUT/train_both.log"
 fi
-python3 bench/train_demo.py --skip-training --device cuda:0 --eval-demo --out-dir "$OUT" 2>&1 | tee -a "$OUT/eval.log"
-python3 bench/plot_training.py "$OUT"/run_*/results.json --out "$OUT/training_curve.png" \
+"$PY" bench/train_demo.py --skip-training --device "$DEV" --out-dir "$OUT" --preset-update "${UPDATE[@]}" \
+  "${EVAL_EXTRA[@]}" 2>&1 | tee -a "$OUT/eval.log"
+"$PY" bench/plot_training.py "$OUT"/run_*/results.json --out "$OUT/training_curve.png" \
   || echo "no training curve (matplotlib missing?)"
 ls -la "$OUT" "$OUT/state"

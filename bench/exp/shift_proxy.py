@@ -41,11 +41,18 @@ model = ZipMap(cfg)
 init_pose_output(model)
 nn.init.zeros_(model.pose_head.pose_branch.fc2.weight)
 grid = a.crop // a.patch
-if a.pos == "sincos":
+if a.pos == "sincos":  # the proxy's own code: frequencies pi/grid .. pi per patch
     ys, xs = torch.meshgrid(torch.arange(grid).float(), torch.arange(grid).float(), indexing="ij")
     freqs = 2 ** torch.linspace(0, math.log2(grid), a.dim // 4) * math.pi / grid
     pos = torch.cat([f(c[..., None] * freqs) for c in (ys, xs) for f in (torch.sin, torch.cos)], -1)
     pos = pos.reshape(1, grid * grid, -1)
+if a.pos == "core":  # the model's own code (ModelConfig.patch_positions)
+    cfg = cfg.model_copy(update={"patch_positions": True})
+    torch.manual_seed(a.seed)
+    model = ZipMap(cfg)
+    init_pose_output(model)
+    nn.init.zeros_(model.pose_head.pose_branch.fc2.weight)
+if a.pos == "sincos":
     inner = model.aggregator.patch_embed
     model.aggregator.patch_embed = type("P", (nn.Module,), {"forward": lambda self, x: self.inner(x) + pos})()
     model.aggregator.patch_embed.inner = inner
