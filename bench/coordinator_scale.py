@@ -177,6 +177,7 @@ class FakeExecutor:
 
     def __init__(self, num_actors: int = 1, frames: int = 8, stop_after: int | None = None):
         self.plan = SimpleNamespace(num_actors=num_actors, num_gpus=0.0, num_cpus=1.0, resources={})
+        self.gang_plan = None  # every sequence on one actor
         self._frames, self._stop_after = frames, stop_after
         self.results = 0
         self.first_submit: tuple[float, float] | None = None  # (wall, cpu)
@@ -185,7 +186,7 @@ class FakeExecutor:
     def start_actor(self):
         return object(), _Ref("ready")
 
-    def submit(self, actor, source, attempt_id):
+    def submit(self, actor, source, attempt_id, gang_min_frames=None):
         if self.first_submit is None:
             self.first_submit = (time.perf_counter(), time.process_time())
         return _Ref("decode"), _Ref("result", source.sequence_id)

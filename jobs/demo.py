@@ -8,7 +8,10 @@
 2. reconstructs them with the pipeline on a local Ray cluster (or the one RAY_ADDRESS names)
    using the small ZipMap bundled with the package (zipmap_core/assets), into <out>/runs/<run id>;
 3. scores the run against the ground truth next to a trivial baseline (constant depth, identity
-   poses), prints both tables and where the outputs are, and writes <out>/metrics.json.
+   poses), prints both tables and where the outputs are, and writes <out>/metrics.json;
+4. measures the cost side of ZipMap vs full attention: time and peak memory of demo_ttt and
+   demo_attention reconstructing 8, 64 and 256 frames on this machine (on a CPU at 56x42, a
+   quarter of the demo's side, so that it takes seconds; --cost full measures at --width x --height).
 
 Everything runs on the CPU in a few minutes; a GPU is used when present. Exit codes as for
 `zipmap-pipeline run`: 0 all sequences done, 1 some failed, 2 bad arguments or missing weights,
@@ -23,6 +26,7 @@ import logging
 import math
 import os
 import sys
+import textwrap
 import time
 from typing import Any
 
@@ -30,7 +34,12 @@ import fsspec
 
 PATCH = 14
 HELD_OUT_START = 900_000  # demo seeds: below TRAIN_SEED_START, away from bench/train_demo's 0..N
+COST_PRESETS = ("demo_ttt", "demo_attention")
+COST_SMALL = (42, 56)  # (height, width): 3 x 4 patches, the demo's 224x168 at a quarter of its side
+COST_REPEATS = 3
+COST_LONG_RUN_S = 2.0  # a run that takes longer is not repeated
 EXIT_USAGE = 2
+WRAP = 104  # the width of the report's prose
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -51,6 +60,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--window", type=int, default=4, help="frames per TTT window of the streaming engine")
     ap.add_argument("--regenerate", action="store_true", help="render the dataset again even if <out>/data matches")
     ap.add_argument(
+        "--cost",
+        default="auto",
+        choices=["auto", "small", "full", "off"],
+        help="time and memory of demo_ttt vs demo_attention: small at 56x42 (seconds), full at --width x --height "
+        "(minutes on a CPU), auto (default) small on a CPU and full on a GPU, off to skip",
+    )
+    ap.add_argument(
+        "--cost-frames", type=int, nargs="+", default=[8, 64, 256], help="sequence lengths of the cost measurement"
+    )
+    ap.add_argument(
         "--no-progress", action="store_true", help="no progress bars (the default when stderr is not a terminal)"
     )
     args = ap.parse_args(argv)
@@ -66,6 +85,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             problems.append(f"--{name} must be a positive multiple of {PATCH}, got {value}")
     if args.window < 1:
         problems.append("--window must be at least 1")
+    if min(args.cost_frames) < 1:
+        problems.append("--cost-frames must be positive")
     if args.height > args.width:
         # the pipeline's "crop" preprocessing keeps the width and crops the height to at most the
         # width: taller frames would be cropped and no longer line up with their ground truth
@@ -102,11 +123,12 @@ def _demo(args: argparse.Namespace) -> int:
     out = args.out.rstrip("/") if "://" in args.out else os.path.abspath(args.out)
     data = f"{out}/data"
     start = time.perf_counter()
+    steps = 3 if args.cost == "off" else 4
 
     step = time.perf_counter()
     print(
-        f"[1/3] {args.sequences} held-out synthetic sequences of {args.frames} frames ({args.width}x{args.height}) "
-        f"in {data}",
+        f"[1/{steps}] {args.sequences} held-out synthetic sequences of {args.frames} frames "
+        f"({args.width}x{args.height}) in {data}",
         flush=True,
     )
     reused = _prepare_dataset(data, args)
@@ -116,7 +138,7 @@ def _demo(args: argparse.Namespace) -> int:
     where = (
         f"the Ray cluster at {os.environ['RAY_ADDRESS']}" if os.environ.get("RAY_ADDRESS") else "a local Ray cluster"
     )
-    print(f"[2/3] reconstructing them with {checkpoint} ({path}) on {where}", flush=True)
+    print(f"[2/{steps}] reconstructing them with {checkpoint} ({path}) on {where}", flush=True)
     spec = JobSpec.model_validate(
         {
             "input": {"prefix": data},
@@ -156,7 +178,7 @@ def _demo(args: argparse.Namespace) -> int:
         return summary.exit_code
 
     step = time.perf_counter()
-    print("[3/3] scoring against the ground truth", flush=True)
+    print(f"[3/{steps}] scoring against the ground truth", flush=True)
     ours = evaluate_dataset(run_predictor(summary.run_uri), data, progress=False)
     trivial = evaluate_dataset(trivial_predictor(), data, progress=False)
     metrics = {
@@ -170,13 +192,18 @@ def _demo(args: argparse.Namespace) -> int:
             "trivial": {"mean": summarize(trivial), "sequences": trivial},
         },
     }
+    print(f"      done ({_took(step)})", flush=True)
+
+    cost = None
+    if args.cost != "off":
+        cost = metrics["cost"] = _measure_cost(args)
     metrics_uri = f"{out}/metrics.json"
     with fsspec.open(metrics_uri, "w") as f:
         json.dump(_finite_or_none(metrics), f, indent=1)
-    print(f"      done ({_took(step)})\n", flush=True)
+    print()
 
     means = {name: method["mean"] for name, method in metrics["methods"].items()}
-    print(_report(args, summary, ours, trivial, means, data, metrics_uri, time.perf_counter() - start))
+    print(_report(args, summary, ours, trivial, means, cost, data, metrics_uri, time.perf_counter() - start))
     return summary.exit_code
 
 
@@ -214,6 +241,43 @@ def _prepare_dataset(data: str, args: argparse.Namespace) -> bool:
     return False
 
 
+def _measure_cost(args: argparse.Namespace) -> dict:
+    """Step 4: time and peak memory of both bundled architectures per sequence length.
+
+    On one CPU thread: two threads of one process slow down many times over while anything else
+    runs on a 2-core machine. On a CPU at COST_SMALL unless --cost full: attention over 256 frames
+    of the demo's size takes minutes there."""
+    import torch
+
+    from zipmap_core.config import ModelConfig
+    from zipmap_core.evaluation.cost import describe_device, format_costs, measure_costs
+
+    step = time.perf_counter()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    full = args.cost == "full" or (args.cost == "auto" and device == "cuda")
+    height, width = (args.height, args.width) if full else COST_SMALL
+    threads = 1 if device == "cpu" else None
+    where = describe_device(device, threads)
+    print(
+        f"[4/4] time and memory of {' and '.join(COST_PRESETS)} reconstructing "
+        f"{', '.join(map(str, args.cost_frames))} frames of {width}x{height} on {where}",
+        flush=True,
+    )
+    costs = measure_costs(
+        [ModelConfig.preset(p) for p in COST_PRESETS], args.cost_frames, height, width, device=device,
+        repeats=COST_REPEATS, long_run_s=COST_LONG_RUN_S, threads=threads,
+    )
+    print(f"      done ({_took(step)})", flush=True)
+    return {
+        "device": where,
+        "engine": "offline engine, float32, random weights",
+        "repeats": COST_REPEATS,
+        "long_run_s": COST_LONG_RUN_S,
+        "runs": [c.as_dict() for c in costs],
+        "table": format_costs(costs),
+    }
+
+
 def _start_local_ray() -> bool:
     """Start a quiet local Ray (no dashboard) unless a cluster is named or already connected;
     returns True when this call started it. The pipeline would start one itself, with defaults."""
@@ -234,8 +298,8 @@ def _start_local_ray() -> bool:
 
 
 def _report(
-    args, summary, ours: list[dict], trivial: list[dict], means: dict[str, dict], data: str, metrics_uri: str,
-    seconds: float,
+    args, summary, ours: list[dict], trivial: list[dict], means: dict[str, dict], cost: dict | None, data: str,
+    metrics_uri: str, seconds: float,
 ) -> str:
     from zipmap_core.evaluation.report import format_table
 
@@ -254,6 +318,7 @@ def _report(
         "centres after Sim(3) alignment; RPE-t, RPE-r: frame-to-frame motion errors; Acc, Comp: point-cloud",
         "distances after Sim(3) alignment. Lengths are in ground-truth scene units.",
         "",
+        *(_cost_report(args, cost) if cost else []),
         f"outputs of run {summary.run_id}:",
         f"  frames table : {run}/frames (Parquet, hive-partitioned by sequence_id)",
         f"  depth maps   : {run}/depth",
@@ -266,6 +331,39 @@ def _report(
         f"demo finished in {seconds:.0f} s",
     ]
     return "\n".join(lines)
+
+
+def _cost_report(args: argparse.Namespace, cost: dict) -> list[str]:
+    height, width = cost["runs"][0]["height"], cost["runs"][0]["width"]
+    if (height, width) == (args.height, args.width):
+        size = f"{width}x{height}, the demo's frame size"
+    else:
+        size = (
+            f"{width}x{height} ({width // PATCH}x{height // PATCH} patches; --cost full measures at the demo's "
+            f"{args.width}x{args.height}, minutes on a CPU)"
+        )
+    single = (
+        f", 1 run where a run took over {cost['long_run_s']:g} s"
+        if any(r["runs"] < cost["repeats"] for r in cost["runs"])
+        else ""
+    )
+    header = (
+        f"the cost side, measured now on {cost['device']}: {' vs '.join(COST_PRESETS)} reconstructing sequences "
+        f"of {size}; {cost['engine']}; time: median of {cost['repeats']} runs after a warm-up{single}; memory: "
+        "the peak a run allocates, weights and input frames not counted:"
+    )
+    return [
+        *textwrap.wrap(header, WRAP),
+        cost["table"],
+        *textwrap.wrap(
+            "TTT's global layers do work linear in the number of frames, full attention's quadratic (every token "
+            "attends to the tokens of every frame); patch embedding, frame blocks and heads are linear in both. So "
+            "attention's time grows faster than the frame count, TTT's about as fast. Peak memory grows no faster "
+            "than the frame count in either: PyTorch's fused attention kernels never hold the whole attention matrix.",
+            WRAP,
+        ),
+        "",
+    ]
 
 
 def _took(start: float) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 
 from .decode import DecodedSequence
 from .discovery import SequenceSource
-from .errors import ActorInitError, InfrastructureError, storage_error
+from .errors import ActorInitError, InfrastructureError, LongSequence, storage_error
 from .layout import RunLayout
 from .outputs import SequenceWriter, StagedOutputs, prepare_frame
 from .overlap import frame_writers, in_background, map_in_processes, remove_stale_scratch
@@ -119,13 +119,18 @@ class ModelWorker:
             raise ActorInitError(f"model worker on {self._info['host']} failed to start: {self._init_error}")
         return dict(self._info)
 
-    def process(self, source: SequenceSource, decoded: DecodedSequence, attempt_id: str) -> AttemptResult:
-        """Reconstruct one sequence and write its outputs to this attempt's staging folder."""
+    def process(
+        self, source: SequenceSource, decoded: DecodedSequence, attempt_id: str, gang_min_frames: int | None = None
+    ) -> AttemptResult:
+        """Reconstruct one sequence and write its outputs to this attempt's staging folder (or hand
+        it back, if it has at least `gang_min_frames` frames: a gang runs it)."""
         import torch
 
         from zipmap_core.engines import reconstruct
 
         self.ready()
+        if gang_min_frames is not None and decoded.num_frames >= gang_min_frames:
+            raise LongSequence(decoded.num_frames)
         layout = RunLayout(self._spec.run_uri)
         store = Store(self._spec.run_uri, self._spec.storage)
         writer = SequenceWriter(self._spec, source.sequence_id, decoded.frame_uris, decoded.source_sizes)
@@ -182,4 +187,5 @@ class ModelWorker:
 
         hw, n = tuple(images.shape[-2:]), images.shape[0]
         self._frames_run[hw] = run_frames = self._frames_run.get(hw, 0) + n
-        return resolve_engine(self._spec.engine, self._model, n, hw, self._device, run_frames=run_frames)
+        engine = self._spec.engine.model_copy(update={"frame_parallel": 1})  # gangs run long sequences (gang.py)
+        return resolve_engine(engine, self._model, n, hw, self._device, run_frames=run_frames)

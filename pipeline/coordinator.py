@@ -6,7 +6,8 @@ fresh actor if the old one died. A run can always be continued: commit markers s
 done, the manifest says what failed for good, and everything else simply runs again. Only one
 driver works on a run at a time (pipeline.lease); the state of every sequence lives in a
 `SequenceTable`, the actors in an `ActorPool`, and what people see in `ProgressReport` and the
-event log (pipeline.logs).
+event log (pipeline.logs). Long sequences run after the pool's, on a gang of actors
+(pipeline.gang_phase), under the same attempt rules (`begin`, `commit`, `failed`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from .commit import Committer, discard_attempt
 from .commit_record import Commits
 from .discovery import Discovery, SequenceSource
 from .errors import InfrastructureError, PipelineError, storage_error
-from .execution import Executor, classify, describe, ray_executor
+from .execution import Executor, cause_of, classify, describe, ray_executor
+from .gang_phase import GangPhase, route
 from .layout import RunLayout
 from .lease import Lease, LeaseLostError, RunLease, iso_time
 from .logs import log_event
@@ -34,7 +36,7 @@ from .progress import ProgressReport
 from .redaction import get_logger
 from .report.html import report_at_end
 from .restore import check_same_results, find_sources, previous_elapsed, read_previous, restore_table
-from .sequence_table import SequenceTable
+from .sequence_table import GANG, POOL, RunningAttempt, SequenceTable
 from .spec import JobSpec
 from .storage import Store
 
@@ -50,12 +52,13 @@ ExecutorFactory = Callable[[JobSpec], AbstractContextManager[Executor]]
 
 @dataclass
 class _Attempt:
+    """An attempt on the pool: which actor runs it (a replaced actor's failures are not its own)."""
+
     sequence_id: str
-    attempt_id: str
+    running: RunningAttempt
     slot: Slot
     actor: Any
     decode_ref: Any
-    started: float
 
 
 class Coordinator:
@@ -86,6 +89,7 @@ class Coordinator:
         self._sources: dict[str, SequenceSource] = {}
         self._skipped_inputs: dict[str, int] = {}  # discovery's skip counts by reason
         self._attempts: dict[Any, _Attempt] = {}
+        self._on_gang: dict[str, int] = {}  # running sequences on a gang: its size (for status)
         self._lease = RunLease(self.store, self.layout, spec.driver, spec.run_id)
         self._progress = ProgressReport(spec.run_id, self._table, enabled=False)
         self._executor: Executor | None = None
@@ -179,24 +183,39 @@ class Coordinator:
     # -- the loop ----------------------------------------------------------------------------
 
     def _work(self, executor: Executor) -> None:
+        """The pool's sequences, then (their devices released) the gang's: pipeline.gang_phase."""
         self._executor = executor
-        resources = self.spec.resources
-        self._pool = ActorPool(executor, executor.plan.num_actors, start_timeout_s=resources.actor_start_timeout_s)
+        gangs = executor.gang_plan
+        if route(self._table, gangs):
+            log_event(
+                logger, "gang_route", sequences=self._table.unfinished_in(GANG), size=gangs.size,
+                min_frames=gangs.min_frames,
+            )
         self._last_event = time.monotonic()
         try:
-            while self._table.unfinished:
-                self._lease.check()
-                self._dispatch()
-                refs = [*self._attempts, *self._pool.starting_refs]
-                for ref in executor.wait(refs, self._wait_timeout()) if refs else []:
-                    self._handle(ref)
-                if not refs:
-                    time.sleep(self._wait_timeout())
-                self._pool.check_start_deadline()
-                self._check_progress()
-                self._periodic()
+            if self._table.unfinished_in(POOL):
+                self._run_pool()
+            if self._pool is not None:
+                self._pool.shutdown()  # its devices go to the gang
+            if self._table.unfinished_in(GANG):
+                GangPhase(self.spec, gangs, self._table, self._sources, executor, self).run()
         finally:
             self._stop()
+
+    def _run_pool(self) -> None:
+        executor, resources = self._executor, self.spec.resources
+        self._pool = ActorPool(executor, executor.plan.num_actors, start_timeout_s=resources.actor_start_timeout_s)
+        while self._table.unfinished_in(POOL):
+            self._lease.check()
+            self._dispatch()
+            refs = [*self._attempts, *self._pool.starting_refs]
+            for ref in executor.wait(refs, self._wait_timeout()) if refs else []:
+                self._handle(ref)
+            if not refs:
+                time.sleep(self._wait_timeout())
+            self._pool.check_start_deadline()
+            self._check_progress()
+            self._periodic()
 
     def _dispatch(self) -> None:
         now = time.monotonic()
@@ -205,12 +224,12 @@ class Coordinator:
             sid = self._table.pop_runnable(now)
             if sid is None:
                 return
-            attempt_id = uuid.uuid4().hex[:12]
-            running = self._table.start(sid, attempt_id, started_at=time.time(), started=now)
-            decode_ref, ref = self._executor.submit(slot.actor, self._sources[sid], attempt_id)
+            running = self.begin(sid, actor=slot.index)
+            gangs = self._executor.gang_plan  # a length known only once decoded may send it to a gang
+            hand_back = gangs.min_frames if gangs and self._table.expected_frames(sid) is None else None
+            decode_ref, ref = self._executor.submit(slot.actor, self._sources[sid], running.attempt_id, hand_back)
             slot.inflight.add(ref)
-            self._attempts[ref] = _Attempt(sid, attempt_id, slot, slot.actor, decode_ref, now)
-            log_event(logger, "sequence_start", sequence_id=sid, attempt=running.attempt, actor=slot.index)
+            self._attempts[ref] = _Attempt(sid, running, slot, slot.actor, decode_ref)
 
     def _wait_timeout(self) -> float:
         due = self._table.next_retry_at()
@@ -227,21 +246,46 @@ class Coordinator:
         try:
             result = self._executor.get(ref)
         except Exception as exc:
-            kind = classify(exc)
-            if kind == "init":
-                raise InfrastructureError(describe(exc)) from exc
-            if kind == "actor_lost" and attempt.slot.actor is attempt.actor:
+            if classify(exc) == "actor_lost" and attempt.slot.actor is attempt.actor:
                 log_event(
                     logger, "actor_lost", logging.WARNING, actor=attempt.slot.index, sequence_id=attempt.sequence_id
                 )
                 self._pool.replace(attempt.slot)
-            discard_attempt(self.store, self.layout, attempt.sequence_id, attempt.attempt_id)
-            self._attempt_failed(attempt.sequence_id, kind, describe(exc))
+            self.failed(attempt.sequence_id, attempt.running, exc)
             return
-        self._commit(attempt, result)
+        self.commit(attempt.sequence_id, attempt.running, result)
 
-    def _commit(self, attempt: _Attempt, result: Any) -> None:
-        sid = attempt.sequence_id
+    # -- one attempt, wherever it runs (the pool above, or pipeline.gang_phase) ---------------
+
+    def begin(self, sid: str, **where: Any) -> RunningAttempt:
+        """Start an attempt of `sid`; `where` (actor=i or gang=G) goes into its log line."""
+        running = self._table.start(sid, uuid.uuid4().hex[:12], started_at=time.time(), started=time.monotonic())
+        if "gang" in where:
+            self._on_gang[sid] = where["gang"]
+        log_event(logger, "sequence_start", sequence_id=sid, attempt=running.attempt, **where)
+        return running
+
+    def failed(self, sid: str, attempt: RunningAttempt, exc: BaseException) -> None:
+        """The attempt raised: its staged files go, and the sequence is retried or fails."""
+        kind = classify(exc)
+        if kind == "init":
+            raise InfrastructureError(describe(exc)) from exc
+        self._on_gang.pop(sid, None)
+        discard_attempt(self.store, self.layout, sid, attempt.attempt_id)
+        if kind == "gang":
+            frames = cause_of(exc).num_frames
+            self._table.hand_to_gang(sid, frames)
+            log_event(logger, "sequence_to_gang", sequence_id=sid, frames=frames)
+            return
+        self._attempt_failed(sid, kind, describe(exc))
+
+    def tick(self) -> None:
+        """Between events of a long wait: the lease, progress, the manifest."""
+        self._lease.check()
+        self._periodic()
+
+    def commit(self, sid: str, attempt: RunningAttempt, result: Any) -> None:
+        gang = self._on_gang.pop(sid, None)
         record = self._table[sid]
         timings = {**result.timings, "total_s": time.monotonic() - attempt.started}
         self._lease.check()  # never publish into a run that another driver has taken over
@@ -269,7 +313,7 @@ class Coordinator:
         self._progress.committed(now)
         log_event(
             logger, "sequence_done", sequence_id=sid, attempt=done.attempts, frames=done.num_frames,
-            seconds=done.total_s,
+            seconds=done.total_s, gang=gang,
         )
 
     def _attempt_failed(self, sid: str, kind: str, error: str) -> None:
@@ -335,7 +379,11 @@ class Coordinator:
             "last_event_at": iso_time(time.time() - (time.monotonic() - self._last_event)),
             "skipped_inputs": self._skipped_inputs,
             "running_sequences": [
-                {"sequence_id": sid, "attempt": r.attempt, "started_at": iso_time(r.started_at)} for sid, r in running
+                {
+                    "sequence_id": sid, "attempt": r.attempt, "started_at": iso_time(r.started_at),
+                    **({"gang": self._on_gang[sid]} if sid in self._on_gang else {}),
+                }
+                for sid, r in running
             ],
         }
 

@@ -53,9 +53,9 @@ class DecodedSequence:
     def num_frames(self) -> int:
         return int(self.pixels.shape[0])
 
-    def images(self) -> torch.Tensor:
-        """float32 [S, 3, H, W] in [0, 1], identical to what load_images returned."""
-        return torch.from_numpy(self.pixels.astype(np.float32) / 255.0)
+    def images(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """float32 [S, 3, H, W] in [0, 1] (frames [start, stop)), identical to what load_images returned."""
+        return torch.from_numpy(self.pixels[start:stop].astype(np.float32) / 255.0)
 
 
 def decode_sequence(source: SequenceSource, spec: JobSpec, *, indices: Sequence[int] | None = None) -> DecodedSequence:

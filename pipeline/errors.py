@@ -40,6 +40,18 @@ class ActorInitError(InfrastructureError):
     """A model actor failed to build its model or load the checkpoint."""
 
 
+class LongSequence(PipelineError):
+    """A sequence whose frame count was known only once decoded (a video) is long enough for a gang:
+    the pool actor hands it back instead of running it (pipeline.gang_phase). Not a failure."""
+
+    def __init__(self, num_frames: int):
+        super().__init__(f"{num_frames} frames: runs on a gang")
+        self.num_frames = num_frames
+
+    def __reduce__(self):  # through Ray's pickling with its attribute
+        return type(self), (self.num_frames,)
+
+
 class RunFailedError(PipelineError):
     """A run ended with sequences failed or unfinished; `summary` says which (exit code 1).
 

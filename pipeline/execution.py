@@ -20,14 +20,14 @@ from .actors import ModelWorker
 from .cluster import connect
 from .decode import decode_sequence
 from .discovery import SequenceSource
-from .errors import ActorInitError, InputError, SpecError
+from .errors import ActorInitError, InputError, LongSequence, SpecError
 from .redaction import get_logger, redact_text
 from .spec import JobSpec
 from .testing import faults
 
 logger = get_logger(__name__)
 
-FailureKind = Literal["input", "actor_lost", "init", "transient"]
+FailureKind = Literal["input", "actor_lost", "init", "transient", "gang"]
 # `process` calls an actor runs at once: one sequence computing, one writing. Further in-flight
 # sequences wait in the actor's queue with their decoding done, not in its memory.
 ACTOR_CONCURRENCY = 2
@@ -80,9 +80,13 @@ class Executor(Protocol):
     """What the coordinator needs from a cluster (`RayExecutor`; a fake in bench/coordinator_scale.py)."""
 
     plan: ActorPlan
+    gang_plan: Any  # pipeline.gang_phase.GangPlan, or None: every sequence on one actor
 
     def start_actor(self) -> tuple[Any, Any]: ...
-    def submit(self, actor: Any, source: SequenceSource, attempt_id: str) -> tuple[Any, Any]: ...
+    def submit(
+        self, actor: Any, source: SequenceSource, attempt_id: str, gang_min_frames: int | None = None
+    ) -> tuple[Any, Any]: ...
+    def decode(self, source: SequenceSource) -> Any: ...
     def wait(self, refs: list[Any], timeout: float) -> list[Any]: ...
     def get(self, ref: Any) -> Any: ...
     def cancel(self, ref: Any) -> None: ...
@@ -95,9 +99,13 @@ def ray_executor(spec: JobSpec, address: str | None = None) -> Iterator[RayExecu
     """A RayExecutor on the cluster at `address` (or a local one, shut down again afterwards)."""
     started = connect(address, spec.resources.ray_connect_timeout_s)
     try:
+        from .gang_phase import plan_gang
+
         plan = plan_actors(spec, ray.cluster_resources(), fixed_size=started)  # a cluster we started cannot grow
+        nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+        gang_plan = plan_gang(spec, nodes, plan, fixed_size=started)
         logger.info("starting %d model actor(s) (gpus=%s cpus=%s each)", plan.num_actors, plan.num_gpus, plan.num_cpus)
-        yield RayExecutor(spec, plan)
+        yield RayExecutor(spec, plan, gang_plan)
     finally:
         if started:
             ray.shutdown()
@@ -106,9 +114,10 @@ def ray_executor(spec: JobSpec, address: str | None = None) -> Iterator[RayExecu
 class RayExecutor:
     """Starts actors and submits sequences; the only module that talks to Ray's task API."""
 
-    def __init__(self, spec: JobSpec, plan: ActorPlan):
+    def __init__(self, spec: JobSpec, plan: ActorPlan, gang_plan: Any = None):
         self._spec = spec
         self.plan = plan
+        self.gang_plan = gang_plan
         self._actor_cls = ray.remote(ModelWorker).options(
             num_gpus=plan.num_gpus,
             num_cpus=plan.num_cpus,
@@ -139,10 +148,17 @@ class RayExecutor:
         actor = self._actor_cls.remote(self._spec_ref)
         return actor, actor.ready.remote()
 
-    def submit(self, actor: Any, source: SequenceSource, attempt_id: str) -> tuple[ray.ObjectRef, ray.ObjectRef]:
-        """Decode on a CPU task, then process on `actor`; returns (decode ref, result ref)."""
-        decoded = self._decode.remote(source, self._spec_ref)
-        return decoded, actor.process.remote(source, decoded, attempt_id)
+    def submit(
+        self, actor: Any, source: SequenceSource, attempt_id: str, gang_min_frames: int | None = None
+    ) -> tuple[ray.ObjectRef, ray.ObjectRef]:
+        """Decode on a CPU task, then process on `actor`; returns (decode ref, result ref).
+        `gang_min_frames`: the actor hands back (LongSequence) a sequence that turns out this long."""
+        decoded = self.decode(source)
+        return decoded, actor.process.remote(source, decoded, attempt_id, gang_min_frames)
+
+    def decode(self, source: SequenceSource) -> ray.ObjectRef:
+        """A CPU task that decodes one sequence (its result goes to the actor(s) that run it)."""
+        return self._decode.remote(source, self._spec_ref)
 
     @staticmethod
     def wait(refs: list[ray.ObjectRef], timeout: float) -> list[ray.ObjectRef]:
@@ -179,13 +195,20 @@ def _resources(resources: dict[str, float]) -> str:
     return "{" + ", ".join(f"{k} {v / 2**30:.1f} GiB" if k in names else f"{k} {v:g}" for k, v in shown.items()) + "}"
 
 
+def cause_of(exc: BaseException) -> BaseException:
+    """What was raised in the task or actor (not Ray's wrapper)."""
+    return exc.cause if isinstance(exc, RayTaskError) and exc.cause is not None else exc
+
+
 def classify(exc: BaseException) -> FailureKind:
     """What a failure means for the sequence (see pipeline.errors)."""
-    cause = exc.cause if isinstance(exc, RayTaskError) and exc.cause is not None else exc
+    cause = cause_of(exc)
     if isinstance(cause, InputError):
         return "input"
     if isinstance(cause, ActorInitError):
         return "init"
+    if isinstance(cause, LongSequence):
+        return "gang"  # not a failure: the sequence goes to the gang lane
     if isinstance(exc, RayActorError):
         return "actor_lost"
     return "transient"  # lost nodes/objects, crashed workers, I/O errors: worth another try
@@ -193,6 +216,6 @@ def classify(exc: BaseException) -> FailureKind:
 
 def describe(exc: BaseException) -> str:
     """A one-line error for the manifest (the cause, not Ray's wrapper and traceback)."""
-    cause = exc.cause if isinstance(exc, RayTaskError) and exc.cause is not None else exc
+    cause = cause_of(exc)
     lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
     return redact_text(f"{type(cause).__name__}: {lines[0] if lines else ''}")[:2000]

@@ -4,23 +4,34 @@ One Ray placement group reserves the G actors' resources on one node at once (ST
 or nothing, and NCCL then runs over the node's NVLink); the actors form a torch.distributed group
 (rendezvous at rank 0's node address and a free port; NCCL on GPUs, gloo on CPUs) and each runs
 `zipmap_core.engines.reconstruct_distributed` on its contiguous share of the sequence's frames.
-The frames come back to the caller in sequence order.
 
-The coordinator does not use it yet: every sequence still runs on one model actor, and
-`engine.frame_parallel` > 1 is refused in a job spec. It is the building block for the pipeline's
-long sequences (a gang started for sequences longer than a threshold, each member writing its own
-share's outputs); README, "One sequence on several GPUs".
+In a run (`process`), every member also prepares its own frames for writing (rows, filtered
+points, depth rows: the per-pixel work, spread over the gang) and rank 0 writes the sequence's
+staged files with the same `SequenceWriter` a single model actor uses: its own frames first,
+then the others' prepared frames, in order, through Ray's object store. So a gang attempt leaves
+exactly the files a single actor's attempt leaves, for the coordinator to commit.
+A failed sequence ends the gang (its members are killed): the caller starts a new one.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import time
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
-from .actors import build_model
+from .actors import AttemptResult, build_model
+from .decode import DecodedSequence
+from .discovery import SequenceSource
+from .errors import ActorInitError
+from .layout import RunLayout
+from .outputs import PreparedFrame, SequenceWriter, prepare_frame
+from .overlap import frame_writers, in_background, map_in_processes
 from .spec import JobSpec
+from .storage import Store
+from .testing import faults
 
 
 class GangMember:
@@ -28,10 +39,24 @@ class GangMember:
 
     def __init__(self, spec: JobSpec, rank: int, size: int):
         self._spec, self.rank, self.size = spec, rank, size
-        self._model, self._device = build_model(spec)
+        import ray
+
+        self._info: dict[str, Any] = {"rank": rank, "host": socket.gethostname(), "pid": os.getpid()}
+        if ray.is_initialized():  # the GPUs Ray gave this member (CUDA_VISIBLE_DEVICES)
+            self._info["gpus"] = [str(g) for g in ray.get_gpu_ids()]
+        self._init_error: str | None = None
+        self._writers = frame_writers(spec.resources.frame_writer_processes)
+        try:
+            self._model, self._device = build_model(spec)
+            self._info["device"] = str(self._device)
+        except Exception as exc:  # reported by info(): a broken checkpoint must stop the run
+            self._init_error = f"{type(exc).__name__}: {exc}"
 
     def info(self) -> dict[str, Any]:
-        return {"rank": self.rank, "host": socket.gethostname(), "pid": os.getpid(), "device": str(self._device)}
+        """Raises ActorInitError if the model could not be built; else describes the member."""
+        if self._init_error is not None:
+            raise ActorInitError(f"gang member on {self._info['host']} failed to start: {self._init_error}")
+        return dict(self._info)
 
     def rendezvous_address(self) -> str:
         """Rank 0: where the others meet it (this node's address, a port free right now)."""
@@ -52,13 +77,60 @@ class GangMember:
 
     def reconstruct(self, images) -> list:
         """This member's share of the sequence -> its FramePredictions (indices in the whole sequence)."""
-        import torch
-
-        from zipmap_core.engines import reconstruct_distributed
-
         engine = self._spec.engine.model_copy(update={"mode": "chunked", "frame_parallel": self.size})
-        with torch.inference_mode():
-            return list(reconstruct_distributed(self._model, images, engine, device=self._device))
+        return list(self._frames(images, engine))  # "auto" decided by the engine, from every share
+
+    def process(
+        self, source: SequenceSource, decoded: DecodedSequence, attempt_id: str, others: list | None = None
+    ) -> AttemptResult | list[PreparedFrame]:
+        """Run this member's share of one sequence. Rank 0 (`others`: the other members' result refs,
+        in rank order) writes the attempt's staged files and returns its AttemptResult; the other
+        ranks return their prepared frames."""
+        import ray
+
+        from zipmap_core.engines import frame_shares
+
+        self.info()
+        start = time.perf_counter()
+        shares = frame_shares(decoded.num_frames, self.size)
+        begin, stop = shares[self.rank]
+        images = decoded.images(begin, stop)
+        engine = self._engine(decoded.num_frames, images.shape[-2:], max(b - a for a, b in shares))
+        writer = SequenceWriter(self._spec, source.sequence_id, decoded.frame_uris, decoded.source_sizes)
+        writer.engine = {**engine.settings(), "frame_parallel": self.size}
+        timer = {"infer_s": 0.0}
+        try:
+            mine = map_in_processes(
+                partial(prepare_frame, writer.frame_format), self._frames(images, engine, timer), self._writers
+            )
+            if self.rank:
+                prepared = []
+                for frame in mine:
+                    prepared.append(frame)
+                    faults.crash_point(faults.ACTOR_CRASH_POINT, source.sequence_id)
+                return prepared
+            for frame in mine:
+                writer.add_prepared(frame)
+                faults.crash_point(faults.ACTOR_CRASH_POINT, source.sequence_id)
+            for ref in others or []:
+                for frame in ray.get(ref):
+                    writer.add_prepared(frame)
+            store, layout = Store(self._spec.run_uri, self._spec.storage), RunLayout(self._spec.run_uri)
+            staged = writer.finish(store, layout, attempt_id)
+        finally:
+            writer.close()
+        return AttemptResult(
+            sequence_id=source.sequence_id,
+            attempt_id=attempt_id,
+            staged=staged,
+            timings={
+                "decode_s": decoded.decode_s,
+                "infer_s": timer["infer_s"],
+                "write_s": time.perf_counter() - start - timer["infer_s"],
+            },
+            worker={**self._info, "gang": self.size},
+            engine=writer.engine,
+        )
 
     def leave(self) -> None:
         import torch.distributed as dist
@@ -66,19 +138,54 @@ class GangMember:
         if dist.is_initialized():
             dist.destroy_process_group()
 
+    def _engine(self, total: int, hw, largest_share: int):
+        """The spec's engine, chunked over the gang, with "auto" decided as for one process running
+        the whole sequence: identically in every member (zipmap_core.engines.reconstruct_distributed)."""
+        from zipmap_core.engines.auto import resolve_engine
+
+        engine = self._spec.engine.model_copy(update={"mode": "chunked", "frame_parallel": self.size})
+        return resolve_engine(engine, self._model, total, tuple(hw), self._device, run_frames=largest_share)
+
+    def _frames(self, images, engine, timer: dict | None = None):
+        """This member's frames, computed in a background thread (the collectives run between them)."""
+        import torch
+
+        from zipmap_core.engines import reconstruct_distributed
+
+        def infer():
+            with torch.inference_mode():
+                begin = time.perf_counter()
+                yield from reconstruct_distributed(self._model, images, engine, device=self._device)
+                if timer is not None:
+                    timer["infer_s"] = time.perf_counter() - begin
+
+        return in_background(infer, max_ahead=2 * engine.chunk_size)
+
 
 class Gang:
-    """G members placed together; `reconstruct(images)` runs one sequence on all of them. A failed
-    sequence ends the gang (its members are killed): start a new one to go on."""
+    """G members placed together. `reconstruct(images)` runs one sequence on all of them and
+    returns its frames; `submit` runs one pipeline attempt. A failed sequence ends the gang (its
+    members are killed): start a new one to go on."""
 
     def __init__(
-        self, spec: JobSpec, size: int, *, num_cpus: float = 1, num_gpus: float = 0, timeout_s: float = 600
+        self,
+        spec: JobSpec,
+        size: int,
+        *,
+        num_cpus: float = 1,
+        num_gpus: float = 0,
+        resources: dict[str, float] | None = None,
+        timeout_s: float = 600,
+        collective_timeout_s: float | None = None,
     ):
+        """Waits up to `timeout_s` for room and for the members to start; a collective that waits
+        longer than `collective_timeout_s` (default: timeout_s) fails, so a lost peer cannot hang
+        the others forever."""
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        bundle = {"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {})}
+        bundle = {"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {}), **(resources or {})}
         self._group = placement_group([bundle] * size, strategy="STRICT_PACK")
         try:
             ray.get(self._group.ready(), timeout=timeout_s)
@@ -86,20 +193,36 @@ class Gang:
             ray.util.remove_placement_group(self._group)
             raise TimeoutError(f"no node had room for a gang of {size} x {bundle} within {timeout_s:g} s") from None
         member = ray.remote(GangMember)
-        self.members = [
-            member.options(
-                num_cpus=num_cpus,
-                num_gpus=num_gpus,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self._group, placement_group_bundle_index=rank),
-            ).remote(spec, rank, size)
-            for rank in range(size)
-        ]
+        env = {"runtime_env": env} if (env := faults.ray_runtime_env()) else {}  # tests only
+        self.members = []
         try:
+            for rank in range(size):
+                strategy = PlacementGroupSchedulingStrategy(self._group, placement_group_bundle_index=rank)
+                self.members.append(
+                    member.options(
+                        num_cpus=num_cpus, num_gpus=num_gpus, resources=resources or None, max_restarts=0,
+                        scheduling_strategy=strategy, **env,
+                    ).remote(spec, rank, size)
+                )
+            self.info = ray.get([m.info.remote() for m in self.members], timeout=timeout_s)
             address = ray.get(self.members[0].rendezvous_address.remote(), timeout=timeout_s)
-            ray.get([m.join.remote(address, timeout_s) for m in self.members], timeout=timeout_s)
+            collective_s = collective_timeout_s or timeout_s
+            ray.get([m.join.remote(address, collective_s) for m in self.members], timeout=timeout_s)
         except Exception:
             self.shutdown()
             raise
+
+    @property
+    def size(self) -> int:
+        return len(self.members)
+
+    def submit(self, source: SequenceSource, decoded: Any, attempt_id: str) -> tuple[Any, list[Any]]:
+        """One attempt on every member (`decoded`: a DecodedSequence or a ref to one): (rank 0's
+        AttemptResult ref, every member's ref). Wait for all of them: a member that fails leaves
+        the others waiting in a collective until the gang is shut down."""
+        rest = [m.process.remote(source, decoded, attempt_id) for m in self.members[1:]]
+        first = self.members[0].process.remote(source, decoded, attempt_id, rest)
+        return first, [first, *rest]
 
     def reconstruct(self, images) -> list[Any]:
         """images [S, 3, H, W] -> every frame's FramePrediction, in order (S >= the gang's size)."""
@@ -122,6 +245,6 @@ class Gang:
     def shutdown(self) -> None:
         import ray
 
-        for m in self.members if hasattr(self, "members") else []:
-            ray.kill(m)
+        for m in self.members:
+            ray.kill(m, no_restart=True)
         ray.util.remove_placement_group(self._group)

@@ -5,6 +5,10 @@ is due and how many sequences are in each state. All of that is kept up to date 
 change, so an event costs the same at 100 sequences as at 100,000: counts per status, a queue
 of runnable sequences in order, a heap of retries waiting out their backoff, the attempts in
 flight, and frame totals for progress.
+
+Sequences run in lanes: the pool of model actors (the default) or a gang of actors sharing one
+sequence (pipeline.gang_phase: long sequences). Each lane has its own runnable queue and retry
+heap, so the loop of one never starts a sequence of the other.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from dataclasses import dataclass
 from .manifest import SequenceRecord, Status
 
 STATUSES: tuple[Status, ...] = ("pending", "running", "done", "failed")
+POOL, GANG = "pool", "gang"  # lanes
 
 
 @dataclass(frozen=True)
@@ -33,8 +38,9 @@ class SequenceTable:
     def __init__(self) -> None:
         self._records: dict[str, SequenceRecord] = {}
         self._counts: Counter[str] = Counter(dict.fromkeys(STATUSES, 0))
-        self._runnable: deque[str] = deque()
-        self._backoff: list[tuple[float, int, str]] = []  # (not before, tie-break, id)
+        self._runnable: dict[str, deque[str]] = {POOL: deque(), GANG: deque()}
+        self._backoff: dict[str, list[tuple[float, int, str]]] = {POOL: [], GANG: []}  # (not before, tie, id)
+        self._gang: set[str] = set()  # sequences of the gang lane (few: only long ones go there)
         self._tie = itertools.count()
         self._running: dict[str, RunningAttempt] = {}
         self._session_attempts: Counter[str] = Counter()
@@ -58,7 +64,7 @@ class SequenceTable:
         if record.status == "done":
             self.frames_done += record.num_frames or 0
         elif record.status == "pending":
-            self._runnable.append(sid)
+            self._runnable[POOL].append(sid)
             self._expect(sid, expected_frames)
 
     # -- questions the loop asks -------------------------------------------------------------
@@ -87,17 +93,52 @@ class SequenceTable:
     def session_attempts(self, sid: str) -> int:
         return self._session_attempts[sid]
 
-    def pop_runnable(self, now: float) -> str | None:
-        """The next sequence to start: retries whose backoff is over first, then in order."""
+    def pop_runnable(self, now: float, lane: str = POOL) -> str | None:
+        """The lane's next sequence to start: retries whose backoff is over first, then in order."""
+        backoff, runnable = self._backoff[lane], self._runnable[lane]
         due = []
-        while self._backoff and self._backoff[0][0] <= now:
-            due.append(heapq.heappop(self._backoff)[2])
-        self._runnable.extendleft(reversed(due))
-        return self._runnable.popleft() if self._runnable else None
+        while backoff and backoff[0][0] <= now:
+            due.append(heapq.heappop(backoff)[2])
+        runnable.extendleft(reversed(due))
+        return runnable.popleft() if runnable else None
 
-    def next_retry_at(self) -> float | None:
-        """When the earliest retry waiting out its backoff becomes runnable."""
-        return self._backoff[0][0] if self._backoff else None
+    def next_retry_at(self, lane: str = POOL) -> float | None:
+        """When the lane's earliest retry waiting out its backoff becomes runnable."""
+        backoff = self._backoff[lane]
+        return backoff[0][0] if backoff else None
+
+    def lane(self, sid: str) -> str:
+        return GANG if sid in self._gang else POOL
+
+    def unfinished_in(self, lane: str) -> int:
+        """Pending or running sequences of a lane (the gang lane's are counted one by one: few)."""
+        gang = sum(self._records[sid].status in ("pending", "running") for sid in self._gang)
+        return gang if lane == GANG else self._counts["pending"] + self._counts["running"] - gang
+
+    def expected_frames(self, sid: str) -> int | None:
+        """Frames an unfinished sequence will give, if known before decoding."""
+        return self._expected.get(sid)
+
+    def hand_to_gang(self, sid: str, frames: int) -> None:
+        """A running sequence whose decoded length (`frames`) sends it to the gang lane: its
+        attempt is not counted, as it never ran."""
+        record = self._records[sid]
+        self._running.pop(sid)
+        record.attempts -= 1
+        self._session_attempts[sid] -= 1
+        self._move(record, "pending")
+        self._unexpect(sid)
+        self._expect(sid, frames)
+        self._gang.add(sid)
+        self._runnable[GANG].append(sid)
+
+    def send_to_gang(self, sids: set[str]) -> None:
+        """Move these pending, not yet started sequences to the gang lane (one pass over the queue)."""
+        sids = {sid for sid in sids if self._records[sid].status == "pending"}
+        pool = self._runnable[POOL]
+        self._runnable[POOL] = deque(sid for sid in pool if sid not in sids)
+        self._runnable[GANG].extend(sid for sid in pool if sid in sids)
+        self._gang |= sids
 
     # -- state changes -----------------------------------------------------------------------
 
@@ -125,7 +166,7 @@ class SequenceTable:
     def retry(self, sid: str, kind: str, error: str, not_before: float) -> None:
         record = self._fail_attempt(sid, kind, error)
         self._move(record, "pending")
-        heapq.heappush(self._backoff, (not_before, next(self._tie), sid))
+        heapq.heappush(self._backoff[self.lane(sid)], (not_before, next(self._tie), sid))
 
     def fail(self, sid: str, kind: str, error: str) -> None:
         record = self._fail_attempt(sid, kind, error)

@@ -175,6 +175,12 @@ class ResourcesSpec(_Section):
     progress_timeout_s: float = Field(default=1800.0, gt=0)
     # Give up when the Ray cluster to join does not answer within this long (exit code 3).
     ray_connect_timeout_s: float = Field(default=60.0, gt=0)
+    # Sequences of at least this many frames (after sampling) run on a gang of
+    # engine.frame_parallel actors, one sequence over their GPUs (pipeline.gang_phase). Below a few
+    # thousand frames one H200 takes under 20 s a sequence (2000 frames: 17.5 s, 2 GPUs 9.2 s),
+    # about what starting a gang costs (G actors load the model, join a process group, compile);
+    # from 5000 frames (47 s on one H200, 24 s on two) a gang saves more than it costs.
+    gang_min_frames: int = Field(default=5000, ge=2)
 
     @property
     def frame_writer_processes(self) -> int:
@@ -330,10 +336,16 @@ class JobSpec(_Section):
                 f"engine.mode 'streaming' needs engine.window: preset {model.name!r} has no default window"
             )
         if self.engine.frame_parallel not in (1, "auto"):
-            raise ValueError(
-                f"engine.frame_parallel={self.engine.frame_parallel}: the pipeline runs each sequence on one "
-                "actor (auto means 1 here); spread one sequence over GPUs with torchrun (README)"
-            )
+            gang = f"engine.frame_parallel={self.engine.frame_parallel} (a gang of actors per long sequence)"
+            if model.global_block != "ttt":
+                raise ValueError(f"{gang} needs a TTT model; preset {model.name!r} is not one")
+            if self.scene_state.enabled:
+                raise ValueError(f"{gang} keeps no scene state: set engine.frame_parallel 1 with scene_state")
+            if self.resources.gang_min_frames < self.engine.frame_parallel:
+                raise ValueError(
+                    f"{gang}: resources.gang_min_frames={self.resources.gang_min_frames} must be at least "
+                    f"{self.engine.frame_parallel} (every member needs a frame)"
+                )
         return self
 
     @model_serializer(mode="wrap")

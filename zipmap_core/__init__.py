@@ -29,6 +29,7 @@ _EXPORTS = {
     "reconstruct": "zipmap_core.engines",
     "reconstruct_distributed": "zipmap_core.engines",
     "frame_shares": "zipmap_core.engines",
+    "open_stream": "zipmap_core.engines",
     "ImageLoadError": "zipmap_core.images",
     "load_images": "zipmap_core.images",
     "preprocess_images": "zipmap_core.images",

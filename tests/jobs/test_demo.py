@@ -68,7 +68,7 @@ def test_demo_runs_end_to_end(local_ray, tmp_path, capsys):
         str(WIDTH),
         "--no-progress",
     ]
-    assert demo.main(argv) == 0
+    assert demo.main([*argv, "--cost-frames", "2", "5"]) == 0
     printed = capsys.readouterr().out
 
     metrics = json.loads((out / "metrics.json").read_text())
@@ -116,9 +116,20 @@ def test_demo_runs_end_to_end(local_ray, tmp_path, capsys):
     assert f"{run}/points/<sequence>.ply" in printed and str(out / "metrics.json") in printed
     assert f"{run}/report.html" in printed and (run / "report.html").is_file()  # the run's report, at its end
 
-    # a second run reuses the dataset instead of rendering it again
-    assert demo.main(argv) == 0
-    assert "reused the dataset" in capsys.readouterr().out
+    # the cost side: both architectures measured at the requested lengths, at 56x42 on the CPU
+    cost = metrics["cost"]
+    assert [(r["model"], r["frames"]) for r in cost["runs"]] == [
+        (m, n) for m in ("demo_ttt", "demo_attention") for n in (2, 5)
+    ]
+    assert all(r["seconds"] > 0 and r["peak_bytes"] > 0 and (r["height"], r["width"]) == (42, 56) for r in cost["runs"])
+    assert "[4/4] time and memory of demo_ttt and demo_attention" in printed
+    assert "the cost side, measured now on cpu, 1 thread" in printed and cost["table"] in printed
+
+    # a second run reuses the dataset instead of rendering it again; --cost off skips step 4
+    assert demo.main([*argv, "--cost", "off"]) == 0
+    printed = capsys.readouterr().out
+    assert "reused the dataset" in printed and "[3/3] scoring" in printed and "the cost side" not in printed
+    assert "cost" not in json.loads((out / "metrics.json").read_text())
 
 
 def test_missing_weights_fail_clearly_before_any_work(tmp_path, monkeypatch, capsys):
@@ -148,6 +159,8 @@ def test_a_folder_that_is_not_a_demo_dataset_is_left_alone(tmp_path, capsys):
         (["--height", "224", "--width", "168"], "must not exceed --width"),
         (["--frames", "1"], "at least 2"),
         (["--sequences", "0"], "at least 1"),
+        (["--cost-frames", "8", "0"], "--cost-frames must be positive"),
+        (["--cost", "huge"], "invalid choice"),
     ],
 )
 def test_bad_arguments_are_usage_errors(args, message, capsys):

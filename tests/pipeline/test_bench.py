@@ -193,3 +193,69 @@ def test_commit_record_benchmark_smoke(capsys):
                 assert row[key][0] > 0 and row[key][1] >= 0, (key, row)
     out = capsys.readouterr().out
     assert "status before" in out and "moto over HTTP" in out
+
+
+def test_streaming_latency_benchmark_smoke(capsys):
+    """Tiny model on the CPU: every variant's statistics, the offline reference, and the graphed
+    stream's static-buffer step (run eagerly off CUDA) giving the eager stream's predictions."""
+    bench = _load("streaming_latency")
+    results = bench.main([
+        "--preset", "tiny", "--window", "1", "--device", "cpu", "--height", "56", "--width", "84",
+        "--frames", "7", "--float32-frames", "5", "--settle", "2", "--variants", "float32", "fast", "fast+graph",
+        "--offline", "fast", "--offline-repeats", "1",
+    ])
+    rows = results["streaming"]
+    assert set(rows) == {"float32", "fast", "fast+graph"}
+    assert rows["float32"]["frames"] == 5 and rows["fast"]["frames"] == rows["fast+graph"]["frames"] == 7
+    for row in rows.values():
+        assert 0 < row["median_ms"] <= row["p99_ms"] <= row["max_ms"] and row["frames_per_s"] > 0
+        assert len(row["first_frames_ms"]) == 2
+    assert results["offline"]["fast"]["frames_per_s"] > 0
+    assert rows["fast+graph"]["capture_s"] is not None  # frames 2.. ran the static-buffer step
+    same = results["graph_vs_eager"]["fast+graph"]
+    assert same["frames"] == 7 and same["depth_of_max"] < 1e-3 and same["extrinsic_max_abs"] < 1e-3, same
+    assert "| fast+graph |" in capsys.readouterr().out
+
+
+def test_fp8_benchmark_smoke(capsys):
+    """Tiny model on the CPU (FP8 products computed in float32 there): every table's rows."""
+    results = _load("fp8").main([
+        "--preset", "tiny", "--device", "cpu", "--frames", "3", "--height", "56", "--width", "84",
+        "--repeats", "1", "--gemm-tokens", "32",
+    ])
+    full = results["full_size"]
+    assert set(full["timings"]) == {"float32", "bf16", "fp8"}
+    assert all(t["time_s"] > 0 for t in full["timings"].values())
+    for name in ("bf16", "fp8"):
+        assert 0 < full["errors_vs_float32"][name]["depth"] < 0.05
+    assert full["fp8_vs_bf16"]["depth"] > 0  # FP8 really ran
+    assert set(results["trained_demo"]) == {"autocast_bf16", "bf16", "fp8"}
+    assert set(results["gemm"]) == {"1024->4096", "4096->1024"}
+    out = capsys.readouterr().out
+    assert "| fp8 |" in out and "GEMMs alone" in out
+
+
+def test_cost_benchmark_smoke(tmp_path, capsys):
+    rows = _load("cost").main(
+        ["--presets", "tiny", "--frames", "2", "4", "--height", "28", "--width", "28", "--device", "cpu",
+         "--threads", "1", "--repeats", "2", "--json", str(tmp_path / "cost.json")]
+    )
+    assert [(r["model"], r["frames"]) for r in rows] == [("tiny", 2), ("tiny", 4)]
+    assert all(r["seconds"] > 0 and r["peak_bytes"] > 0 for r in rows)
+    assert json.loads((tmp_path / "cost.json").read_text())["rows"] == rows
+    assert "from 2 to 4 frames (x2): tiny time x" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_long_sequences_benchmark_smoke(tmp_path, capsys, monkeypatch):
+    """bench/long_sequences.py on the CPU with the tiny model: old and new store, one table."""
+    monkeypatch.syspath_prepend(str(BENCH))  # it imports bench/timing.py by name
+    result = _load("long_sequences").main(
+        ["--device", "cpu", "--preset", "tiny", "--height", "28", "--width", "42", "--chunk-size", "2",
+         "--frames", "3", "--old-frames", "3", "--repeats", "2", "--json", str(tmp_path / "r.json")]
+    )
+    old, new = result["runs"]
+    assert (old["variant"], new["variant"], old["frames"], new["frames"]) == ("old", "new", 3, 3)
+    assert all(r["first_s"] > 0 and r["warm_s"] > 0 and r["frames_per_s"] > 0 for r in (old, new))
+    assert json.loads((tmp_path / "r.json").read_text())["runs"] == result["runs"]
+    assert "| 3 | new |" in capsys.readouterr().out

@@ -6,7 +6,7 @@ import pytest
 from ray.exceptions import ActorDiedError, RayTaskError, WorkerCrashedError
 
 from pipeline.errors import ActorInitError, InputError, SpecError
-from pipeline.execution import classify, describe, plan_actors
+from pipeline.execution import cause_of, classify, describe, plan_actors
 
 from .conftest import make_spec
 
@@ -50,6 +50,10 @@ def _task_error(cause: Exception) -> RayTaskError:
 
 
 def test_classify_failures():
+    from pipeline.errors import LongSequence
+
+    long = _task_error(LongSequence(9000))
+    assert classify(long) == "gang" and cause_of(long).num_frames == 9000
     assert classify(_task_error(InputError("bad frames"))) == "input"
     assert classify(_task_error(ActorInitError("no checkpoint"))) == "init"
     assert classify(ActorDiedError()) == "actor_lost"

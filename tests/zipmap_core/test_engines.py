@@ -216,3 +216,29 @@ def test_world_points_are_the_unprojected_depth(images):
         torch.from_numpy(frame.depth), torch.from_numpy(frame.extrinsic), torch.from_numpy(frame.intrinsic)
     )
     np.testing.assert_allclose(frame.world_points, expected.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_chunked_auto_keeps_head_inputs_that_fit_only_in_their_compact_form(images, monkeypatch):
+    """7 frames of 56x84: 3712 B of tokens and 4224 B of head inputs a frame (the four projections
+    were 8448 B). Under a 56 kB host budget the compact inputs fit, so `auto` keeps them and the
+    trunk runs once; the result is the `keep` path's, bit for bit."""
+    from zipmap_core.engines import chunked
+
+    model = tiny()
+    assert chunked.head_input_bytes(model, (56, 84), local_points=False) == 4224
+    reruns = []
+
+    def counted(*args, **kwargs):
+        reruns.append(args[3])
+        return rerun(*args, **kwargs)
+
+    rerun = chunked._rerun_for_heads
+    monkeypatch.setattr(chunked, "_rerun_for_heads", counted)
+    common = {"mode": "chunked", "chunk_size": 2, "gpu_cache_gb": 0.0, **EXACT}
+    budget = {"host_memory_budget_gb": 56_000 / 2**30}
+    auto = list(reconstruct(model, images, EngineConfig(head_inputs="auto", **budget, **common)))
+    assert reruns == []
+    keep = list(reconstruct(model, images, EngineConfig(head_inputs="keep", **common)))
+    assert set(max_rel_error(keep, auto).values()) == {0.0}
+    list(reconstruct(model, images, EngineConfig(head_inputs="auto", host_memory_budget_gb=40_000 / 2**30, **common)))
+    assert reruns == [0, 2, 4, 6]  # a smaller budget: the trunk reruns per chunk for the heads

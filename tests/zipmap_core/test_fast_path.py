@@ -71,20 +71,32 @@ def test_fast_path_matches_float32_on_a_trained_model(trained, scene, mode):
 def assert_fast_path_matches_float32(trained: ZipMap, scene: torch.Tensor, mode: str) -> None:
     """Cameras as close to float32 as under plain bf16 autocast (the released code's precision);
     dense maps within bf16 rounding (the fast path runs the DPT heads in bf16, not float32). On
-    the device `trained` is on (test_gpu.py runs it on CUDA)."""
+    the device `trained` is on (test_gpu.py runs it on CUDA).
+
+    On CUDA the trunk's MLPs compute GELU's tanh form in the GEMM epilogue: a slightly different
+    function, so cameras move by as much again as bf16 rounding does (measured on an H200 with
+    bench/fastpath_ablation.py: up to 1.9x autocast's error, and with the exact GELU exactly
+    autocast's). Both are checked: the exact-GELU fast path against autocast, the epilogue within
+    twice autocast's error. The bf16 heads put the median depth error at 0.24% on a CPU and 0.57%
+    on an H200 (one bf16 step is 0.39%)."""
     device = next(trained.parameters()).device
     common = {"mode": mode, "chunk_size": 4, "window": 3, "local_points": True}
     # explicit precisions: on CUDA "auto" would be the fast path, which casts `trained` in place
     ref = list(reconstruct(trained, scene, EngineConfig(dtype="float32", **common), device=device))
     plain_bf16 = EngineConfig(dtype="bfloat16", fast=False, **common)
     autocast = errors(list(reconstruct(trained, scene, plain_bf16, device=device)), ref)
-    fast_model = copy.deepcopy(trained)
     fast_engine = EngineConfig(dtype="bfloat16", fast=True, **common)
+    fast_model = copy.deepcopy(trained)
     fast = errors(list(reconstruct(fast_model, scene, fast_engine, device=device)), ref)
+    for module in fast_model.modules():
+        if isinstance(module, Mlp):
+            module.gelu_in_gemm = False
+    exact_gelu = errors(list(reconstruct(fast_model, scene, fast_engine, device=device)), ref)
     assert fast_model.aggregator.frame_blocks[0].attn.qkv.weight.dtype == torch.bfloat16
     for key in ("translation", "rotation_deg", "intrinsic"):
-        assert fast[key] <= 1.5 * autocast[key] + 1e-3, (key, fast, autocast)
-    assert fast["depth"] < 0.03 and fast["depth_median"] < 0.005, fast  # bf16: 8 bits of mantissa
+        assert exact_gelu[key] <= 1.01 * autocast[key] + 1e-6, (key, exact_gelu, autocast)
+        assert fast[key] <= 2 * autocast[key] + 1e-3, (key, fast, autocast)
+    assert fast["depth"] < 0.03 and fast["depth_median"] < 2**-7, fast  # bf16: 8 bits of mantissa
     assert fast["depth_conf"] < 0.03 and fast["local_points"] < 0.03, fast
     assert fast["depth"] > 0  # the fast path did not silently run float32
 

@@ -5,6 +5,8 @@
 - strict float32 (no TF32) in the float32 engines;
 - the chunked store's GPU cache and pinned-memory tiers, and the chunked engine through them;
 - the fast path's precision claim (test_fast_path.py's check, on CUDA);
+- FP8 linears through torch._scaled_mm (row-wise scales), against their CPU computation;
+- a window-1 stream replayed as a CUDA graph, against the same stream run eagerly;
 - the frame-parallel engine on GPUs: 2 processes with NCCL on 2 GPUs, or 2 processes sharing
   one GPU through gloo where the machine has one.
 """
@@ -18,7 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.zipmap_core.test_engines import EXACT, max_rel_error
+from tests.zipmap_core.test_engines import EXACT, max_rel_error, tiny
 from tests.zipmap_core.test_fast_path import assert_fast_path_matches_float32, demo_scene, trained_demo
 from tests.zipmap_core.test_frame_parallel import (
     CASES,
@@ -27,7 +29,8 @@ from tests.zipmap_core.test_frame_parallel import (
     sensitive_tiny,
     share_worker,
 )
-from zipmap_core import EngineConfig, reconstruct
+from zipmap_core import EngineConfig, open_stream, reconstruct
+from zipmap_core.engines.fp8 import Fp8Linear
 from zipmap_core.engines.frame_parallel import spawn
 from zipmap_core.engines.precision import autocast
 from zipmap_core.engines.store import ActivationStore
@@ -53,6 +56,40 @@ def test_gelu_in_the_gemm_epilogue_is_gelu_at_bf16_level():
     assert not torch.equal(got_fused, got_plain)  # the epilogue (tanh GELU, fused rounding) really ran
     assert rel(got_fused, want) <= 2 * rel(got_plain, want) + 1e-3, (rel(got_fused, want), rel(got_plain, want))
     assert rel(got_fused, want) < 2e-2
+
+
+def test_fp8_linear_on_cuda_is_its_cpu_computation_at_bf16_level():
+    """torch._scaled_mm (e4m3 x e4m3, row-wise float32 scales, fast accumulation, bf16 out) on
+    the trunk's shapes (1041 tokens of a 392x518 frame, 1024 -> 4096) against the same quantised
+    products summed in float32 on the CPU."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(1024, 4096).to(torch.bfloat16)
+    layer.__class__ = Fp8Linear
+    layer.fp8 = True
+    x = torch.randn(1041, 1024, dtype=torch.bfloat16)
+    with torch.no_grad():
+        layer.quantize_weight()
+        want = layer(x)
+        layer.to(CUDA).quantize_weight()
+        got = layer(x.to(CUDA))
+    assert got.dtype == torch.bfloat16
+    assert rel(got.cpu(), want) < 1e-2, rel(got.cpu(), want)
+
+
+def test_cuda_graphed_stream_gives_the_eager_streams_predictions():
+    """The bf16 fast path at window 1 (the released streaming setting), tiny model, 8 frames: the
+    graph is captured at frame 2 and replayed from then on."""
+    model = tiny(camera_head="mlp", streaming_window=1).to(CUDA)
+    images = torch.rand(8, 3, 56, 84, device=CUDA, generator=torch.Generator(CUDA).manual_seed(0))
+    engine = EngineConfig(dtype="bfloat16", fast=True, compile=False)
+    eager = open_stream(model, engine)
+    want = [f for frame in images for f in eager.push(frame)]
+    graphed = open_stream(model, engine, cuda_graph=True)
+    got = [f for frame in images for f in graphed.push(frame)]
+    assert graphed.graph is not None
+    assert [f.index for f in got] == list(range(8))
+    for field, err in max_rel_error(want, got).items():
+        assert err <= 1e-3, (field, err)
 
 
 def test_float32_engines_run_without_tf32_and_restore_the_flags():

@@ -6,7 +6,8 @@
 `images` is [S, 3, H, W] in [0, 1] (see zipmap_core.images.load_images). Frames come out in
 order; the offline engine yields them after one forward pass, the chunked engine as each chunk's
 heads finish, the streaming engine after each window. `reconstruct_distributed` spreads one
-chunked sequence over the processes of a torch.distributed group (frame_parallel.py).
+chunked sequence over the processes of a torch.distributed group (frame_parallel.py);
+`open_stream` returns a `StreamingSession` to push frames into one at a time as they arrive.
 
 `EngineConfig` and `FramePrediction` import without torch (output writers in other processes
 need only them); `reconstruct` and `StreamingSession` load torch and the engines on first use.
@@ -25,10 +26,12 @@ _LAZY = {
     "reconstruct_distributed": "zipmap_core.engines.dispatch",
     "frame_shares": "zipmap_core.engines.frame_parallel",
     "StreamingSession": "zipmap_core.engines.streaming",
+    "open_stream": "zipmap_core.engines.dispatch",
 }
 
 __all__ = [
-    "EngineConfig", "FramePrediction", "StreamingSession", "frame_shares", "reconstruct", "reconstruct_distributed"
+    "EngineConfig", "FramePrediction", "StreamingSession", "frame_shares", "open_stream", "reconstruct",
+    "reconstruct_distributed",
 ]
 
 

@@ -149,7 +149,7 @@ def resolve_engine(
     cuda = acc.type == "cuda"
     cast = weights_dtype(model) != torch.float32  # the fast path has cast this model for good
     update: dict = {}
-    wants_fast = engine.fast is True or engine.compile is True  # compile is part of the fast path
+    wants_fast = engine.fast is True or engine.compile is True or engine.fp8  # parts of the fast path
 
     dtype = engine.dtype
     if dtype == AUTO:

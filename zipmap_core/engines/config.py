@@ -50,15 +50,19 @@ class EngineConfig(BaseModel):
     gpu_cache_gb: float = Field(default=6.0, ge=0)  # chunked: activations kept on the GPU up to this
     host_memory_budget_gb: float = Field(default=32.0, gt=0)  # chunked: then pinned host memory, then scratch
     scratch_dir: str | None = None  # chunked: where spilled activations go (a temp dir by default)
-    # chunked: the DPT heads read 4 layers of every frame (their projections: about 6 MB a frame
-    # and head at full size in bf16). "keep" stores them during the pass; "recompute" reruns the
-    # trained network per chunk instead (more compute, no storage); "auto" keeps them when they fit
-    # in the host memory budget.
+    # chunked: the DPT heads read 4 layers of every frame (what `DPTHead.project_layer` makes of
+    # them: 2.3 MB a frame and head at 392x518 in bf16, next to 4.3 MB of float32 tokens). "keep"
+    # stores them during the pass; "recompute" reruns the trained network per chunk instead (more
+    # compute, no storage); "auto" keeps them when they fit in the host memory budget and GPU cache.
     head_inputs: Literal["auto", "keep", "recompute"] = "auto"
     # run the local-point head too (half of the dense-head compute); depth and cameras suffice for
     # world points, so it is off unless asked for
     local_points: bool = False
     frame_parallel: Annotated[int, Field(ge=1, le=MAX_FRAME_PARALLEL)] | Literal["auto"] = "auto"
+    # exploratory, fast path only: the trunk's big linear layers in float8 e4m3 with row-wise
+    # scales (torch._scaled_mm on Hopper; engines/fp8.py); off unless asked for, see the README for
+    # its speed and its error against float32 and bf16
+    fp8: bool = False
 
     @model_validator(mode="after")
     def _fast_needs_low_precision(self) -> EngineConfig:
@@ -66,6 +70,8 @@ class EngineConfig(BaseModel):
             raise ValueError("fast=True stores the weights in bfloat16 or float16: set dtype accordingly")
         if self.compile is True and self.fast is False:
             raise ValueError("compile=True is part of the fast path: set fast=True too")
+        if self.fp8 and (self.fast is False or self.dtype in ("float32", "float16")):
+            raise ValueError("fp8=True runs on the bfloat16 fast path: set fast=True and dtype='bfloat16' (or 'auto')")
         if self.frame_parallel not in (1, AUTO) and self.mode not in ("chunked", AUTO):
             raise ValueError(f"frame_parallel={self.frame_parallel} needs mode='chunked' (the frame-parallel engine)")
         return self
@@ -83,4 +89,6 @@ class EngineConfig(BaseModel):
             out["chunk_size"] = self.chunk_size
         if self.mode == "streaming":
             out["window"] = self.window
+        if self.fp8:
+            out["fp8"] = True
         return out

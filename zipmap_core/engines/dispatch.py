@@ -12,6 +12,7 @@ from zipmap_core.engines.auto import resolve_engine
 from zipmap_core.engines.chunked import reconstruct_chunked
 from zipmap_core.engines.compiled import compile_for_inference
 from zipmap_core.engines.config import AUTO, EngineConfig
+from zipmap_core.engines.fp8 import set_fp8
 from zipmap_core.engines.frame_parallel import exchange_shards, group_size
 from zipmap_core.engines.offline import StateSink, reconstruct_offline
 from zipmap_core.engines.precision import (
@@ -21,7 +22,7 @@ from zipmap_core.engines.precision import (
     weights_dtype,
 )
 from zipmap_core.engines.results import FramePrediction
-from zipmap_core.engines.streaming import reconstruct_streaming
+from zipmap_core.engines.streaming import GraphedStreamingSession, StreamingSession, reconstruct_streaming
 from zipmap_core.models.zipmap import ZipMap
 
 _ENGINES = {"offline": reconstruct_offline, "chunked": reconstruct_chunked, "streaming": reconstruct_streaming}
@@ -57,6 +58,38 @@ def reconstruct(
             raise ValueError(f"model {model.config.name!r} has no fast weights to keep (global_block='attention')")
         return _ENGINES[engine.mode](model, images, engine, device, on_state)
     return _ENGINES[engine.mode](model, images, engine, device)
+
+
+def open_stream(
+    model: ZipMap,
+    engine: EngineConfig | None = None,
+    *,
+    device: str | torch.device | None = None,
+    image_hw: tuple[int, int] | None = None,
+    cuda_graph: bool = False,
+) -> StreamingSession:
+    """A stream to push frames into one at a time (`session.push(frame)`: at the streaming
+    model's released window of 1, each frame's prediction as soon as it is pushed), with the
+    same predictions as `reconstruct(..., mode="streaming")` over the whole sequence. "auto"
+    settings are decided as for a one-frame sequence of `image_hw` (default: the model's image
+    size), so a stream is compiled only if `compile=True` is asked for. `cuda_graph` (window 1
+    only): replay each frame's forward pass as one CUDA graph (`GraphedStreamingSession`)."""
+    engine = (engine or EngineConfig()).model_copy(update={"mode": "streaming"})
+    if engine.frame_parallel not in (1, AUTO):
+        raise ValueError("a stream runs in one process: frame_parallel must be 1 or 'auto'")
+    device = resolve_device(device, model)
+    if not engine.resolved or engine.window is None:
+        hw = image_hw or (model.config.img_size, model.config.img_size)
+        engine = resolve_engine(engine, model, 1, hw, device)
+    window = engine.window or model.config.streaming_window
+    if window is None:
+        raise ValueError("streaming needs a window: set engine.window or the model's streaming_window")
+    if cuda_graph and window != 1:
+        raise ValueError(f"cuda_graph needs window 1 (static shapes), got window {window}")
+    _ready(model, engine)
+    if cuda_graph:
+        return GraphedStreamingSession(model, device, engine.dtype, engine.local_points)
+    return StreamingSession(model, window, device, engine.dtype, engine.local_points)
 
 
 def reconstruct_distributed(
@@ -120,4 +153,5 @@ def _ready(model: ZipMap, engine: EngineConfig) -> None:
             f"this model's weights were cast to {weights_dtype(model)} for the fast path; "
             "use EngineConfig(fast=True, ...) or load a fresh model"
         )
+    set_fp8(model, engine.fp8)
     set_newton_schulz_precision(model, engine.newton_schulz)

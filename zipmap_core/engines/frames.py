@@ -35,6 +35,20 @@ def host_arrays(*tensors: torch.Tensor | None) -> list[np.ndarray | None]:
     return [None if t is None else t.numpy() for t in out]
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy host frames to the GPU through pinned memory, without waiting for the GPU.
+
+    From pageable memory CUDA copies through staging buffers of its own, a part at a time, which
+    can hold the host thread until the stream's earlier kernels are done (the queue then runs dry
+    at every chunk; not measured apart). Staged through a pinned block of torch's caching host
+    allocator (reused once the copy that read it is done), the copy is queued behind them instead."""
+    if device.type != "cuda" or t.device.type != "cpu" or t.is_pinned():
+        return t.to(device, non_blocking=True)
+    staged = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    staged.copy_(t)
+    return staged.to(device, non_blocking=True)
+
+
 def frame_predictions(
     first_index: int,
     images: torch.Tensor,

@@ -15,6 +15,14 @@ from torch import nn
 from zipmap_core.heads.activations import activate_confidence, activate_points
 
 _POS_CACHE_SIZE = 16
+# Per layer, whether `project_layer` already resizes it and applies its layer{i}_rn convolution:
+# the three steps (projection, resize, 3x3 conv to `features` channels) are per frame, and an
+# engine that keeps the heads' inputs of long sequences stores the smallest of the forms. With the
+# full-size head (out_channels 256/512/1024/1024, features 256) that is layers 1 and 2 as projected
+# (resizing enlarges them x16 and x4) and layers 3 and 4 after their conv (256 channels at the grid
+# and at half the grid, instead of 1024 each): at 392x518 (grid 28x37) 1,128,960 values a frame
+# instead of the projections' 2,917,376 (0.39x).
+REASSEMBLED_EARLY = (False, False, True, True)
 
 
 def _upsample(x: torch.Tensor, size=None, scale_factor=None) -> torch.Tensor:
@@ -83,7 +91,8 @@ class Scratch(nn.Module):
         )
 
     def fuse(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        l1, l2, l3, l4 = (getattr(self, f"layer{i}_rn")(f) for i, f in enumerate(feats, start=1))
+        """feats: the four layers after their layer{i}_rn convolution (`features` channels)."""
+        l1, l2, l3, l4 = feats
         x = self.refinenet4(l4, size=l3.shape[2:])
         x = self.refinenet3(x, l3, size=l2.shape[2:])
         x = self.refinenet2(x, l2, size=l1.shape[2:])
@@ -120,6 +129,7 @@ class DPTHead(nn.Module):
             ]
         )
         self.scratch = Scratch(out_channels, features, hidden, output_dim)
+        self.reassembled_early = REASSEMBLED_EARLY  # (False,) * 4: the projections as they were stored before
         self.channels_last = False  # set by the fast path, whose convolutions run channels-last in bf16
         self._pos_cache: dict[tuple, torch.Tensor] = {}
 
@@ -141,9 +151,9 @@ class DPTHead(nn.Module):
     def project_layer(
         self, i: int, tokens: torch.Tensor, image_hw: tuple[int, int], patch_start_idx: int
     ) -> torch.Tensor:
-        """First stage, per aggregator layer: tokens [B, S, P, dim_in] -> [B*S, C_i, h, w] at the
-        patch grid. It is all the head needs of that layer, so an engine can keep this instead of
-        the (larger) tokens."""
+        """First stage, per aggregator layer: tokens [B, S, P, dim_in] -> [B*S, C, h, w], the
+        smallest per-frame form of that layer on the way to `decode` (see `REASSEMBLED_EARLY`). It is
+        all the head needs of that layer, so an engine can keep this instead of the tokens."""
         H, W = image_hw
         gh, gw = H // self.patch_size, W // self.patch_size
         project = self.projects[i]
@@ -151,19 +161,37 @@ class DPTHead(nn.Module):
         B, S = tokens.shape[:2]
         x = self.norm(tokens[:, :, patch_start_idx:].reshape(B * S, gh * gw, -1))
         x = project(x.transpose(1, 2).reshape(B * S, -1, gh, gw))
-        return x if pos is None else x + 0.1 * pos
+        x = x if pos is None else x + 0.1 * pos
+        return self._reassemble(i, x) if self.reassembled_early[i] else x
+
+    def _reassemble(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Layer i's projection -> its resolution (x4, x2, x1, x0.5 of the grid) -> `features` channels."""
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        return getattr(self.scratch, f"layer{i + 1}_rn")(self.resize_layers[i](x.contiguous(memory_format=layout)))
+
+    def projected_shape(self, i: int, image_hw: tuple[int, int]) -> tuple[int, int, int]:
+        """(channels, h, w) of one frame's `project_layer(i, ...)` output."""
+        gh, gw = image_hw[0] // self.patch_size, image_hw[1] // self.patch_size
+        if not self.reassembled_early[i]:
+            return self.projects[i].out_channels, gh, gw
+        resize = self.resize_layers[i]  # the identity or a stride-2 3x3 convolution (padding 1)
+        stride = resize.stride[0] if isinstance(resize, nn.Conv2d) else 1
+        return getattr(self.scratch, f"layer{i + 1}_rn").out_channels, -(-gh // stride), -(-gw // stride)
 
     def decode(
         self, projected: list[torch.Tensor], image_hw: tuple[int, int], batch: int
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Second stage: the four projected layers -> (map [B, S, H, W, C], conf [B, S, H, W] or None)."""
+        """Second stage: the four `project_layer` outputs -> (map [B, S, H, W, C], conf [B, S, H, W] or None)."""
         H, W = image_hw
         gh, gw = H // self.patch_size, W // self.patch_size
         size = (gh * self.patch_size, gw * self.patch_size)
         fused = self.scratch.output_conv1
         pos = self._position_embedding(fused.out_channels, *size, W / H, fused.weight.dtype, projected[0].device)
         layout = torch.channels_last if self.channels_last else torch.contiguous_format
-        feats = [resize(x.contiguous(memory_format=layout)) for resize, x in zip(self.resize_layers, projected)]
+        feats = [
+            x.contiguous(memory_format=layout) if early else self._reassemble(i, x)
+            for i, (x, early) in enumerate(zip(projected, self.reassembled_early))
+        ]
         x = _upsample(self.scratch.fuse(feats), size=size)
         conv, relu, last = self.scratch.output_conv2
         x = relu(conv(x if pos is None else x + 0.1 * pos))

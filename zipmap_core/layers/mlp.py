@@ -15,11 +15,12 @@ class Mlp(nn.Module):
         # set on the fast path (see precision.cast_for_inference): on CUDA, fc1's bias and GELU
         # then run in the GEMM's epilogue (cuBLASLt) instead of a pass over the 4x wide hidden
         # activations. The epilogue computes GELU's tanh form, within bf16 rounding of the exact
-        # form (erf) that the released model uses.
+        # form (erf) that the released model uses. Not while fc1 runs in FP8 (engines/fp8.py).
         self.gelu_in_gemm = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gelu_in_gemm and x.is_cuda and self.fc1.bias is not None:
+        fused = self.gelu_in_gemm and not getattr(self.fc1, "fp8", False)
+        if fused and x.is_cuda and self.fc1.bias is not None:
             w = self.fc1.weight
             flat = x.reshape(-1, x.shape[-1]).to(w.dtype)
             hidden = torch._addmm_activation(self.fc1.bias.to(w.dtype), flat, w.t(), use_gelu=True)

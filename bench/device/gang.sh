@@ -1,0 +1,14 @@
+#!/bin/sh
+# Issue #21, pipeline gangs on GPUs: a job whose long sequence runs on a gang of 2 GPUs (NCCL,
+# engine.frame_parallel auto) and whose short one runs on the pool; the long one's depth and
+# cameras against a single actor's. Needs 2 GPUs of one host (CUDA_VISIBLE_DEVICES with 2),
+# Ray/pydantic on PYTHONPATH, pytest. About 1-2 minutes (two runs of the tiny model, 4 actor and
+# 2 gang-member starts). Writes $OUT/gang_gpu.txt (pytest output with one JSON line of errors).
+set -u
+export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}  # as bench/device/README.md
+OUT=${OUT:-/tmp/gang-out}
+mkdir -p "$OUT"
+export RAY_TMPDIR=${RAY_TMPDIR:-/tmp/ray-gang-gpu}
+mkdir -p "$RAY_TMPDIR"
+nvidia-smi --query-gpu=index,name,memory.total --format=csv > "$OUT/gpus.csv" 2>&1
+python3 -m pytest -q -s -m gpu -p no:cacheprovider tests/pipeline/test_gang_gpu.py 2>&1 | tee "$OUT/gang_gpu.txt"
