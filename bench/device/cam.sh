@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue #19 on the GPU machine: train demo_ttt and demo_attention with the fixed recipe (demo presets
-# with layer scale 0.1 and sin-cos patch positions, see zipmap_core/assets/README.md) on identical
+# with layer scale 1.0 and sin-cos patch positions, see zipmap_core/assets/README.md) on identical
 # batches for the same steps, then evaluate both files as shipped (float16) next to the trivial
 # baseline on the held-out 16 x 12 set and on the demo's 9 sequences. Everything lands in $OUT:
 #   demo_ttt.safetensors, demo_attention.safetensors  trained weights (float16, ~10 MB each)
@@ -26,7 +26,7 @@ GPUS=$("$PY" -c "import torch; print(torch.cuda.device_count())")
 if [ "$GPUS" -ge 2 ]; then STEPS=${STEPS:-1100}; else STEPS=${STEPS:-700}; fi
 DEV=$([ "$GPUS" -ge 1 ] && echo cuda || echo cpu)  # cpu: smoke runs only (with tiny TRAIN_EXTRA/EVAL_EXTRA)
 # the recipe's model change: both presets in this run, until zipmap_core/config.py takes it with the new files
-read -r -a UPDATE <<< "${PRESET_UPDATE:-patch_positions=true layer_scale_init=0.1}"
+read -r -a UPDATE <<< "${PRESET_UPDATE:-patch_positions=true layer_scale_init=1.0}"
 read -r -a TRAIN_EXTRA <<< "${TRAIN_EXTRA:-}"
 read -r -a EVAL_EXTRA <<< "${EVAL_EXTRA:---eval-demo}"
 STOP_MINUTES=${STOP_MINUTES:-6.2}  # guard: a run stopped by it saves a resumable state (steps may then differ)
