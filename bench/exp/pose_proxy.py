@@ -3,6 +3,7 @@ held-out synthetic scenes? CPU, tiny images. Prints held-out camera errors vs th
 import argparse
 import math
 import os
+import tempfile
 import time
 
 import torch
@@ -32,7 +33,7 @@ p.add_argument("--steps", type=int, default=400)
 p.add_argument("--lr", type=float, default=1e-3)
 p.add_argument("--warmup", type=int, default=50)
 p.add_argument("--pos", default="none", help="none | learned | sincos: absolute patch position in the embedding")
-p.add_argument("--cache", default="/tmp/tmp-cam/proxy")
+p.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "pose_proxy"), help="rendered sequences")
 p.add_argument("--eval-every", type=int, default=100)
 p.add_argument("--seed", type=int, default=0)
 p.add_argument("--ls", type=float, default=0.01, help="layer_scale_init")
