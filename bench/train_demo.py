@@ -67,6 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, help="step budget (both models train the same steps)")
     p.add_argument("--state-out", help="write the resumable training state of both models here")
     p.add_argument("--resume", help="continue the training state of an earlier run")
+    p.add_argument("--init-dir", help="fine-tune each <preset>.safetensors of this folder (fresh optimiser)")
     p.add_argument("--stop-after-minutes", type=float, help="end this run early (resume later); budgets span runs")
     p.add_argument("--size", type=int, help="square training/evaluation image size (default: the preset's)")
     p.add_argument("--lr", type=float, default=8e-4)
@@ -117,6 +118,8 @@ def train_both(args: argparse.Namespace, paths: dict[str, str]) -> dict[str, dic
         paired_out=paths[paired[0]] if paired else None,
         resume=args.resume, state_out=args.state_out, loss=LossWeights(camera=args.camera_weight),
         stop_after_minutes=args.stop_after_minutes,
+        init=os.path.join(args.init_dir, f"{main}.safetensors") if args.init_dir else None,
+        paired_init=os.path.join(args.init_dir, f"{paired[0]}.safetensors") if args.init_dir and paired else None,
     )
     first = train(cfg, log=log)
     runs = {}

@@ -14,7 +14,9 @@
 # about 7 minutes (1100 steps of demo_ttt at ~0.3 s, attention is faster; eval ~1 minute).
 #
 #   bash bench/device/cam.sh                       # fresh run
-#   RESUME=<dir with state/> STEPS=2200 bash bench/device/cam.sh   # continue to 2200 steps
+#   RESUME=<dir with state/> STEPS=2200 bash bench/device/cam.sh   # continue the exact state to 2200 steps
+#   INIT=<dir with the two .safetensors> bash bench/device/cam.sh     # or fine-tune the files (~20 MB to carry:
+#                                                                     # the split states are ~70 MB together)
 # CPU smoke run (a few minutes): PYTHON=.venv/bin/python OUT=/tmp/cam STEPS=2 TRAIN_EXTRA="--size 28 --frames-per-batch 4
 #   --max-frames 2 --pool-size 2 --pool-frames 3" EVAL_EXTRA="--size 28 --eval-sequences 1 --eval-frames 2"
 #   bash bench/device/cam.sh
@@ -31,9 +33,12 @@ read -r -a TRAIN_EXTRA <<< "${TRAIN_EXTRA:-}"
 read -r -a EVAL_EXTRA <<< "${EVAL_EXTRA:---eval-demo}"
 STOP_MINUTES=${STOP_MINUTES:-6.2}  # guard: a run stopped by it saves a resumable state (steps may then differ)
 mkdir -p "$OUT/state" /tmp/cam_state
-COMMON=(--steps "$STEPS" --stop-after-minutes "$STOP_MINUTES" --lr 8e-4 --warmup-steps 150
+CONTINUE=()  # INIT: fine-tune the two files of an earlier run (new data, a fresh schedule at half the lr)
+if [ -n "${INIT:-}" ]; then CONTINUE=(--init-dir "$INIT"); SEED=${SEED:-1}; LR=${LR:-4e-4}; fi
+COMMON=(--steps "$STEPS" --stop-after-minutes "$STOP_MINUTES" --lr "${LR:-8e-4}" --warmup-steps 150
         --frames-per-batch 64 --max-frames 12 --pool-size 128 --pool-frames 16 --new-per-step 0.5
-        --seed 0 --log-every 50 --eval-sequences 0 --preset-update "${UPDATE[@]}" "${TRAIN_EXTRA[@]}")
+        --seed "${SEED:-0}" --log-every 50 --eval-sequences 0 --preset-update "${UPDATE[@]}" "${TRAIN_EXTRA[@]}"
+        "${CONTINUE[@]}")
 
 resume_args() {  # $1: state name; joins the parts of an earlier run's state, if RESUME is set
   if [ -n "${RESUME:-}" ]; then

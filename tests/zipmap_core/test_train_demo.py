@@ -54,6 +54,17 @@ def test_a_model_trained_alone_equals_its_lockstep_twin(train_demo, tmp_path):
     meta = safetensors.safe_open(str(both / "demo_ttt.safetensors"), "pt").metadata()
     assert meta["preset"] == "demo_ttt"
 
+    # --init-dir: both models fine-tune their own file of an earlier run (a continuation that needs
+    # only the two float16 files, not the training state)
+    tuned = tmp_path / "tuned"
+    assert train_demo.main([*TOY, *update, "--steps", "1", "--init-dir", str(both), "--out-dir", str(tuned),
+                            "--eval-sequences", "0"]) == 0
+    for name in ("demo_ttt", "demo_attention"):
+        start = safetensors.torch.load_file(str(both / f"{name}.safetensors"))
+        after = safetensors.torch.load_file(str(tuned / f"{name}.safetensors"))
+        step = max((after[k].float() - start[k].float()).abs().max().item() for k in start)
+        assert 0 < step < 0.01, (name, step)  # one small step away from the file it started from
+
 
 def test_the_demo_set_is_the_demos_own(train_demo):
     specs = train_demo.held_out_set(train_demo.parse_args(["--steps", "1"]), demo=True)
