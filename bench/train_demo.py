@@ -215,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     paths = {name: os.path.join(args.out_dir, f"{name}.safetensors") for name in ("demo_ttt", "demo_attention")}
     if args.preset_update:
         log(f"presets changed in this run: {update_presets(args.preset_update)}")
+    if args.device.startswith("cuda:"):  # one GPU per process: its default device too (names, syncs)
+        torch.cuda.set_device(args.device)
     log(f"torch {torch.__version__}, device {args.device}"
         + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ""))
     runs = None if args.skip_training else train_both(args, paths)
