@@ -9,6 +9,11 @@ checkpoints are then loaded back from disk (as shipped, in float16) and run thro
 engine on held-out synthetic sequences (seeds below TRAIN_SEED_START, never trained on), next to
 the trivial baseline (constant depth, identity poses). Prints a table and writes results.json.
 
+With --models, this process trains only the presets named (the others train in another process,
+e.g. one per GPU: same seed and data settings give every process the same batches, and a --steps
+budget the same steps). --eval-demo also scores the demo's own held-out sequences (jobs.demo:
+9 sequences x 8 frames at 224x168, every scene kind x camera path).
+
 CPU smoke run (a minute): python bench/train_demo.py --device cpu --steps 20 --size 112 \
     --frames-per-batch 8 --pool-size 4 --eval-sequences 2 --eval-frames 4
 """
@@ -27,10 +32,14 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from jobs import demo as demo_job  # noqa: E402
 from zipmap_core import EngineConfig, ModelConfig, ZipMap, load_checkpoint, reconstruct  # noqa: E402
+from zipmap_core.config import PRESETS  # noqa: E402
 from zipmap_core.evaluation import evaluate_sequence, trivial_prediction  # noqa: E402
 from zipmap_core.evaluation.metrics import nanmean  # noqa: E402
 from zipmap_core.synthetic import generate_sequence  # noqa: E402
+from zipmap_core.synthetic.scenes import SCENES  # noqa: E402
+from zipmap_core.synthetic.trajectories import TRAJECTORIES  # noqa: E402
 from zipmap_core.training import LossWeights, TrainConfig, held_out_seeds, train  # noqa: E402
 
 COLUMNS = (
@@ -41,6 +50,9 @@ COLUMNS = (
     ("rpe_rot_deg", "RPE-r deg"),
     ("pc_chamfer", "Chamfer"),
 )
+
+
+MODELS = ("demo_ttt", "demo_attention")
 
 
 def log(line: str) -> None:
@@ -55,6 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, help="step budget (both models train the same steps)")
     p.add_argument("--state-out", help="write the resumable training state of both models here")
     p.add_argument("--resume", help="continue the training state of an earlier run")
+    p.add_argument("--init-dir", help="fine-tune each <preset>.safetensors of this folder (fresh optimiser)")
     p.add_argument("--stop-after-minutes", type=float, help="end this run early (resume later); budgets span runs")
     p.add_argument("--size", type=int, help="square training/evaluation image size (default: the preset's)")
     p.add_argument("--lr", type=float, default=8e-4)
@@ -71,27 +84,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-sequences", type=int, default=16)
     p.add_argument("--eval-frames", type=int, default=12)
+    p.add_argument("--eval-demo", action="store_true", help="also evaluate on the demo's 9 held-out sequences")
+    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS),
+                   help="the presets this process trains (in lockstep when both)")
     p.add_argument("--skip-training", action="store_true", help="evaluate the checkpoints already in --out-dir")
+    p.add_argument("--preset-update", nargs="*", default=[], metavar="FIELD=VALUE",
+                   help="change both demo presets in this process (e.g. patch_positions=true), to train and "
+                        "evaluate a variant before the presets in zipmap_core/config.py change with new files")
     args = p.parse_args(argv)
     if args.minutes is None and args.steps is None and not args.skip_training:
         p.error("give --minutes and/or --steps")
     return args
 
 
+def update_presets(updates: list[str]) -> dict[str, str]:
+    """Apply --preset-update to both demo presets of this process (validated like any config)."""
+    fields = dict(item.split("=", 1) for item in updates)
+    for name in MODELS:
+        PRESETS[name] = ModelConfig.model_validate({**PRESETS[name].model_dump(), **fields})
+    return fields
+
+
 def train_both(args: argparse.Namespace, paths: dict[str, str]) -> dict[str, dict]:
-    """demo_ttt and demo_attention in lockstep: every step renders one batch and trains both on it."""
+    """demo_ttt and demo_attention in lockstep: every step renders one batch and trains both on it
+    (or only those of --models: the same seed and settings in another process give it the same batches)."""
+    main, *paired = args.models
     cfg = TrainConfig(
-        preset="demo_ttt", out=paths["demo_ttt"], device=args.device, minutes=args.minutes, steps=args.steps,
+        preset=main, out=paths[main], device=args.device, minutes=args.minutes, steps=args.steps,
         lr=args.lr, warmup_steps=args.warmup_steps, seed=args.seed, log_every=args.log_every, ckpt_every=500,
         height=args.size, width=args.size, max_frames=args.max_frames, frames_per_batch=args.frames_per_batch,
         pool_size=args.pool_size, pool_frames=args.pool_frames, new_per_step=args.new_per_step,
-        curriculum=args.curriculum, paired_preset="demo_attention", paired_out=paths["demo_attention"],
+        curriculum=args.curriculum, paired_preset=paired[0] if paired else None,
+        paired_out=paths[paired[0]] if paired else None,
         resume=args.resume, state_out=args.state_out, loss=LossWeights(camera=args.camera_weight),
         stop_after_minutes=args.stop_after_minutes,
+        init=os.path.join(args.init_dir, f"{main}.safetensors") if args.init_dir else None,
+        paired_init=os.path.join(args.init_dir, f"{paired[0]}.safetensors") if args.init_dir and paired else None,
     )
-    ttt = train(cfg, log=log)
+    first = train(cfg, log=log)
     runs = {}
-    for name, result in (("demo_ttt", ttt), ("demo_attention", ttt.paired)):
+    for name, result in zip(args.models, (first, first.paired)):
         runs[name] = {"steps": result.steps, "seconds": result.seconds, "final_loss": result.final_loss,
                       "rendered": result.sequences_rendered, "history": result.history}
     free_memory()
@@ -119,16 +151,28 @@ def predict(model: ZipMap, images: torch.Tensor, device: str) -> tuple[dict, flo
     return pred, seconds
 
 
-def evaluate_all(args: argparse.Namespace, paths: dict[str, str]) -> dict[str, dict]:
+def held_out_set(args: argparse.Namespace, demo: bool = False) -> list[dict]:
+    """generate_sequence arguments of the bench's held-out set (seeds 0..N, square) or the demo's."""
+    if demo:  # as jobs.demo makes them with its defaults (generate_dataset: every scene kind x path)
+        d = demo_job.parse_args([])
+        return [{"seed": seed, "num_frames": d.frames, "height": d.height, "width": d.width,
+                 "scene": SCENES[i % len(SCENES)], "trajectory": TRAJECTORIES[(i // len(SCENES)) % len(TRAJECTORIES)]}
+                for i, seed in enumerate(held_out_seeds(d.sequences, start=demo_job.HELD_OUT_START))]
+    size = args.size or ModelConfig.preset("demo_ttt").img_size
+    return [{"seed": seed, "num_frames": args.eval_frames, "height": size, "width": size}
+            for seed in held_out_seeds(args.eval_sequences)]
+
+
+def evaluate_all(args: argparse.Namespace, paths: dict[str, str], demo: bool = False) -> dict[str, dict]:
     models = {}
     for name, path in paths.items():
         model = load_checkpoint(ZipMap(ModelConfig.preset(name)), path).to(args.device).eval()
         models[name] = model
-    size = args.size or ModelConfig.preset("demo_ttt").img_size
     per_method: dict[str, list[dict]] = {name: [] for name in (*models, "trivial")}
     seconds: dict[str, list[float]] = {name: [] for name in models}
-    for seed in held_out_seeds(args.eval_sequences):
-        seq = generate_sequence(seed, num_frames=args.eval_frames, height=size, width=size, device=args.device)
+    for spec in held_out_set(args, demo):
+        seed = spec.pop("seed")
+        seq = generate_sequence(seed, device=args.device, **spec)
         images = seq.images.permute(0, 3, 1, 2).float() / 255.0
         for name, model in models.items():
             pred, took = predict(model, images, args.device)
@@ -148,7 +192,7 @@ def evaluate_all(args: argparse.Namespace, paths: dict[str, str]) -> dict[str, d
     return {"summary": summary, "per_sequence": per_method}
 
 
-def table(summary: dict[str, dict], runs: dict[str, dict] | None, args: argparse.Namespace) -> str:
+def table(summary: dict[str, dict], runs: dict[str, dict] | None, args: argparse.Namespace, demo: bool = False) -> str:
     head = ["method", *(label for _, label in COLUMNS), "steps", "train s"]
     rows = [head]
     for name, metrics in summary.items():
@@ -158,8 +202,10 @@ def table(summary: dict[str, dict], runs: dict[str, dict] | None, args: argparse
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    note = (f"{args.eval_sequences} held-out sequences x {args.eval_frames} frames; depth median-aligned per frame, "
-            "cameras Sim(3)-aligned (ATE/RPE-t in GT scene units)")
+    d = demo_job.parse_args([])
+    held = (f"the demo's {d.sequences} held-out sequences x {d.frames} frames ({d.width}x{d.height})" if demo
+            else f"{args.eval_sequences} held-out sequences x {args.eval_frames} frames")
+    note = f"{held}; depth median-aligned per frame, cameras Sim(3)-aligned (ATE/RPE-t in GT scene units)"
     return "\n".join(lines) + "\n" + note
 
 
@@ -167,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.makedirs(args.out_dir, exist_ok=True)
     paths = {name: os.path.join(args.out_dir, f"{name}.safetensors") for name in ("demo_ttt", "demo_attention")}
+    if args.preset_update:
+        log(f"presets changed in this run: {update_presets(args.preset_update)}")
+    if args.device.startswith("cuda:"):  # one GPU per process: its default device too (names, syncs)
+        torch.cuda.set_device(args.device)
     log(f"torch {torch.__version__}, device {args.device}"
         + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ""))
     runs = None if args.skip_training else train_both(args, paths)
@@ -176,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
         results.update(evaluate_all(args, paths))
         write_results(args.out_dir, results)
         log(table(results["summary"], runs, args))
+    if args.eval_demo:
+        results["demo_set"] = evaluate_all(args, paths, demo=True)
+        write_results(args.out_dir, results)
+        log(table(results["demo_set"]["summary"], runs, args, demo=True))
     return 0
 
 

@@ -56,6 +56,9 @@ class ModelConfig(BaseModel):
     mlp_ratio: float = 4.0
     num_register_tokens: int = 4
     patch_embed: PatchEmbedKind = "dinov2_vitl14_reg"
+    # a fixed sin-cos code of each patch's position added to a conv patch embed (DINOv2 patch
+    # embeds carry their own learned one); it has no weights, so the state dict is the same
+    patch_positions: bool = False
     rope_freq: float = 100.0
     qk_norm: bool = True
     layer_scale_init: float = 0.01
@@ -82,6 +85,10 @@ class ModelConfig(BaseModel):
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by ttt.head_dim {self.ttt.head_dim}")
         if max(self.dpt.layers) >= self.depth:
             raise ValueError(f"dpt.layers {self.dpt.layers} must be < depth {self.depth}")
+        if self.patch_positions and self.patch_embed != "conv":
+            raise ValueError("patch_positions is for the conv patch embed (DINOv2 has its own positions)")
+        if self.patch_positions and self.embed_dim % 4:
+            raise ValueError(f"patch_positions needs embed_dim divisible by 4, got {self.embed_dim}")
         if self.patch_embed != "conv" and self.patch_size != 14:
             raise ValueError("DINOv2 patch embeds use patch_size 14")
         if self.enable_nvs and self.global_block != "ttt":

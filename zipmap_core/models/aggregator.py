@@ -13,7 +13,7 @@ from torch import nn
 
 from zipmap_core.config import ModelConfig
 from zipmap_core.layers.block import Block, TTTBlock
-from zipmap_core.layers.patch_embed import PatchEmbed
+from zipmap_core.layers.patch_embed import PatchEmbed, sincos_positions
 from zipmap_core.layers.rope import RopeTables, RotaryPositionEmbedding2D, patch_positions
 from zipmap_core.layers.ttt import (
     FastWeightSwiGLU,
@@ -97,6 +97,10 @@ class Aggregator(nn.Module):
         B, S, _, H, W = images.shape
         x = ((images.reshape(B * S, 3, H, W) - self._mean) / self._std).to(images.dtype)
         patches = self.patch_embed(x).reshape(B, S, -1, self.cfg.embed_dim)
+        if self.cfg.patch_positions:
+            p = self.cfg.patch_size
+            code = sincos_positions(H // p, W // p, self.cfg.embed_dim, self.cfg.rope_freq or 100.0, x.device)
+            patches = patches + code.to(patches.dtype)
         cam = self._special_tokens(self.camera_token, B, S, first_frame).to(patches.dtype)
         reg = self._special_tokens(self.register_token, B, S, first_frame).to(patches.dtype)
         return torch.cat([cam, reg, patches], dim=2)

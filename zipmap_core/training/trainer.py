@@ -60,6 +60,7 @@ class TrainConfig:
     loss: LossWeights = field(default_factory=LossWeights)
     paired_preset: str | None = None  # a second model trained in lockstep on the same batches
     paired_out: str | None = None
+    paired_init: str | None = None  # checkpoint the paired model fine-tunes from (`init` is the main model's)
     resume: str | None = None  # a training state (`state_out` of an earlier run) to continue
     state_out: str | None = None  # where the resumable training state goes
     stop_after_minutes: float | None = None  # this run's wall-clock limit (the schedule keeps its budgets)
@@ -220,8 +221,8 @@ def _build_member(cfg: TrainConfig, preset: str, out: str, device: torch.device,
     model = ZipMap(ModelConfig.preset(preset))
     if resumed is not None:
         model.load_state_dict(resumed.model, strict=True)
-    elif cfg.init:
-        load_checkpoint(model, cfg.init)
+    elif (init := cfg.paired_init if preset == cfg.paired_preset else cfg.init) is not None:
+        load_checkpoint(model, init)
     else:
         init_pose_output(model)
     model.to(device)

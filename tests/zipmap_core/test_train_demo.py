@@ -1,0 +1,75 @@
+"""bench/train_demo.py on CPU at toy size: one model per process trains exactly as in lockstep (so
+the two demo models can train on two GPUs and still see the same batches), and a preset update
+changes both models of the run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import safetensors
+import safetensors.torch
+import torch
+
+from zipmap_core.config import PRESETS
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+TOY = ["--device", "cpu", "--steps", "2", "--size", "28", "--frames-per-batch", "4", "--max-frames", "2",
+       "--pool-size", "2", "--pool-frames", "3", "--warmup-steps", "1", "--log-every", "1"]
+
+
+@pytest.fixture
+def train_demo(monkeypatch):
+    for name in ("demo_ttt", "demo_attention"):  # --preset-update changes them: restore after the test
+        monkeypatch.setitem(PRESETS, name, PRESETS[name])
+    spec = importlib.util.spec_from_file_location("train_demo", BENCH / "train_demo.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "train_demo", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_model_trained_alone_equals_its_lockstep_twin(train_demo, tmp_path):
+    update = ["--preset-update", "patch_positions=true", "layer_scale_init=0.1"]
+    both, alone = tmp_path / "both", tmp_path / "alone"
+    assert train_demo.main([*TOY, *update, "--out-dir", str(both), "--eval-sequences", "1", "--eval-frames", "2"]) == 0
+    assert train_demo.main([*TOY, *update, "--out-dir", str(alone), "--models", "demo_ttt",
+                            "--eval-sequences", "0"]) == 0
+    a = safetensors.torch.load_file(str(both / "demo_ttt.safetensors"))
+    b = safetensors.torch.load_file(str(alone / "demo_ttt.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not (alone / "demo_attention.safetensors").exists()
+    runs = json.loads((alone / "results.json").read_text())["runs"]
+    assert list(runs) == ["demo_ttt"] and runs["demo_ttt"]["steps"] == 2
+    summary = json.loads((both / "results.json").read_text())["summary"]
+    assert set(summary) == {"demo_ttt", "demo_attention", "trivial"}
+    # the update reached the models: layer scales start at 0.1 (a step of lr 8e-4 moves them little)
+    gamma = a["aggregator.frame_blocks.0.ls1.gamma"].float()
+    assert (gamma - 0.1).abs().max() < 0.01
+    assert PRESETS["demo_ttt"].patch_positions and PRESETS["demo_attention"].layer_scale_init == 0.1
+    meta = safetensors.safe_open(str(both / "demo_ttt.safetensors"), "pt").metadata()
+    assert meta["preset"] == "demo_ttt"
+
+    # --init-dir: both models fine-tune their own file of an earlier run (a continuation that needs
+    # only the two float16 files, not the training state)
+    tuned = tmp_path / "tuned"
+    assert train_demo.main([*TOY, *update, "--steps", "1", "--init-dir", str(both), "--out-dir", str(tuned),
+                            "--eval-sequences", "0"]) == 0
+    for name in ("demo_ttt", "demo_attention"):
+        start = safetensors.torch.load_file(str(both / f"{name}.safetensors"))
+        after = safetensors.torch.load_file(str(tuned / f"{name}.safetensors"))
+        step = max((after[k].float() - start[k].float()).abs().max().item() for k in start)
+        assert 0 < step < 0.01, (name, step)  # one small step away from the file it started from
+
+
+def test_the_demo_set_is_the_demos_own(train_demo):
+    specs = train_demo.held_out_set(train_demo.parse_args(["--steps", "1"]), demo=True)
+    assert [s["seed"] for s in specs] == list(range(900_000, 900_009))
+    assert {(s["scene"], s["trajectory"]) for s in specs} == {
+        (scene, path) for scene in ("room", "objects", "terrain") for path in ("orbit", "walkthrough", "forward")
+    }
+    assert {(s["num_frames"], s["height"], s["width"]) for s in specs} == {(8, 168, 224)}
