@@ -22,6 +22,12 @@ from pipeline.testing.s3server import FAKE_CREDENTIALS, LocalS3
 IMAGE_W, IMAGE_H = 112, 84  # model input 112 wide (tiny preset), 84 = 6 patches high
 
 
+def _visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     import ray
@@ -33,6 +39,8 @@ def ray_cluster():
         initialize_head=True,
         head_node_args={
             "num_cpus": 2,
+            # cluster_utils defaults to no GPUs; on the GPU machine the `gpu`-marked tests need them
+            "num_gpus": _visible_gpus(),
             "include_dashboard": False,
             # notice lost nodes within seconds, not the default tens of seconds
             "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 3},

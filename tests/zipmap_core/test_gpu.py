@@ -58,10 +58,12 @@ def test_gelu_in_the_gemm_epilogue_is_gelu_at_bf16_level():
     assert rel(got_fused, want) < 2e-2
 
 
-def test_fp8_linear_on_cuda_is_its_cpu_computation_at_bf16_level():
+def test_fp8_linear_on_cuda_is_its_cpu_computation_within_fast_accumulation():
     """torch._scaled_mm (e4m3 x e4m3, row-wise float32 scales, fast accumulation, bf16 out) on
     the trunk's shapes (1041 tokens of a 392x518 frame, 1024 -> 4096) against the same quantised
-    products summed in float32 on the CPU."""
+    products summed in float32 on the CPU. Hopper's fast FP8 accumulation is coarser than bf16
+    rounding: 1.3% of the largest output on an H200 (2026-11-30); a wrong scale orientation,
+    transpose or bias would be off by O(1)."""
     torch.manual_seed(0)
     layer = torch.nn.Linear(1024, 4096).to(torch.bfloat16)
     layer.__class__ = Fp8Linear
@@ -73,7 +75,7 @@ def test_fp8_linear_on_cuda_is_its_cpu_computation_at_bf16_level():
         layer.to(CUDA).quantize_weight()
         got = layer(x.to(CUDA))
     assert got.dtype == torch.bfloat16
-    assert rel(got.cpu(), want) < 1e-2, rel(got.cpu(), want)
+    assert rel(got.cpu(), want) < 2e-2, rel(got.cpu(), want)
 
 
 def test_cuda_graphed_stream_gives_the_eager_streams_predictions():
