@@ -32,6 +32,8 @@ from typing import Any
 
 import fsspec
 
+from zipmap_core.synthetic.dataset import GROUND_TRUTH_FILE, INDEX_FILE, META_FILE
+
 PATCH = 14
 HELD_OUT_START = 900_000  # demo seeds: below TRAIN_SEED_START, away from bench/train_demo's 0..N
 COST_PRESETS = ("demo_ttt", "demo_attention")
@@ -393,6 +395,22 @@ def _quiet_logging() -> None:
         logging.basicConfig(level=logging.WARNING, format="      %(levelname)s %(name)s: %(message)s")
     # local clusters have token authentication on by default; saying so on every start is noise
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    logging.getLogger("pipeline.discovery").addFilter(_hide_own_ground_truth)
+
+
+_GROUND_TRUTH_FILES = (GROUND_TRUTH_FILE, META_FILE, INDEX_FILE)
+
+
+def _hide_own_ground_truth(record: logging.LogRecord) -> bool:
+    """The demo's sequence folders carry their ground truth beside the frames (what step 3 scores
+    against); the pipeline rightly skips those files, but listing them on every run is noise."""
+    message = record.getMessage()
+    if message.startswith("skipped input "):
+        return not message.split(":", 1)[0].endswith(_GROUND_TRUTH_FILES)
+    if message.startswith("skipped ") and " input(s) under " in message:
+        counts = message.rsplit(": ", 1)[-1]
+        return "," in counts or not counts.endswith(" not_media")  # shown unless all are such files
+    return True
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ its error paths, and whether the bundled demo_ttt beats the trivial baseline."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -53,7 +54,7 @@ def _parse_ply_header(data: bytes) -> tuple[int, list[str], int]:
 
 
 @needs_weights
-def test_demo_runs_end_to_end(local_ray, tmp_path, capsys):
+def test_demo_runs_end_to_end(local_ray, tmp_path, capsys, caplog):
     out = tmp_path / "demo"
     argv = [
         "--out",
@@ -70,6 +71,9 @@ def test_demo_runs_end_to_end(local_ray, tmp_path, capsys):
     ]
     assert demo.main([*argv, "--cost-frames", "2", "5"]) == 0
     printed = capsys.readouterr().out
+    # the ground truth beside the demo's frames is skipped by the pipeline without a warning each
+    discovery = [r.getMessage() for r in caplog.records if r.name == "pipeline.discovery"]
+    assert not [m for m in discovery if m.startswith("skipped")], discovery
 
     metrics = json.loads((out / "metrics.json").read_text())
     run = Path(metrics["run_uri"])
@@ -205,3 +209,16 @@ def test_bundled_demo_ttt_beats_the_trivial_baseline_on_held_out_depth():
     assert np.mean(ours) < np.mean(trivial), (
         f"{checkpoint}: AbsRel {np.round(ours, 4)} vs trivial {np.round(trivial, 4)}"
     )
+
+
+def test_the_demo_hides_only_its_own_ground_truth_among_skipped_inputs():
+    def shown(message: str) -> bool:
+        return demo._hide_own_ground_truth(logging.LogRecord("pipeline.discovery", 30, "", 0, message, None, None))
+
+    assert not shown("skipped input seq_00000/ground_truth.npz: not an image or video file (type .npz)")
+    assert not shown("skipped input dataset.json: not an image or video file (type .json)")
+    assert not shown("skipped 19 input(s) under /data: 19 not_media")
+    assert shown("skipped input seq_00000/notes.txt: not an image or video file (type .txt)")
+    assert shown("skipped input phone/IMG_0001.HEIC: an image type the pipeline does not decode")
+    assert shown("skipped 20 input(s) under /data: 1 empty_folder, 19 not_media")
+    assert shown("/data: 9 image folder(s), 0 video(s)")
