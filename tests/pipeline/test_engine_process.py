@@ -14,7 +14,7 @@ import torch
 
 from pipeline import read_outputs, run_job
 from pipeline.decode import DecodedSequence
-from pipeline.engine_process import _U8_TO_FLOAT, ENGINE_CRASH_POINT, SHM_DIR
+from pipeline.engine_process import _U8_TO_FLOAT, ENGINE_CRASH_POINT, PINNED_ALLOC_CONF, SHM_DIR
 from pipeline.testing.faults import FaultPlan, injected
 
 from .conftest import make_spec, reference_frames, write_sequence
@@ -114,6 +114,8 @@ def test_engine_process_crash_is_retried_with_the_same_outputs_and_nothing_left(
     assert crashed not in workers, "the engine process crashed, not the actor"
     assert markers["b"]["worker"]["engine_pid"] != crashed, "the actor started a new engine process"
     assert markers["b"]["attempt"] == 2  # (a sequence queued or finishing beside it may have been retried too)
+    # its pinned host memory is registered by threads (PYTORCH_CUDA_ALLOC_CONF, unless the job sets it)
+    assert {m["worker"]["alloc_conf"] for m in markers.values()} == {PINNED_ALLOC_CONF}
     # bit for bit what the engine computes in this process (float32 on the CPU, one thread as in the actor)
     outputs = read_outputs(spec.run_uri)
     depth = {(r["sequence_id"], r["frame_index"]): r for r in outputs.depth().to_pylist()}
