@@ -150,6 +150,9 @@ class EngineProcess:
         self._process.start()
         child.close()
         self._lock = threading.Lock()  # sends, the inboxes and the dead flag
+        # waiting for the process: Popen.poll is not thread-safe (two threads' waitpid race, and the
+        # loser takes a reaped process for a live one), and the reader and close() both wait for it
+        self._reaping = threading.Lock()
         self._inboxes: dict[int, queue.Queue] = {}
         self._keys = itertools.count()
         self.dead: str | None = None
@@ -209,9 +212,11 @@ class EngineProcess:
                 inbox = self._inboxes.get(message[1])
             if inbox is not None:
                 inbox.put(message)
-        self._process.join(5)
+        with self._reaping:
+            self._process.join(5)
+            exitcode = self._process.exitcode
         with self._lock:
-            self.dead = f"the engine process died (exit code {self._exitcode()})"
+            self.dead = f"the engine process died (exit code {exitcode})"
             inboxes, self._inboxes = list(self._inboxes.values()), {}
         for inbox in inboxes:
             inbox.put(("dead", -1, self.dead))
@@ -226,10 +231,11 @@ class EngineProcess:
                 self._conn.send(None)
         except OSError:
             pass
-        self._process.join(30)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join(5)
+        with self._reaping:
+            self._process.join(30)
+            if self._process.is_alive():
+                self._process.kill()
+                self._process.join()
         self._conn.close()
 
 
