@@ -8,7 +8,9 @@ or nothing, and NCCL then runs over the node's NVLink); the actors form a torch.
 In a run (`process`), every member also prepares its own frames for writing (rows, filtered
 points, depth rows: the per-pixel work, spread over the gang) and rank 0 writes the sequence's
 staged files with the same `SequenceWriter` a single model actor uses: its own frames first,
-then the others' prepared frames, in order, through Ray's object store. So a gang attempt leaves
+then the others' prepared frames, in order, through Ray's object store. With scene states on,
+rank 0 keeps the whole sequence's state (trained from every member's frames: the engine's
+all-reduced fast weights and gathered cameras), as a single actor does. So a gang attempt leaves
 exactly the files a single actor's attempt leaves, for the coordinator to commit.
 A failed sequence ends the gang (its members are killed): the caller starts a new one.
 """
@@ -99,10 +101,10 @@ class GangMember:
         writer = SequenceWriter(self._spec, source.sequence_id, decoded.frame_uris, decoded.source_sizes)
         writer.engine = {**engine.settings(), "frame_parallel": self.size}
         timer = {"infer_s": 0.0}
+        on_state = writer.keep_state if self._spec.scene_state.enabled and self.rank == 0 else None
         try:
-            mine = map_in_processes(
-                partial(prepare_frame, writer.frame_format), self._frames(images, engine, timer), self._writers
-            )
+            frames = self._frames(images, engine, timer, on_state)
+            mine = map_in_processes(partial(prepare_frame, writer.frame_format), frames, self._writers)
             if self.rank:
                 prepared = []
                 for frame in mine:
@@ -146,7 +148,7 @@ class GangMember:
         engine = self._spec.engine.model_copy(update={"mode": "chunked", "frame_parallel": self.size})
         return resolve_engine(engine, self._model, total, tuple(hw), self._device, run_frames=largest_share)
 
-    def _frames(self, images, engine, timer: dict | None = None):
+    def _frames(self, images, engine, timer: dict | None = None, on_state=None):
         """This member's frames, computed in a background thread (the collectives run between them)."""
         import torch
 
@@ -155,7 +157,9 @@ class GangMember:
         def infer():
             with torch.inference_mode():
                 begin = time.perf_counter()
-                yield from reconstruct_distributed(self._model, images, engine, device=self._device)
+                yield from reconstruct_distributed(
+                    self._model, images, engine, device=self._device, on_state=on_state
+                )
                 if timer is not None:
                     timer["infer_s"] = time.perf_counter() - begin
 

@@ -67,15 +67,11 @@ def plan_gang(
 
     `engine.frame_parallel: auto` is the GPUs the job's actors get on one node (at most 8; 1, no
     gang, on CPUs, with fractional GPUs per actor, or when the spec needs one process per sequence:
-    scene states, streaming, a non-TTT model). An explicit G > 1 must fit one node of `nodes` (the
+    the offline or streaming engine, a non-TTT model). An explicit G > 1 must fit one node of `nodes` (the
     alive nodes' resources): on a cluster that cannot grow (`fixed_size`) it is a SpecError."""
     res, wanted = spec.resources, spec.engine.frame_parallel
     if wanted == "auto":
-        one_process = (
-            spec.scene_state.enabled
-            or spec.engine.mode in ("offline", "streaming")
-            or spec.model.config().global_block != "ttt"
-        )
+        one_process = spec.engine.mode in ("offline", "streaming") or spec.model.config().global_block != "ttt"
         if not pool.uses_gpu or pool.num_gpus < 1 or one_process:
             return None
         most_gpus = max((node.get("GPU", 0.0) for node in nodes), default=0.0)

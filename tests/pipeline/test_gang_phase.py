@@ -1,6 +1,6 @@
 """Long sequences on a gang of actors: the plan and the routing (pure functions), then runs on a
 gang of 2 CPU actors (gloo) on the shared test Ray cluster with the tiny model: routing, outputs
-equal to a single actor's, a killed member, resume."""
+equal to a single actor's, a killed member, resume, scene states."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import os
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 
-from pipeline import run_job
+from pipeline import read_outputs, run_job
+from pipeline.cli import main
 from pipeline.errors import SpecError
 from pipeline.execution import plan_actors
 from pipeline.gang_phase import plan_gang, route
@@ -21,8 +23,12 @@ from pipeline.sequence_table import GANG, POOL, SequenceTable
 from pipeline.tables import read_metadata
 from pipeline.testing.faults import ACTOR_CRASH_POINT, FaultPlan, injected
 from pipeline.testing.media import encode_video, index_pattern
+from tests.zipmap_core.reference_data import filled_state_dict
+from zipmap_core import EngineConfig, ModelConfig, ZipMap
+from zipmap_core.scene_state import SceneState
 
 from .conftest import IMAGE_H, IMAGE_W, make_spec, write_sequence
+from .test_scene_states import direct_state
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -52,6 +58,7 @@ def test_the_gang_size_auto_is_the_gpus_of_one_node_and_impossible_sizes_are_ref
     assert _plan([{"CPU": 16, "GPU": 1}]) is None
     assert _plan([host8], resources__gpus_per_actor=0.5) is None
     assert _plan([host8], engine__mode="offline") is None
+    assert _plan([host8], model__preset="state_query", scene_state__enabled="true").size == 8  # rank 0 keeps it
     assert _plan([{"CPU": 16}], engine__frame_parallel=2).num_gpus == 0  # CPU processes over gloo
     with pytest.raises(SpecError, match=r"frame_parallel=4: a gang needs \{CPU 4, GPU 4\} on one node; the largest"):
         _plan([host2, host2], engine__frame_parallel=4)
@@ -121,12 +128,12 @@ def _events(caplog, event: str) -> list[dict]:
     return [r.fields for r in caplog.records if getattr(r, "fields", {}).get("event") == event]
 
 
-def _gang_job(tmp_path, checkpoint, caplog, run_id: str):
+def _gang_job(tmp_path, checkpoint, caplog, run_id: str, **fields):
     """An input folder with one long sequence (5 frames: a gang's) and the gang job on it."""
     caplog.set_level(logging.INFO)
     data = tmp_path / "data"
     write_sequence(data / "long", 5, seed=2)
-    return data, make_spec(data, tmp_path / "out", checkpoint, run_id=run_id, **GANG_JOB)
+    return data, make_spec(data, tmp_path / "out", checkpoint, run_id=run_id, **{**GANG_JOB, **fields})
 
 
 @pytest.mark.slow
@@ -201,3 +208,30 @@ def test_a_killed_gang_member_fails_the_attempt_and_a_new_gang_commits_it_once(
     assert not os.path.exists(os.path.join(spec.run_uri, "_staging")) or not os.listdir(
         os.path.join(spec.run_uri, "_staging")
     )
+
+
+@pytest.mark.slow
+def test_a_gang_keeps_the_whole_sequences_scene_state_and_views_render_from_it(
+    ray_cluster, tmp_path, caplog, capsys
+):
+    model = ZipMap(ModelConfig.preset("tiny_state_query"))
+    checkpoint = tmp_path / "tiny_state_query.pt"
+    torch.save(filled_state_dict(model), checkpoint)  # the reference's weight rule: views depend on the state
+    data, spec = _gang_job(tmp_path, checkpoint, caplog, "states", model__preset="tiny_state_query",
+                           scene_state__enabled="true")
+    assert run_job(spec).done == 1
+    assert _marker(spec.run_uri, "long")["worker"]["gang"] == 2
+    state = SceneState.load(read_outputs(spec.run_uri).scene_state_uri("long"))
+    assert state.num_frames == 5 and state.metadata["sequence_id"] == "long"
+    # what a single actor stores (test_scene_states: the engine run directly), up to summation order
+    exact = EngineConfig(mode="chunked", chunk_size=2, dtype="float32", newton_schulz="float32")
+    one = direct_state(checkpoint, [data / "long" / f"frame{i + 1}.png" for i in range(5)], exact)
+    assert state.model == one.model and state.image_hw == one.image_hw
+    pairs = [(state.extrinsics, one.extrinsics), (state.intrinsics, one.intrinsics)]
+    for ours, ref in zip(state.layers, one.layers, strict=True):
+        pairs += [(getattr(ours, w), getattr(ref, w)) for w in ("w0", "w1", "w2")]
+    for ours, ref in pairs:
+        assert (ours - ref).abs().max() <= 1e-4 * ref.abs().max()
+    out = tmp_path / "views"
+    assert main(["render", spec.run_uri, "long", "--orbit", "2", "--out", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["views"] == 2 and len(os.listdir(out / "rgb")) == 2
