@@ -117,6 +117,7 @@ class GangMember:
             for ref in others or []:
                 for frame in ray.get(ref):
                     writer.add_prepared(frame)
+            faults.write_delay()
             store, layout = Store(self._spec.run_uri, self._spec.storage), RunLayout(self._spec.run_uri)
             staged = writer.finish(store, layout, attempt_id)
         finally:

@@ -49,8 +49,12 @@ def _plan(nodes: list[dict], fixed_size: bool = True, **fields):
 
 def test_the_gang_size_auto_is_the_gpus_of_one_node_and_impossible_sizes_are_refused(caplog):
     host8, host2 = {"CPU": 64, "GPU": 8}, {"CPU": 16, "GPU": 2}
-    assert _plan([host8]).size == 8 and _plan([host8]).min_frames == 5000
-    assert _plan([host2, host2]).size == 2  # one node: NCCL over its NVLink
+    assert _plan([host8]).size == 8 and _plan([host8]).min_frames == 5000 and _plan([host8]).count == 1
+    assert (_plan([host2, host2]).size, _plan([host2, host2]).count) == (2, 2)  # one node each: NCCL over NVLink
+    # floor(devices / G) gangs at once, each on one node
+    assert [_plan([host8], engine__frame_parallel=g).count for g in (2, 3, 4, 5)] == [4, 2, 2, 1]
+    assert _plan([host8], engine__frame_parallel=2, resources__num_actors=4).count == 2
+    assert _plan([{"CPU": 16, "GPU": 3}] * 3, engine__frame_parallel=2).count == 3  # 9 GPUs, but 1 gang a node
     assert _plan([host8], resources__num_actors=4).size == 4  # the GPUs the job's actors get
     assert _plan([host8], resources__gang_min_frames=3).min_frames == 8  # a frame for every member
     assert _plan([host8], engine__frame_parallel=4, resources__gang_min_frames=900).min_frames == 900
@@ -67,6 +71,8 @@ def test_the_gang_size_auto_is_the_gpus_of_one_node_and_impossible_sizes_are_ref
     with pytest.raises(SpecError, match="leaves less than resources.decode_cpus=1 of the cluster's 2 CPUs"):
         _plan([{"CPU": 2}], engine__frame_parallel=2)  # the gang's sequences could never be decoded
     assert _plan([{"CPU": 2}], engine__frame_parallel=2, resources__cpus_per_actor=0.5).num_cpus == 0.5
+    cpu_gangs = dict(engine__frame_parallel=2, resources__cpus_per_actor=0.25)
+    assert [_plan([{"CPU": 2}], resources__num_actors=n, **cpu_gangs).count for n in (1, 3, 4)] == [1, 1, 2]
     with caplog.at_level("WARNING", logger="pipeline.gang_phase"):
         assert _plan([host2], fixed_size=False, engine__frame_parallel=4).size == 4  # it may grow
     assert "waits until the cluster grows" in caplog.text
@@ -235,3 +241,40 @@ def test_a_gang_keeps_the_whole_sequences_scene_state_and_views_render_from_it(
     out = tmp_path / "views"
     assert main(["render", spec.run_uri, "long", "--orbit", "2", "--out", str(out)]) == 0
     assert json.loads(capsys.readouterr().out)["views"] == 2 and len(os.listdir(out / "rgb")) == 2
+
+
+@pytest.mark.slow
+def test_two_long_sequences_run_on_two_gangs_at_once_and_equal_one_actor(
+    ray_cluster, tiny_checkpoint, tmp_path, caplog
+):
+    # 2 gangs of 2 x 0.25 CPU: the test cluster's 2 CPUs hold them and a decode task; a delay before
+    # each gang writes keeps the first sequence running until the second gang has started
+    data, spec = _gang_job(tmp_path, tiny_checkpoint, caplog, "two", resources__cpus_per_actor=0.25,
+                           resources__num_actors=4)
+    write_sequence(data / "other", 6, seed=5)
+    with injected(FaultPlan(write_delay_s=4)):
+        summary = run_job(spec)
+    assert (summary.done, summary.failed) == (2, 0), summary
+    assert [e["gangs"] for e in _events(caplog, "gang_route")] == [2]
+    ready = _events(caplog, "gang_ready")
+    assert sorted(e["gang_id"] for e in ready) == [1, 2] and ready[0]["members"] != ready[1]["members"]
+
+    def times(event: str) -> dict[str, float]:
+        return {r.fields["sequence_id"]: r.created for r in caplog.records
+                if getattr(r, "fields", {}).get("event") == event}
+
+    starts = {e["sequence_id"]: e["gang_id"] for e in _events(caplog, "sequence_start")}
+    assert sorted(starts) == ["long", "other"] and set(starts.values()) == {1, 2}
+    assert max(times("sequence_start").values()) < min(times("sequence_done").values()), "one after the other"
+    assert {_marker(spec.run_uri, sid)["worker"]["pid"] for sid in starts} == {
+        int(e["members"].split(",")[0].split(":")[1]) for e in ready
+    }  # each sequence written by its own gang's rank 0
+
+    single = make_spec(data, tmp_path / "single", tiny_checkpoint, run_id="single",
+                       **{**GANG_JOB, "engine__frame_parallel": 1})
+    assert run_job(single).done == 2
+    for sid in starts:
+        gang, one = _outputs(spec.run_uri, sid), _outputs(single.run_uri, sid)
+        assert list(gang["index"]) == list(range(len(one["index"])))
+        for key in ("extrinsic", "intrinsic", "depth"):
+            assert np.abs(gang[key] - one[key]).max() <= 1e-4 * np.abs(one[key]).max(), (sid, key)
