@@ -132,7 +132,8 @@ def test_two_processes_equal_one(two_processes, case):
 
 def test_every_process_gets_the_whole_sequences_scene_state_equal_to_one_processes(two_processes):
     """The state is trained from both shares (all-reduced fast weights, gathered cameras): both
-    processes hold the same bits, within float32 summation order of one process's state."""
+    processes hold the same bits, within float32 summation order of one process's state (measured:
+    1.6e-6 of the fast weights' range, 2.2e-6 of the cameras'; the first share alone: 0.48)."""
     model, images, out = two_processes
     captured = []
     list(reconstruct(model, images, CASES["keep"], on_state=captured.append))
