@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from datetime import timedelta
 from functools import partial
@@ -167,6 +168,10 @@ class GangMember:
         return in_background(infer, max_ahead=2 * engine.chunk_size)
 
 
+class GangCancelled(Exception):
+    """A gang's start was called off (`Gang(cancel=...)`)."""
+
+
 class Gang:
     """G members placed together. `reconstruct(images)` runs one sequence on all of them and
     returns its frames; `submit` runs one pipeline attempt. A failed sequence ends the gang (its
@@ -182,24 +187,30 @@ class Gang:
         resources: dict[str, float] | None = None,
         timeout_s: float = 600,
         collective_timeout_s: float | None = None,
+        cancel: threading.Event | None = None,
     ):
         """Waits up to `timeout_s` for room and for the members to start; a collective that waits
         longer than `collective_timeout_s` (default: timeout_s) fails, so a lost peer cannot hang
-        the others forever."""
+        the others forever. Setting `cancel` (from another thread) ends a start that still waits
+        within a second: GangCancelled, nothing left behind."""
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+        self.members = []
+        self._cancel = cancel
         bundle = {"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {}), **(resources or {})}
         self._group = placement_group([bundle] * size, strategy="STRICT_PACK")
         try:
-            ray.get(self._group.ready(), timeout=timeout_s)
+            self._get(self._group.ready(), timeout_s)
         except ray.exceptions.GetTimeoutError:
             ray.util.remove_placement_group(self._group)
             raise TimeoutError(f"no node had room for a gang of {size} x {bundle} within {timeout_s:g} s") from None
+        except GangCancelled:
+            ray.util.remove_placement_group(self._group)
+            raise
         member = ray.remote(GangMember)
         env = {"runtime_env": env} if (env := faults.ray_runtime_env()) else {}  # tests only
-        self.members = []
         try:
             for rank in range(size):
                 strategy = PlacementGroupSchedulingStrategy(self._group, placement_group_bundle_index=rank)
@@ -209,13 +220,27 @@ class Gang:
                         scheduling_strategy=strategy, **env,
                     ).remote(spec, rank, size)
                 )
-            self.info = ray.get([m.info.remote() for m in self.members], timeout=timeout_s)
-            address = ray.get(self.members[0].rendezvous_address.remote(), timeout=timeout_s)
+            self.info = self._get([m.info.remote() for m in self.members], timeout_s)
+            address = self._get(self.members[0].rendezvous_address.remote(), timeout_s)
             collective_s = collective_timeout_s or timeout_s
-            ray.get([m.join.remote(address, collective_s) for m in self.members], timeout=timeout_s)
+            self._get([m.join.remote(address, collective_s) for m in self.members], timeout_s)
         except Exception:
             self.shutdown()
             raise
+
+    def _get(self, refs, timeout_s: float):
+        """ray.get(refs, timeout=timeout_s), looking at `cancel` every second."""
+        import ray
+
+        deadline = time.monotonic() + timeout_s
+        waiting = refs if isinstance(refs, list) else [refs]
+        while True:
+            left = deadline - time.monotonic()
+            _, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=max(0.0, min(1.0, left)))
+            if not waiting or left <= 0:
+                return ray.get(refs, timeout=0 if waiting else None)
+            if self._cancel is not None and self._cancel.is_set():
+                raise GangCancelled("the gang's start was cancelled")
 
     @property
     def size(self) -> int:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
@@ -182,6 +183,7 @@ class GangPhase:
         self._slots: list[_Slot] = []
         self._room = plan.count  # gangs the cluster holds (fewer if one finds no room)
         self._starter = ThreadPoolExecutor(plan.count, thread_name_prefix="gang-start")
+        self._cancel = threading.Event()  # calls off the gangs still starting when the phase ends
         self._serial = itertools.count(1)
         self._start_failures = 0
 
@@ -210,7 +212,7 @@ class GangPhase:
         plan, res = self._plan, self._spec.resources
         return Gang(
             self._spec, plan.size, num_cpus=plan.num_cpus, num_gpus=plan.num_gpus, resources=plan.resources,
-            timeout_s=res.actor_start_timeout_s, collective_timeout_s=res.progress_timeout_s,
+            timeout_s=res.actor_start_timeout_s, collective_timeout_s=res.progress_timeout_s, cancel=self._cancel,
         )
 
     def _started(self, slot: _Slot, future: Future) -> None:
@@ -296,13 +298,14 @@ class GangPhase:
         slot.pending = []
 
     def _shutdown(self) -> None:
+        self._cancel.set()  # a gang still starting stops within a second, leaving nothing behind
         for slot in self._slots:
             if slot.gang is not None:
                 slot.gang.shutdown()
-            if slot.starting is not None:  # still loading its models: shut down once started
+            if slot.starting is not None:  # unless it has just started: then it is shut down here
                 slot.starting.add_done_callback(_shutdown_started)
         self._slots = []
-        self._starter.shutdown(wait=False)
+        self._starter.shutdown(wait=True)
 
 
 def _shutdown_started(future: Future) -> None:
