@@ -183,20 +183,20 @@ class Coordinator:
     # -- the loop ----------------------------------------------------------------------------
 
     def _work(self, executor: Executor) -> None:
-        """The pool's sequences, then (their devices released) the gang's: pipeline.gang_phase."""
+        """The pool's sequences, then (their devices released) the gangs': pipeline.gang_phase."""
         self._executor = executor
         gangs = executor.gang_plan
         if route(self._table, gangs):
             log_event(
                 logger, "gang_route", sequences=self._table.unfinished_in(GANG), size=gangs.size,
-                min_frames=gangs.min_frames,
+                gangs=gangs.count, min_frames=gangs.min_frames,
             )
         self._last_event = time.monotonic()
         try:
             if self._table.unfinished_in(POOL):
                 self._run_pool()
             if self._pool is not None:
-                self._pool.shutdown()  # its devices go to the gang
+                self._pool.shutdown()  # its devices go to the gangs
             if self._table.unfinished_in(GANG):
                 GangPhase(self.spec, gangs, self._table, self._sources, executor, self).run()
         finally:

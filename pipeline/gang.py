@@ -8,7 +8,9 @@ or nothing, and NCCL then runs over the node's NVLink); the actors form a torch.
 In a run (`process`), every member also prepares its own frames for writing (rows, filtered
 points, depth rows: the per-pixel work, spread over the gang) and rank 0 writes the sequence's
 staged files with the same `SequenceWriter` a single model actor uses: its own frames first,
-then the others' prepared frames, in order, through Ray's object store. So a gang attempt leaves
+then the others' prepared frames, in order, through Ray's object store. With scene states on,
+rank 0 keeps the whole sequence's state (trained from every member's frames: the engine's
+all-reduced fast weights and gathered cameras), as a single actor does. So a gang attempt leaves
 exactly the files a single actor's attempt leaves, for the coordinator to commit.
 A failed sequence ends the gang (its members are killed): the caller starts a new one.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from datetime import timedelta
 from functools import partial
@@ -99,10 +102,10 @@ class GangMember:
         writer = SequenceWriter(self._spec, source.sequence_id, decoded.frame_uris, decoded.source_sizes)
         writer.engine = {**engine.settings(), "frame_parallel": self.size}
         timer = {"infer_s": 0.0}
+        on_state = writer.keep_state if self._spec.scene_state.enabled and self.rank == 0 else None
         try:
-            mine = map_in_processes(
-                partial(prepare_frame, writer.frame_format), self._frames(images, engine, timer), self._writers
-            )
+            frames = self._frames(images, engine, timer, on_state)
+            mine = map_in_processes(partial(prepare_frame, writer.frame_format), frames, self._writers)
             if self.rank:
                 prepared = []
                 for frame in mine:
@@ -115,6 +118,7 @@ class GangMember:
             for ref in others or []:
                 for frame in ray.get(ref):
                     writer.add_prepared(frame)
+            faults.write_delay()
             store, layout = Store(self._spec.run_uri, self._spec.storage), RunLayout(self._spec.run_uri)
             staged = writer.finish(store, layout, attempt_id)
         finally:
@@ -146,7 +150,7 @@ class GangMember:
         engine = self._spec.engine.model_copy(update={"mode": "chunked", "frame_parallel": self.size})
         return resolve_engine(engine, self._model, total, tuple(hw), self._device, run_frames=largest_share)
 
-    def _frames(self, images, engine, timer: dict | None = None):
+    def _frames(self, images, engine, timer: dict | None = None, on_state=None):
         """This member's frames, computed in a background thread (the collectives run between them)."""
         import torch
 
@@ -155,11 +159,17 @@ class GangMember:
         def infer():
             with torch.inference_mode():
                 begin = time.perf_counter()
-                yield from reconstruct_distributed(self._model, images, engine, device=self._device)
+                yield from reconstruct_distributed(
+                    self._model, images, engine, device=self._device, on_state=on_state
+                )
                 if timer is not None:
                     timer["infer_s"] = time.perf_counter() - begin
 
         return in_background(infer, max_ahead=2 * engine.chunk_size)
+
+
+class GangCancelled(Exception):
+    """A gang's start was called off (`Gang(cancel=...)`)."""
 
 
 class Gang:
@@ -177,24 +187,30 @@ class Gang:
         resources: dict[str, float] | None = None,
         timeout_s: float = 600,
         collective_timeout_s: float | None = None,
+        cancel: threading.Event | None = None,
     ):
         """Waits up to `timeout_s` for room and for the members to start; a collective that waits
         longer than `collective_timeout_s` (default: timeout_s) fails, so a lost peer cannot hang
-        the others forever."""
+        the others forever. Setting `cancel` (from another thread) ends a start that still waits
+        within a second: GangCancelled, nothing left behind."""
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+        self.members = []
+        self._cancel = cancel
         bundle = {"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {}), **(resources or {})}
         self._group = placement_group([bundle] * size, strategy="STRICT_PACK")
         try:
-            ray.get(self._group.ready(), timeout=timeout_s)
+            self._get(self._group.ready(), timeout_s)
         except ray.exceptions.GetTimeoutError:
             ray.util.remove_placement_group(self._group)
             raise TimeoutError(f"no node had room for a gang of {size} x {bundle} within {timeout_s:g} s") from None
+        except GangCancelled:
+            ray.util.remove_placement_group(self._group)
+            raise
         member = ray.remote(GangMember)
         env = {"runtime_env": env} if (env := faults.ray_runtime_env()) else {}  # tests only
-        self.members = []
         try:
             for rank in range(size):
                 strategy = PlacementGroupSchedulingStrategy(self._group, placement_group_bundle_index=rank)
@@ -204,13 +220,27 @@ class Gang:
                         scheduling_strategy=strategy, **env,
                     ).remote(spec, rank, size)
                 )
-            self.info = ray.get([m.info.remote() for m in self.members], timeout=timeout_s)
-            address = ray.get(self.members[0].rendezvous_address.remote(), timeout=timeout_s)
+            self.info = self._get([m.info.remote() for m in self.members], timeout_s)
+            address = self._get(self.members[0].rendezvous_address.remote(), timeout_s)
             collective_s = collective_timeout_s or timeout_s
-            ray.get([m.join.remote(address, collective_s) for m in self.members], timeout=timeout_s)
+            self._get([m.join.remote(address, collective_s) for m in self.members], timeout_s)
         except Exception:
             self.shutdown()
             raise
+
+    def _get(self, refs, timeout_s: float):
+        """ray.get(refs, timeout=timeout_s), looking at `cancel` every second."""
+        import ray
+
+        deadline = time.monotonic() + timeout_s
+        waiting = refs if isinstance(refs, list) else [refs]
+        while True:
+            left = deadline - time.monotonic()
+            _, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=max(0.0, min(1.0, left)))
+            if not waiting or left <= 0:
+                return ray.get(refs, timeout=0 if waiting else None)
+            if self._cancel is not None and self._cancel.is_set():
+                raise GangCancelled("the gang's start was cancelled")
 
     @property
     def size(self) -> int:

@@ -339,8 +339,6 @@ class JobSpec(_Section):
             gang = f"engine.frame_parallel={self.engine.frame_parallel} (a gang of actors per long sequence)"
             if model.global_block != "ttt":
                 raise ValueError(f"{gang} needs a TTT model; preset {model.name!r} is not one")
-            if self.scene_state.enabled:
-                raise ValueError(f"{gang} keeps no scene state: set engine.frame_parallel 1 with scene_state")
             if self.resources.gang_min_frames < self.engine.frame_parallel:
                 raise ValueError(
                     f"{gang}: resources.gang_min_frames={self.resources.gang_min_frames} must be at least "

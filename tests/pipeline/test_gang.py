@@ -3,11 +3,14 @@ reconstructs one sequence exactly as one process does."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 import ray
 import torch
 
-from pipeline.gang import Gang
+from pipeline.gang import Gang, GangCancelled
 from tests.pipeline.conftest import make_spec
 from tests.zipmap_core.test_engines import max_rel_error
 from zipmap_core import EngineConfig, ModelConfig, ZipMap, load_checkpoint, reconstruct
@@ -39,3 +42,17 @@ def test_a_gang_too_large_for_any_node_times_out(ray_cluster, tmp_path):
     spec = make_spec(tmp_path, tmp_path / "out", None, model__allow_random_weights="true")
     with pytest.raises(TimeoutError, match="no node had room"):
         Gang(spec, 3, num_cpus=1, timeout_s=2)  # the test cluster's nodes have 2 CPUs
+
+
+def test_a_gang_start_waiting_for_room_is_called_off_at_once(ray_cluster, tmp_path):
+    from ray.util import placement_group_table
+
+    spec = make_spec(tmp_path, tmp_path / "out", None, model__allow_random_weights="true")
+    cancel, before = threading.Event(), set(placement_group_table())
+    threading.Timer(1.0, cancel.set).start()
+    began = time.monotonic()
+    with pytest.raises(GangCancelled):
+        Gang(spec, 3, num_cpus=1, timeout_s=120, cancel=cancel)  # no room: it would wait 120 s
+    assert time.monotonic() - began < 10
+    groups = placement_group_table()
+    assert {groups[g]["state"] for g in set(groups) - before} == {"REMOVED"}, "its placement group is gone"

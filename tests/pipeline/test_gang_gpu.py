@@ -1,7 +1,7 @@
 """Long sequences on a gang of 2 GPUs inside a pipeline run (NCCL), on the GPU machine only
 (`pytest -m gpu`; deselected without CUDA, see tests/conftest.py): `engine.frame_parallel: auto`
 finds the 2 GPUs, the long sequence runs on both (one GPU per member), the short one on the pool,
-and the long one's outputs equal a single actor's."""
+and the long one's outputs (and scene state) equal a single actor's."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import run_job
+from pipeline import read_outputs, run_job
+from tests.zipmap_core.reference_data import filled_state_dict
+from zipmap_core import ModelConfig, ZipMap
+from zipmap_core.scene_state import SceneState
 
 from .conftest import make_spec, write_sequence
 from .test_gang_phase import _events, _marker, _outputs
@@ -51,3 +54,30 @@ def test_auto_gang_spreads_a_long_sequence_over_two_gpus(ray_cluster, tiny_check
     errors["depth"] = float(np.abs(gang["depth"] - one["depth"]).max() / np.abs(one["depth"]).max())
     print(json.dumps({"gang_vs_one_actor_max_rel_error": errors, "gang_members": ready[0]["members"]}))
     assert max(errors.values()) <= 1e-4, errors
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_a_gang_of_two_gpus_keeps_the_scene_state_of_a_single_actor(ray_cluster, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    model = ZipMap(ModelConfig.preset("tiny_state_query"))
+    checkpoint = tmp_path / "tiny_state_query.pt"
+    torch.save(filled_state_dict(model), checkpoint)
+    write_sequence(tmp_path / "data" / "long", 13, seed=2)
+    job = dict(GPU_JOB, model__preset="tiny_state_query", scene_state__enabled="true")
+    states = {}
+    for name, parallel in (("gang", "auto"), ("single", 1)):
+        spec = make_spec(tmp_path / "data", tmp_path / name, checkpoint, run_id=name, engine__frame_parallel=parallel,
+                         **job)
+        assert run_job(spec).done == 1
+        assert _marker(spec.run_uri, "long")["worker"].get("gang") == (2 if name == "gang" else None)
+        states[name] = SceneState.load(read_outputs(spec.run_uri).scene_state_uri("long"))
+    gang, one = states["gang"], states["single"]
+    errors = {"extrinsics": rel(gang.extrinsics, one.extrinsics), "intrinsics": rel(gang.intrinsics, one.intrinsics)}
+    pairs = zip(gang.layers, one.layers, strict=True)
+    errors["fast_weights"] = max(rel(getattr(a, w), getattr(b, w)) for a, b in pairs for w in ("w0", "w1", "w2"))
+    print(json.dumps({"gang_state_vs_one_actor_max_rel_error": errors}))
+    assert gang.num_frames == 13 and max(errors.values()) <= 1e-4, errors
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())

@@ -1,6 +1,6 @@
 """Long sequences on a gang of actors: the plan and the routing (pure functions), then runs on a
 gang of 2 CPU actors (gloo) on the shared test Ray cluster with the tiny model: routing, outputs
-equal to a single actor's, a killed member, resume."""
+equal to a single actor's, a killed member, resume, scene states."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import os
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 
-from pipeline import run_job
+from pipeline import read_outputs, run_job
+from pipeline.cli import main
 from pipeline.errors import SpecError
 from pipeline.execution import plan_actors
 from pipeline.gang_phase import plan_gang, route
@@ -21,8 +23,12 @@ from pipeline.sequence_table import GANG, POOL, SequenceTable
 from pipeline.tables import read_metadata
 from pipeline.testing.faults import ACTOR_CRASH_POINT, FaultPlan, injected
 from pipeline.testing.media import encode_video, index_pattern
+from tests.zipmap_core.reference_data import filled_state_dict
+from zipmap_core import EngineConfig, ModelConfig, ZipMap
+from zipmap_core.scene_state import SceneState
 
 from .conftest import IMAGE_H, IMAGE_W, make_spec, write_sequence
+from .test_scene_states import direct_state
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -43,8 +49,12 @@ def _plan(nodes: list[dict], fixed_size: bool = True, **fields):
 
 def test_the_gang_size_auto_is_the_gpus_of_one_node_and_impossible_sizes_are_refused(caplog):
     host8, host2 = {"CPU": 64, "GPU": 8}, {"CPU": 16, "GPU": 2}
-    assert _plan([host8]).size == 8 and _plan([host8]).min_frames == 5000
-    assert _plan([host2, host2]).size == 2  # one node: NCCL over its NVLink
+    assert _plan([host8]).size == 8 and _plan([host8]).min_frames == 5000 and _plan([host8]).count == 1
+    assert (_plan([host2, host2]).size, _plan([host2, host2]).count) == (2, 2)  # one node each: NCCL over NVLink
+    # floor(devices / G) gangs at once, each on one node
+    assert [_plan([host8], engine__frame_parallel=g).count for g in (2, 3, 4, 5)] == [4, 2, 2, 1]
+    assert _plan([host8], engine__frame_parallel=2, resources__num_actors=4).count == 2
+    assert _plan([{"CPU": 16, "GPU": 3}] * 3, engine__frame_parallel=2).count == 3  # 9 GPUs, but 1 gang a node
     assert _plan([host8], resources__num_actors=4).size == 4  # the GPUs the job's actors get
     assert _plan([host8], resources__gang_min_frames=3).min_frames == 8  # a frame for every member
     assert _plan([host8], engine__frame_parallel=4, resources__gang_min_frames=900).min_frames == 900
@@ -52,6 +62,7 @@ def test_the_gang_size_auto_is_the_gpus_of_one_node_and_impossible_sizes_are_ref
     assert _plan([{"CPU": 16, "GPU": 1}]) is None
     assert _plan([host8], resources__gpus_per_actor=0.5) is None
     assert _plan([host8], engine__mode="offline") is None
+    assert _plan([host8], model__preset="state_query", scene_state__enabled="true").size == 8  # rank 0 keeps it
     assert _plan([{"CPU": 16}], engine__frame_parallel=2).num_gpus == 0  # CPU processes over gloo
     with pytest.raises(SpecError, match=r"frame_parallel=4: a gang needs \{CPU 4, GPU 4\} on one node; the largest"):
         _plan([host2, host2], engine__frame_parallel=4)
@@ -60,6 +71,8 @@ def test_the_gang_size_auto_is_the_gpus_of_one_node_and_impossible_sizes_are_ref
     with pytest.raises(SpecError, match="leaves less than resources.decode_cpus=1 of the cluster's 2 CPUs"):
         _plan([{"CPU": 2}], engine__frame_parallel=2)  # the gang's sequences could never be decoded
     assert _plan([{"CPU": 2}], engine__frame_parallel=2, resources__cpus_per_actor=0.5).num_cpus == 0.5
+    cpu_gangs = dict(engine__frame_parallel=2, resources__cpus_per_actor=0.25)
+    assert [_plan([{"CPU": 2}], resources__num_actors=n, **cpu_gangs).count for n in (1, 3, 4)] == [1, 1, 2]
     with caplog.at_level("WARNING", logger="pipeline.gang_phase"):
         assert _plan([host2], fixed_size=False, engine__frame_parallel=4).size == 4  # it may grow
     assert "waits until the cluster grows" in caplog.text
@@ -121,12 +134,12 @@ def _events(caplog, event: str) -> list[dict]:
     return [r.fields for r in caplog.records if getattr(r, "fields", {}).get("event") == event]
 
 
-def _gang_job(tmp_path, checkpoint, caplog, run_id: str):
+def _gang_job(tmp_path, checkpoint, caplog, run_id: str, **fields):
     """An input folder with one long sequence (5 frames: a gang's) and the gang job on it."""
     caplog.set_level(logging.INFO)
     data = tmp_path / "data"
     write_sequence(data / "long", 5, seed=2)
-    return data, make_spec(data, tmp_path / "out", checkpoint, run_id=run_id, **GANG_JOB)
+    return data, make_spec(data, tmp_path / "out", checkpoint, run_id=run_id, **{**GANG_JOB, **fields})
 
 
 @pytest.mark.slow
@@ -201,3 +214,67 @@ def test_a_killed_gang_member_fails_the_attempt_and_a_new_gang_commits_it_once(
     assert not os.path.exists(os.path.join(spec.run_uri, "_staging")) or not os.listdir(
         os.path.join(spec.run_uri, "_staging")
     )
+
+
+@pytest.mark.slow
+def test_a_gang_keeps_the_whole_sequences_scene_state_and_views_render_from_it(
+    ray_cluster, tmp_path, caplog, capsys
+):
+    model = ZipMap(ModelConfig.preset("tiny_state_query"))
+    checkpoint = tmp_path / "tiny_state_query.pt"
+    torch.save(filled_state_dict(model), checkpoint)  # the reference's weight rule: views depend on the state
+    data, spec = _gang_job(tmp_path, checkpoint, caplog, "states", model__preset="tiny_state_query",
+                           scene_state__enabled="true")
+    assert run_job(spec).done == 1
+    assert _marker(spec.run_uri, "long")["worker"]["gang"] == 2
+    state = SceneState.load(read_outputs(spec.run_uri).scene_state_uri("long"))
+    assert state.num_frames == 5 and state.metadata["sequence_id"] == "long"
+    # what a single actor stores (test_scene_states: the engine run directly), up to summation order
+    exact = EngineConfig(mode="chunked", chunk_size=2, dtype="float32", newton_schulz="float32")
+    one = direct_state(checkpoint, [data / "long" / f"frame{i + 1}.png" for i in range(5)], exact)
+    assert state.model == one.model and state.image_hw == one.image_hw
+    pairs = [(state.extrinsics, one.extrinsics), (state.intrinsics, one.intrinsics)]
+    for ours, ref in zip(state.layers, one.layers, strict=True):
+        pairs += [(getattr(ours, w), getattr(ref, w)) for w in ("w0", "w1", "w2")]
+    for ours, ref in pairs:
+        assert (ours - ref).abs().max() <= 1e-4 * ref.abs().max()
+    out = tmp_path / "views"
+    assert main(["render", spec.run_uri, "long", "--orbit", "2", "--out", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["views"] == 2 and len(os.listdir(out / "rgb")) == 2
+
+
+@pytest.mark.slow
+def test_two_long_sequences_run_on_two_gangs_at_once_and_equal_one_actor(
+    ray_cluster, tiny_checkpoint, tmp_path, caplog
+):
+    # 2 gangs of 2 x 0.25 CPU: the test cluster's 2 CPUs hold them and a decode task; a delay before
+    # each gang writes keeps the first sequence running until the second gang has started
+    data, spec = _gang_job(tmp_path, tiny_checkpoint, caplog, "two", resources__cpus_per_actor=0.25,
+                           resources__num_actors=4)
+    write_sequence(data / "other", 6, seed=5)
+    with injected(FaultPlan(write_delay_s=4)):
+        summary = run_job(spec)
+    assert (summary.done, summary.failed) == (2, 0), summary
+    assert [e["gangs"] for e in _events(caplog, "gang_route")] == [2]
+    ready = _events(caplog, "gang_ready")
+    assert sorted(e["gang_id"] for e in ready) == [1, 2] and ready[0]["members"] != ready[1]["members"]
+
+    def times(event: str) -> dict[str, float]:
+        return {r.fields["sequence_id"]: r.created for r in caplog.records
+                if getattr(r, "fields", {}).get("event") == event}
+
+    starts = {e["sequence_id"]: e["gang_id"] for e in _events(caplog, "sequence_start")}
+    assert sorted(starts) == ["long", "other"] and set(starts.values()) == {1, 2}
+    assert max(times("sequence_start").values()) < min(times("sequence_done").values()), "one after the other"
+    assert {_marker(spec.run_uri, sid)["worker"]["pid"] for sid in starts} == {
+        int(e["members"].split(",")[0].split(":")[1]) for e in ready
+    }  # each sequence written by its own gang's rank 0
+
+    single = make_spec(data, tmp_path / "single", tiny_checkpoint, run_id="single",
+                       **{**GANG_JOB, "engine__frame_parallel": 1})
+    assert run_job(single).done == 2
+    for sid in starts:
+        gang, one = _outputs(spec.run_uri, sid), _outputs(single.run_uri, sid)
+        assert list(gang["index"]) == list(range(len(one["index"])))
+        for key in ("extrinsic", "intrinsic", "depth"):
+            assert np.abs(gang[key] - one[key]).max() <= 1e-4 * np.abs(one[key]).max(), (sid, key)

@@ -71,7 +71,6 @@ def test_json_round_trip(tmp_path):
         (["model.preset=demo_attention", "engine.mode=chunked"], "needs a TTT model"),
         (["engine.fast=true", "engine.dtype=float32"], "bfloat16 or float16"),
         (["model.preset=demo_attention", "engine.frame_parallel=2"], "frame_parallel=2 .* needs a TTT model"),
-        (["model.preset=state_query", "scene_state.enabled=true", "engine.frame_parallel=2"], "no scene state"),
         (["engine.frame_parallel=4", "resources.gang_min_frames=3"], "gang_min_frames=3 must be at least 4"),
         (["engine.frame_parallel=9"], "frame_parallel"),
         (["model.checkpoint=bundled:nope"], "no bundled weights of that name"),

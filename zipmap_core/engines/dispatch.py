@@ -99,6 +99,7 @@ def reconstruct_distributed(
     *,
     device: str | torch.device | None = None,
     group=None,
+    on_state: StateSink | None = None,
 ) -> Iterator[FramePrediction]:
     """The chunked engine with one sequence spread over the processes of a torch.distributed
     group (default: the whole world; NCCL on GPUs, gloo on CPUs; without torch.distributed, one
@@ -107,7 +108,12 @@ def reconstruct_distributed(
     engine's collectives run between yields. Each process yields its own share's frames, with
     their indices in the whole sequence; the result is one process's up to summation order
     (frame_parallel.py). "auto" settings are decided as for one process running the whole
-    sequence (mode: chunked), identically in every process."""
+    sequence (mode: chunked), identically in every process.
+
+    `on_state`, if given, is called once with the whole sequence's `SceneState` (not the share's):
+    the fast weights are trained from every process's frames (all-reduced) and the cameras of all
+    frames are gathered, so every process that passes it gets the same state, one process's up to
+    summation order. Keep it in one process (e.g. rank 0); passing it elsewhere only costs a copy."""
     engine = engine or EngineConfig(mode="chunked")
     processes = group_size(group)
     if engine.mode not in ("chunked", AUTO):
@@ -123,7 +129,7 @@ def reconstruct_distributed(
         hw = tuple(images.shape[-2:])
         engine = resolve_engine(engine, model, shard.total, hw, device, run_frames=max(shard.counts))
     _ready(model, engine)
-    return reconstruct_chunked(model, images, engine, device, shard=shard)
+    return reconstruct_chunked(model, images, engine, device, on_state, shard=shard)
 
 
 def _unbatched(images: torch.Tensor) -> torch.Tensor:
