@@ -372,6 +372,9 @@ class JobSpec(_Section):
         data = self.model_dump(mode="json")
         keep = {"model", "engine", "preprocess", "point_cloud", "save_depth", "scene_state"}
         result = {k: v for k, v in data.items() if k in keep}
+        # where activations live, and over how many GPUs the long sequences spread, change the
+        # summation order at most: a run resumed on other machines may change them
+        result["engine"] = {k: v for k, v in result["engine"].items() if k not in RESOURCE_ENGINE_FIELDS}
         result["input"] = {k: data["input"][k] for k in ("min_frames", *FrameSampling.model_fields)}
         return result
 
@@ -394,6 +397,9 @@ class JobSpec(_Section):
     def to_json(self) -> str:
         """The resolved spec with secrets redacted, as stored in <run>/spec.json."""
         return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)
+
+
+RESOURCE_ENGINE_FIELDS = ("gpu_cache_gb", "host_memory_budget_gb", "scratch_dir", "frame_parallel")
 
 
 def new_run_id() -> str:

@@ -251,10 +251,14 @@ def test_a_run_cannot_change_what_its_outputs_mean(local_run):
     spec = local_run["spec"]
     with pytest.raises(SpecError, match="point_cloud"):
         run_job(spec, overrides=["point_cloud.voxel_size=0.1"])
-    # resources, retries and the like may change between sessions
-    summary = run_job(
-        spec, overrides=["resources.max_in_flight_per_actor=1", "retry.max_attempts=5"], raise_on_failure=False
-    )
+    with pytest.raises(SpecError, match="engine"):
+        run_job(spec, overrides=["engine.newton_schulz=float32"])
+    # resources, retries, where activations live and how many GPUs share a long sequence may change
+    overrides = [
+        "resources.max_in_flight_per_actor=1", "retry.max_attempts=5", "engine.host_memory_budget_gb=8",
+        "engine.gpu_cache_gb=1", "engine.frame_parallel=2", "resources.gang_min_frames=1000",
+    ]
+    summary = run_job(spec, overrides=overrides, raise_on_failure=False)
     assert summary.done == 3
 
 
