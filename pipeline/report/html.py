@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import json
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -120,7 +121,7 @@ def render_report(store: Store, layout: RunLayout, committed: dict[str, dict[str
         "<div class=row><div><h2>Summary</h2>",
         _table(rows),
         "</div><div><h2>Settings</h2>",
-        _table(_settings(spec)),
+        _table(_settings(spec, list(records.values()))),
         "</div></div>",
     ]
     failed = [r for r in records.values() if r.status == "failed"]
@@ -168,19 +169,31 @@ def _read_stats(store: Store, layout: RunLayout, committed: dict[str, dict[str, 
     return {sid: json.loads(data) for sid, data in zip(wanted, blobs)}
 
 
-def _settings(spec: dict[str, Any]) -> list[tuple[str, str]]:
+def _settings(spec: dict[str, Any], records: list[SequenceRecord]) -> list[tuple[str, str]]:
     if not spec:
         return [("spec", "spec.json not found")]
     model, engine, pre, pc = (spec.get(k, {}) for k in ("model", "engine", "preprocess", "point_cloud"))
     exports = ", ".join(e["format"] for e in spec.get("exports", [])) or "none"
+    ran = Counter(_ran_with(json.loads(r.engine)) for r in records if r.engine)
     values = [
         ("model", f"{model.get('preset')} ({model.get('checkpoint') or 'random weights'})"),
         ("engine", f"{engine.get('mode')}, {engine.get('dtype')}"),
+        ("ran with", "; ".join(f"{how} ({n} sequence{'s' * (n != 1)})" for how, n in ran.most_common()) or "-"),
         ("input size", f"{pre.get('size')} ({pre.get('mode')})"),
         ("point cloud", f"confidence >= {pc.get('conf_threshold')}, voxel {pc.get('voxel_size') or 'none'}"),
         ("exports", exports),
     ]
     return [(k, html.escape(str(v))) for k, v in values]
+
+
+def _ran_with(engine: dict[str, Any]) -> str:
+    """A sequence's engine as it ran ("auto" decided per sequence in the model actor)."""
+    words = [engine.get("mode"), engine.get("dtype")]
+    flags = (("fast", "fast"), ("compiled", "compile"), ("fp8", "fp8"))
+    words += [word for word, key in flags if engine.get(key) is True]
+    if (engine.get("frame_parallel") or 1) > 1:
+        words.append(f"{engine['frame_parallel']} GPUs")
+    return ", ".join(str(w) for w in words if w)
 
 
 def _card(record: SequenceRecord, marker: dict[str, Any] | None, stats: dict[str, Any] | None) -> str:

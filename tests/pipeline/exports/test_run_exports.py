@@ -96,6 +96,8 @@ def test_the_run_wrote_its_report_with_the_previews(demo_run):
         load_page(driver, f"file://{page}")
         assert wait_for_images(driver) == 4
         assert len(driver.find_elements(By.CSS_SELECTOR, ".card[data-status=done]")) == 2
+        text = driver.find_element(By.TAG_NAME, "body").text  # the engine as asked and as each sequence ran
+        assert "auto, auto" in text and "ran with offline, float32 (2 sequences)" in text, text
         if folder := os.environ.get("ZIPMAP_TEST_ARTIFACTS"):
             os.makedirs(folder, exist_ok=True)
             screenshot(driver, os.path.join(folder, "report_demo_model.png"))
