@@ -35,6 +35,10 @@ READ_AHEAD = 8  # image files fetched at once (concurrently on object stores)
 _UNSET = object()
 
 
+# a pixel's value in [0, 1], by uint8 level: x / 255 in float32, looked up (the engine process
+# makes its float images with it too, on the accelerator for the offline engine)
+PIXEL_VALUES = np.arange(256, dtype=np.uint8).astype(np.float32) / 255.0
+
 @dataclass
 class DecodedSequence:
     """The model input of one sequence plus what the frames table needs to know about sources.
@@ -55,7 +59,7 @@ class DecodedSequence:
 
     def images(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """float32 [S, 3, H, W] in [0, 1] (frames [start, stop)), identical to what load_images returned."""
-        return torch.from_numpy(self.pixels[start:stop].astype(np.float32) / 255.0)
+        return torch.from_numpy(PIXEL_VALUES[self.pixels[start:stop]])
 
 
 def decode_sequence(source: SequenceSource, spec: JobSpec, *, indices: Sequence[int] | None = None) -> DecodedSequence:

@@ -44,6 +44,7 @@ import numpy as np
 
 from zipmap_core.engines.results import FramePrediction
 
+from .decode import PIXEL_VALUES
 from .errors import InfrastructureError
 from .overlap import remove_stale_scratch
 from .spec import JobSpec
@@ -61,7 +62,6 @@ RING_BYTES = 1 << 30  # output slots per sequence: the whole sequence when it fi
 _HEADER = 16  # int64 consumed (written by the actor), int64 cancelled (written by the actor)
 _POLL_S = 0.002
 # exactly DecodedSequence.images() per value: float32(u8) / 255
-_U8_TO_FLOAT = np.arange(256, dtype=np.uint8).astype(np.float32) / 255.0
 ENGINE_CRASH_POINT = "engine.frame_computed"  # in the engine process, after a frame left the engine
 
 
@@ -421,8 +421,8 @@ class _Runner:
         bytes to copy) for the offline engine, which moves them all there anyway; on the host for
         the others, which move a chunk at a time."""
         if self._device.type == "cpu" or engine.mode != "offline":
-            return torch.from_numpy(_U8_TO_FLOAT[pixels])
-        table = torch.from_numpy(_U8_TO_FLOAT).to(self._device)
+            return torch.from_numpy(PIXEL_VALUES[pixels])
+        table = torch.from_numpy(PIXEL_VALUES).to(self._device)
         images = torch.empty(pixels.shape, dtype=torch.float32, device=self._device)
         for begin in range(0, len(images), 64):  # bounded int64 indices
             images[begin : begin + 64] = table[torch.from_numpy(pixels[begin : begin + 64]).to(self._device).long()]

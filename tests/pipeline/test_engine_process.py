@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from pipeline import read_outputs, run_job
-from pipeline.decode import DecodedSequence
-from pipeline.engine_process import _U8_TO_FLOAT, ENGINE_CRASH_POINT, PINNED_ALLOC_CONF, SHM_DIR
+from pipeline.decode import PIXEL_VALUES, DecodedSequence
+from pipeline.engine_process import ENGINE_CRASH_POINT, PINNED_ALLOC_CONF, SHM_DIR
 from pipeline.testing.faults import FaultPlan, injected
 
 from .conftest import make_spec, reference_frames, write_sequence
@@ -27,8 +27,8 @@ def test_the_engine_gets_the_images_and_gives_the_colours_of_the_actor():
     and the colours it would hand back (frames.py: round(clamp(x) * 255)) are the pixels again."""
     pixels = np.random.default_rng(0).integers(0, 256, (3, 3, 14, 28), dtype=np.uint8)
     decoded = DecodedSequence("s", pixels, [], [], 0.0)
-    assert np.array_equal(_U8_TO_FLOAT[pixels], decoded.images().numpy())
-    values = torch.from_numpy(_U8_TO_FLOAT)
+    assert np.array_equal(decoded.images().numpy(), pixels.astype(np.float32) / 255.0)  # the engine's table
+    values = torch.from_numpy(PIXEL_VALUES)
     assert torch.equal((values.clamp(0, 1) * 255).round().to(torch.uint8), torch.arange(256, dtype=torch.uint8))
 
 
