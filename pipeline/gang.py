@@ -21,6 +21,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from functools import partial
 from typing import Any
@@ -188,11 +189,17 @@ class Gang:
         timeout_s: float = 600,
         collective_timeout_s: float | None = None,
         cancel: threading.Event | None = None,
+        on_no_room: Callable[[], None] | None = None,
+        keep_waiting: Callable[[], bool] | None = None,
     ):
         """Waits up to `timeout_s` for room and for the members to start; a collective that waits
         longer than `collective_timeout_s` (default: timeout_s) fails, so a lost peer cannot hang
         the others forever. Setting `cancel` (from another thread) ends a start that still waits
-        within a second: GangCancelled, nothing left behind."""
+        within a second: GangCancelled, nothing left behind.
+
+        Room: `on_no_room()` is called once if the placement group is not placed within a second;
+        while `keep_waiting()` says so (another gang of the run is up), the wait for room has no
+        deadline (each `timeout_s` that passes asks it again)."""
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -202,7 +209,7 @@ class Gang:
         bundle = {"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {}), **(resources or {})}
         self._group = placement_group([bundle] * size, strategy="STRICT_PACK")
         try:
-            self._get(self._group.ready(), timeout_s)
+            self._get(self._group.ready(), timeout_s, on_slow=on_no_room, keep_waiting=keep_waiting)
         except ray.exceptions.GetTimeoutError:
             ray.util.remove_placement_group(self._group)
             raise TimeoutError(f"no node had room for a gang of {size} x {bundle} within {timeout_s:g} s") from None
@@ -228,8 +235,9 @@ class Gang:
             self.shutdown()
             raise
 
-    def _get(self, refs, timeout_s: float):
-        """ray.get(refs, timeout=timeout_s), looking at `cancel` every second."""
+    def _get(self, refs, timeout_s: float, on_slow=None, keep_waiting=None):
+        """ray.get(refs, timeout=timeout_s), looking at `cancel` every second; `on_slow()` once
+        when not done within a second; a new `timeout_s` each time `keep_waiting()` says so."""
         import ray
 
         deadline = time.monotonic() + timeout_s
@@ -237,10 +245,15 @@ class Gang:
         while True:
             left = deadline - time.monotonic()
             _, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=max(0.0, min(1.0, left)))
+            if waiting and left <= 0 and keep_waiting is not None and keep_waiting():
+                deadline, left = time.monotonic() + timeout_s, timeout_s
             if not waiting or left <= 0:
                 return ray.get(refs, timeout=0 if waiting else None)
             if self._cancel is not None and self._cancel.is_set():
                 raise GangCancelled("the gang's start was cancelled")
+            if on_slow is not None:
+                on_slow()
+                on_slow = None
 
     @property
     def size(self) -> int:

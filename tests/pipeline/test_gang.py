@@ -56,3 +56,22 @@ def test_a_gang_start_waiting_for_room_is_called_off_at_once(ray_cluster, tmp_pa
     assert time.monotonic() - began < 10
     groups = placement_group_table()
     assert {groups[g]["state"] for g in set(groups) - before} == {"REMOVED"}, "its placement group is gone"
+
+
+def test_a_gang_without_room_says_so_once_and_waits_past_its_timeout_while_told_to(ray_cluster, tmp_path):
+    from ray.util import placement_group_table
+
+    spec = make_spec(tmp_path, tmp_path / "out", None, model__allow_random_weights="true")
+    asked, told, before = [], [], set(placement_group_table())
+
+    def keep_waiting() -> bool:  # another gang of the run is up for the first two timeouts, then none
+        asked.append(time.monotonic())
+        return len(asked) <= 2
+
+    began = time.monotonic()
+    with pytest.raises(TimeoutError, match="no node had room"):
+        Gang(spec, 3, num_cpus=1, timeout_s=1, on_no_room=lambda: told.append(1), keep_waiting=keep_waiting)
+    assert len(told) == 1 and len(asked) == 3
+    assert 3 <= time.monotonic() - began < 10, "three timeouts of 1 s: two extended, the last one ends it"
+    groups = placement_group_table()
+    assert {groups[g]["state"] for g in set(groups) - before} == {"REMOVED"}, "its placement group is gone"
