@@ -378,3 +378,25 @@ def test_a_gang_waiting_for_room_starts_when_room_appears_and_takes_a_sequence(
     assert sorted(e["sequence_id"] for e in _events(caplog, "sequence_done")) == ["long", "other"]
     assert not _events(caplog, "sequence_retry")
     assert {sid: _marker(spec.run_uri, sid)["attempt"] for sid in starts} == {"long": 1, "other": 1}
+
+
+@pytest.mark.slow
+def test_a_resume_may_change_frame_parallel_and_says_so(ray_cluster, tiny_checkpoint, tmp_path, caplog):
+    data, spec = _gang_job(tmp_path, tiny_checkpoint, caplog, "resume")
+    assert run_job(spec).done == 1
+    long_marker = _marker(spec.run_uri, "long")
+    assert long_marker["worker"]["gang"] == 2
+    # the next session has one GPU: frame_parallel 1 (a summation order, not what the outputs mean)
+    write_sequence(data / "later", 6, seed=3)
+    caplog.clear()
+    summary = run_job(spec, overrides=["engine.frame_parallel=1"])
+    assert (summary.done, summary.failed) == (2, 0), summary
+    [changed] = _events(caplog, "resume_settings_changed")
+    assert changed["settings"] == {"engine.frame_parallel": [2, 1]}
+    assert "engine.frame_parallel 2 -> 1: accepted" in caplog.text
+    assert [(e["sequence_id"], e.get("actor")) for e in _events(caplog, "sequence_start")] == [("later", 0)]
+    assert not _events(caplog, "gang_ready") and _marker(spec.run_uri, "long") == long_marker
+    assert "frame_parallel" not in _marker(spec.run_uri, "later")["engine"]
+    assert list(_outputs(spec.run_uri, "later")["index"]) == list(range(6))
+    with pytest.raises(SpecError, match="engine"):  # what the outputs mean still may not change
+        run_job(spec, overrides=["engine.frame_parallel=1", "engine.chunk_size=3"])
