@@ -79,10 +79,13 @@ class GangMember:
             backend, init_method=address, rank=self.rank, world_size=self.size, timeout=timedelta(seconds=timeout_s)
         )
 
-    def reconstruct(self, images) -> list:
-        """This member's share of the sequence -> its FramePredictions (indices in the whole sequence)."""
+    def reconstruct(self, images, keep_state: bool = False) -> tuple[list, Any]:
+        """This member's share of the sequence -> (its FramePredictions, indices in the whole
+        sequence; with `keep_state`, the whole sequence's SceneState, else None)."""
         engine = self._spec.engine.model_copy(update={"mode": "chunked", "frame_parallel": self.size})
-        return list(self._frames(images, engine))  # "auto" decided by the engine, from every share
+        states: list = []
+        frames = list(self._frames(images, engine, on_state=states.append if keep_state else None))
+        return frames, (states[0] if states else None)  # "auto" decided by the engine, from every share
 
     def process(
         self, source: SequenceSource, decoded: DecodedSequence, attempt_id: str, others: list | None = None
@@ -174,9 +177,9 @@ class GangCancelled(Exception):
 
 
 class Gang:
-    """G members placed together. `reconstruct(images)` runs one sequence on all of them and
-    returns its frames; `submit` runs one pipeline attempt. A failed sequence ends the gang (its
-    members are killed): start a new one to go on."""
+    """G members placed together. `reconstruct(images, on_state=None)` runs one sequence on all of
+    them and returns its frames (and hands over its scene state); `submit` runs one pipeline
+    attempt. A failed sequence ends the gang (its members are killed): start a new one to go on."""
 
     def __init__(
         self,
@@ -267,14 +270,21 @@ class Gang:
         first = self.members[0].process.remote(source, decoded, attempt_id, rest)
         return first, [first, *rest]
 
-    def reconstruct(self, images) -> list[Any]:
-        """images [S, 3, H, W] -> every frame's FramePrediction, in order (S >= the gang's size)."""
+    def reconstruct(self, images, on_state: Callable[[Any], None] | None = None) -> list[Any]:
+        """images [S, 3, H, W] -> every frame's FramePrediction, in order (S >= the gang's size).
+        `on_state`, if given, is called once with the whole sequence's SceneState, as
+        `zipmap_core.reconstruct(..., on_state=)` does for one process: rank 0 keeps it (the
+        fast-weight updates are all-reduced, the cameras gathered: one process's state up to
+        summation order)."""
         import ray
 
         from zipmap_core.engines import frame_shares
 
         shares = frame_shares(len(images), len(self.members))
-        refs = [m.reconstruct.remote(images[a:b]) for m, (a, b) in zip(self.members, shares)]
+        refs = [
+            m.reconstruct.remote(images[a:b], on_state is not None and rank == 0)
+            for rank, (m, (a, b)) in enumerate(zip(self.members, shares))
+        ]
         pending = list(refs)
         try:
             while pending:  # the first failure ends the gang: the others would wait in a collective
@@ -283,7 +293,10 @@ class Gang:
         except Exception:
             self.shutdown()
             raise
-        return [frame for part in ray.get(refs) for frame in part]
+        parts = ray.get(refs)
+        if on_state is not None:
+            on_state(parts[0][1])
+        return [frame for frames, _ in parts for frame in frames]
 
     def shutdown(self) -> None:
         import ray
