@@ -317,7 +317,7 @@ class GangPhase:
         self._cancel.set()  # a gang still starting stops within a second, leaving nothing behind
         if waiting := sum(slot.starting is not None for slot in self._slots):
             log_event(logger, "gang_called_off", gangs=waiting, message=f"gang_called_off gangs={waiting}: "
-                      "the gang lane is done; the gangs still starting (or waiting for room) are not needed")
+                      "the gang phase ends; gangs still starting (or waiting for room) are called off")
         for slot in self._slots:
             if slot.gang is not None:
                 slot.gang.shutdown()

@@ -31,7 +31,7 @@ from zipmap_core import EngineConfig, ModelConfig, ZipMap
 from zipmap_core.scene_state import SceneState
 
 from .conftest import IMAGE_H, IMAGE_W, make_spec, write_sequence
-from .test_scene_states import direct_state
+from .test_scene_states import assert_states_close, direct_state
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -237,12 +237,7 @@ def test_a_gang_keeps_the_whole_sequences_scene_state_and_views_render_from_it(
     # what a single actor stores (test_scene_states: the engine run directly), up to summation order
     exact = EngineConfig(mode="chunked", chunk_size=2, dtype="float32", newton_schulz="float32")
     one = direct_state(checkpoint, [data / "long" / f"frame{i + 1}.png" for i in range(5)], exact)
-    assert state.model == one.model and state.image_hw == one.image_hw
-    pairs = [(state.extrinsics, one.extrinsics), (state.intrinsics, one.intrinsics)]
-    for ours, ref in zip(state.layers, one.layers, strict=True):
-        pairs += [(getattr(ours, w), getattr(ref, w)) for w in ("w0", "w1", "w2")]
-    for ours, ref in pairs:
-        assert (ours - ref).abs().max() <= 1e-4 * ref.abs().max()
+    assert_states_close(state, one, 1e-4)
     out = tmp_path / "views"
     assert main(["render", spec.run_uri, "long", "--orbit", "2", "--out", str(out)]) == 0
     assert json.loads(capsys.readouterr().out)["views"] == 2 and len(os.listdir(out / "rgb")) == 2
