@@ -360,7 +360,7 @@ def test_a_gang_waiting_for_room_starts_when_room_appears_and_takes_a_sequence(
     leaves = TenantLeaves()
     logging.getLogger("pipeline.gang_phase").addHandler(leaves)
     try:
-        with injected(FaultPlan(write_delay_s=4)):
+        with injected(FaultPlan(write_delay_s=5)):
             summary = run_job(spec)
     finally:
         logging.getLogger("pipeline.gang_phase").removeHandler(leaves)
