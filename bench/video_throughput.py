@@ -77,6 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
             pipeline = throughput._bench_pipeline(run_args, str(videos), str(work / f"output{i}"))
             runs.append({"override": override, "pipeline": pipeline,
                          "ratio": pipeline["steady_frames_per_s"] / engine["frames_per_s"]})
+            print(f"pipeline run {i} ({override or 'defaults'}): {pipeline['steady_frames_per_s']:.1f} frames/s "
+                  f"steady against the engine's {engine['frames_per_s']:.1f}: {runs[-1]['ratio']:.3f}", flush=True)
     cores = engine["frames_per_s"] / decode["frames_per_core_s"]
     result = {
         "settings": _settings(args), "encode": encode, "decode": decode, "decode_breakdown_ms": breakdown,
@@ -254,7 +256,7 @@ def _decode_breakdown(path: Path, size: int) -> dict:
             t1 = time.process_time()
             if frame is None:
                 break
-            image = Image.fromarray(frame.to_ndarray(format="rgb24"))  # as pipeline.decode does
+            image = Image.fromarray(frame.to_ndarray(format="rgb24", threads=1))  # as pipeline.decode does
             t2 = time.process_time()
             resized.add(image)
             t3 = time.process_time()
