@@ -72,6 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", type=int, help="square training/evaluation image size (default: the preset's)")
     p.add_argument("--lr", type=float, default=8e-4)
     p.add_argument("--warmup-steps", type=int, default=150)
+    p.add_argument("--lr-min-ratio", type=float, default=0.0,
+                   help="the cosine decays to lr x this (1: constant after the warm-up)")
     p.add_argument("--frames-per-batch", type=int, default=64)
     p.add_argument("--max-frames", type=int, default=12)
     p.add_argument("--pool-size", type=int, default=128)
@@ -111,7 +113,8 @@ def train_both(args: argparse.Namespace, paths: dict[str, str]) -> dict[str, dic
     main, *paired = args.models
     cfg = TrainConfig(
         preset=main, out=paths[main], device=args.device, minutes=args.minutes, steps=args.steps,
-        lr=args.lr, warmup_steps=args.warmup_steps, seed=args.seed, log_every=args.log_every, ckpt_every=500,
+        lr=args.lr, warmup_steps=args.warmup_steps, lr_min_ratio=args.lr_min_ratio, seed=args.seed,
+        log_every=args.log_every, ckpt_every=500,
         height=args.size, width=args.size, max_frames=args.max_frames, frames_per_batch=args.frames_per_batch,
         pool_size=args.pool_size, pool_frames=args.pool_frames, new_per_step=args.new_per_step,
         curriculum=args.curriculum, paired_preset=paired[0] if paired else None,

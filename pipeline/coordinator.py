@@ -89,7 +89,7 @@ class Coordinator:
         self._sources: dict[str, SequenceSource] = {}
         self._skipped_inputs: dict[str, int] = {}  # discovery's skip counts by reason
         self._attempts: dict[Any, _Attempt] = {}
-        self._on_gang: dict[str, int] = {}  # running sequences on a gang: its size (for status)
+        self._on_gang: dict[str, dict] = {}  # running sequences on a gang: its size and id (for status)
         self._lease = RunLease(self.store, self.layout, spec.driver, spec.run_id)
         self._progress = ProgressReport(spec.run_id, self._table, enabled=False)
         self._executor: Executor | None = None
@@ -261,7 +261,7 @@ class Coordinator:
         """Start an attempt of `sid`; `where` (actor=i or gang=G) goes into its log line."""
         running = self._table.start(sid, uuid.uuid4().hex[:12], started_at=time.time(), started=time.monotonic())
         if "gang" in where:
-            self._on_gang[sid] = where["gang"]
+            self._on_gang[sid] = {k: where[k] for k in ("gang", "gang_id") if k in where}
         log_event(logger, "sequence_start", sequence_id=sid, attempt=running.attempt, **where)
         return running
 
@@ -285,7 +285,7 @@ class Coordinator:
         self._periodic()
 
     def commit(self, sid: str, attempt: RunningAttempt, result: Any) -> None:
-        gang = self._on_gang.pop(sid, None)
+        gang = self._on_gang.pop(sid, {})
         record = self._table[sid]
         timings = {**result.timings, "total_s": time.monotonic() - attempt.started}
         self._lease.check()  # never publish into a run that another driver has taken over
@@ -313,7 +313,7 @@ class Coordinator:
         self._progress.committed(now)
         log_event(
             logger, "sequence_done", sequence_id=sid, attempt=done.attempts, frames=done.num_frames,
-            seconds=done.total_s, gang=gang,
+            seconds=done.total_s, **gang,
         )
 
     def _attempt_failed(self, sid: str, kind: str, error: str) -> None:
@@ -381,7 +381,7 @@ class Coordinator:
             "running_sequences": [
                 {
                     "sequence_id": sid, "attempt": r.attempt, "started_at": iso_time(r.started_at),
-                    **({"gang": self._on_gang[sid]} if sid in self._on_gang else {}),
+                    **self._on_gang.get(sid, {}),
                 }
                 for sid, r in running
             ],

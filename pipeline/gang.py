@@ -21,6 +21,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from functools import partial
 from typing import Any
@@ -78,10 +79,13 @@ class GangMember:
             backend, init_method=address, rank=self.rank, world_size=self.size, timeout=timedelta(seconds=timeout_s)
         )
 
-    def reconstruct(self, images) -> list:
-        """This member's share of the sequence -> its FramePredictions (indices in the whole sequence)."""
+    def reconstruct(self, images, keep_state: bool = False) -> tuple[list, Any]:
+        """This member's share of the sequence -> (its FramePredictions, indices in the whole
+        sequence; with `keep_state`, the whole sequence's SceneState, else None)."""
         engine = self._spec.engine.model_copy(update={"mode": "chunked", "frame_parallel": self.size})
-        return list(self._frames(images, engine))  # "auto" decided by the engine, from every share
+        states: list = []
+        frames = list(self._frames(images, engine, on_state=states.append if keep_state else None))
+        return frames, (states[0] if states else None)  # "auto" decided by the engine, from every share
 
     def process(
         self, source: SequenceSource, decoded: DecodedSequence, attempt_id: str, others: list | None = None
@@ -173,9 +177,9 @@ class GangCancelled(Exception):
 
 
 class Gang:
-    """G members placed together. `reconstruct(images)` runs one sequence on all of them and
-    returns its frames; `submit` runs one pipeline attempt. A failed sequence ends the gang (its
-    members are killed): start a new one to go on."""
+    """G members placed together. `reconstruct(images, on_state=None)` runs one sequence on all of
+    them and returns its frames (and hands over its scene state); `submit` runs one pipeline
+    attempt. A failed sequence ends the gang (its members are killed): start a new one to go on."""
 
     def __init__(
         self,
@@ -188,11 +192,17 @@ class Gang:
         timeout_s: float = 600,
         collective_timeout_s: float | None = None,
         cancel: threading.Event | None = None,
+        on_no_room: Callable[[], None] | None = None,
+        keep_waiting: Callable[[], bool] | None = None,
     ):
         """Waits up to `timeout_s` for room and for the members to start; a collective that waits
         longer than `collective_timeout_s` (default: timeout_s) fails, so a lost peer cannot hang
         the others forever. Setting `cancel` (from another thread) ends a start that still waits
-        within a second: GangCancelled, nothing left behind."""
+        within a second: GangCancelled, nothing left behind.
+
+        Room: `on_no_room()` is called once if the placement group is not placed within a second;
+        while `keep_waiting()` says so (another gang of the run is up), the wait for room has no
+        deadline (each `timeout_s` that passes asks it again)."""
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -202,7 +212,7 @@ class Gang:
         bundle = {"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {}), **(resources or {})}
         self._group = placement_group([bundle] * size, strategy="STRICT_PACK")
         try:
-            self._get(self._group.ready(), timeout_s)
+            self._get(self._group.ready(), timeout_s, on_slow=on_no_room, keep_waiting=keep_waiting)
         except ray.exceptions.GetTimeoutError:
             ray.util.remove_placement_group(self._group)
             raise TimeoutError(f"no node had room for a gang of {size} x {bundle} within {timeout_s:g} s") from None
@@ -228,8 +238,9 @@ class Gang:
             self.shutdown()
             raise
 
-    def _get(self, refs, timeout_s: float):
-        """ray.get(refs, timeout=timeout_s), looking at `cancel` every second."""
+    def _get(self, refs, timeout_s: float, on_slow=None, keep_waiting=None):
+        """ray.get(refs, timeout=timeout_s), looking at `cancel` every second; `on_slow()` once
+        when not done within a second; a new `timeout_s` each time `keep_waiting()` says so."""
         import ray
 
         deadline = time.monotonic() + timeout_s
@@ -237,10 +248,15 @@ class Gang:
         while True:
             left = deadline - time.monotonic()
             _, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=max(0.0, min(1.0, left)))
+            if waiting and left <= 0 and keep_waiting is not None and keep_waiting():
+                deadline, left = time.monotonic() + timeout_s, timeout_s
             if not waiting or left <= 0:
                 return ray.get(refs, timeout=0 if waiting else None)
             if self._cancel is not None and self._cancel.is_set():
                 raise GangCancelled("the gang's start was cancelled")
+            if on_slow is not None:
+                on_slow()
+                on_slow = None
 
     @property
     def size(self) -> int:
@@ -254,14 +270,21 @@ class Gang:
         first = self.members[0].process.remote(source, decoded, attempt_id, rest)
         return first, [first, *rest]
 
-    def reconstruct(self, images) -> list[Any]:
-        """images [S, 3, H, W] -> every frame's FramePrediction, in order (S >= the gang's size)."""
+    def reconstruct(self, images, on_state: Callable[[Any], None] | None = None) -> list[Any]:
+        """images [S, 3, H, W] -> every frame's FramePrediction, in order (S >= the gang's size).
+        `on_state`, if given, is called once with the whole sequence's SceneState, as
+        `zipmap_core.reconstruct(..., on_state=)` does for one process: rank 0 keeps it (the
+        fast-weight updates are all-reduced, the cameras gathered: one process's state up to
+        summation order)."""
         import ray
 
         from zipmap_core.engines import frame_shares
 
         shares = frame_shares(len(images), len(self.members))
-        refs = [m.reconstruct.remote(images[a:b]) for m, (a, b) in zip(self.members, shares)]
+        refs = [
+            m.reconstruct.remote(images[a:b], on_state is not None and rank == 0)
+            for rank, (m, (a, b)) in enumerate(zip(self.members, shares))
+        ]
         pending = list(refs)
         try:
             while pending:  # the first failure ends the gang: the others would wait in a collective
@@ -270,7 +293,10 @@ class Gang:
         except Exception:
             self.shutdown()
             raise
-        return [frame for part in ray.get(refs) for frame in part]
+        parts = ray.get(refs)
+        if on_state is not None:
+            on_state(parts[0][1])
+        return [frame for frames, _ in parts for frame in frames]
 
     def shutdown(self) -> None:
         import ray

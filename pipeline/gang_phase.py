@@ -213,6 +213,21 @@ class GangPhase:
         return Gang(
             self._spec, plan.size, num_cpus=plan.num_cpus, num_gpus=plan.num_gpus, resources=plan.resources,
             timeout_s=res.actor_start_timeout_s, collective_timeout_s=res.progress_timeout_s, cancel=self._cancel,
+            on_no_room=self._no_room, keep_waiting=self._gangs_up,
+        )
+
+    def _gangs_up(self) -> int:
+        """Gangs started and not lost (read from a starting gang's thread: a start waits for room,
+        without a deadline, as long as one of them runs the lane's sequences)."""
+        return sum(slot.gang is not None for slot in list(self._slots))
+
+    def _no_room(self) -> None:
+        """A gang's placement group found no room: say what happens meanwhile."""
+        up = self._gangs_up()
+        then = "the gangs up take the long sequences meanwhile" if up else "up to resources.actor_start_timeout_s"
+        log_event(
+            logger, "gang_no_room", logging.WARNING, size=self._plan.size, gangs_up=up,
+            message=f"gang_no_room size={self._plan.size} gangs_up={up}: a gang waits for room; {then}",
         )
 
     def _started(self, slot: _Slot, future: Future) -> None:
@@ -222,7 +237,7 @@ class GangPhase:
         except TimeoutError as exc:
             if any(s.gang or s.starting for s in self._slots if s is not slot):  # run on the gangs there are
                 self._room -= 1
-                log_event(logger, "gang_no_room", logging.WARNING, size=plan.size, gangs=self._room, error=str(exc))
+                log_event(logger, "gang_dropped", logging.WARNING, size=plan.size, gangs=self._room, error=str(exc))
                 return
             raise InfrastructureError(f"{exc} (resources.actor_start_timeout_s)") from exc
         except RayError as exc:
@@ -279,6 +294,7 @@ class GangPhase:
                 continue
             if not slot.pending:
                 sid, attempt, result = slot.sid, slot.attempt, self._executor.get(slot.first)
+                result.worker["gang_id"] = slot.gang_id  # which of the run's gangs wrote it (commit marker)
                 self._clear(slot)
                 self._host.commit(sid, attempt, result)
 
@@ -299,6 +315,9 @@ class GangPhase:
 
     def _shutdown(self) -> None:
         self._cancel.set()  # a gang still starting stops within a second, leaving nothing behind
+        if waiting := sum(slot.starting is not None for slot in self._slots):
+            log_event(logger, "gang_called_off", gangs=waiting, message=f"gang_called_off gangs={waiting}: "
+                      "the gang phase ends; gangs still starting (or waiting for room) are called off")
         for slot in self._slots:
             if slot.gang is not None:
                 slot.gang.shutdown()

@@ -184,7 +184,7 @@ class RunSummary(BaseModel):
     failures: list[dict[str, Any]]  # sequence_id, attempts, error
     skipped_inputs: dict[str, int] = {}  # inputs discovery skipped, by reason (pipeline.discovery.SKIP_REASONS)
     running: int = 0  # sequences in flight (`status` of a live run)
-    running_sequences: list[dict[str, Any]] = []  # sequence_id, attempt, started_at
+    running_sequences: list[dict[str, Any]] = []  # sequence_id, attempt, started_at (on a gang: gang, gang_id)
     driver: dict[str, Any] | None = None  # `status`: the run's driver (state running|dead|finished|stopped, ...)
     # committed sequences whose outputs are missing or incomplete (counted as pending; resume redoes
     # them): sequence_id, problem. Filled in by `status --verify`.

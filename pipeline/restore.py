@@ -19,10 +19,11 @@ from .discovery import Discovery, SequenceSource, discover_inputs
 from .errors import SpecError
 from .layout import RunLayout
 from .lease import Lease
+from .logs import log_event
 from .manifest import SequenceRecord
 from .redaction import get_logger, redact_uri
 from .sequence_table import SequenceTable
-from .spec import JobSpec
+from .spec import RESOURCE_ENGINE_FIELDS, JobSpec
 from .storage import Store
 
 logger = get_logger(__name__)
@@ -41,7 +42,8 @@ def known_ids(previous: Commits) -> dict[str, str]:
 
 
 def check_same_results(store: Store, layout: RunLayout, spec: JobSpec) -> None:
-    """Refuse to continue a run with a spec that would produce different outputs."""
+    """Refuse to continue a run with a spec that would produce different outputs; log the engine
+    settings that may change (where activations live, over how many GPUs a long sequence spreads)."""
     try:
         stored = JobSpec.model_validate(store.read_json(layout.spec))
     except FileNotFoundError:
@@ -54,6 +56,18 @@ def check_same_results(store: Store, layout: RunLayout, spec: JobSpec) -> None:
         raise SpecError(
             f"run {spec.run_id} was started with different {', '.join(changed)} settings; "
             "its committed outputs would not match: use a new run_id"
+        )
+    moved = {
+        f"engine.{k}": [getattr(stored.engine, k), getattr(spec.engine, k)]
+        for k in RESOURCE_ENGINE_FIELDS
+        if getattr(stored.engine, k) != getattr(spec.engine, k)
+    }
+    if moved:
+        text = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in moved.items())
+        log_event(
+            logger, "resume_settings_changed", settings=moved,
+            message=f"resume_settings_changed {text}: accepted (where activations live and the order "
+            "of float sums change, not what the outputs mean)",
         )
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue #19 on the GPU machine: train demo_ttt and demo_attention with the fixed recipe (demo presets
-# with layer scale 1.0 and sin-cos patch positions, see zipmap_core/assets/README.md) on identical
+# with layer scale 1.0 and sin-cos patch positions, see zipmap_core/assets/README.md; camera head
+# started at the trivial prediction; cosine to a floor of LR_MIN_RATIO of the peak) on identical
 # batches for the same steps, then evaluate both files as shipped (float16) next to the trivial
 # baseline on the held-out 16 x 12 set and on the demo's 9 sequences. Everything lands in $OUT:
 #   demo_ttt.safetensors, demo_attention.safetensors  trained weights (float16, ~10 MB each)
@@ -10,11 +11,16 @@
 #
 # Two GPUs (cuda:0, cuda:1): one model per GPU, same seed and data settings, so both processes
 # render the same batches and train the same STEPS steps (the lockstep guarantee of --models).
-# One GPU: both models in lockstep in one process, fewer steps. Expected wall-clock on 2 x H200:
-# about 7 minutes (1100 steps of demo_ttt at ~0.3 s, attention is faster; eval ~1 minute).
+# Measured on one H200 (2026-11-30, both models in one process): demo_ttt 0.234 s a step,
+# demo_attention 0.157 s, rendering ~0.08 s, pool 14 s. On 2 x H200, one model each: demo_ttt
+# ~0.31 s a step, so STEPS=1300 is ~6.9 minutes of training (attention finishes first) and the
+# whole call ~8.5 minutes with the evaluation (~1 minute); STOP_MINUTES=7.5 only guards against a
+# slower machine (a run stopped by it saves a resumable state, and the two models' steps may then
+# differ: check the last line of both train logs). One GPU: both models in lockstep in one process,
+# fewer steps.
 #
-#   bash bench/device/cam.sh                       # fresh run
-#   RESUME=<dir with state/> STEPS=2200 bash bench/device/cam.sh   # continue the exact state to 2200 steps
+#   bash bench/device/cam.sh                                      # fresh run, 2 x H200, ~8.5 min
+#   RESUME=<dir with state/> STEPS=2600 bash bench/device/cam.sh  # continue the exact state to 2600 steps
 #   INIT=<dir with the two .safetensors> bash bench/device/cam.sh     # or fine-tune the files (~20 MB to carry:
 #                                                                     # the split states are ~70 MB together)
 # CPU smoke run (a few minutes): PYTHON=.venv/bin/python OUT=/tmp/cam STEPS=2 TRAIN_EXTRA="--size 28 --frames-per-batch 4
@@ -25,17 +31,18 @@ cd "$(dirname "$0")/../.."
 : "${OUT:?set OUT to the results folder}"
 PY=${PYTHON:-python3}
 GPUS=$("$PY" -c "import torch; print(torch.cuda.device_count())")
-if [ "$GPUS" -ge 2 ]; then STEPS=${STEPS:-1100}; else STEPS=${STEPS:-700}; fi
+if [ "$GPUS" -ge 2 ]; then STEPS=${STEPS:-1300}; else STEPS=${STEPS:-700}; fi
 DEV=$([ "$GPUS" -ge 1 ] && echo cuda || echo cpu)  # cpu: smoke runs only (with tiny TRAIN_EXTRA/EVAL_EXTRA)
 # the recipe's model change: both presets in this run, until zipmap_core/config.py takes it with the new files
 read -r -a UPDATE <<< "${PRESET_UPDATE:-patch_positions=true layer_scale_init=1.0}"
 read -r -a TRAIN_EXTRA <<< "${TRAIN_EXTRA:-}"
 read -r -a EVAL_EXTRA <<< "${EVAL_EXTRA:---eval-demo}"
-STOP_MINUTES=${STOP_MINUTES:-6.2}  # guard: a run stopped by it saves a resumable state (steps may then differ)
+STOP_MINUTES=${STOP_MINUTES:-7.5}  # guard: a run stopped by it saves a resumable state (steps may then differ)
 mkdir -p "$OUT/state" /tmp/cam_state
 CONTINUE=()  # INIT: fine-tune the two files of an earlier run (new data, a fresh schedule at half the lr)
 if [ -n "${INIT:-}" ]; then CONTINUE=(--init-dir "$INIT"); SEED=${SEED:-1}; LR=${LR:-4e-4}; fi
 COMMON=(--steps "$STEPS" --stop-after-minutes "$STOP_MINUTES" --lr "${LR:-8e-4}" --warmup-steps 150
+        --lr-min-ratio "${LR_MIN_RATIO:-0.1}"
         --frames-per-batch 64 --max-frames 12 --pool-size 128 --pool-frames 16 --new-per-step 0.5
         --seed "${SEED:-0}" --log-every 50 --eval-sequences 0 --preset-update "${UPDATE[@]}" "${TRAIN_EXTRA[@]}"
         "${CONTINUE[@]}")

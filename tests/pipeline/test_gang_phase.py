@@ -7,10 +7,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
+import time
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import ray
 import torch
 
 from pipeline import read_outputs, run_job
@@ -28,7 +31,7 @@ from zipmap_core import EngineConfig, ModelConfig, ZipMap
 from zipmap_core.scene_state import SceneState
 
 from .conftest import IMAGE_H, IMAGE_W, make_spec, write_sequence
-from .test_scene_states import direct_state
+from .test_scene_states import assert_states_close, direct_state
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -99,17 +102,19 @@ def test_sequences_of_at_least_min_frames_known_before_decoding_go_to_the_gang_l
     assert table.pop_runnable(9.0, GANG) == "video" and table.unfinished_in(GANG) == 3
 
 
-def test_status_shows_a_running_gang_sequence_with_its_size(tmp_path):
+def test_status_shows_a_running_gang_sequence_with_its_size_and_gang_id(tmp_path):
     from pipeline.coordinator import Coordinator
 
     coordinator = Coordinator(make_spec("/in", tmp_path / "out", "/c.pt", run_id="r"), progress=False)
     table = coordinator._table
     table.add(SequenceRecord("city"), 9000)
     table.add(SequenceRecord("street"), 40)
-    coordinator.begin("city", gang=2)
+    coordinator.begin("city", gang=2, gang_id=3)
     coordinator.begin("street", actor=0)
     running = coordinator._live_progress()["running_sequences"]  # what the heartbeat hands `status`
-    assert [(r["sequence_id"], r.get("gang")) for r in running] == [("city", 2), ("street", None)]
+    assert [(r["sequence_id"], r.get("gang"), r.get("gang_id")) for r in running] == [
+        ("city", 2, 3), ("street", None, None)
+    ]
 
 
 def _marker(run_uri: str, sid: str) -> dict:
@@ -232,12 +237,7 @@ def test_a_gang_keeps_the_whole_sequences_scene_state_and_views_render_from_it(
     # what a single actor stores (test_scene_states: the engine run directly), up to summation order
     exact = EngineConfig(mode="chunked", chunk_size=2, dtype="float32", newton_schulz="float32")
     one = direct_state(checkpoint, [data / "long" / f"frame{i + 1}.png" for i in range(5)], exact)
-    assert state.model == one.model and state.image_hw == one.image_hw
-    pairs = [(state.extrinsics, one.extrinsics), (state.intrinsics, one.intrinsics)]
-    for ours, ref in zip(state.layers, one.layers, strict=True):
-        pairs += [(getattr(ours, w), getattr(ref, w)) for w in ("w0", "w1", "w2")]
-    for ours, ref in pairs:
-        assert (ours - ref).abs().max() <= 1e-4 * ref.abs().max()
+    assert_states_close(state, one, 1e-4)
     out = tmp_path / "views"
     assert main(["render", spec.run_uri, "long", "--orbit", "2", "--out", str(out)]) == 0
     assert json.loads(capsys.readouterr().out)["views"] == 2 and len(os.listdir(out / "rgb")) == 2
@@ -278,3 +278,120 @@ def test_two_long_sequences_run_on_two_gangs_at_once_and_equal_one_actor(
         assert list(gang["index"]) == list(range(len(one["index"])))
         for key in ("extrinsic", "intrinsic", "depth"):
             assert np.abs(gang[key] - one[key]).max() <= 1e-4 * np.abs(one[key]).max(), (sid, key)
+
+
+@pytest.mark.slow
+def test_a_further_gang_finding_no_room_waits_while_the_first_runs_both_sequences_once(
+    ray_cluster, tiny_checkpoint, tmp_path, caplog
+):
+    # the plan counts the head's 2 CPUs: 2 gangs of 2 x 0.25 CPU. Another tenant of the cluster
+    # holds 1.25 of them, which leaves room for one gang and a decode task (0.25), not for a second gang
+    from ray.util import placement_group_table
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from pipeline import run_status
+
+    data, spec = _gang_job(tmp_path, tiny_checkpoint, caplog, "room", resources__cpus_per_actor=0.25,
+                           resources__num_actors=4, resources__decode_cpus=0.25, driver__heartbeat_s=0.25)
+    write_sequence(data / "other", 6, seed=5)
+    tenant = placement_group([{"CPU": 1.25}])
+    ray.get(tenant.ready(), timeout=60)
+    before = set(placement_group_table())
+    seen: list[list[dict]] = []  # what `status` lists while the run runs
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            try:
+                seen.append(run_status(spec.run_uri).running_sequences)
+            except Exception:  # no lease yet
+                pass
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        with injected(FaultPlan(write_delay_s=1.5)):  # each sequence runs long enough for `status` to see it
+            summary = run_job(spec)
+    finally:
+        done.set()
+        watcher.join()
+        remove_placement_group(tenant)
+    assert (summary.done, summary.failed) == (2, 0), summary
+    assert [e["gangs"] for e in _events(caplog, "gang_route")] == [2]
+    assert len(_events(caplog, "gang_no_room")) == 1, "the log says the second gang found no room"
+    assert [e["gangs"] for e in _events(caplog, "gang_called_off")] == [1], "... and was not needed in the end"
+    assert [e["gang_id"] for e in _events(caplog, "gang_ready")] == [1]
+    starts = [(e["sequence_id"], e["gang_id"]) for e in _events(caplog, "sequence_start")]
+    assert sorted(starts) == [("long", 1), ("other", 1)], "both on the gang that had room, one after the other"
+    assert sorted(e["sequence_id"] for e in _events(caplog, "sequence_done")) == ["long", "other"]
+    assert not _events(caplog, "sequence_retry") and not _events(caplog, "gang_dropped")
+    assert sorted(os.listdir(os.path.join(spec.run_uri, "_commits"))) == ["long.json", "other.json"]
+    for sid, frames in (("long", 5), ("other", 6)):
+        marker = _marker(spec.run_uri, sid)
+        assert marker["attempt"] == 1 and (marker["worker"]["gang"], marker["worker"]["gang_id"]) == (2, 1)
+        assert list(_outputs(spec.run_uri, sid)["index"]) == list(range(frames))
+    groups = placement_group_table()
+    assert {groups[g]["state"] for g in set(groups) - before} == {"REMOVED"}, "the waiting gang left nothing"
+    # `status` showed each running sequence with its gang's size and id
+    running = {(r["sequence_id"], r.get("gang"), r.get("gang_id")) for snapshot in seen for r in snapshot}
+    assert running == {("long", 2, 1), ("other", 2, 1)}, running
+
+
+@pytest.mark.slow
+def test_a_gang_waiting_for_room_starts_when_room_appears_and_takes_a_sequence(
+    ray_cluster, tiny_checkpoint, tmp_path, caplog
+):
+    # as above, but the other tenant leaves as soon as the second gang finds no room: that gang
+    # then starts and takes the second sequence while the first gang still writes the first
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    data, spec = _gang_job(tmp_path, tiny_checkpoint, caplog, "later", resources__cpus_per_actor=0.25,
+                           resources__num_actors=4, resources__decode_cpus=0.25)
+    write_sequence(data / "other", 6, seed=5)
+    tenant = placement_group([{"CPU": 1.25}])
+    ray.get(tenant.ready(), timeout=60)
+
+    class TenantLeaves(logging.Handler):
+        def emit(self, record):
+            if getattr(record, "fields", {}).get("event") == "gang_no_room":
+                remove_placement_group(tenant)
+
+    leaves = TenantLeaves()
+    logging.getLogger("pipeline.gang_phase").addHandler(leaves)
+    try:
+        with injected(FaultPlan(write_delay_s=5)):
+            summary = run_job(spec)
+    finally:
+        logging.getLogger("pipeline.gang_phase").removeHandler(leaves)
+        remove_placement_group(tenant)
+    assert (summary.done, summary.failed) == (2, 0), summary
+    assert len(_events(caplog, "gang_no_room")) == 1 and not _events(caplog, "gang_called_off")
+    assert sorted(e["gang_id"] for e in _events(caplog, "gang_ready")) == [1, 2]
+    starts = {e["sequence_id"]: e["gang_id"] for e in _events(caplog, "sequence_start")}
+    assert sorted(starts) == ["long", "other"] and set(starts.values()) == {1, 2}, "one sequence on each gang"
+    assert sorted(e["sequence_id"] for e in _events(caplog, "sequence_done")) == ["long", "other"]
+    assert not _events(caplog, "sequence_retry")
+    assert {sid: _marker(spec.run_uri, sid)["attempt"] for sid in starts} == {"long": 1, "other": 1}
+
+
+@pytest.mark.slow
+def test_a_resume_may_change_frame_parallel_and_says_so(ray_cluster, tiny_checkpoint, tmp_path, caplog):
+    data, spec = _gang_job(tmp_path, tiny_checkpoint, caplog, "resume")
+    assert run_job(spec).done == 1
+    long_marker = _marker(spec.run_uri, "long")
+    assert long_marker["worker"]["gang"] == 2
+    # the next session has one GPU: frame_parallel 1 (a summation order, not what the outputs mean)
+    write_sequence(data / "later", 6, seed=3)
+    caplog.clear()
+    summary = run_job(spec, overrides=["engine.frame_parallel=1"])
+    assert (summary.done, summary.failed) == (2, 0), summary
+    [changed] = _events(caplog, "resume_settings_changed")
+    assert changed["settings"] == {"engine.frame_parallel": [2, 1]}
+    assert "engine.frame_parallel 2 -> 1: accepted" in caplog.text
+    assert [(e["sequence_id"], e.get("actor")) for e in _events(caplog, "sequence_start")] == [("later", 0)]
+    assert not _events(caplog, "gang_ready") and _marker(spec.run_uri, "long") == long_marker
+    assert "frame_parallel" not in _marker(spec.run_uri, "later")["engine"]
+    assert list(_outputs(spec.run_uri, "later")["index"]) == list(range(6))
+    with pytest.raises(SpecError, match="engine"):  # what the outputs mean still may not change
+        run_job(spec, overrides=["engine.frame_parallel=1", "engine.chunk_size=3"])

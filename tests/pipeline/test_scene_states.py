@@ -61,6 +61,17 @@ def state_run(ray_cluster, checkpoint, tmp_path_factory):
     return {"spec": spec, "paths": paths, "root": root}
 
 
+def assert_states_close(state: SceneState, ref: SceneState, rel: float = 1e-4) -> None:
+    """Same model and images; cameras and every layer's fast weights within `rel` of `ref`'s range
+    (a gang's state: one process's up to summation order)."""
+    assert state.model == ref.model and state.image_hw == ref.image_hw and state.num_frames == ref.num_frames
+    pairs = [(state.extrinsics, ref.extrinsics), (state.intrinsics, ref.intrinsics)]
+    for ours, theirs in zip(state.layers, ref.layers, strict=True):
+        pairs += [(getattr(ours, w), getattr(theirs, w)) for w in ("w0", "w1", "w2")]
+    for ours, theirs in pairs:
+        assert (ours - theirs).abs().max() <= rel * theirs.abs().max()
+
+
 def direct_state(checkpoint: Path, sources: list, engine: EngineConfig | None = None) -> SceneState:
     """The engine run directly on the same images: the state the run must have stored."""
     threads = torch.get_num_threads()

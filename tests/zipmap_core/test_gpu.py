@@ -3,7 +3,8 @@
 
 - the fast path's GELU in the GEMM epilogue (Mlp.gelu_in_gemm);
 - strict float32 (no TF32) in the float32 engines;
-- the chunked store's GPU cache and pinned-memory tiers, and the chunked engine through them;
+- the chunked store's GPU cache and pinned-memory tiers (memory layouts kept), and the chunked
+  engine through them, compiled without recompiling for the tier a frame comes from;
 - the fast path's precision claim (test_fast_path.py's check, on CUDA);
 - FP8 linears through torch._scaled_mm (row-wise scales), against their CPU computation;
 - a window-1 stream replayed as a CUDA graph, against the same stream run eagerly;
@@ -116,6 +117,7 @@ def test_float32_engines_run_without_tf32_and_restore_the_flags():
 def test_store_tiers_on_cuda(tmp_path):
     mib = 2**20
     tensors = {key: torch.randn(256, 1024, device=CUDA) for key in ("gpu", "pinned", "file")}  # 1 MiB each
+    tensors["pinned"] = torch.randn(4, 64, 32, 32, device=CUDA).to(memory_format=torch.channels_last)
     with ActivationStore(CUDA, budget_bytes=mib, scratch_dir=str(tmp_path), device_bytes=mib) as store:
         for key, t in tensors.items():
             store.put(key, t)
@@ -124,6 +126,7 @@ def test_store_tiers_on_cuda(tmp_path):
         for key, t in tensors.items():
             back = store.get(key)
             assert back.device.type == "cuda" and torch.equal(back, t), key
+            assert back.stride() == t.stride(), key  # a channels-last tensor comes back channels-last
         pinned = store._pool.pinned_bytes
         store.drop("pinned")
         again = 2 * tensors["pinned"]
@@ -149,6 +152,21 @@ def test_chunked_on_cuda_is_exact_through_every_store_tier(tiers, tmp_path):
     chunked = list(reconstruct(model, images, engine, device=CUDA))
     errors = max_rel_error(offline, chunked)
     assert max(errors.values()) <= 1e-4, errors
+
+
+def test_compiled_chunked_heads_do_not_recompile_when_frames_come_from_pinned_memory():
+    """A long sequence's first run recompiled the DPT decode five times (about 30 s at 10,000
+    frames on an H200): its inputs came back from the pinned tier contiguous, not channels-last
+    as they were computed and as the GPU cache keeps them."""
+    model, images = tiny(), five_frames()
+    fast = {"mode": "chunked", "chunk_size": 2, "dtype": "bfloat16", "fast": True, "compile": True}
+    on_gpu = EngineConfig(gpu_cache_gb=6.0, **fast)
+    for _ in range(2):  # compiles for every shape of this sequence
+        want = list(reconstruct(model, images, on_gpu, device=CUDA))
+    with torch.compiler.set_stance("fail_on_recompile"):
+        got = list(reconstruct(model, images, EngineConfig(gpu_cache_gb=0.0, **fast), device=CUDA))
+    errors = max_rel_error(want, got)
+    assert max(errors.values()) == 0.0, errors
 
 
 @pytest.mark.parametrize("mode", ["offline", "chunked", "streaming"])

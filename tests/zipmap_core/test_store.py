@@ -1,5 +1,6 @@
 """The chunked engine's activation store: host budget, scratch spill, and pinned-buffer reuse."""
 
+import pytest
 import torch
 
 from zipmap_core.engines.store import ActivationStore, PinnedPool
@@ -30,19 +31,34 @@ def test_pinned_pool_carves_power_of_two_slabs_and_reuses_buffers():
 
     pool = PinnedPool(slab_bytes=8 * 2**20, allocate=allocate)
     chunk = torch.Size([3, 2**18])  # 3 MiB of float32
-    raws = [pool.take(chunk, torch.float32) for _ in range(3)]
+    raws = [pool.take(torch.empty(chunk)) for _ in range(3)]
     assert slabs == [8 * 2**20, 8 * 2**20]  # two 3 MiB buffers fit in a slab, the third opens another
     views = [v for _, v in raws]
     for i, v in enumerate(views):
         v.fill_(i)
     for i, v in enumerate(views):  # no two buffers overlap
         assert torch.all(v == i)
-    small_raw, small = pool.take(torch.Size([1024]), torch.float32)  # 1 MiB bucket: the first slab's tail
+    small_raw, small = pool.take(torch.empty(1024))  # 1 MiB bucket: the first slab's tail
     assert len(slabs) == 2 and small.shape == (1024,)
 
     pool.give(raws[1][0])
-    again_raw, again = pool.take(chunk, torch.float32)
+    again_raw, again = pool.take(torch.empty(chunk))
     assert again.data_ptr() == views[1].data_ptr()  # a freed buffer of the same bucket comes back
-    big_raw, big = pool.take(torch.Size([5, 2**20]), torch.float32)  # 20 MiB: a slab of its own, 32 MiB
+    big_raw, big = pool.take(torch.empty(5, 2**20))  # 20 MiB: a slab of its own, 32 MiB
     assert slabs[-1] == 32 * 2**20 and big.numel() == 5 * 2**20
     assert pool.pinned_bytes == 2 * 8 * 2**20 + 32 * 2**20
+
+
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+def test_pinned_pool_views_keep_the_memory_layout_of_what_they_hold(layout):
+    """A channels-last head input came back from the host tier contiguous, and the compiled DPT
+    decode recompiled for it in the middle of a long sequence's first run (5 recompilations,
+    about 30 s at 10,000 frames on an H200)."""
+    pool = PinnedPool(slab_bytes=2**20, allocate=lambda n: torch.zeros(n, dtype=torch.uint8))
+    x = torch.randn(3, 8, 5, 7).to(memory_format=layout)
+    _, host = pool.take(x)
+    host.copy_(x)
+    assert host.stride() == x.stride() and torch.equal(host, x)
+    assert host.is_contiguous(memory_format=layout)
+    _, permuted = pool.take(x.transpose(0, 2))  # any dense layout
+    assert permuted.stride() == x.transpose(0, 2).stride()

@@ -58,12 +58,16 @@ class PinnedPool:
     def pinned_bytes(self) -> int:
         return sum(slab.numel() for slab, _ in self._slabs)
 
-    def take(self, shape: torch.Size, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """(raw buffer to give back later, a view of it as `shape`/`dtype`)."""
-        nbytes = shape.numel() * torch.empty((), dtype=dtype).element_size()
+    def take(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(raw buffer to give back later, a view of it with `like`'s shape, dtype and strides).
+
+        The strides matter: a compiled consumer (the DPT heads' decode) guards on them, so a
+        channels-last tensor that came back contiguous from the host recompiled it, once per
+        layout and layer, in the middle of a long sequence's first run."""
+        nbytes = like.numel() * like.element_size()
         free = self._free.get(self._bucket(nbytes))
         raw = free.pop() if free else self._carve(self._bucket(nbytes) * 2**20)
-        return raw, raw[:nbytes].view(dtype).view(shape)
+        return raw, _with_strides_of(raw[:nbytes].view(like.dtype), like)
 
     def _carve(self, size: int) -> torch.Tensor:
         for entry in self._slabs:
@@ -81,6 +85,16 @@ class PinnedPool:
     def clear(self) -> None:
         self._free.clear()
         self._slabs.clear()
+
+
+def _with_strides_of(flat: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`flat` (1-D, `like.numel()` elements) viewed with `like`'s shape and memory layout, for a
+    dense `like` (any permutation of a contiguous tensor: channels-last included)."""
+    if like.dim() == 0:
+        return flat.view(())
+    order = sorted(range(like.dim()), key=lambda d: (-like.stride(d), d))  # outermost dimension first
+    view = flat.view([like.shape[d] for d in order]).permute([order.index(d) for d in range(like.dim())])
+    return view if view.stride() == like.stride() else flat.view(like.shape)  # not dense: contiguous
 
 
 class ActivationStore:
@@ -141,7 +155,7 @@ class ActivationStore:
             self.spilled_bytes += nbytes
             return
         if self._cuda:
-            raw, host = self._pool.take(tensor.shape, tensor.dtype)
+            raw, host = self._pool.take(tensor)
             ready = torch.cuda.Event()
             ready.record()
             with torch.cuda.stream(self._copy_stream):

@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-after-minutes", type=float,
                    help="end this run after this long and save the state (the budgets span all runs)")
     p.add_argument("--stop-at-step", type=int, help="likewise, end this run at this step")
-    for name in ("lr", "weight_decay", "grad_clip", "new_per_step", "curriculum"):
+    for name in ("lr", "lr_min_ratio", "weight_decay", "grad_clip", "new_per_step", "curriculum"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
     for name in ("warmup_steps", "seed", "log_every", "ckpt_every", "height", "width", "min_frames", "max_frames",
                  "frames_per_batch", "pool_size", "pool_frames"):
@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     loss = LossWeights(**{f.name: getattr(args, f"loss_{f.name}") for f in fields(LossWeights)})
     cfg = TrainConfig(
         preset=args.config, out=args.out, device=args.device, minutes=args.minutes, steps=args.steps, init=args.init,
-        lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, grad_clip=args.grad_clip,
+        lr=args.lr, lr_min_ratio=args.lr_min_ratio, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
+        grad_clip=args.grad_clip,
         bf16=not args.no_bf16, seed=args.seed, log_every=args.log_every, ckpt_every=args.ckpt_every,
         save_dtype=args.save_dtype, height=args.height, width=args.width, min_frames=args.min_frames,
         max_frames=args.max_frames, frames_per_batch=args.frames_per_batch, pool_size=args.pool_size,
