@@ -117,7 +117,8 @@ class FrameBuffer:
     Resizing gives 8-bit pixels and the pad colour is white, so `u8 / 255` is exactly the float
     image: the buffer holds a quarter of the float bytes, and a caller that decodes frames one by
     one never holds more than one source frame next to it. Every frame must have the first
-    frame's size.
+    frame's size. `add` resizes and appends; `prepare` (thread-safe) and `append` (in frame order)
+    split it for callers that resize several frames at once.
     """
 
     def __init__(self, *, size: int = 518, mode: PreprocessMode = "crop", capacity: int | None = None):
