@@ -88,7 +88,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpus-per-actor", type=float, default=1.0)
     p.add_argument("--frame-writers", type=int, default=None, help="processes per actor (default: cpus - 1)")
     p.add_argument("--in-flight", type=int, default=4, help="sequences in flight per actor")
-    p.add_argument("--decode-cpus", type=float, default=1.0, help="CPUs per decode task (FFmpeg threads for videos)")
+    p.add_argument("--decode-cpus", type=float, default=None,
+                   help="CPUs per decode task: FFmpeg's and the frame threads (default: the spec's, chosen per run)")
     p.add_argument("--workdir", help="where synthetic inputs and outputs go (default: a temp dir)")
 
 
@@ -220,7 +221,8 @@ def _bench_pipeline(args, input_prefix: str, output: str) -> dict:
     spec = _spec(args, input_prefix, output)
     started = connect()  # local Ray, or the cluster of RAY_ADDRESS
     try:
-        num_actors = plan_actors(spec, ray.cluster_resources(), fixed_size=started).num_actors
+        plan = plan_actors(spec, ray.cluster_resources(), fixed_size=started)
+        num_actors, ray_cpus = plan.num_actors, ray.cluster_resources().get("CPU", 0.0)
         start = time.perf_counter()
         summary = run_job(spec, raise_on_failure=False)  # failures end the benchmark below, with their errors
         seconds = time.perf_counter() - start
@@ -242,6 +244,13 @@ def _bench_pipeline(args, input_prefix: str, output: str) -> dict:
         "frames_per_s": summary.frames / seconds,
         "steady_frames_per_s": steady_frames / span if span > 0 else summary.frames / seconds,
         "num_actors": num_actors,
+        # what the run ran with (decode CPUs as the run chose them when the spec leaves them open)
+        "settings": {
+            "ray_cpus": ray_cpus, "cpus_per_actor": plan.num_cpus, "decode_cpus": plan.decode_cpus,
+            "decode_cpus_auto": spec.resources.decode_cpus is None,
+            "in_flight_per_actor": spec.resources.max_in_flight_per_actor,
+            "frame_writers": spec.resources.frame_writer_processes,
+        },
         "run_uri": summary.run_uri,
         # inference of one sequence inside an actor, beside the other sequences' writing
         "median_infer_s": statistics.median(outputs.manifest.column("infer_s").to_pylist()),

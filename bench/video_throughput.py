@@ -1,9 +1,10 @@
 """Pipeline frames/s on real-codec 1080p videos against the engine alone on the same frames, and
-what decoding them costs per CPU core.
+what decoding them costs per CPU core and per decode task.
 
-    # one H200, 16 cores (about 3 minutes; see bench/device/README.md for the Ray + PyAV bundle):
+    # one H200, 16-22 cores (about 5 minutes; bench/device/vdec.sh; see bench/device/README.md for
+    # the Ray + PyAV bundle):
     python bench/video_throughput.py --preset offline_affine --device cuda --size 518 \
-        --videos 8 --frames 240 --dtype bfloat16 --fast --cpus-per-actor 8
+        --videos 8 --frames 240 --dtype bfloat16 --fast --cpus-per-actor 8 --variant decode_cpus=8
     # CPU smoke check:
     python bench/video_throughput.py --preset tiny --device cpu --videos 2 --frames 6 --width 224 --height 126
 
@@ -11,14 +12,19 @@ what decoding them costs per CPU core.
    textured scene panning past the camera, at `--bit-rate` (default 8 Mbit/s, a phone's 1080p30).
 2. Decodes them exactly as the pipeline's decode tasks do (`pipeline.decode.decode_sequence`:
    FFmpeg decode, RGB, PIL bicubic resize to the model input), one process per video with one
-   FFmpeg thread, and reports frames per CPU-second: decode frames/s per core. One video is also
-   taken apart: FFmpeg decoding alone, plus the RGB conversion, plus the resize.
+   thread, and reports frames per CPU-second: decode frames/s per core. One video is also taken
+   apart (FFmpeg decoding alone, plus the RGB conversion, plus the resize) and decoded by one task
+   with 1, 2, 4, 8 threads (`--decode-threads`): a decode task's frames/s by its CPUs, its pixels
+   checked identical to the one-thread decode.
 3. Times the engine alone on those decoded frames (`pipeline_throughput.time_engine`: the model a
    model actor builds, after a warm-up sequence).
-4. Runs the pipeline on the videos (local Ray, one actor) and takes its steady-state frames/s.
+4. Runs the pipeline on the videos (local Ray with the CPUs this process may use, one actor) with
+   the spec's defaults (or --decode-cpus / --in-flight) and takes its steady-state frames/s; then
+   once more per `--variant` (e.g. decode_cpus=8, in_flight=6) on the same videos.
 
-It prints the ratio pipeline / engine (target >= 0.90) and how many cores per GPU decoding needs
-to keep up with the engine (engine frames/s / decode frames/s per core).
+It prints the settings each pipeline run had, the ratio pipeline / engine (target >= 0.90) and how
+many cores per GPU decoding needs to keep up with the engine (engine frames/s / decode frames/s
+per core).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +58,9 @@ def main(argv: list[str] | None = None) -> dict:
     encode = _encode_all(args, videos)
     spec = throughput._spec(args, str(videos), "/unused").with_run_id()
     decode, sequences = _decode_all(spec, args)
-    breakdown = _decode_breakdown(sorted(videos.glob("*.mp4"))[0], args.size)
+    first = sorted(videos.glob("*.mp4"))[0]
+    breakdown = _decode_breakdown(first, args.size)
+    scaling = _decode_scaling(spec, args.decode_threads)
 
     import torch
 
@@ -61,12 +70,20 @@ def main(argv: list[str] | None = None) -> dict:
     del sequences
     if args.device == "cuda":
         torch.cuda.empty_cache()  # the engine's model is gone; leave the GPU to the actor
-    pipeline = throughput._bench_pipeline(args, str(videos), str(work / "output"))
-    ratio = pipeline["steady_frames_per_s"] / engine["frames_per_s"]
+    runs = []
+    with _ray(args.ray_cpus):
+        for i, override in enumerate([{}, *args.variant]):
+            run_args = argparse.Namespace(**{**vars(args), **override})
+            pipeline = throughput._bench_pipeline(run_args, str(videos), str(work / f"output{i}"))
+            runs.append({"override": override, "pipeline": pipeline,
+                         "ratio": pipeline["steady_frames_per_s"] / engine["frames_per_s"]})
+            print(f"pipeline run {i} ({override or 'defaults'}): {pipeline['steady_frames_per_s']:.1f} frames/s "
+                  f"steady against the engine's {engine['frames_per_s']:.1f}: {runs[-1]['ratio']:.3f}", flush=True)
     cores = engine["frames_per_s"] / decode["frames_per_core_s"]
     result = {
-        "encode": encode, "decode": decode, "decode_breakdown_ms": breakdown,
-        "engine": engine, "pipeline": pipeline, "ratio": ratio, "decode_cores_per_gpu": cores,
+        "settings": _settings(args), "encode": encode, "decode": decode, "decode_breakdown_ms": breakdown,
+        "decode_scaling": scaling, "engine": engine, "pipeline": runs[0]["pipeline"], "ratio": runs[0]["ratio"],
+        "variants": runs[1:], "decode_cores_per_gpu": cores,
     }
     _print(args, result)
     return result
@@ -81,12 +98,52 @@ def _parse(argv):
     p.add_argument("--height", type=int, default=1080)
     p.add_argument("--rate", type=int, default=30, help="video frame rate")
     p.add_argument("--bit-rate", type=int, default=8_000_000)
-    p.add_argument("--processes", type=int, default=os.cpu_count(), help="for encoding and the decode measurement")
+    cores = len(os.sched_getaffinity(0))
+    p.add_argument("--processes", type=int, default=cores, help="for encoding and the decode measurement")
+    p.add_argument("--decode-threads", type=int, nargs="*", default=[1, 2, 4, 8],
+                   help="one decode task's threads to measure on one video (none: skip)")
+    p.add_argument("--ray-cpus", type=int, default=cores,
+                   help="CPUs of the local Ray cluster (default: the cores this process may use)")
+    p.add_argument("--variant", type=_override, action="append", default=[],
+                   help="one more pipeline run with decode_cpus=N and/or in_flight=N (comma-separated)")
     args = throughput.resolve_size(p.parse_args(argv))
     args.num_actors = 1
     if args.device == "cpu":
         args.fast, args.dtype = False, "float32"  # the fast path is a GPU path
     return args
+
+
+def _override(text: str) -> dict:
+    kinds = {"decode_cpus": float, "in_flight": int}
+    override = {}
+    for pair in text.split(","):
+        key, _, value = pair.partition("=")
+        if key.strip() not in kinds:
+            raise argparse.ArgumentTypeError(f"{key!r}: a variant sets {' or '.join(kinds)}")
+        override[key.strip()] = kinds[key.strip()](value)
+    return override
+
+
+def _settings(args) -> dict:
+    names = ("preset", "device", "size", "dtype", "fast", "compile", "cpus_per_actor", "frame_writers",
+             "in_flight", "decode_cpus", "videos", "frames", "width", "height", "bit_rate", "processes", "ray_cpus")
+    return {"cores": len(os.sched_getaffinity(0)), **{k: getattr(args, k) for k in names}}
+
+
+@contextmanager
+def _ray(cpus: int):
+    """A local Ray cluster of `cpus` CPUs for the pipeline runs (Ray counts the machine's cores,
+    not those of a taskset), unless this process is connected to one already (tests)."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    ray.init(num_cpus=cpus, log_to_driver=True)
+    try:
+        yield
+    finally:
+        ray.shutdown()
 
 
 # --- 1. encoding -----------------------------------------------------------------------------
@@ -156,13 +213,36 @@ def _decode_one(job) -> dict:
     torch.set_num_threads(1)
     source, spec = job
     begin = time.process_time()
-    decoded = decode_sequence(source, spec)
+    decoded = decode_sequence(source, spec, threads=1)
     return {"frames": decoded.num_frames, "cpu_s": time.process_time() - begin, "pixels": decoded.pixels}
+
+
+def _decode_scaling(spec, threads: list[int]) -> list[dict]:
+    """One decode task's frames/s by its threads, on the first video (pixels checked identical)."""
+    import av  # noqa: F401  (imported before timing)
+
+    from pipeline.decode import decode_sequence
+    from pipeline.discovery import discover
+
+    source = sorted(discover(spec), key=lambda s: s.sequence_id)[0]
+    rows, reference = [], None
+    for count in threads:
+        begin, cpu = time.perf_counter(), time.process_time()
+        decoded = decode_sequence(source, spec, threads=count)
+        wall, cpu = time.perf_counter() - begin, time.process_time() - cpu
+        reference = decoded.pixels if reference is None else reference
+        rows.append({
+            "threads": count, "frames": decoded.num_frames, "wall_s": wall, "frames_per_s": decoded.num_frames / wall,
+            "cpu_ms_per_frame": 1000 * cpu / decoded.num_frames,
+            "identical": bool(np.array_equal(decoded.pixels, reference)),
+        })
+    return rows
 
 
 def _decode_breakdown(path: Path, size: int) -> dict:
     """CPU milliseconds per frame of the steps of decoding one video, cumulative."""
     import av
+    from PIL import Image
 
     from zipmap_core.images import FrameBuffer
 
@@ -176,7 +256,7 @@ def _decode_breakdown(path: Path, size: int) -> dict:
             t1 = time.process_time()
             if frame is None:
                 break
-            image = frame.to_image()
+            image = Image.fromarray(frame.to_ndarray(format="rgb24", threads=1))  # as pipeline.decode does
             t2 = time.process_time()
             resized.add(image)
             t3 = time.process_time()
@@ -190,26 +270,38 @@ def _decode_breakdown(path: Path, size: int) -> dict:
 
 
 def _print(args, r: dict) -> None:
-    enc, dec, eng, pipe = r["encode"], r["decode"], r["engine"], r["pipeline"]
+    enc, dec, eng = r["encode"], r["decode"], r["engine"]
     print(f"\n{args.videos} videos x {args.frames} frames, {args.width}x{args.height} H.264 at "
           f"{args.bit_rate / 1e6:g} Mbit/s, model input {args.size} wide, {args.preset}, {args.device}, "
-          f"{args.dtype}{' fast' if args.fast else ''}")
+          f"{args.dtype}{' fast' if args.fast else ''}; {r['settings']['cores']} cores usable, "
+          f"Ray given {args.ray_cpus}")
     print("| stage | frames | seconds | frames/s |")
     print("|---|---|---|---|")
     print(f"| encode ({min(args.processes, args.videos)} processes) | {enc['frames']} | {enc['seconds']:.1f} | "
           f"{enc['frames'] / enc['seconds']:.1f} |")
-    print(f"| decode, per core (1 FFmpeg thread, {dec['processes']} processes) | {dec['frames']} | "
+    print(f"| decode, per core (1 thread, {dec['processes']} processes) | {dec['frames']} | "
           f"{dec['cpu_s']:.1f} CPU | {dec['frames_per_core_s']:.1f} |")
+    for row in r["decode_scaling"]:
+        print(f"| one decode task, {row['threads']} thread(s) ({row['cpu_ms_per_frame']:.1f} CPU ms/frame"
+              f"{'' if row['identical'] else ', PIXELS DIFFER'}) | {row['frames']} | {row['wall_s']:.2f} | "
+              f"{row['frames_per_s']:.1f} |")
     print(f"| engine alone | {eng['frames']} | {eng['seconds']:.2f} | {eng['frames_per_s']:.1f} |")
-    print(f"| pipeline, steady state | {pipe['frames']} | {pipe['seconds']:.2f} end to end | "
-          f"{pipe['steady_frames_per_s']:.1f} |")
+    for run in [{"override": {}, "pipeline": r["pipeline"], "ratio": r["ratio"]}, *r["variants"]]:
+        pipe, s = run["pipeline"], run["pipeline"]["settings"]
+        how = (f"decode_cpus {s['decode_cpus']:g}{' (auto)' if s['decode_cpus_auto'] else ''}, "
+               f"in flight {s['in_flight_per_actor']}, cpus_per_actor {s['cpus_per_actor']:g}, "
+               f"writers {s['frame_writers']}, Ray CPUs {s['ray_cpus']:g}")
+        print(f"| pipeline, steady state ({how}) | {pipe['frames']} | {pipe['seconds']:.2f} end to end | "
+              f"{pipe['steady_frames_per_s']:.1f} |")
     steps = ", ".join(f"{k} {v:.2f}" for k, v in r["decode_breakdown_ms"].items())
     print(f"decode CPU ms per frame (cumulative): {steps}")
-    idle = pipe["engine_idle"]
-    print(f"inference per sequence: {pipe['median_infer_s']:.3f} s in the pipeline (median), "
-          f"{eng['median_sequence_s']:.3f} s alone; engine idle between sequences {idle['median_gap_s']:.3f} s "
-          f"(median), busy {idle['busy_share']:.1%}")
-    print(f"ratio pipeline / engine: {r['ratio']:.3f} (target >= 0.90)")
+    for run in [{"override": {}, "pipeline": r["pipeline"], "ratio": r["ratio"]}, *r["variants"]]:
+        pipe, idle = run["pipeline"], run["pipeline"]["engine_idle"]
+        name = ", ".join(f"{k}={v:g}" for k, v in run["override"].items()) or "defaults"
+        print(f"[{name}] ratio pipeline / engine: {run['ratio']:.3f} (target >= 0.90); inference per sequence "
+              f"{pipe['median_infer_s']:.3f} s in the pipeline (median), {eng['median_sequence_s']:.3f} s alone; "
+              f"engine idle between sequences {idle['median_gap_s']:.3f} s (median; max {idle['max_gap_s']:.3f}), "
+              f"busy {idle['busy_share']:.1%}")
     print(f"decode cores per GPU to keep up with the engine: {r['decode_cores_per_gpu']:.1f}")
     print(json.dumps(r))
 

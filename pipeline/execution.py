@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
 import ray
@@ -18,7 +18,7 @@ from ray.exceptions import RayActorError, RayTaskError
 
 from .actors import ModelWorker
 from .cluster import connect
-from .decode import decode_sequence
+from .decode import decode_sequence, decode_threads
 from .discovery import SequenceSource
 from .errors import ActorInitError, InputError, LongSequence, SpecError
 from .redaction import get_logger, redact_text
@@ -34,6 +34,11 @@ FailureKind = Literal["input", "actor_lost", "init", "transient", "gang"]
 # the second had finished computing). Further in-flight sequences wait in the actor's queue with
 # their decoding done, not in its memory.
 ACTOR_CONCURRENCY = 3
+# Decoding a 1080p H.264 video into 518-wide model input costs about 45 ms of CPU a frame (FFmpeg
+# 8, RGB 10, bicubic resize 26; bench/video_throughput.py on the H200 host) and the bf16 fast path
+# takes 92 frames/s on one H200: 4.2 cores. A decode task of 4 CPUs turns frames into input on 4
+# threads (pipeline.decode), so a sequence is decoded about as fast as the GPU computes it.
+DECODE_CPUS_PER_GPU = 4
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,7 @@ class ActorPlan:
     num_gpus: float
     num_cpus: float
     resources: dict[str, float]
+    decode_cpus: float = 1.0  # per decode task: resources.decode_cpus, or what `decode_cpus_for` chose
 
     @property
     def uses_gpu(self) -> bool:
@@ -66,10 +72,11 @@ def plan_actors(spec: JobSpec, cluster_resources: dict[str, float], fixed_size: 
     else:
         plan = ActorPlan(res.num_actors or 1, 0.0, res.cpus_per_actor, dict(res.custom_resources))
     cpus = float(cluster_resources.get("CPU", 0))
-    if plan.num_actors * plan.num_cpus + res.decode_cpus > cpus:
+    plan = replace(plan, decode_cpus=res.decode_cpus or decode_cpus_for(plan, cpus))
+    if plan.num_actors * plan.num_cpus + plan.decode_cpus > cpus:
         starved = (
             f"{plan.num_actors} model actor(s) x {plan.num_cpus:g} CPUs (resources.cpus_per_actor) leave less than "
-            f"resources.decode_cpus={res.decode_cpus:g} of this cluster's {cpus:g} CPUs for decoding"
+            f"resources.decode_cpus={plan.decode_cpus:g} of this cluster's {cpus:g} CPUs for decoding"
         )
         if fixed_size:
             raise SpecError(f"{starved}; lower cpus_per_actor or num_actors")
@@ -77,6 +84,20 @@ def plan_actors(spec: JobSpec, cluster_resources: dict[str, float], fixed_size: 
         logger.warning("%s: the run waits until the cluster grows; if it cannot, lower cpus_per_actor or num_actors",
                        starved)
     return plan
+
+
+def decode_cpus_for(plan: ActorPlan, cluster_cpus: float) -> int:
+    """CPUs per decode task when the spec leaves them to the run (resources.decode_cpus: null).
+
+    On GPUs, DECODE_CPUS_PER_GPU, so that one sequence decodes about as fast as a GPU computes it
+    and the sequences decoded ahead are ready in time; fewer when the CPUs beside the actors,
+    shared by every actor's decode tasks, are fewer (never below 1). On CPUs only, 1: the model
+    actors' engines need the rest.
+    """
+    if not plan.uses_gpu:
+        return 1
+    spare_per_actor = (cluster_cpus - plan.num_actors * plan.num_cpus) / max(1, plan.num_actors)
+    return int(min(DECODE_CPUS_PER_GPU, max(1, spare_per_actor)))
 
 
 class Executor(Protocol):
@@ -107,7 +128,10 @@ def ray_executor(spec: JobSpec, address: str | None = None) -> Iterator[RayExecu
         plan = plan_actors(spec, ray.cluster_resources(), fixed_size=started)  # a cluster we started cannot grow
         nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
         gang_plan = plan_gang(spec, nodes, plan, fixed_size=started)
-        logger.info("starting %d model actor(s) (gpus=%s cpus=%s each)", plan.num_actors, plan.num_gpus, plan.num_cpus)
+        logger.info(
+            "starting %d model actor(s) (gpus=%s cpus=%s each); decode tasks of %g CPUs%s", plan.num_actors,
+            plan.num_gpus, plan.num_cpus, plan.decode_cpus, "" if spec.resources.decode_cpus else " (auto)",
+        )
         yield RayExecutor(spec, plan, gang_plan)
     finally:
         if started:
@@ -130,7 +154,7 @@ class RayExecutor:
             **({"runtime_env": env} if (env := faults.ray_runtime_env()) else {}),  # tests only
         )
         self._decode = ray.remote(decode_sequence).options(
-            num_cpus=spec.resources.decode_cpus,
+            num_cpus=plan.decode_cpus,
             max_retries=0,  # the coordinator owns retries (with backoff and attempt counts)
         )
         self._spec_ref = ray.put(spec)
@@ -142,7 +166,7 @@ class RayExecutor:
         asks = {k: v for k, v in actor.items() if v}
         return (
             f"{plan.num_actors} model actor(s) ask for {_resources(asks)} each, a decode task for "
-            f"CPU {self._spec.resources.decode_cpus:g}; the cluster has {_resources(ray.cluster_resources())}, "
+            f"CPU {plan.decode_cpus:g}; the cluster has {_resources(ray.cluster_resources())}, "
             f"free now {_resources(ray.available_resources())}"
         )
 
@@ -161,7 +185,7 @@ class RayExecutor:
 
     def decode(self, source: SequenceSource) -> ray.ObjectRef:
         """A CPU task that decodes one sequence (its result goes to the actor(s) that run it)."""
-        return self._decode.remote(source, self._spec_ref)
+        return self._decode.remote(source, self._spec_ref, threads=decode_threads(self.plan.decode_cpus))
 
     @staticmethod
     def wait(refs: list[ray.ObjectRef], timeout: float) -> list[ray.ObjectRef]:

@@ -106,10 +106,10 @@ def plan_gang(
             f"engine.frame_parallel={size}: a gang needs {_text(need)} on one node; the largest node has "
             f"{_text({k: largest.get(k, 0.0) for k in need})}"
         )
-    elif size * plan.num_cpus + res.decode_cpus > cpus:  # the gang's sequences must still be decoded
+    elif size * plan.num_cpus + pool.decode_cpus > cpus:  # the gang's sequences must still be decoded
         problem = (
             f"engine.frame_parallel={size}: a gang of {size} x {plan.num_cpus:g} CPUs (resources.cpus_per_actor) "
-            f"leaves less than resources.decode_cpus={res.decode_cpus:g} of the cluster's {cpus:g} CPUs for decoding"
+            f"leaves less than resources.decode_cpus={pool.decode_cpus:g} of the cluster's {cpus:g} CPUs for decoding"
         )
     if problem and fixed_size:
         raise SpecError(f"{problem}; lower engine.frame_parallel or resources.cpus_per_actor")

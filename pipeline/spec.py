@@ -160,7 +160,10 @@ class ResourcesSpec(_Section):
     # computes the next ones. None: all of the actor's CPUs but the engine's own, so 0 with the
     # default single CPU (frames are then prepared in the actor itself).
     frame_writers: int | None = Field(default=None, ge=0)
-    decode_cpus: float = Field(default=1.0, gt=0)  # per decode task
+    # CPUs per decode task: FFmpeg's threads, and the threads that turn frames into model input
+    # (pipeline.decode). null: chosen per run (pipeline.execution.decode_cpus_for): 4 with GPUs, as
+    # far as the CPUs beside the actors allow (a 1080p video costs an H200 about 4.2 cores), else 1.
+    decode_cpus: float | None = Field(default=None, gt=0)
     # Sequences handed to one actor at a time: one computing, one queued at its engine, one writing,
     # the rest decoding or decoded and waiting, so the next is ready when the accelerator frees. Bounds
     # decoded frames in memory.

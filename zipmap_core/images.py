@@ -34,6 +34,7 @@ __all__ = [
     "ImageSource",
     "ImageTooLargeError",
     "InputToSource",
+    "PreparedFrame",
     "image_to_uint8",
     "input_to_source",
     "load_images",
@@ -103,13 +104,21 @@ def preprocess_images(
     return frames.tensor()
 
 
+class PreparedFrame(NamedTuple):
+    """A frame in the model's input geometry, made by `FrameBuffer.prepare`, waiting to be appended."""
+
+    pixels: np.ndarray  # uint8 [3, H, W]
+    source_size: tuple[int, int]  # (width, height) of the frame it was made from
+
+
 class FrameBuffer:
     """Frames preprocessed one at a time into a growing uint8 [S, 3, H, W] array.
 
     Resizing gives 8-bit pixels and the pad colour is white, so `u8 / 255` is exactly the float
     image: the buffer holds a quarter of the float bytes, and a caller that decodes frames one by
     one never holds more than one source frame next to it. Every frame must have the first
-    frame's size.
+    frame's size. `add` resizes and appends; `prepare` (thread-safe) and `append` (in frame order)
+    split it for callers that resize several frames at once.
     """
 
     def __init__(self, *, size: int = 518, mode: PreprocessMode = "crop", capacity: int | None = None):
@@ -136,7 +145,34 @@ class FrameBuffer:
     def add(self, image: Image.Image, name: str | None = None) -> None:
         """Resize one frame into the buffer (the source image can be dropped afterwards)."""
         name = name or f"<image #{self._count}>"
+        self._check_size(image.size, name)  # before the resize: a wrong frame costs nothing
+        self.append(self.prepare(image, f"frame {self._count} ({name})"), name)
+
+    def prepare(self, image: Image.Image, name: str = "a frame") -> PreparedFrame:
+        """One frame resized into the buffer's geometry, not yet in the buffer: `append` it, in frame
+        order. Touches nothing of the buffer, so several threads may prepare frames at once (Pillow
+        resizes without holding the GIL)."""
         w, h = image.size
+        if w == 0 or h == 0:
+            raise ImageLoadError(f"{name} has no pixels ({w}x{h})")
+        return PreparedFrame(self._preprocess(image), (w, h))
+
+    def append(self, frame: PreparedFrame, name: str | None = None) -> None:
+        """Add a frame made by `prepare` as the next one of the sequence."""
+        name = name or f"<image #{self._count}>"
+        self._check_size(frame.source_size, name)
+        pixels = frame.pixels
+        if self._data is None:
+            self._data = np.empty((self._capacity, *pixels.shape), np.uint8)
+        elif self._count == len(self._data):
+            grown = np.empty((2 * len(self._data), *pixels.shape), np.uint8)
+            grown[: self._count] = self._data
+            self._data = grown
+        self._data[self._count] = pixels
+        self._count += 1
+
+    def _check_size(self, size: tuple[int, int], name: str) -> None:
+        w, h = size
         if w == 0 or h == 0:
             raise ImageLoadError(f"frame {self._count} ({name}) has no pixels ({w}x{h})")
         if self._first is None:
@@ -147,15 +183,6 @@ class FrameBuffer:
                 f"frame {self._count} ({name}) is {w}x{h} but frame 0 ({name0}) is {w0}x{h0}; "
                 "a sequence must have one image size"
             )
-        frame = self._preprocess(image)
-        if self._data is None:
-            self._data = np.empty((self._capacity, *frame.shape), np.uint8)
-        elif self._count == len(self._data):
-            grown = np.empty((2 * len(self._data), *frame.shape), np.uint8)
-            grown[: self._count] = self._data
-            self._data = grown
-        self._data[self._count] = frame
-        self._count += 1
 
     def uint8(self) -> np.ndarray:
         """The frames so far, uint8 [S, 3, H, W] (a view of the buffer)."""

@@ -146,17 +146,26 @@ def test_video_benchmark_smoke(ray_cluster, tmp_path, capsys):
     try:
         result = bench.main(
             ["--preset", "tiny", "--device", "cpu", "--videos", "2", "--frames", "5", "--width", "224",
-             "--height", "126", "--size", "112", "--processes", "2", "--workdir", str(tmp_path)]
+             "--height", "126", "--size", "112", "--processes", "2", "--workdir", str(tmp_path),
+             "--decode-threads", "1", "2", "--variant", "in_flight=2"]
         )
     finally:
         torch.set_num_threads(threads)
     out = capsys.readouterr().out
     assert result["encode"]["frames"] == result["decode"]["frames"] == result["engine"]["frames"] == 10
     assert result["pipeline"]["frames"] == 10 and result["pipeline"]["steady_frames_per_s"] > 0
+    settings = result["pipeline"]["settings"]  # what the run ran with: decode CPUs as the run chose them
+    assert settings["decode_cpus"] == 1 and settings["decode_cpus_auto"] and settings["in_flight_per_actor"] == 4
+    (variant,) = result["variants"]
+    assert variant["override"] == {"in_flight": 2} and variant["pipeline"]["settings"]["in_flight_per_actor"] == 2
+    assert variant["pipeline"]["frames"] == 10 and variant["ratio"] > 0
+    assert [row["threads"] for row in result["decode_scaling"]] == [1, 2]
+    assert all(row["identical"] and row["frames"] == 5 for row in result["decode_scaling"])
     assert result["decode"]["frames_per_core_s"] > 0 and result["decode_cores_per_gpu"] > 0
     steps = result["decode_breakdown_ms"]
     assert 0 < steps["ffmpeg decode"] <= steps["+ RGB"] <= steps["+ resize"]
     assert "ratio pipeline / engine" in out and "decode cores per GPU" in out
+    assert "decode_cpus 1 (auto), in flight 4" in out and "[in_flight=2] ratio" in out
 
 
 def test_state_query_benchmark_smoke(capsys):

@@ -181,17 +181,22 @@ MEMORY_PROBE = textwrap.dedent(
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak resident set size to what is resident now
     base = peak_mib()
-    decoded = decode_sequence(source, spec)
+    decoded = decode_sequence(source, spec, threads=int(sys.argv[2]))
     print(json.dumps({"frames": decoded.num_frames, "resized_mib": decoded.pixels.nbytes / 2**20,
                       "peak_growth_mib": peak_mib() - base}))
     """
 )
 DECODE_GROWTH_BOUND_MIB = 160
+# Each thread of a decode task beyond the first holds one more source frame in the works: a 1080p
+# video frame as FFmpeg, its RGB array and PIL's 4-byte pixels hold it (measured 32 MiB a thread),
+# a 12 MP photo as PIL holds it (48 MiB).
+THREAD_GROWTH_BOUND_MIB = {"video": 40, "photos": 60}
 
 
-def _peak_growth(prefix: Path) -> dict:
+def _peak_growth(prefix: Path, threads: int = 1) -> dict:
     out = subprocess.run(
-        [sys.executable, "-c", MEMORY_PROBE, str(prefix)], capture_output=True, text=True, check=True, timeout=300
+        [sys.executable, "-c", MEMORY_PROBE, str(prefix), str(threads)],
+        capture_output=True, text=True, check=True, timeout=300,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -200,7 +205,8 @@ def _peak_growth(prefix: Path) -> dict:
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc peak RSS reset")
 def test_decode_memory_is_bounded_by_resized_frames(tmp_path):
     """A 1080p clip of 150 frames: the old decoder kept every frame as a 6.2 MB array and peaked
-    2.2 GiB above its baseline; streaming holds the resized frames (13 MB) and one source frame."""
+    2.2 GiB above its baseline; streaming holds the resized frames (13 MB) and one source frame,
+    and a source frame more for each further thread."""
     yy, xx = np.mgrid[0:1080, 0:1920]
     base = ((xx + yy) // 8 % 256).astype(np.uint8)
 
@@ -213,6 +219,9 @@ def test_decode_memory_is_bounded_by_resized_frames(tmp_path):
     video = _peak_growth(tmp_path / "video")
     assert video["frames"] == 150 and video["resized_mib"] < 15
     assert video["peak_growth_mib"] < DECODE_GROWTH_BOUND_MIB, video
+    threaded = _peak_growth(tmp_path / "video", threads=4)  # the pipeline's default decode task on a GPU
+    assert threaded["frames"] == 150
+    assert threaded["peak_growth_mib"] - video["peak_growth_mib"] < 3 * THREAD_GROWTH_BOUND_MIB["video"], threaded
 
     from PIL import Image
 
@@ -223,7 +232,11 @@ def test_decode_memory_is_bounded_by_resized_frames(tmp_path):
         (photos / f"{i}.jpg").write_bytes((photos / "0.jpg").read_bytes())
     images = _peak_growth(tmp_path / "photos")
     assert images["frames"] == 12 and images["peak_growth_mib"] < DECODE_GROWTH_BOUND_MIB, images
-    print(f"peak decode memory above baseline: video {video}, photos {images}")
+    threaded_images = _peak_growth(tmp_path / "photos", threads=4)
+    assert threaded_images["frames"] == 12
+    assert threaded_images["peak_growth_mib"] - images["peak_growth_mib"] < 3 * THREAD_GROWTH_BOUND_MIB["photos"]
+    print(f"peak decode memory above baseline: video {video}, photos {images}; "
+          f"4 threads: video {threaded}, photos {threaded_images}")
 
 
 def test_oversized_frames_are_refused_before_decoding(tmp_path):
@@ -240,3 +253,121 @@ def test_oversized_frames_are_refused_before_decoding(tmp_path):
     (huge,) = [s for s in discover(default) if s.sequence_id == "huge"]
     with pytest.raises(InputError, match="more than max_pixels=134217728"):
         decode_sequence(huge, default)
+
+
+def _texture(i: int, width: int = 150, height: int = 90) -> np.ndarray:
+    """Fine detail that moves (every resize tap matters); 150 wide: RGB rows that FFmpeg pads."""
+    rng = np.random.default_rng(i)
+    yy, xx = np.mgrid[0:height, 0:width]
+    smooth = np.stack([(xx * 3 + i * 7) % 256, (yy * 5) % 256, (xx + yy + 40 * i) % 256], axis=-1)
+    return np.clip(smooth + rng.integers(-30, 31, smooth.shape), 0, 255).astype(np.uint8)
+
+
+def test_threaded_decoding_gives_the_sequential_pixels(tmp_path):
+    """Frames turned into model input on several threads, appended in order: the same uint8 pixels
+    as the sequential path (PyAV's to_image, the upright transpose, FrameBuffer.add one at a time)."""
+    from PIL import Image
+
+    from zipmap_core.images import FrameBuffer
+
+    video = tmp_path / "videos" / "phone.mp4"
+    video.parent.mkdir()
+    encode_video(video, (_texture(i) for i in range(23)), rotation=-90, options={"crf": "18"})
+    sequential = FrameBuffer(size=IMAGE_W)
+    with av.open(str(video)) as container:
+        for index, frame in enumerate(container.decode(video=0)):
+            sequential.add(frame.to_image().transpose(Image.Transpose.ROTATE_270), f"{video}#frame={index}")
+    spec = _spec(tmp_path / "videos", input__frame_stride=2)
+    (source,) = discover(spec)
+    for threads in (1, 3):
+        decoded = decode_sequence(source, spec, threads=threads)
+        assert decoded.threads == threads and decoded.source_sizes[0] == (90, 150)
+        assert decoded.frame_uris == [f"{video}#frame={i}" for i in range(0, 23, 2)]
+        np.testing.assert_array_equal(decoded.pixels, sequential.uint8()[::2])
+
+    photos = tmp_path / "photos" / "seq"
+    photos.mkdir(parents=True)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise
+    for i in range(11):
+        Image.fromarray(_texture(i, 120, 80)).save(photos / f"{i:02d}.jpg", quality=90, exif=exif)
+    paths = sorted(photos.glob("*.jpg"))
+    spec = _spec(tmp_path / "photos")
+    (source,) = discover(spec)
+    decoded = decode_sequence(source, spec, threads=4)
+    assert decoded.frame_uris == [str(p) for p in paths] and decoded.source_sizes[0] == (80, 120)
+    assert torch.equal(decoded.images(), load_images(paths, size=IMAGE_W))  # open_image and add, one at a time
+
+
+def test_threaded_decoding_fails_as_the_sequential_one(tmp_path):
+    from PIL import Image
+
+    write_sequence(tmp_path / "corrupt", 12, seed=1, ext=".jpg")
+    (tmp_path / "corrupt" / "frame7.jpg").write_bytes((tmp_path / "corrupt" / "frame7.jpg").read_bytes()[:300])
+    write_sequence(tmp_path / "mixed", 12, seed=2)
+    Image.fromarray(_texture(0, 100, 84)).save(tmp_path / "mixed" / "frame9.png")
+    spec = _spec(tmp_path)
+    sources = discover(spec)
+    for source in sources:
+        errors = []
+        for threads in (1, 4):
+            with pytest.raises(InputError) as exc:
+                decode_sequence(source, spec, threads=threads)
+            errors.append(str(exc.value))
+        assert errors[0] == errors[1], errors
+    assert {s.sequence_id for s in sources} == {"corrupt", "mixed"}
+
+
+def test_frames_are_kept_in_order_with_a_bounded_number_in_the_works():
+    import threading
+    import time
+
+    from pipeline.decode import _in_order
+
+    threads, kept, lock = 3, [], threading.Lock()
+    taken, running, most_running = [0], [0], [0]
+
+    def items():
+        for i in range(40):
+            taken[0] += 1
+            assert taken[0] - len(kept) <= 2 * threads  # taken and not yet kept
+            yield i
+
+    def work(i):
+        with lock:
+            running[0] += 1
+            most_running[0] = max(most_running[0], running[0])
+        time.sleep(0.01 * (i % 3))  # later items often finish first
+        with lock:
+            running[0] -= 1
+        return i * i
+
+    _in_order(items(), work, kept.append, threads)
+    assert kept == [i * i for i in range(40)] and most_running[0] == threads
+
+    def failing(i):
+        if i == 7:
+            raise ValueError("frame 7 is bad")
+        return i
+
+    kept.clear()
+    with pytest.raises(ValueError, match="frame 7 is bad"):
+        _in_order(range(100), failing, kept.append, threads)
+    assert kept == list(range(7))
+
+
+def test_a_decode_task_runs_with_the_threads_of_the_plan(ray_cluster, tmp_path):
+    """Through Ray as the pipeline decodes: a task of resources.decode_cpus CPUs uses that many
+    threads, and its pixels are the one-thread decode's."""
+    import ray
+
+    from pipeline.execution import RayExecutor, plan_actors
+
+    encode_video(tmp_path / "clip.mp4", (_texture(i) for i in range(9)))
+    spec = _spec(tmp_path, resources__decode_cpus=2)
+    plan = plan_actors(spec, ray.cluster_resources())
+    assert plan.decode_cpus == 2
+    (source,) = discover(spec)
+    decoded = ray.get(RayExecutor(spec, plan).decode(source))
+    assert decoded.threads == 2 and decoded.num_frames == 9
+    np.testing.assert_array_equal(decoded.pixels, decode_sequence(source, spec, threads=1).pixels)

@@ -32,6 +32,22 @@ def test_plan_actors(fields, cluster, expected):
     assert (plan.num_actors, plan.num_gpus) == expected
 
 
+@pytest.mark.parametrize(
+    "fields, cluster, decode_cpus",
+    [
+        ({}, {"CPU": 64, "GPU": 8}, 4),  # 7 CPUs beside each actor: a GPU's worth of decoding each
+        ({"resources__cpus_per_actor": 8}, {"CPU": 16, "GPU": 1}, 4),  # one H200 host
+        ({"resources__cpus_per_actor": 4}, {"CPU": 12, "GPU": 2}, 2),  # as many as the CPUs left allow
+        ({"resources__device": "cuda", "resources__num_actors": 4}, {"CPU": 2}, 1),  # autoscaling from zero
+        ({}, {"CPU": 16}, 1),  # CPU actors: their engines need the CPUs
+        ({"resources__decode_cpus": 3}, {"CPU": 64, "GPU": 8}, 3),  # the spec's, when it says
+        ({"resources__decode_cpus": 0.5}, {"CPU": 16}, 0.5),
+    ],
+)
+def test_decode_cpus_keep_up_with_a_gpu_unless_the_spec_says(fields, cluster, decode_cpus):
+    assert plan_actors(_spec(**fields), cluster).decode_cpus == decode_cpus
+
+
 def test_plan_actors_refuses_to_starve_decoding_on_a_fixed_cluster(caplog):
     spec = _spec(resources__cpus_per_actor=2)
     with caplog.at_level("WARNING", logger="pipeline.execution"):

@@ -158,7 +158,7 @@ def test_compiled_chunked_heads_do_not_recompile_when_frames_come_from_pinned_me
     """A long sequence's first run recompiled the DPT decode five times (about 30 s at 10,000
     frames on an H200): its inputs came back from the pinned tier contiguous, not channels-last
     as they were computed and as the GPU cache keeps them."""
-    model, images = tiny(), five_frames()
+    model, images = tiny().to(CUDA), five_frames()
     fast = {"mode": "chunked", "chunk_size": 2, "dtype": "bfloat16", "fast": True, "compile": True}
     on_gpu = EngineConfig(gpu_cache_gb=6.0, **fast)
     for _ in range(2):  # compiles for every shape of this sequence

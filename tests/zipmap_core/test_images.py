@@ -353,3 +353,27 @@ def test_frame_buffer_streams_into_uint8() -> None:
     torch.testing.assert_close(frames.tensor(), as_floats, rtol=0, atol=0)
     with pytest.raises(ImageLoadError, match="one image size"):
         frames.add(Image.fromarray(_rgb_array(100, 150)), "odd.png")
+
+
+def test_frames_prepared_on_threads_and_appended_in_order_equal_frames_added() -> None:
+    """`prepare` touches nothing of the buffer: frames resized on several threads at once and
+    appended in order are the frames `add` gives one at a time, and `append` checks sizes as `add` does."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from zipmap_core.images import FrameBuffer
+
+    images = [Image.fromarray(_rgb_array(301, 170, seed=i)) for i in range(12)]
+    added = FrameBuffer(size=112, capacity=3)
+    for image in images:
+        added.add(image)
+    appended = FrameBuffer(size=112, capacity=3)
+    with ThreadPoolExecutor(4) as pool:
+        for i, frame in enumerate(pool.map(appended.prepare, images)):
+            assert frame.source_size == (301, 170)
+            appended.append(frame, f"frame{i}.png")
+    np.testing.assert_array_equal(appended.uint8(), added.uint8())
+    with pytest.raises(ImageLoadError, match=r"frame 12 \(odd.png\) is 300x170 but frame 0 \(frame0.png\) is 301x170"):
+        appended.append(appended.prepare(Image.fromarray(_rgb_array(300, 170))), "odd.png")
+    with pytest.raises(ImageLoadError, match=r"empty.png has no pixels \(0x5\)"):
+        appended.prepare(Image.new("RGB", (0, 5)), "empty.png")
+    assert len(appended) == 12

@@ -1,5 +1,8 @@
 """The chunked engine's activation store: host budget, scratch spill, and pinned-buffer reuse."""
 
+import threading
+import time
+
 import pytest
 import torch
 
@@ -62,3 +65,49 @@ def test_pinned_pool_views_keep_the_memory_layout_of_what_they_hold(layout):
     assert host.is_contiguous(memory_format=layout)
     _, permuted = pool.take(x.transpose(0, 2))  # any dense layout
     assert permuted.stride() == x.transpose(0, 2).stride()
+
+
+def test_pinned_pool_pins_ahead_on_a_background_thread_and_takes_from_it():
+    pinned_by = []
+
+    def allocate(n):
+        pinned_by.append(threading.current_thread().name)
+        return torch.zeros(n, dtype=torch.uint8)
+
+    pool = PinnedPool(slab_bytes=2**20, allocate=allocate)
+    pool.pin_ahead(3 * 2**20 - 5)  # three slabs
+    views = [pool.take(torch.empty(2**18))[1] for _ in range(3)]  # 1 MiB each: one slab each
+    assert pinned_by == ["zipmap-pin-ahead"] * 3 and pool.pinned_bytes == 3 * 2**20
+    assert len({v.data_ptr() for v in views}) == 3
+    pool.take(torch.empty(2**18))  # beyond what was pinned ahead: pinned on demand, here
+    assert pinned_by[-1] == threading.current_thread().name
+    pool.clear()
+
+
+def test_pinned_pool_stops_pinning_ahead_when_cleared_and_falls_back_when_pinning_fails():
+    started = threading.Event()
+
+    def slow(n):
+        started.set()
+        time.sleep(0.05)
+        return torch.zeros(n, dtype=torch.uint8)
+
+    pool = PinnedPool(slab_bytes=2**20, allocate=slow)
+    pool.pin_ahead(1000 * 2**20)  # 50 s of pinning if nobody stopped it
+    started.wait(5)
+    begin = time.monotonic()
+    pool.clear()
+    assert time.monotonic() - begin < 1.0
+
+    calls = []
+
+    def failing(n):
+        calls.append(threading.current_thread().name)
+        if threading.current_thread().name == "zipmap-pin-ahead":
+            raise RuntimeError("CUDA error: out of memory")  # what pinning beyond the host gives
+        return torch.zeros(n, dtype=torch.uint8)
+
+    pool = PinnedPool(slab_bytes=2**20, allocate=failing)
+    pool.pin_ahead(4 * 2**20)
+    _, view = pool.take(torch.empty(2**18))
+    assert view.numel() == 2**18 and calls == ["zipmap-pin-ahead", threading.current_thread().name]

@@ -21,6 +21,7 @@ tokens all-gathered before the camera head.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import torch
 
@@ -102,10 +103,13 @@ def reconstruct_chunked(
                 chunk = to_device(images[c[0] : c[1]], device).unsqueeze(0)
                 tokens = agg.embed(chunk, first_frame=first + c[0])
                 frame_out = agg.frame_block(0, tokens, rope)
+                if c == chunks[0]:  # what every frame will keep in the store, known from the first chunk
+                    per_frame = _stored_bytes_per_frame(engine, model, frame_out, S, image_hw, budget + gpu_budget)
+                    keep_heads = per_frame.keep_heads
+                    store.expect(S * (per_frame.tokens + per_frame.heads * keep_heads))
                 layer.accumulate(frame_out)
                 store.put(("frame", c), frame_out)
             heads = list(model.dense_heads(engine.local_points))
-            keep_heads = _keep_head_inputs(engine, model, frame_out, S, image_hw, budget + gpu_budget)
 
             trained = []
             for i in range(cfg.depth):
@@ -166,11 +170,17 @@ def reconstruct_chunked(
             )
 
 
-def _keep_head_inputs(engine, model: ZipMap, frame_out: torch.Tensor, S: int, image_hw, budget: int) -> bool:
-    if engine.head_inputs != "auto":
-        return engine.head_inputs == "keep"
-    per_frame_tokens = frame_out[0, 0].numel() * frame_out.element_size()
-    return S * (per_frame_tokens + head_input_bytes(model, image_hw, engine.local_points)) <= budget
+class _FrameBytes(NamedTuple):
+    tokens: int  # a frame's tokens between two layers
+    heads: int  # its dense heads' inputs
+    keep_heads: bool  # whether they are kept (else the trunk runs again for the heads)
+
+
+def _stored_bytes_per_frame(engine, model: ZipMap, frame_out: torch.Tensor, S: int, image_hw, budget: int):
+    tokens = frame_out[0, 0].numel() * frame_out.element_size()
+    heads = head_input_bytes(model, image_hw, engine.local_points)
+    keep = engine.head_inputs == "keep" or (engine.head_inputs == "auto" and S * (tokens + heads) <= budget)
+    return _FrameBytes(tokens, heads, keep)
 
 
 def head_input_bytes(model: ZipMap, image_hw: tuple[int, int], local_points: bool) -> int:

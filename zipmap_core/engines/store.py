@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Self
@@ -42,6 +43,10 @@ class PinnedPool:
     of tokens takes 512 MB) and caches what is freed. Asking it for whole slabs wastes nothing,
     and the next sequence gets the cached slabs back without pinning memory again. Buffers are
     bucketed by size in MiB and reused within a sequence.
+
+    `pin_ahead` pins the slabs a sequence will need on a background thread, so that a first run
+    (nothing cached yet) pins while the GPU computes instead of before each `put` that needs a
+    new slab: 8.6 s of a 10,000-frame first run on an H200 (57 GiB).
     """
 
     def __init__(self, slab_bytes: int = 2**31, allocate: Callable[[int], torch.Tensor] | None = None):
@@ -49,6 +54,49 @@ class PinnedPool:
         self._allocate = allocate or (lambda n: torch.empty(n, dtype=torch.uint8, pin_memory=True))
         self._free: dict[int, list[torch.Tensor]] = {}
         self._slabs: list[list] = []  # [slab, bytes used]
+        self._ahead = threading.Condition()
+        self._ahead_ready: list[torch.Tensor] = []  # slabs pinned by the background thread, unused yet
+        self._ahead_left = 0  # slabs the background thread has still to pin
+        self._ahead_thread: threading.Thread | None = None
+
+    def pin_ahead(self, nbytes: int) -> None:
+        """Start pinning slabs for `nbytes` more than the pool holds, on a background thread."""
+        spare = sum(slab.numel() - used for slab, used in self._slabs)
+        count = max(0, -(-(nbytes - spare) // self.slab_bytes))
+        if count == 0 or self._ahead_thread is not None:
+            return
+        self._ahead_left = count
+        self._ahead_thread = threading.Thread(target=self._pin_slabs, name="zipmap-pin-ahead", daemon=True)
+        self._ahead_thread.start()
+
+    def _pin_slabs(self) -> None:
+        while True:
+            with self._ahead:
+                if self._ahead_left <= 0:
+                    return
+            try:
+                slab = self._allocate(self.slab_bytes)
+            except RuntimeError:  # out of pinnable memory: the rest is pinned on demand (or spilled)
+                slab = None
+            with self._ahead:
+                self._ahead_left = 0 if slab is None else self._ahead_left - 1
+                if slab is not None:
+                    self._ahead_ready.append(slab)
+                self._ahead.notify_all()
+
+    def _slab_pinned_ahead(self) -> torch.Tensor | None:
+        """The next slab of the background thread (waiting for it if it is on its way), or None."""
+        with self._ahead:
+            self._ahead.wait_for(lambda: self._ahead_ready or self._ahead_left <= 0)
+            return self._ahead_ready.pop(0) if self._ahead_ready else None
+
+    def _stop_pinning_ahead(self) -> None:
+        with self._ahead:
+            self._ahead_left = 0
+        if self._ahead_thread is not None:
+            self._ahead_thread.join()
+            self._ahead_thread = None
+        self._ahead_ready.clear()
 
     @staticmethod
     def _bucket(nbytes: int) -> int:
@@ -75,14 +123,16 @@ class PinnedPool:
             if used + size <= slab.numel():
                 entry[1] += size
                 return slab[used : used + size]
+        ahead = self._slab_pinned_ahead() if size <= self.slab_bytes else None
         slab_size = max(self.slab_bytes, 1 << (size - 1).bit_length())
-        self._slabs.append([self._allocate(slab_size), size])
+        self._slabs.append([ahead if ahead is not None else self._allocate(slab_size), size])
         return self._slabs[-1][0][:size]
 
     def give(self, raw: torch.Tensor) -> None:
         self._free.setdefault(self._bucket(raw.numel()), []).append(raw)
 
     def clear(self) -> None:
+        self._stop_pinning_ahead()
         self._free.clear()
         self._slabs.clear()
 
@@ -115,6 +165,12 @@ class ActivationStore:
         self.host_bytes = 0
         self.peak_host_bytes = 0
         self.spilled_bytes = 0
+
+    def expect(self, nbytes: int) -> None:
+        """The caller will hold about `nbytes` at once: pin the host memory that takes beyond the
+        GPU cache ahead, in the background (CUDA only; within the host budget)."""
+        if self._cuda:
+            self._pool.pin_ahead(min(self.budget_bytes, max(0, nbytes - self.device_budget_bytes)))
 
     def __enter__(self) -> Self:
         return self
