@@ -10,11 +10,13 @@ and point losses; --frames 2 2 trains on frame pairs; --lr-min-ratio 1 keeps the
 Denser cross-view signals (neither helped, see the README): --world-points W adds a training-only
 DPT head of VGGT's point map (every frame's points in the first camera's frame, with confidence)
 and its loss; --consistency W adds a loss on the GT camera-frame points moved into the first
-camera's frame by the predicted cameras (no new weights). --eval-only re-evaluates --out. The
+camera's frame by the predicted cameras (no new weights); --motion K scales the synthetic camera
+step (training and held out). --eval-only re-evaluates --out. The
 last line says how far the frames depend on each other (mirror frame 0, see the others' tokens move).
 """
 
 import argparse
+from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
@@ -26,7 +28,7 @@ from zipmap_core.evaluation.metrics import camera_metrics
 from zipmap_core.geometry import local_to_world, pose_encoding_to_cameras
 from zipmap_core.heads.dpt_head import DPTHead
 from zipmap_core.models.zipmap import ZipMap
-from zipmap_core.synthetic import generate_sequence
+from zipmap_core.synthetic import generate, generate_sequence
 from zipmap_core.training import LossWeights, TrainConfig, train
 from zipmap_core.training.data import Batch, batch_from_sequences
 from zipmap_core.training.losses import (
@@ -52,6 +54,7 @@ p.add_argument("--random-head-start", action="store_true")
 p.add_argument("--world-points", type=float, default=0.0, help="weight of the first-camera-frame point head (0: none)")
 p.add_argument("--consistency", type=float, default=0.0, help="weight of the camera-consistency loss")
 p.add_argument("--seed", type=int, default=0)
+p.add_argument("--motion", type=float, default=1.0, help="scale the synthetic camera step (training and held out)")
 p.add_argument("--eval-only", action="store_true", help="evaluate --out as trained by an earlier run")
 p.add_argument("--out", default="/tmp/camera_proxy.safetensors")
 a = p.parse_args()
@@ -122,6 +125,9 @@ if a.random_head_start:  # the init before 2026-11-30: biases only, random last-
             last.weight.copy_(weight)
 
     trainer.init_pose_output = random_start
+if a.motion != 1.0:
+    path = generate.camera_path
+    generate.camera_path = lambda kind, rng, layout, n: path(kind, rng, replace(layout, step=a.motion * layout.step), n)
 trainer.ZipMap = ProxyModel
 trainer.batch_loss = proxy_batch_loss
 
