@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from zipmap_core.engines.store import PinnedPool
+
 pytestmark = pytest.mark.timeout(240)
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
@@ -264,10 +266,12 @@ def test_long_sequences_benchmark_smoke(tmp_path, capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCH))  # it imports bench/timing.py by name
     result = _load("long_sequences").main(
         ["--device", "cpu", "--preset", "tiny", "--height", "28", "--width", "42", "--chunk-size", "2",
-         "--frames", "3", "--old-frames", "3", "--repeats", "2", "--json", str(tmp_path / "r.json")]
+         "--frames", "3", "--old-frames", "3", "--on-demand-frames", "4", "--repeats", "2",
+         "--json", str(tmp_path / "r.json")]
     )
-    old, new = result["runs"]
-    assert (old["variant"], new["variant"], old["frames"], new["frames"]) == ("old", "new", 3, 3)
+    old, new, on_demand = result["runs"]
+    assert [(r["variant"], r["frames"]) for r in result["runs"]] == [("old", 3), ("new", 3), ("on-demand", 4)]
     assert all(r["first_s"] > 0 and r["warm_s"] > 0 and r["frames_per_s"] > 0 for r in (old, new))
+    assert PinnedPool.pin_ahead.__name__ == "pin_ahead"  # the on-demand runs' switch is undone
     assert json.loads((tmp_path / "r.json").read_text())["runs"] == result["runs"]
     assert "| 3 | new |" in capsys.readouterr().out
