@@ -115,7 +115,8 @@ class PinnedPool:
         nbytes = like.numel() * like.element_size()
         free = self._free.get(self._bucket(nbytes))
         raw = free.pop() if free else self._carve(self._bucket(nbytes) * 2**20)
-        return raw, _with_strides_of(raw[:nbytes].view(like.dtype), like)
+        strides = torch.empty_like(like, device="meta").stride()  # like's, when dense; else contiguous
+        return raw, raw[:nbytes].view(like.dtype).as_strided(like.shape, strides)
 
     def _carve(self, size: int) -> torch.Tensor:
         for entry in self._slabs:
@@ -135,16 +136,6 @@ class PinnedPool:
         self._stop_pinning_ahead()
         self._free.clear()
         self._slabs.clear()
-
-
-def _with_strides_of(flat: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """`flat` (1-D, `like.numel()` elements) viewed with `like`'s shape and memory layout, for a
-    dense `like` (any permutation of a contiguous tensor: channels-last included)."""
-    if like.dim() == 0:
-        return flat.view(())
-    order = sorted(range(like.dim()), key=lambda d: (-like.stride(d), d))  # outermost dimension first
-    view = flat.view([like.shape[d] for d in order]).permute([order.index(d) for d in range(like.dim())])
-    return view if view.stride() == like.stride() else flat.view(like.shape)  # not dense: contiguous
 
 
 class ActivationStore:
