@@ -65,6 +65,35 @@ def test_ttt_gradient_is_a_sum_over_tokens():
     assert out.shape == x.shape and new_state.w0.shape == (4, 8, 16)
 
 
+def test_ttt_projection_is_its_layers_and_an_update_only_projection_leaves_out_the_queries():
+    """`project` makes q, k, v and the learning rates in one GEMM (to_qkv and lr_fc share their
+    input); without queries (the chunked engine's first pass) the GEMM leaves the query rows out.
+    Both are the two layers applied separately, to float32 rounding (a GEMM of another width may
+    sum in another order)."""
+    torch.manual_seed(0)
+    ttt = FastWeightSwiGLU(dim=16, head_dim=8)
+    x = torch.randn(2, 10, 16)
+    with torch.no_grad():
+        q, k, v = (ttt._heads(t) for t in torch.nn.functional.silu(ttt.to_qkv(x)).chunk(3, dim=-1))
+        lr = torch.nn.functional.softplus(ttt.lr_fc(x) + ttt.base_lr_inv)
+        expected = {
+            "q": q / (q.norm(dim=-1, keepdim=True) + 1e-5),
+            "k": k / (k.norm(dim=-1, keepdim=True) + 1e-5),
+            "v": v,
+            "lr": lr.reshape(2, 10, 3, 2).permute(0, 3, 1, 2).reshape(4, 10, 3),
+        }
+        full, update_only = ttt.project(x), ttt.project(x, queries=False)
+        assert update_only.q is None
+        for name, want in expected.items():
+            torch.testing.assert_close(getattr(full, name), want, rtol=1e-6, atol=1e-7)
+            if name != "q":
+                torch.testing.assert_close(getattr(update_only, name), want, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(full.q, ttt.query(x), rtol=1e-6, atol=1e-7)
+        state = ttt.initial_state(2)
+        for a, b in zip(ttt.gradients_in_slices(state, update_only, 4), ttt.gradients_in_slices(state, full, 4)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("tokens", [4096, 4098, 4099, 100])  # split in 4, in 2, not split (odd, short)
 def test_token_sum_splits_the_reduction_without_changing_it(tokens):
     torch.manual_seed(0)

@@ -65,10 +65,14 @@ def windowed_schedule(num_tokens: int, window_tokens: int) -> list[TTTOp]:
 class TTTInputs(NamedTuple):
     """Per-head projections of a span of tokens; heads are folded into the batch: [B*h, L, d]."""
 
-    q: torch.Tensor
+    q: torch.Tensor | None  # None when only an update was asked for (`project(x, queries=False)`)
     k: torch.Tensor
     v: torch.Tensor
     lr: torch.Tensor  # [B*h, L, 3] float32: learning rates of w0, w1, w2
+
+
+def _token_slice(inputs: TTTInputs, span: slice) -> TTTInputs:
+    return TTTInputs(*(None if t is None else t[:, span] for t in inputs))
 
 
 def inverse_softplus(x: float) -> float:
@@ -219,13 +223,24 @@ class FastWeightSwiGLU(nn.Module):
         B, L, _ = t.shape
         return t.reshape(B, L, self.num_heads, -1).transpose(1, 2).reshape(B * self.num_heads, L, -1)
 
-    def project(self, x: torch.Tensor) -> TTTInputs:
-        """x: normalised block input [B, L, dim]."""
-        q, k, v = F.silu(self.to_qkv(x)).chunk(3, dim=-1)
-        q, k, v = self._heads(q), self._heads(k), self._heads(v)
-        q = q / (q.norm(dim=-1, keepdim=True) + QK_NORM_EPS)
+    def project(self, x: torch.Tensor, queries: bool = True) -> TTTInputs:
+        """x: normalised block input [B, L, dim]. One GEMM makes the queries, keys, values and
+        learning rates, which share their input (`lr_fc` alone, 3 x heads wide, is too narrow
+        for an efficient GEMM of its own). Without `queries` (an update that reads nothing back:
+        the chunked engine's first pass) that GEMM leaves out the query rows and q is None."""
+        dim = x.shape[-1]
+        first = 0 if queries else dim  # row of to_qkv where the GEMM starts
+        qkv_bias = self.to_qkv.bias if self.to_qkv.bias is not None else self.to_qkv.weight.new_zeros(3 * dim)
+        weight = torch.cat([self.to_qkv.weight[first:], self.lr_fc.weight])
+        out = F.linear(x, weight, torch.cat([qkv_bias[first:], self.lr_fc.bias]))
+        qkv, lr = out.split([3 * dim - first, self.lr_fc.out_features], dim=-1)
+        heads = [self._heads(t) for t in F.silu(qkv).chunk(3 - first // dim, dim=-1)]
+        q = heads.pop(0) if queries else None
+        k, v = heads
+        if q is not None:
+            q = q / (q.norm(dim=-1, keepdim=True) + QK_NORM_EPS)
         k = k / (k.norm(dim=-1, keepdim=True) + QK_NORM_EPS)
-        lr = F.softplus(self.lr_fc(x).float() + self.base_lr_inv)  # [B, L, 3h], ordered (which, head)
+        lr = F.softplus(lr.float() + self.base_lr_inv)  # [B, L, 3h], ordered (which, head)
         B, L, _ = lr.shape
         lr = lr.reshape(B, L, 3, self.num_heads).permute(0, 3, 1, 2).reshape(B * self.num_heads, L, 3)
         return TTTInputs(q, k, v, lr)
@@ -249,7 +264,7 @@ class FastWeightSwiGLU(nn.Module):
             return self.gradients(state, inputs)
         total = None
         for start in range(0, L, tokens_per_slice):
-            part = self.gradients(state, TTTInputs(*(t[:, start : start + tokens_per_slice] for t in inputs)))
+            part = self.gradients(state, _token_slice(inputs, slice(start, start + tokens_per_slice)))
             total = part if total is None else tuple(a + b for a, b in zip(total, part))
         return total
 
@@ -279,7 +294,7 @@ class FastWeightSwiGLU(nn.Module):
         for op in schedule:
             span = slice(op.start, op.end)
             if op.update:
-                span_inputs = TTTInputs(*(t[:, span] for t in inputs))
+                span_inputs = _token_slice(inputs, span)
                 state = self.step(state, self.gradients_in_slices(state, span_inputs), norms)
             if op.apply:
                 outputs.append(self.read(state, inputs.q[:, span]))
