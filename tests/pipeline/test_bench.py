@@ -275,3 +275,19 @@ def test_long_sequences_benchmark_smoke(tmp_path, capsys, monkeypatch):
     assert PinnedPool.pin_ahead.__name__ == "pin_ahead"  # the on-demand runs' switch is undone
     assert json.loads((tmp_path / "r.json").read_text())["runs"] == result["runs"]
     assert "| 3 | new |" in capsys.readouterr().out
+
+
+def test_gpu_idle_report_merges_overlapping_kernels_and_finds_the_gaps(monkeypatch):
+    """bench/gpu_idle.py's arithmetic (its profile needs CUDA): kernel intervals in ns, overlapping
+    ones merged, idle per tenth of the span, the longest gaps with the kernels on either side."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    report = _load("gpu_idle").idle_report
+    ms = 1_000_000
+    kernels = [(0, 10 * ms, "a"), (5 * ms, 20 * ms, "b"), (2 * ms, 3 * ms, "inside"), (80 * ms, 90 * ms, "c"),
+               (92 * ms, 100 * ms, "d")]
+    r = report(kernels, wall_s=0.105)
+    assert r["kernel_span_s"] == pytest.approx(0.100) and r["busy_s"] == pytest.approx(0.038)
+    assert r["idle_in_span_s"] == pytest.approx(0.062) and r["outside_span_s"] == pytest.approx(0.005)
+    assert r["idle_per_tenth_s"] == [0.0, 0.0, 0.06, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.002]  # gaps by start
+    assert r["gaps_over_1ms"] == 2 and r["idle_in_gaps_over_1ms_s"] == pytest.approx(0.062)
+    assert [(g["after"], g["before"], g["ms"]) for g in r["longest"]] == [("b", "c", 60.0), ("c", "d", 2.0)]

@@ -9,7 +9,10 @@ files). The outputs the heads read (DPT layers, camera tokens of the last layer)
 too; the camera head then runs over all frames' camera tokens, and the dense heads per chunk
 (their per-layer first stage runs during the pass, and only its smallest per-frame form is kept:
 `DPTHead.project_layer`, 2.3 MB a frame at 392x518 in bf16 against the tokens' 4.3 MB in float32),
-so frames stream out while later chunks are still being decoded. When the head inputs of a long
+so frames stream out while later chunks are still being decoded: a chunk's host-side work and its
+hand-over to the consumer happen while the GPU decodes the next one, and the results' colours are
+made when the trunk first reads the frames (on the GPU) and kept with the head inputs, since
+converting float images on the host at the end left the GPU idle. When the head inputs of a long
 sequence would not fit in the host budget, they are recomputed per chunk instead: once every
 layer's fast weights are trained, the network is a per-frame function.
 
@@ -21,13 +24,14 @@ tokens all-gathered before the camera head.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import torch
 
 from zipmap_core.engines.config import EngineConfig
 from zipmap_core.engines.frame_parallel import FrameShard
-from zipmap_core.engines.frames import align_to_reference, frame_predictions, to_device
+from zipmap_core.engines.frames import PendingFrames, align_to_reference, frame_colours, to_device
 from zipmap_core.engines.offline import StateSink
 from zipmap_core.engines.precision import autocast
 from zipmap_core.engines.results import FramePrediction
@@ -57,7 +61,7 @@ class _GlobalLayer:
     def accumulate(self, tokens: torch.Tensor) -> None:
         """Pass 1 on one chunk: add its tokens' contribution to the fast-weight update."""
         B, S, P, C = tokens.shape
-        inputs = self.ttt.project(self.block.mixer_input(tokens.reshape(B, S * P, C)))
+        inputs = self.ttt.project(self.block.mixer_input(tokens.reshape(B, S * P, C)), queries=False)
         for acc, g in zip(self.grads, self.ttt.gradients(self.initial, inputs)):
             acc += g
 
@@ -107,6 +111,8 @@ def reconstruct_chunked(
                     per_frame = _stored_bytes_per_frame(engine, model, frame_out, S, image_hw, budget + gpu_budget)
                     keep_heads = per_frame.keep_heads
                     store.expect(S * (per_frame.tokens + per_frame.heads * keep_heads))
+                if keep_heads:  # the results' colours, made while the frames are on the GPU
+                    store.put(("colours", c), frame_colours(chunk[0]))
                 layer.accumulate(frame_out)
                 store.put(("frame", c), frame_out)
             heads = list(model.dense_heads(engine.local_points))
@@ -145,40 +151,54 @@ def reconstruct_chunked(
             on_state(SceneState.capture(model, states, image_hw, shard.total, extrinsics, intrinsics))
         extrinsics, intrinsics = extrinsics[first : first + S], intrinsics[first : first + S]
 
-        def fetch_heads(c):  # a chunk's head inputs, on their way to the GPU while the previous chunk decodes
-            return {name: [store.fetch(("head", name, i, c)) for i in cfg.dpt.layers] for name in heads}
+        def fetch_heads(c):  # a chunk's head inputs and colours, on their way while the previous chunk decodes
+            inputs = {name: [store.fetch(("head", name, i, c)) for i in cfg.dpt.layers] for name in heads}
+            return inputs, store.fetch(("colours", c))
 
-        pending = fetch_heads(chunks[0]) if keep_heads else None
-        for j, c in enumerate(chunks):
-            # autocast is never held across a yield: the consumer's code runs between yields
-            with autocast(device, engine.dtype):
-                if keep_heads:
-                    projected = {name: [p.wait() for p in inputs] for name, inputs in pending.items()}
-                    for name in heads:
-                        for i in cfg.dpt.layers:
-                            store.drop(("head", name, i, c))
-                    if j + 1 < len(chunks):
-                        pending = fetch_heads(chunks[j + 1])
-                    dense = model.decode_dense(projected, image_hw)
-                else:
-                    layers = _rerun_for_heads(
-                        agg, trained, to_device(images[c[0] : c[1]], device), first + c[0], rope, dpt_layers
-                    )
-                    dense = model.predict_dense(layers, image_hw, local_points=engine.local_points)
-            yield from frame_predictions(
-                first + c[0], images[c[0] : c[1]], extrinsics[c[0] : c[1]], intrinsics[c[0] : c[1]], dense
-            )
+        # a chunk's host-side work (waiting for its copies, colours, per-frame results) runs on a
+        # worker while the GPU decodes the next chunk; its frames are handed out after that
+        # chunk's kernels are queued, so the GPU is not left idle while the consumer takes them
+        with ThreadPoolExecutor(1, thread_name_prefix="zipmap-frames") as host_side:
+            collecting = None
+            pending = fetch_heads(chunks[0]) if keep_heads else None
+            for j, c in enumerate(chunks):
+                # autocast is never held across a yield: the consumer's code runs between yields
+                with autocast(device, engine.dtype):
+                    chunk_images = images[c[0] : c[1]]
+                    if keep_heads:
+                        inputs, colours = pending
+                        projected = {name: [p.wait() for p in parts] for name, parts in inputs.items()}
+                        colours = colours.wait()
+                        for name in heads:
+                            for i in cfg.dpt.layers:
+                                store.drop(("head", name, i, c))
+                        store.drop(("colours", c))
+                        if j + 1 < len(chunks):
+                            pending = fetch_heads(chunks[j + 1])
+                        dense = model.decode_dense(projected, image_hw)
+                    else:  # colours from the images on the GPU, where the rerun needs them anyway
+                        chunk_images, colours = to_device(chunk_images, device), None
+                        layers = _rerun_for_heads(agg, trained, chunk_images, first + c[0], rope, dpt_layers)
+                        dense = model.predict_dense(layers, image_hw, local_points=engine.local_points)
+                frames = PendingFrames(
+                    first + c[0], chunk_images, extrinsics[c[0] : c[1]], intrinsics[c[0] : c[1]], dense, colours
+                )
+                if collecting is not None:
+                    yield from collecting.result()
+                collecting = host_side.submit(frames.collect)
+            if collecting is not None:
+                yield from collecting.result()
 
 
 class _FrameBytes(NamedTuple):
     tokens: int  # a frame's tokens between two layers
-    heads: int  # its dense heads' inputs
+    heads: int  # its dense heads' inputs and its results' colours (uint8)
     keep_heads: bool  # whether they are kept (else the trunk runs again for the heads)
 
 
 def _stored_bytes_per_frame(engine, model: ZipMap, frame_out: torch.Tensor, S: int, image_hw, budget: int):
     tokens = frame_out[0, 0].numel() * frame_out.element_size()
-    heads = head_input_bytes(model, image_hw, engine.local_points)
+    heads = head_input_bytes(model, image_hw, engine.local_points) + 3 * image_hw[0] * image_hw[1]  # + colours
     keep = engine.head_inputs == "keep" or (engine.head_inputs == "auto" and S * (tokens + heads) <= budget)
     return _FrameBytes(tokens, heads, keep)
 
