@@ -11,14 +11,21 @@ Denser cross-view signals (neither helped, see the README): --world-points W add
 DPT head of VGGT's point map (every frame's points in the first camera's frame, with confidence)
 and its loss; --consistency W adds a loss on the GT camera-frame points moved into the first
 camera's frame by the predicted cameras (no new weights); --motion K scales the synthetic camera
-step (training and held out). --eval-only re-evaluates --out. The
-last line says how far the frames depend on each other (mirror frame 0, see the others' tokens move).
+step (training and held out). --correspondence W adds a training-only InfoNCE loss that makes
+the patch tokens of frame block --corr-layer (the tokens the next global block matches frames by)
+of every frame i >= 1 pick their ground-truth corresponding patch among frame 0's (cosine / tau,
+cross-entropy over frame 0's patches); with --corr-target attention it trains head 0 of global
+attention block --corr-layer to attend so instead (its own logits). The held-out top-1 matching
+accuracy of the tokens (and of the global attention) is printed whatever W. --eval-only
+re-evaluates --out. The last line says how far the frames depend on each other (mirror frame 0,
+see the others' tokens move).
 """
 
 import argparse
 from dataclasses import replace
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 import zipmap_core.training.trainer as trainer
@@ -53,6 +60,12 @@ p.add_argument("--camera-only", action="store_true")
 p.add_argument("--random-head-start", action="store_true")
 p.add_argument("--world-points", type=float, default=0.0, help="weight of the first-camera-frame point head (0: none)")
 p.add_argument("--consistency", type=float, default=0.0, help="weight of the camera-consistency loss")
+p.add_argument("--correspondence", type=float, default=0.0, help="weight of the patch-correspondence loss")
+p.add_argument("--corr-layer", type=int, default=0, help="the frame block whose output patch tokens it trains")
+p.add_argument("--corr-tau", type=float, default=0.1, help="its temperature (cosine / tau)")
+p.add_argument("--corr-target", default="tokens", choices=["tokens", "attention"],
+               help="tokens: cosine of frame block --corr-layer's patch tokens; attention: head 0's logits in "
+                    "global attention block --corr-layer")
 p.add_argument("--seed", type=int, default=0)
 p.add_argument("--motion", type=float, default=1.0, help="scale the synthetic camera step (training and held out)")
 p.add_argument("--eval-only", action="store_true", help="evaluate --out as trained by an earlier run")
@@ -69,17 +82,48 @@ PRESETS["proxy"] = ModelConfig(
 
 
 class ProxyModel(ZipMap):
-    """The proxy network; with --world-points, plus a DPT head of points in the first camera's frame."""
+    """The proxy network; with --world-points, plus a DPT head of points in the first camera's frame.
+    Keeps the last aggregator call's layers and conv patch embedding (for the extra losses and probes)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__(config)
         self.layers: dict[int, Tensor] = {}
+        self.embedding: Tensor | None = None  # [B * S, P, C], before the patch positions
         if a.world_points > 0:
             d = config.dpt
             self.world_point_head = DPTHead(
                 2 * config.embed_dim, 4, "linear", "expp1", config.patch_size, d.features, d.out_channels, d.hidden
             )
-            self.aggregator.register_forward_hook(lambda _m, _i, out: setattr(self, "layers", out[0]))
+        self.aggregator.register_forward_hook(lambda _m, _i, out: setattr(self, "layers", out[0]))
+        self.aggregator.patch_embed.register_forward_hook(lambda _m, _i, out: setattr(self, "embedding", out))
+        self.attention_inputs: dict[int, tuple] = {}  # global attention block -> its (normed tokens, rope)
+        if config.global_block == "attention":
+            for i, block in enumerate(self.aggregator.global_blocks):
+                block.attn.register_forward_pre_hook(lambda _m, args, i=i: self.attention_inputs.__setitem__(i, args))
+
+    def patch_tokens(self, which: str) -> Tensor:
+        """Of the last aggregator call: patch tokens [B, S, N, C] of 'embed' (the conv patch embedding),
+        'frame' (frame block --corr-layer's output) or 'global' (the global block's after it)."""
+        if which == "embed":
+            B, S = self.layers[self.config.depth - 1].shape[:2]
+            return self.embedding.unflatten(0, (B, S))
+        C, start = self.config.embed_dim, self.config.patch_start_idx
+        x = self.layers[a.corr_layer][:, :, start:]
+        return x[..., :C] if which == "frame" else x[..., C:]
+
+    def attention_logits(self, i: int) -> Tensor:
+        """Of the last aggregator call: global attention block i's logits (q.k / sqrt(d), as its softmax
+        sees them) of the patches of frames 1.. over frame 0's patches [B, heads, S-1, N, N]."""
+        x, rope = self.attention_inputs[i]
+        attn = self.aggregator.global_blocks[i].attn
+        B, S = self.layers[self.config.depth - 1].shape[:2]
+        q, k, _ = attn.qkv(x).reshape(B, x.shape[1], 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = attn.q_norm(q), attn.k_norm(k)
+        if attn.rope is not None and rope is not None:
+            q, k = attn.rope(q, rope), attn.rope(k, rope)
+        start = self.config.patch_start_idx
+        q, k = q.unflatten(2, (S, -1))[:, :, 1:, start:], k.unflatten(2, (S, -1))[:, :, 0, start:]
+        return torch.einsum("bhsnd,bhmd->bhsnm", q.float(), k.float()) * attn.head_dim ** -0.5
 
     def world_points(self, image_hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
         """Of the last aggregator call: points [B, S, H, W, 3] in frame 0's frame, confidence [B, S, H, W]."""
@@ -93,6 +137,48 @@ def in_first_frame(pose_enc: Tensor, targets: Targets) -> Tensor:
     extrinsics, _ = pose_encoding_to_cameras(pose_enc.float(), tuple(targets.depth.shape[-2:]))
     moved = local_to_world(targets.points, extrinsics)
     return torch.where(targets.valid[..., None], moved, torch.zeros_like(moved))
+
+
+def correspondences(batch: Batch, patch: int, occlusion: float = 0.05) -> tuple[Tensor, Tensor]:
+    """Ground-truth patch matches of frames 1.. in frame 0: for each patch centre of frame i >= 1,
+    the index of the frame-0 patch its GT world point projects into [B, S-1, N] and whether the
+    match holds [B, S-1, N] (the centre pixel valid, the point in front of frame 0 and inside it,
+    on a valid frame-0 pixel and not occluded there: its frame-0 depth at most `occlusion` (relative)
+    beyond frame 0's GT depth at the nearest pixel). Pixel (v, u) sits at image coordinate (u, v)."""
+    B, S, H, W = batch.depth.shape
+    c = (patch - 1) // 2
+    gh, gw = H // patch, W // patch
+    centres = batch.world_points[:, 1:, c::patch, c::patch][:, :, :gh, :gw].reshape(B, S - 1, -1, 3)
+    valid = batch.valid[:, 1:, c::patch, c::patch][:, :, :gh, :gw].reshape(B, S - 1, -1)
+    R, t, K = batch.extrinsics[:, 0, :, :3], batch.extrinsics[:, 0, :, 3], batch.intrinsics[:, 0]
+    cam = torch.einsum("bij,bsnj->bsni", R, centres) + t[:, None, None]
+    z = cam[..., 2]
+    z_safe = z.clamp_min(1e-6)
+    u = K[:, None, None, 0, 0] * cam[..., 0] / z_safe + K[:, None, None, 0, 2]
+    v = K[:, None, None, 1, 1] * cam[..., 1] / z_safe + K[:, None, None, 1, 2]
+    inside = (z > 1e-6) & (u >= -0.5) & (u < W - 0.5) & (v >= -0.5) & (v < H - 0.5)
+    pu = u.round().clamp(0, W - 1).long()
+    pv = v.round().clamp(0, H - 1).long()
+    flat = (pv * W + pu).flatten(1)
+    depth0 = batch.depth[:, 0].flatten(1).gather(1, flat).view_as(z)
+    valid0 = batch.valid[:, 0].flatten(1).gather(1, flat).view_as(z)
+    keep = valid & inside & valid0 & (z <= depth0 * (1 + occlusion))
+    index = (pv // patch).clamp(max=gh - 1) * gw + (pu // patch).clamp(max=gw - 1)
+    return index, keep
+
+
+def match_logits(tokens: Tensor) -> Tensor:
+    """Patch tokens [B, S, N, C] -> cosine similarities [B, S-1, N, N] of frames 1.. to frame 0's patches."""
+    f = F.normalize(tokens.float(), dim=-1)
+    return torch.einsum("bsnc,bmc->bsnm", f[:, 1:], f[:, 0])
+
+
+def correspondence_loss(logits: Tensor, index: Tensor, keep: Tensor) -> Tensor:
+    """InfoNCE over frame 0's patches: cross-entropy of logits [B, S-1, N, N] against the GT patch,
+    mean over the matches that hold."""
+    if not bool(keep.any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits[keep], index[keep])
 
 
 def proxy_batch_loss(model: ProxyModel, batch: Batch, weights: LossWeights, bf16: bool = True):
@@ -111,6 +197,13 @@ def proxy_batch_loss(model: ProxyModel, batch: Batch, weights: LossWeights, bf16
     if a.consistency > 0:
         moved = in_first_frame(outputs["pose_enc"], targets)
         extra["consistency"] = a.consistency * _masked_mean((moved - world).abs().sum(-1), valid)
+    if a.correspondence > 0 and batch.images.shape[1] > 1:
+        index, keep = correspondences(batch, model.config.patch_size)
+        if a.corr_target == "tokens":
+            logits = match_logits(model.patch_tokens("frame")) / a.corr_tau
+        else:  # one head of the global block: its own attention logits, no temperature of ours
+            logits = model.attention_logits(a.corr_layer)[:, 0]
+        extra["correspondence"] = a.correspondence * correspondence_loss(logits, index, keep)
     return loss + sum(extra.values()), {**terms, **{k: v.detach() for k, v in extra.items()}}
 
 
@@ -174,6 +267,34 @@ for frames in (list(range(6)), [0, 3]):
             return float((x[:, 1:] - w).abs().sum(-1)[t.valid[:, 1:]].mean())
         print(f"  first-frame points, frames 1..: head {err(out['world_points']):.4f}, "
               f"its local points (no motion) {err(out['local_points']):.4f}, GT local points {err(targets.points):.4f}")
+
+# can frames be matched by their tokens? top-1 of each patch of frames 1.. among frame 0's patches against the
+# GT match (chance 1 / N; "same place" predicts no motion, the patch at the same grid position)
+b = batch_from_sequences(sequences, [list(range(6))] * len(sequences))
+index, keep = correspondences(b, model.config.patch_size)
+with torch.no_grad():
+    model.aggregator(b.images)
+    found = {w: match_logits(model.patch_tokens(w)).argmax(-1) for w in ("embed", "frame", "global")}
+same = torch.arange(index.shape[-1]).expand_as(index)
+accuracy = " ".join(f"{w} {float((found[w] == index)[keep].float().mean()):.3f}" for w in found)
+print(f"held-out top-1 matching of frames 1..5 to frame 0 ({int(keep.sum())} matches, {keep.float().mean():.2f} "
+      f"of patches), layer {a.corr_layer}: {accuracy}; same place {float((same == index)[keep].float().mean()):.3f}, "
+      f"chance {1 / index.shape[-1]:.3f}")
+
+
+if a.block == "attention":  # does global attention itself match? top-1 over frame 0's patches, per block
+    attended = []
+    with torch.no_grad():
+        for i in range(0, len(sequences), 16):
+            model.aggregator(b.images[i:i + 16])
+            logits = [model.attention_logits(j) for j in range(model.config.depth)]
+            attended.append([(x.softmax(-1).mean(1).argmax(-1), x[:, 0].argmax(-1)) for x in logits])
+
+    def top1(found: list[Tensor]) -> str:
+        return f"{float((torch.cat(found) == index)[keep].float().mean()):.3f}"
+    print("  global attention's top-1 over frame 0, blocks 0..: heads' mean "
+          + " ".join(top1([r[j][0] for r in attended]) for j in range(model.config.depth))
+          + "; head 0 " + " ".join(top1([r[j][1] for r in attended]) for j in range(model.config.depth)))
 
 # does the aggregator relate frames at all? mirror frame 0 and measure how much the other frames' last-layer
 # tokens move (relative norm; the mirrored frame's own tokens move by ~0.3-0.6)
