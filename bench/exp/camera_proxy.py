@@ -16,9 +16,10 @@ the patch tokens of frame block --corr-layer (the tokens the next global block m
 of every frame i >= 1 pick their ground-truth corresponding patch among frame 0's (cosine / tau,
 cross-entropy over frame 0's patches); with --corr-target attention it trains head 0 of global
 attention block --corr-layer to attend so instead (its own logits). The held-out top-1 matching
-accuracy of the tokens (and of the global attention) is printed whatever W. --eval-only
-re-evaluates --out. The last line says how far the frames depend on each other (mirror frame 0,
-see the others' tokens move).
+accuracy of the tokens (and of the global attention) is printed whatever W. --flow W trains a
+linear head on the tokens after global block --corr-layer to report each patch's motion to
+frame 0. --eval-only re-evaluates --out (pass the same head options). The last line says how far
+the frames depend on each other (mirror frame 0, see the others' tokens move).
 """
 
 import argparse
@@ -66,6 +67,9 @@ p.add_argument("--corr-tau", type=float, default=0.1, help="its temperature (cos
 p.add_argument("--corr-target", default="tokens", choices=["tokens", "attention"],
                help="tokens: cosine of frame block --corr-layer's patch tokens; attention: head 0's logits in "
                     "global attention block --corr-layer")
+p.add_argument("--flow", type=float, default=0.0,
+               help="weight of a linear head's L1 loss on each patch's motion to frame 0 (tokens after global block "
+                    "--corr-layer)")
 p.add_argument("--seed", type=int, default=0)
 p.add_argument("--motion", type=float, default=1.0, help="scale the synthetic camera step (training and held out)")
 p.add_argument("--eval-only", action="store_true", help="evaluate --out as trained by an earlier run")
@@ -94,6 +98,8 @@ class ProxyModel(ZipMap):
             self.world_point_head = DPTHead(
                 2 * config.embed_dim, 4, "linear", "expp1", config.patch_size, d.features, d.out_channels, d.hidden
             )
+        if a.flow > 0:
+            self.flow_head = nn.Linear(config.embed_dim, 2)
         self.aggregator.register_forward_hook(lambda _m, _i, out: setattr(self, "layers", out[0]))
         self.aggregator.patch_embed.register_forward_hook(lambda _m, _i, out: setattr(self, "embedding", out))
         self.attention_inputs: dict[int, tuple] = {}  # global attention block -> its (normed tokens, rope)
@@ -139,12 +145,13 @@ def in_first_frame(pose_enc: Tensor, targets: Targets) -> Tensor:
     return torch.where(targets.valid[..., None], moved, torch.zeros_like(moved))
 
 
-def correspondences(batch: Batch, patch: int, occlusion: float = 0.05) -> tuple[Tensor, Tensor]:
+def correspondences(batch: Batch, patch: int, occlusion: float = 0.05) -> tuple[Tensor, Tensor, Tensor]:
     """Ground-truth patch matches of frames 1.. in frame 0: for each patch centre of frame i >= 1,
     the index of the frame-0 patch its GT world point projects into [B, S-1, N] and whether the
     match holds [B, S-1, N] (the centre pixel valid, the point in front of frame 0 and inside it,
     on a valid frame-0 pixel and not occluded there: its frame-0 depth at most `occlusion` (relative)
-    beyond frame 0's GT depth at the nearest pixel). Pixel (v, u) sits at image coordinate (u, v)."""
+    beyond frame 0's GT depth at the nearest pixel), and its motion [B, S-1, N, 2] (where it lands in
+    frame 0 minus where it is, in patches, x then y). Pixel (v, u) sits at image coordinate (u, v)."""
     B, S, H, W = batch.depth.shape
     c = (patch - 1) // 2
     gh, gw = H // patch, W // patch
@@ -164,7 +171,9 @@ def correspondences(batch: Batch, patch: int, occlusion: float = 0.05) -> tuple[
     valid0 = batch.valid[:, 0].flatten(1).gather(1, flat).view_as(z)
     keep = valid & inside & valid0 & (z <= depth0 * (1 + occlusion))
     index = (pv // patch).clamp(max=gh - 1) * gw + (pu // patch).clamp(max=gw - 1)
-    return index, keep
+    rows, cols = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+    here = torch.stack([cols, rows], -1).reshape(-1, 2).to(u) * patch + c
+    return index, keep, (torch.stack([u, v], -1) - here) / patch
 
 
 def match_logits(tokens: Tensor) -> Tensor:
@@ -198,12 +207,16 @@ def proxy_batch_loss(model: ProxyModel, batch: Batch, weights: LossWeights, bf16
         moved = in_first_frame(outputs["pose_enc"], targets)
         extra["consistency"] = a.consistency * _masked_mean((moved - world).abs().sum(-1), valid)
     if a.correspondence > 0 and batch.images.shape[1] > 1:
-        index, keep = correspondences(batch, model.config.patch_size)
+        index, keep, _ = correspondences(batch, model.config.patch_size)
         if a.corr_target == "tokens":
             logits = match_logits(model.patch_tokens("frame")) / a.corr_tau
         else:  # one head of the global block: its own attention logits, no temperature of ours
             logits = model.attention_logits(a.corr_layer)[:, 0]
         extra["correspondence"] = a.correspondence * correspondence_loss(logits, index, keep)
+    if a.flow > 0 and batch.images.shape[1] > 1:
+        _, keep, motion = correspondences(batch, model.config.patch_size)
+        flow = model.flow_head(model.patch_tokens("global")[:, 1:].float())
+        extra["flow"] = a.flow * _masked_mean((flow - motion).abs().sum(-1), keep)
     return loss + sum(extra.values()), {**terms, **{k: v.detach() for k, v in extra.items()}}
 
 
@@ -271,7 +284,7 @@ for frames in (list(range(6)), [0, 3]):
 # can frames be matched by their tokens? top-1 of each patch of frames 1.. among frame 0's patches against the
 # GT match (chance 1 / N; "same place" predicts no motion, the patch at the same grid position)
 b = batch_from_sequences(sequences, [list(range(6))] * len(sequences))
-index, keep = correspondences(b, model.config.patch_size)
+index, keep, motion = correspondences(b, model.config.patch_size)
 with torch.no_grad():
     model.aggregator(b.images)
     found = {w: match_logits(model.patch_tokens(w)).argmax(-1) for w in ("embed", "frame", "global")}
@@ -295,6 +308,31 @@ if a.block == "attention":  # does global attention itself match? top-1 over fra
     print("  global attention's top-1 over frame 0, blocks 0..: heads' mean "
           + " ".join(top1([r[j][0] for r in attended]) for j in range(model.config.depth))
           + "; head 0 " + " ".join(top1([r[j][1] for r in attended]) for j in range(model.config.depth)))
+
+# do the tokens of frames 1.. know where their content is in frame 0? a ridge probe of each patch token's motion
+# to its match (in patches) from the tokens of each layer (after its global block), fitted on half of the held-out
+# sequences and scored (R^2, x and y averaged) on the other half; frame block 0's output has seen no other frame,
+# so what it explains (from a patch's position and content alone) is the floor
+
+
+def motion_r2(tokens: Tensor, ridge: float = 1e-2) -> float:
+    half = len(sequences) // 2
+    x = torch.cat([tokens[:, 1:], torch.ones_like(tokens[:, 1:, ..., :1])], -1).double()
+    y = motion.double()
+    fit, score = (slice(None, half), slice(half, None))
+    xf, yf = x[fit][keep[fit]], y[fit][keep[fit]]
+    w = torch.linalg.solve(xf.T @ xf + ridge * len(xf) * torch.eye(x.shape[-1], dtype=x.dtype), xf.T @ yf)
+    xs, ys = x[score][keep[score]], y[score][keep[score]]
+    return float((1 - ((xs @ w - ys) ** 2).sum(0) / ((ys - ys.mean(0)) ** 2).sum(0)).mean())
+
+
+with torch.no_grad():
+    layers, _ = model.aggregator(b.images)
+C, start = model.config.embed_dim, model.config.patch_start_idx
+print(f"  held-out R^2 of the patches' motion to frame 0 (std {float(motion[keep].std(0).mean()):.2f} patches) "
+      "from the tokens after each global block: "
+      + " ".join(f"{motion_r2(layers[i][:, :, start:, C:].float()):.2f}" for i in sorted(layers))
+      + f"; control without cross-frame information (frame block 0): {motion_r2(layers[0][:, :, start:, :C]):.2f}")
 
 # does the aggregator relate frames at all? mirror frame 0 and measure how much the other frames' last-layer
 # tokens move (relative norm; the mirrored frame's own tokens move by ~0.3-0.6)
