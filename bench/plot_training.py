@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-TERMS = ("loss", "camera_T", "camera_R", "depth_log")
+TERMS = ("loss", "camera_T", "camera_R", "depth_log", "cross_frame_camera")  # the last: runs since 2026-11-30
 
 
 def histories(paths: list[str]) -> dict[str, list[dict]]:
@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     fig, axes = plt.subplots(1, len(TERMS), figsize=(4 * len(TERMS), 3.4))
     for ax, term in zip(axes, TERMS):
         for name, entries in curves.items():
-            ax.plot([e["step"] for e in entries], [e[term] for e in entries], label=name)
+            points = [(e["step"], e[term]) for e in entries if term in e]
+            ax.plot([p[0] for p in points], [p[1] for p in points], label=name)
         ax.set_title(term)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

@@ -90,3 +90,27 @@ def test_set_fp8_off_on_a_model_never_converted_changes_nothing():
     model = trained_demo()
     assert set_fp8(model, False) == 0
     assert not any(isinstance(m, Fp8Linear) for m in model.modules())
+
+
+def test_the_ttt_projections_go_through_the_fp8_layer_when_it_is_on():
+    """The TTT mixer joins to_qkv's rows with lr_fc's in one GEMM when to_qkv is a plain linear
+    layer; swapped for the FP8 one, the queries, keys and values (of both `project` and `query`)
+    must come from its FP8 product."""
+    from zipmap_core import ModelConfig, ZipMap
+
+    torch.manual_seed(0)
+    model = ZipMap(ModelConfig.preset("tiny")).eval()
+    ttt = model.aggregator.global_blocks[0].ttt_block
+    x = torch.randn(1, 6, ttt.to_qkv.in_features)
+    with torch.no_grad():
+        set_fp8(model, True)
+        assert isinstance(ttt.to_qkv, Fp8Linear)
+        q, k, v = (ttt._heads(t) for t in torch.nn.functional.silu(ttt.to_qkv(x)).chunk(3, dim=-1))
+        full, update_only = ttt.project(x), ttt.project(x, queries=False)
+        torch.testing.assert_close(full.v, v, rtol=0, atol=0)
+        torch.testing.assert_close(update_only.v, v, rtol=0, atol=0)
+        torch.testing.assert_close(full.k, k / (k.norm(dim=-1, keepdim=True) + 1e-5), rtol=0, atol=0)
+        torch.testing.assert_close(ttt.query(x), q / (q.norm(dim=-1, keepdim=True) + 1e-5), rtol=0, atol=0)
+        set_fp8(model, False)
+        torch.testing.assert_close(ttt.project(x).v, v.float(), rtol=0.2, atol=0.05)  # plain again: near, not equal
+        assert not torch.equal(ttt.project(x).v, v.float())

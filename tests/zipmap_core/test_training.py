@@ -206,6 +206,9 @@ def test_train_saves_a_checkpoint_that_loads_strictly(tmp_path):
     lines = []
     result = train(cfg, log=lines.append)
     assert result.steps == 3 and len(result.history) == 3 and math.isfinite(result.final_loss)
+    # every log line says how far the model relates its frames (the probe of training/diagnostics.py)
+    assert all(e["cross_frame_camera"] > 0 and e["cross_frame_patches"] > 0 for e in result.history)
+    assert "cross_frame_camera=" in lines[-2]
     model = load_checkpoint(ZipMap(ModelConfig.preset("tiny")), out)  # strict by default
     assert model is not None
     with safetensors.safe_open(str(out), "pt") as f:
@@ -273,3 +276,18 @@ def test_the_curriculum_starts_with_short_sequences_of_neighbouring_frames():
                 assert abs(matches[1] - matches[0]) == 1
                 checked += 1
     assert checked > 0
+
+
+def test_cross_frame_influence_measures_what_changing_frame_0_does_to_the_others():
+    """Mirroring frame 0 moves the other frames' tokens of a network with global blocks; a frame 0
+    that mirroring leaves unchanged moves nothing; the model's training mode is restored."""
+    from zipmap_core.training.diagnostics import cross_frame_influence, probe_images
+
+    torch.manual_seed(0)
+    model = ZipMap(ModelConfig.preset("tiny")).train()
+    images = probe_images(28, 42, sequences=2, frames=3)
+    moved = cross_frame_influence(model, images)
+    assert moved["camera"] > 1e-3 and moved["patches"] > 1e-4 and model.training
+    symmetric = images.clone()
+    symmetric[:, 0] = 0.5  # a flat frame 0: its mirror image is itself
+    assert cross_frame_influence(model, symmetric) == {"camera": 0.0, "patches": 0.0}

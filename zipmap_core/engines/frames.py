@@ -78,8 +78,7 @@ class PendingFrames:
     images [S, 3, H, W] (host or device); aligned cameras [S, 3, 4] / [S, 3, 3]; dense maps
     [1, S, ...]. Only depth and confidence (and local points when the head ran) leave the GPU:
     colours come from the input images (converted on the host when they are there and no
-    `colours` were given) and world
-    points are derived on the host when asked for.
+    `colours` were given) and world points are derived on the host when asked for.
     """
 
     def __init__(

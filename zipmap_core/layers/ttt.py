@@ -223,6 +223,11 @@ class FastWeightSwiGLU(nn.Module):
         B, L, _ = t.shape
         return t.reshape(B, L, self.num_heads, -1).transpose(1, 2).reshape(B * self.num_heads, L, -1)
 
+    def _plain_qkv(self) -> bool:
+        """Whether to_qkv is a plain linear layer, whose weight rows the projections may take apart
+        and join with lr_fc's; a subclass swapped in (the FP8 one) runs its own forward."""
+        return type(self.to_qkv) is nn.Linear
+
     def project(self, x: torch.Tensor, queries: bool = True) -> TTTInputs:
         """x: normalised block input [B, L, dim]. One GEMM makes the queries, keys, values and
         learning rates, which share their input (`lr_fc` alone, 3 x heads wide, is too narrow
@@ -230,10 +235,13 @@ class FastWeightSwiGLU(nn.Module):
         the chunked engine's first pass) that GEMM leaves out the query rows and q is None."""
         dim = x.shape[-1]
         first = 0 if queries else dim  # row of to_qkv where the GEMM starts
-        qkv_bias = self.to_qkv.bias if self.to_qkv.bias is not None else self.to_qkv.weight.new_zeros(3 * dim)
-        weight = torch.cat([self.to_qkv.weight[first:], self.lr_fc.weight])
-        out = F.linear(x, weight, torch.cat([qkv_bias[first:], self.lr_fc.bias]))
-        qkv, lr = out.split([3 * dim - first, self.lr_fc.out_features], dim=-1)
+        if self._plain_qkv():
+            qkv_bias = self.to_qkv.bias if self.to_qkv.bias is not None else self.to_qkv.weight.new_zeros(3 * dim)
+            weight = torch.cat([self.to_qkv.weight[first:], self.lr_fc.weight])
+            out = F.linear(x, weight, torch.cat([qkv_bias[first:], self.lr_fc.bias]))
+            qkv, lr = out.split([3 * dim - first, self.lr_fc.out_features], dim=-1)
+        else:
+            qkv, lr = self.to_qkv(x)[..., first:], self.lr_fc(x)
         heads = [self._heads(t) for t in F.silu(qkv).chunk(3 - first // dim, dim=-1)]
         q = heads.pop(0) if queries else None
         k, v = heads
@@ -249,8 +257,12 @@ class FastWeightSwiGLU(nn.Module):
         """Only the normalised queries of `project` (the chunked engine recomputes them cheaply
         instead of keeping them for every frame)."""
         dim = x.shape[-1]
-        bias = None if self.to_qkv.bias is None else self.to_qkv.bias[:dim]
-        q = self._heads(F.silu(F.linear(x, self.to_qkv.weight[:dim], bias)))
+        if self._plain_qkv():
+            bias = None if self.to_qkv.bias is None else self.to_qkv.bias[:dim]
+            q = F.linear(x, self.to_qkv.weight[:dim], bias)
+        else:
+            q = self.to_qkv(x)[..., :dim]
+        q = self._heads(F.silu(q))
         return q / (q.norm(dim=-1, keepdim=True) + QK_NORM_EPS)
 
     def gradients(self, state: TTTState, inputs: TTTInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

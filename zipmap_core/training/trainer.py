@@ -22,6 +22,7 @@ from zipmap_core.checkpoint import load_checkpoint, save_checkpoint
 from zipmap_core.config import ModelConfig
 from zipmap_core.models.zipmap import ZipMap
 from zipmap_core.training.data import Batch, SyntheticBatches
+from zipmap_core.training.diagnostics import cross_frame_influence, probe_images
 from zipmap_core.training.losses import LossWeights, make_targets, total_loss
 from zipmap_core.training.state import ModelState, TrainingState, load_training_state, save_training_state
 
@@ -299,6 +300,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, data: SyntheticB
         data.fill()
         log(f"rendered the pool of {len(data.pool)} sequences in {time.perf_counter() - start:.1f}s")
 
+    size = ModelConfig.preset(cfg.preset).img_size
+    probe = probe_images(cfg.height or size, cfg.width or size, sequences=2, frames=4, device=device)
     budget_s = cfg.minutes * 60.0 if cfg.minutes is not None else math.inf
     stop_s = cfg.stop_after_minutes * 60.0 if cfg.stop_after_minutes is not None else math.inf
     window_steps, window_start = 0, time.perf_counter()
@@ -349,6 +352,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, data: SyntheticB
                 means = {name: float(total) / window_steps for name, total in m.window.items()}
                 if not math.isfinite(means["loss"]):
                     log(f"warning: {m.preset}: non-finite loss in the steps up to {step} (their updates were skipped)")
+                influence = cross_frame_influence(m.model, probe)  # does it relate frames yet?
+                means.update(cross_frame_camera=influence["camera"], cross_frame_patches=influence["patches"])
                 entry = {"step": step, "seconds": trained_s(), "model_seconds": m.seconds, "lr": lr,
                          "steps_per_s": rate, "rendered": data.rendered, **means}
                 m.result.history.append(entry)
