@@ -17,7 +17,7 @@ import json
 import time
 
 import torch
-from long_sequences import _empty_host_cache  # bench/ (this script's folder is on sys.path)
+from long_sequences import empty_host_cache  # bench/ (this script's folder is on sys.path)
 from timing import run
 from torch.profiler import ProfilerActivity, profile
 
@@ -101,9 +101,9 @@ def main() -> None:
     for n in (4, 2 * args.chunk_size + 3):  # compilation, as bench/long_sequences.py warms up
         run(model, images[:n], engine)
     result = {"args": vars(args), "device": torch.cuda.get_device_name(), "warm_up_s": time.perf_counter() - start}
-    _empty_host_cache()
+    empty_host_cache()
     result["first_unprofiled_s"] = run(model, images, engine)[0]
-    _empty_host_cache()
+    empty_host_cache()
     result["first"] = profiled(model, images, engine)
     result["warm"] = profiled(model, images, engine)
     print(json.dumps(result, indent=1))

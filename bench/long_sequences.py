@@ -51,7 +51,7 @@ def _host_stats() -> dict:
     return stats() if stats is not None and torch.cuda.is_available() else {}
 
 
-def _empty_host_cache() -> None:
+def empty_host_cache() -> None:
     """Give PyTorch's cached pinned blocks back, so that the next run pins from scratch."""
     gc.collect()
     if torch.cuda.is_available():
@@ -65,7 +65,7 @@ def _pinning(register_threads: int) -> str:
     `register_threads` threads (only with its cache empty: it frees a block by the mode in force at
     the time). 0: leave it as the process started (cudaHostAlloc unless PYTORCH_CUDA_ALLOC_CONF
     says otherwise)."""
-    _empty_host_cache()
+    empty_host_cache()
     if not register_threads:
         return f"as started (PYTORCH_CUDA_ALLOC_CONF={os.environ.get('PYTORCH_CUDA_ALLOC_CONF', '')!r})"
     setting = f"pinned_use_cuda_host_register:True,pinned_num_register_threads:{register_threads}"
@@ -75,18 +75,18 @@ def _pinning(register_threads: int) -> str:
 
 def pin_rate(nbytes: int) -> dict:
     """Seconds to pin `nbytes` in 2 GiB blocks (the chunked store's slabs), from an empty cache."""
-    _empty_host_cache()
+    empty_host_cache()
     start = time.perf_counter()
     blocks = [torch.empty(2**31, dtype=torch.uint8, pin_memory=True) for _ in range(max(1, nbytes // 2**31))]
     seconds = time.perf_counter() - start
     pinned = sum(b.numel() for b in blocks)
     del blocks
-    _empty_host_cache()
+    empty_host_cache()
     return {"gib": pinned / 2**30, "seconds": seconds, "s_per_gib": seconds * 2**30 / pinned}
 
 
 def first_run(model, images, engine, repeats: int, device: str) -> dict:
-    _empty_host_cache()
+    empty_host_cache()
     before = _host_stats().get("host_alloc_time.total", 0)
     seconds, peak, frames = run(model, images, engine, device=device)
     stats = _host_stats()
