@@ -60,6 +60,10 @@ class ModelConfig(BaseModel):
     # embeds carry their own learned one); it has no weights, so the state dict is the same
     patch_positions: bool = False
     rope_freq: float = 100.0
+    # global blocks also rotate their values by position and their outputs back (RoPE on values):
+    # a token then reads how far the content it matched in other frames moved, the camera motion.
+    # No weights; a model trained with it must run with it
+    value_rope: bool = False
     qk_norm: bool = True
     layer_scale_init: float = 0.01
     global_block: Literal["ttt", "attention"] = "ttt"
@@ -89,6 +93,10 @@ class ModelConfig(BaseModel):
             raise ValueError("patch_positions is for the conv patch embed (DINOv2 has its own positions)")
         if self.patch_positions and self.embed_dim % 4:
             raise ValueError(f"patch_positions needs embed_dim divisible by 4, got {self.embed_dim}")
+        if self.value_rope:
+            head_dim = self.ttt.head_dim if self.global_block == "ttt" else self.embed_dim // self.num_heads
+            if self.rope_freq <= 0 or head_dim % 4:
+                raise ValueError(f"value_rope needs rope_freq > 0 and a global head dim divisible by 4, got {head_dim}")
         if self.patch_embed != "conv" and self.patch_size != 14:
             raise ValueError("DINOv2 patch embeds use patch_size 14")
         if self.enable_nvs and self.global_block != "ttt":

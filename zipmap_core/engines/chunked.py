@@ -38,6 +38,7 @@ from zipmap_core.engines.results import FramePrediction
 from zipmap_core.engines.store import ActivationStore
 from zipmap_core.geometry import pose_encoding_to_cameras
 from zipmap_core.layers.block import TTTBlock
+from zipmap_core.layers.rope import RopeTables
 from zipmap_core.layers.ttt import TTTState
 from zipmap_core.models.zipmap import ZipMap, head_dtype
 from zipmap_core.scene_state import SceneState
@@ -50,8 +51,9 @@ def _zeros_like_state(state: TTTState) -> list[torch.Tensor]:
 class _GlobalLayer:
     """Chunk-wise access to one TTT global block."""
 
-    def __init__(self, block: TTTBlock):
+    def __init__(self, block: TTTBlock, value_rope: RopeTables | None):
         self.block = block
+        self.value_rope = value_rope  # one frame's (the model's config value_rope), or None
         self.ttt = block.ttt_block
         self.initial = self.ttt.initial_state(1)
         self.norms = self.initial.column_norms()
@@ -61,7 +63,8 @@ class _GlobalLayer:
     def accumulate(self, tokens: torch.Tensor) -> None:
         """Pass 1 on one chunk: add its tokens' contribution to the fast-weight update."""
         B, S, P, C = tokens.shape
-        inputs = self.ttt.project(self.block.mixer_input(tokens.reshape(B, S * P, C)), queries=False)
+        values = self._value_rope(S)
+        inputs = self.ttt.project(self.block.mixer_input(tokens.reshape(B, S * P, C)), queries=False, value_rope=values)
         for acc, g in zip(self.grads, self.ttt.gradients(self.initial, inputs)):
             acc += g
 
@@ -73,7 +76,10 @@ class _GlobalLayer:
     def apply(self, tokens: torch.Tensor) -> torch.Tensor:
         """Pass 2 on one chunk: read the trained fast weights, finish the block."""
         B, S, P, C = tokens.shape
-        return self.block.apply(tokens.reshape(B, S * P, C), self.state).reshape(B, S, P, C)
+        return self.block.apply(tokens.reshape(B, S * P, C), self.state, self._value_rope(S)).reshape(B, S, P, C)
+
+    def _value_rope(self, frames: int) -> RopeTables | None:
+        return None if self.value_rope is None else self.value_rope.repeat_tokens(frames)
 
 
 @torch.inference_mode()
@@ -96,13 +102,14 @@ def reconstruct_chunked(
     chunks = [(s, min(s + engine.chunk_size, S)) for s in range(0, S, engine.chunk_size)]
     dpt_layers, last = set(cfg.dpt.layers), cfg.depth - 1
     rope = agg.rope_tables(image_hw, device)
+    values = agg.value_rope_tables(image_hw, device)
     budget = int(engine.host_memory_budget_gb * 2**30)
 
     gpu_budget = int(engine.gpu_cache_gb * 2**30)
     with ActivationStore(device, budget, engine.scratch_dir, gpu_budget) as store:
         with autocast(device, engine.dtype):
             # layer 0: embed, frame block 0, pass 1 of global block 0
-            layer = _GlobalLayer(agg.global_blocks[0])
+            layer = _GlobalLayer(agg.global_blocks[0], values)
             for c in chunks:
                 chunk = to_device(images[c[0] : c[1]], device).unsqueeze(0)
                 tokens = agg.embed(chunk, first_frame=first + c[0])
@@ -121,7 +128,7 @@ def reconstruct_chunked(
             for i in range(cfg.depth):
                 layer.finalize(shard)
                 trained.append(layer)
-                next_layer = _GlobalLayer(agg.global_blocks[i + 1]) if i < last else None
+                next_layer = _GlobalLayer(agg.global_blocks[i + 1], values) if i < last else None
                 pending = store.fetch(("frame", chunks[0]))
                 for j, c in enumerate(chunks):
                     frame_out = pending.wait()

@@ -1,4 +1,10 @@
-"""Multi-head self-attention with optional per-head QK LayerNorm and 2D RoPE."""
+"""Multi-head self-attention with optional per-head QK LayerNorm and 2D RoPE.
+
+With `value_rope` the values are rotated too (by their key's position) and the output is rotated
+back by the query's: a value then arrives rotated by where its token sits relative to the query,
+so the output carries how far matched content moved, which attention over plain values cannot
+express linearly (the camera motion of a frame is that displacement).
+"""
 
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ class Attention(nn.Module):
         proj_bias: bool = True,
         qk_norm: bool = False,
         rope: RotaryPositionEmbedding2D | None = None,
+        value_rope: bool = False,
     ):
         super().__init__()
         self.num_heads = num_heads
@@ -27,6 +34,7 @@ class Attention(nn.Module):
         self.k_norm = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
         self.rope = rope
+        self.value_rope = value_rope
 
     def forward(self, x: torch.Tensor, rope: RopeTables | None = None) -> torch.Tensor:
         B, N, C = x.shape
@@ -34,5 +42,10 @@ class Attention(nn.Module):
         q, k = self.q_norm(q), self.k_norm(k)
         if self.rope is not None and rope is not None:
             q, k = self.rope(q, rope), self.rope(k, rope)
+        rotate_values = self.value_rope and self.rope is not None and rope is not None
+        if rotate_values:
+            v = self.rope(v, rope)
         x = F.scaled_dot_product_attention(q, k, v)
+        if rotate_values:  # each value arrives rotated by its key's position relative to the query's
+            x = self.rope(x, rope, inverse=True)
         return self.proj(x.transpose(1, 2).reshape(B, N, C))

@@ -28,10 +28,11 @@ class Block(nn.Module):
         qk_norm: bool = False,
         rope: RotaryPositionEmbedding2D | None = None,
         norm_eps: float = 1e-5,
+        value_rope: bool = False,
     ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = Attention(dim, num_heads, qkv_bias, proj_bias, qk_norm, rope)
+        self.attn = Attention(dim, num_heads, qkv_bias, proj_bias, qk_norm, rope, value_rope)
         self.ls1 = _layer_scale(dim, init_values)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), bias=ffn_bias)
@@ -69,16 +70,21 @@ class TTTBlock(nn.Module):
         x = x + self.ls1(mixed)
         return x + self.ls2(self.mlp(self.norm2(x)))
 
-    def apply(self, x: torch.Tensor, state: TTTState) -> torch.Tensor:
+    def apply(self, x: torch.Tensor, state: TTTState, value_rope: RopeTables | None = None) -> torch.Tensor:
         """The block with trained fast weights, read only: x [B, L, dim] -> [B, L, dim]. Every
         token is independent of the others here, so any split of the tokens gives the same result.
         Only the queries are projected (keys, values and learning rates would go unused)."""
         xn = self.mixer_input(x)
         ttt = self.ttt_block
-        return self.finish(x, ttt.output(ttt.read(state, ttt.query(xn)), xn))
+        return self.finish(x, ttt.output(ttt.read(state, ttt.query(xn)), xn, value_rope))
 
     def forward(
-        self, x: torch.Tensor, schedule: list[TTTOp], state: TTTState | None = None
+        self,
+        x: torch.Tensor,
+        schedule: list[TTTOp],
+        state: TTTState | None = None,
+        value_rope: RopeTables | None = None,
     ) -> tuple[torch.Tensor, TTTState]:
-        mixed, state = self.ttt_block(self.mixer_input(x), schedule, state)
+        """`value_rope`: rotation tables of x's tokens for a mixer that rotates its values."""
+        mixed, state = self.ttt_block(self.mixer_input(x), schedule, state, value_rope)
         return self.finish(x, mixed), state

@@ -59,8 +59,15 @@ class RotaryPositionEmbedding2D(nn.Module):
         angles = torch.cat((self._angles(pos[..., 0], half), self._angles(pos[..., 1], half)), dim=-1)
         return RopeTables(angles.cos(), angles.sin())
 
-    def forward(self, x: torch.Tensor, tables: RopeTables) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, tables: RopeTables, inverse: bool = False) -> torch.Tensor:
         """x: [B, heads, N, head_dim]."""
-        rows, cols = x.chunk(2, dim=-1)
-        rotated = torch.cat((_rotate_half(rows), _rotate_half(cols)), dim=-1)
-        return x * tables.cos.to(x.dtype) + rotated * tables.sin.to(x.dtype)
+        return rotate(x, tables, inverse)
+
+
+def rotate(x: torch.Tensor, tables: RopeTables, inverse: bool = False) -> torch.Tensor:
+    """x [..., N, head_dim] rotated by the tables' angles (broadcast over the leading dims);
+    `inverse` rotates back by the same angles."""
+    rows, cols = x.chunk(2, dim=-1)
+    rotated = torch.cat((_rotate_half(rows), _rotate_half(cols)), dim=-1)
+    sin = tables.sin.to(x.dtype)
+    return x * tables.cos.to(x.dtype) + rotated * (-sin if inverse else sin)

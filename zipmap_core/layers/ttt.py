@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zipmap_core.layers.rope import RopeTables, rotate
+
 NS_COEFFS = (3.4445, -4.7750, 2.0315)  # quintic Newton-Schulz coefficients (Muon)
 WEIGHT_NORM_EPS = 1e-5
 QK_NORM_EPS = 1e-5
@@ -73,6 +75,11 @@ class TTTInputs(NamedTuple):
 
 def _token_slice(inputs: TTTInputs, span: slice) -> TTTInputs:
     return TTTInputs(*(None if t is None else t[:, span] for t in inputs))
+
+
+def _per_token(tables: RopeTables) -> RopeTables:
+    """[1, 1, L, d] tables -> [1, L, d], to broadcast over the [B*h, L, d] heads."""
+    return RopeTables(tables.cos[0], tables.sin[0])
 
 
 def inverse_softplus(x: float) -> float:
@@ -228,11 +235,14 @@ class FastWeightSwiGLU(nn.Module):
         and join with lr_fc's; a subclass swapped in (the FP8 one) runs its own forward."""
         return type(self.to_qkv) is nn.Linear
 
-    def project(self, x: torch.Tensor, queries: bool = True) -> TTTInputs:
+    def project(self, x: torch.Tensor, queries: bool = True, value_rope: RopeTables | None = None) -> TTTInputs:
         """x: normalised block input [B, L, dim]. One GEMM makes the queries, keys, values and
         learning rates, which share their input (`lr_fc` alone, 3 x heads wide, is too narrow
         for an efficient GEMM of its own). Without `queries` (an update that reads nothing back:
-        the chunked engine's first pass) that GEMM leaves out the query rows and q is None."""
+        the chunked engine's first pass) that GEMM leaves out the query rows and q is None.
+        `value_rope` (tables of the L tokens, [1, 1, L, head_dim]) rotates the values by their
+        tokens' positions; `output` then rotates the read-out back by the queries' (see
+        `zipmap_core.layers.attention` for why)."""
         dim = x.shape[-1]
         first = 0 if queries else dim  # row of to_qkv where the GEMM starts
         if self._plain_qkv():
@@ -245,6 +255,8 @@ class FastWeightSwiGLU(nn.Module):
         heads = [self._heads(t) for t in F.silu(qkv).chunk(3 - first // dim, dim=-1)]
         q = heads.pop(0) if queries else None
         k, v = heads
+        if value_rope is not None:
+            v = rotate(v, _per_token(value_rope))
         if q is not None:
             q = q / (q.norm(dim=-1, keepdim=True) + QK_NORM_EPS)
         k = k / (k.norm(dim=-1, keepdim=True) + QK_NORM_EPS)
@@ -286,8 +298,10 @@ class FastWeightSwiGLU(nn.Module):
     def read(self, state: TTTState, q: torch.Tensor) -> torch.Tensor:
         return swiglu(state.w0.to(q.dtype), state.w1.to(q.dtype), state.w2.to(q.dtype), q)
 
-    def output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def output(self, o: torch.Tensor, x: torch.Tensor, value_rope: RopeTables | None = None) -> torch.Tensor:
         """Fast-weight read-out [B*h, L, d] -> block output [B, L, dim]."""
+        if value_rope is not None:
+            o = rotate(o, _per_token(value_rope), inverse=True)
         o = self.o_norm(o.to(self.o_norm.weight.dtype))  # one dtype: the fused kernel (bf16 reads under autocast)
         Bh, L, d = o.shape
         o = o.reshape(Bh // self.num_heads, self.num_heads, L, d).transpose(1, 2).reshape(-1, L, self.num_heads * d)
@@ -296,9 +310,13 @@ class FastWeightSwiGLU(nn.Module):
         return self.c_proj(o)
 
     def forward(
-        self, x: torch.Tensor, schedule: list[TTTOp], state: TTTState | None = None
+        self,
+        x: torch.Tensor,
+        schedule: list[TTTOp],
+        state: TTTState | None = None,
+        value_rope: RopeTables | None = None,
     ) -> tuple[torch.Tensor, TTTState]:
-        inputs = self.project(x)
+        inputs = self.project(x, value_rope=value_rope)
         if state is None:
             state = self.initial_state(x.shape[0])
         norms = state.column_norms()
@@ -310,4 +328,4 @@ class FastWeightSwiGLU(nn.Module):
                 state = self.step(state, self.gradients_in_slices(state, span_inputs), norms)
             if op.apply:
                 outputs.append(self.read(state, inputs.q[:, span]))
-        return self.output(torch.cat(outputs, dim=1), x), state
+        return self.output(torch.cat(outputs, dim=1), x, value_rope), state

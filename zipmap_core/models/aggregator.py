@@ -61,7 +61,8 @@ class Aggregator(nn.Module):
             )
         else:
             self.global_blocks = nn.ModuleList(
-                Block(**block_args, qk_norm=cfg.qk_norm, rope=self.rope) for _ in range(cfg.depth)
+                Block(**block_args, qk_norm=cfg.qk_norm, rope=self.rope, value_rope=cfg.value_rope)
+                for _ in range(cfg.depth)
             )
         if cfg.enable_nvs:
             # a query view is [5 ray_cond_tokens (in place of camera + register tokens), ray patch
@@ -123,6 +124,15 @@ class Aggregator(nn.Module):
         pos = patch_positions(1, image_hw[0] // p, image_hw[1] // p, self.patch_start_idx, device)
         return self.rope.tables(pos, self.cfg.embed_dim // self.cfg.num_heads)
 
+    def value_rope_tables(self, image_hw: tuple[int, int], device) -> RopeTables | None:
+        """One frame's rotations for the TTT global blocks' values (config `value_rope`), or None.
+        Attention blocks rotate theirs with the `rope_tables`."""
+        if not (self.cfg.value_rope and self.is_ttt):
+            return None
+        p = self.cfg.patch_size
+        pos = patch_positions(1, image_hw[0] // p, image_hw[1] // p, self.patch_start_idx, device)
+        return self.rope.tables(pos, self.cfg.ttt.head_dim)
+
     def frame_block(self, i: int, tokens: torch.Tensor, rope: RopeTables | None) -> torch.Tensor:
         B, S, P, C = tokens.shape
         return self.frame_blocks[i](tokens.reshape(B * S, P, C), rope).reshape(B, S, P, C)
@@ -134,12 +144,14 @@ class Aggregator(nn.Module):
         rope: RopeTables | None,
         schedule: list[TTTOp],
         state: TTTState | None = None,
+        value_rope: RopeTables | None = None,
     ) -> tuple[torch.Tensor, TTTState | None]:
+        """`value_rope`: `value_rope_tables` of one frame (TTT models with config value_rope)."""
         B, S, P, C = tokens.shape
         x = tokens.reshape(B, S * P, C)
         block = self.global_blocks[i]
         if self.is_ttt:
-            x, state = block(x, schedule, state)
+            x, state = block(x, schedule, state, None if value_rope is None else value_rope.repeat_tokens(S))
         else:
             x = block(x, None if rope is None else rope.repeat_tokens(S))
         return x.reshape(B, S, P, C), state
@@ -175,11 +187,12 @@ class Aggregator(nn.Module):
     ) -> tuple[dict[int, torch.Tensor], list[TTTState | None]]:
         """Tokens [B, S, P, C] through every frame and global block."""
         rope = self.rope_tables(image_hw, tokens.device)
+        values = self.value_rope_tables(image_hw, tokens.device)
         keep = set(self.output_layers())
         outputs, new_states = {}, []
         for i in range(self.cfg.depth):
             frame_out = self.frame_block(i, tokens, rope)
-            tokens, state = self.global_block(i, frame_out, rope, schedule, states[i] if states else None)
+            tokens, state = self.global_block(i, frame_out, rope, schedule, states[i] if states else None, values)
             new_states.append(state)
             if i in keep:
                 outputs[i] = torch.cat([frame_out, tokens], dim=-1)
@@ -193,11 +206,13 @@ class Aggregator(nn.Module):
             raise ValueError(f"a scene state of {len(states)} layers does not fit a model of depth {self.cfg.depth}")
         tokens = self.embed_rays(rays)
         rope = self.rope_tables(rays.shape[-2:], rays.device)
+        values = self.value_rope_tables(rays.shape[-2:], rays.device)
         B, K, P, C = tokens.shape
+        values = None if values is None else values.repeat_tokens(K)
         outputs = {}
         for i in range(max(self.cfg.dpt.layers) + 1):  # nothing after the last DPT layer is read
             frame_out = self.frame_block(i, tokens, rope)
-            tokens = self.global_blocks[i].apply(frame_out.reshape(B, K * P, C), states[i]).reshape(B, K, P, C)
+            tokens = self.global_blocks[i].apply(frame_out.reshape(B, K * P, C), states[i], values).reshape(B, K, P, C)
             if i in self.cfg.dpt.layers:
                 outputs[i] = torch.cat([frame_out, tokens], dim=-1)
         return outputs
