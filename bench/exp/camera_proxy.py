@@ -20,6 +20,13 @@ accuracy of the tokens (and of the global attention) is printed whatever W. --fl
 linear head on the tokens after global block --corr-layer to report each patch's motion to
 frame 0. --eval-only re-evaluates --out (pass the same head options). The last line says how far
 the frames depend on each other (mirror frame 0, see the others' tokens move).
+
+Runs of 2026-11-30 (night): --oracle-motion adds each patch's GT motion to frame 0 to its embedding
+(the upper bound: do cameras follow once the tokens know the motion?); --value-rope is the model's
+config value_rope; --corr-keys all trains the attention head over every token of every frame (not
+only frame 0's patches); --mark-reference adds a learned vector to frame 0's patches;
+--flow-inject adds the flow head's prediction back into the tokens. --device cuda --minutes M
+--threads T run it on a GPU machine (`.dev`-style calls of 4-8 variants at once, see the README).
 """
 
 import argparse
@@ -67,20 +74,34 @@ p.add_argument("--corr-tau", type=float, default=0.1, help="its temperature (cos
 p.add_argument("--corr-target", default="tokens", choices=["tokens", "attention"],
                help="tokens: cosine of frame block --corr-layer's patch tokens; attention: head 0's logits in "
                     "global attention block --corr-layer")
+p.add_argument("--corr-keys", default="frame0", choices=["frame0", "all"],
+               help="attention target: softmax over frame 0's patches only, or over every token of every frame")
+p.add_argument("--mark-reference", action="store_true",
+               help="add a learned vector to frame 0's patch embeddings (patches cannot tell the reference frame else)")
 p.add_argument("--flow", type=float, default=0.0,
                help="weight of a linear head's L1 loss on each patch's motion to frame 0 (tokens after global block "
                     "--corr-layer)")
+p.add_argument("--flow-inject", action="store_true",
+               help="add a projection of the flow head's prediction to the tokens after that global block")
+p.add_argument("--value-rope", action="store_true",
+               help="global blocks rotate their values by position (config value_rope)")
+p.add_argument("--oracle-motion", action="store_true",
+               help="add a learned projection of each patch's GT motion to frame 0 to its embedding (an upper bound: "
+                    "do cameras follow once the tokens know the motion?)")
+p.add_argument("--device", default="cpu", help="training device (the held-out evaluation runs on the CPU)")
+p.add_argument("--minutes", type=float, default=None, help="training-time budget (the schedule follows it)")
+p.add_argument("--threads", type=int, default=1)
 p.add_argument("--seed", type=int, default=0)
 p.add_argument("--motion", type=float, default=1.0, help="scale the synthetic camera step (training and held out)")
 p.add_argument("--eval-only", action="store_true", help="evaluate --out as trained by an earlier run")
 p.add_argument("--out", default="/tmp/camera_proxy.safetensors")
 a = p.parse_args()
-torch.set_num_threads(1)
+torch.set_num_threads(a.threads)
 
 PRESETS["proxy"] = ModelConfig(
     name="proxy", img_size=56, patch_size=a.patch, embed_dim=64, depth=4, num_heads=4, patch_embed="conv",
     ttt=TTTConfig(head_dim=64), global_block=a.block, camera_trunk_depth=1, camera_num_heads=4,
-    layer_scale_init=1.0, patch_positions=True,
+    layer_scale_init=1.0, patch_positions=True, value_rope=a.value_rope,
     dpt=DPTConfig(features=16, out_channels=(8, 16, 32, 32), layers=(0, 1, 2, 3), hidden=8),
 )
 
@@ -100,12 +121,61 @@ class ProxyModel(ZipMap):
             )
         if a.flow > 0:
             self.flow_head = nn.Linear(config.embed_dim, 2)
+        self.flow_pred: Tensor | None = None  # [B, S, N, 2] of the last call, before the injection
+        if a.flow_inject:
+            self.flow_embed = nn.Linear(2, config.embed_dim)
+            self.aggregator.global_blocks[a.corr_layer].register_forward_hook(lambda _m, _i, out: self.inject(out))
+        self.frames = 0  # of the last aggregator call
+        self.aggregator.register_forward_pre_hook(lambda _m, args: setattr(self, "frames", args[0].shape[1]))
+        if a.mark_reference:
+            self.reference_mark = nn.Parameter(torch.zeros(config.embed_dim))
+            self.aggregator.patch_embed.register_forward_hook(lambda _m, _i, out: self.marked(out))
+        self.oracle: Tensor | None = None  # [B, S, N, 3]: GT motion (x, y) and whether it holds, per patch
+        if a.oracle_motion:
+            self.oracle_proj = nn.Linear(3, config.embed_dim)
+            self.aggregator.patch_embed.register_forward_hook(lambda _m, _i, out: out + self.oracle_embedding(out))
         self.aggregator.register_forward_hook(lambda _m, _i, out: setattr(self, "layers", out[0]))
         self.aggregator.patch_embed.register_forward_hook(lambda _m, _i, out: setattr(self, "embedding", out))
         self.attention_inputs: dict[int, tuple] = {}  # global attention block -> its (normed tokens, rope)
         if config.global_block == "attention":
             for i, block in enumerate(self.aggregator.global_blocks):
                 block.attn.register_forward_pre_hook(lambda _m, args, i=i: self.attention_inputs.__setitem__(i, args))
+
+    def inject(self, out):
+        """Global block --corr-layer's output with its predicted motion (frames 1..) projected into the patches."""
+        x, rest = (out[0], out[1:]) if isinstance(out, tuple) else (out, None)
+        tokens = x.unflatten(1, (self.frames, -1))
+        start = self.config.patch_start_idx
+        flow = self.flow_head(tokens[:, :, start:].float())
+        flow = torch.cat([torch.zeros_like(flow[:, :1]), flow[:, 1:]], 1)  # frame 0 does not move
+        self.flow_pred = flow
+        patches = tokens[:, :, start:] + self.flow_embed(flow).to(x)
+        x = torch.cat([tokens[:, :, :start], patches], 2).flatten(1, 2)
+        return x if rest is None else (x, *rest)
+
+    def marked(self, patches: Tensor) -> Tensor:
+        """The patch embedding [B * S, N, C] with the reference mark added to frame 0's patches."""
+        first = torch.zeros(patches.shape[0] // self.frames, self.frames, 1, 1, device=patches.device)
+        first[:, 0] = 1
+        return patches + first.flatten(0, 1) * self.reference_mark.to(patches)
+
+    def oracle_embedding(self, patches: Tensor) -> Tensor:
+        """The projected GT motion of the batch set in `oracle`, shaped like the patch embedding [B * S, N, C]
+        (nothing for another batch, e.g. the trainer's cross-frame probe)."""
+        if self.oracle is None or self.oracle.shape[0] * self.oracle.shape[1] != patches.shape[0]:
+            return torch.zeros_like(patches)
+        return self.oracle_proj(self.oracle.to(patches)).flatten(0, 1)
+
+    def set_oracle(self, batch: Batch) -> None:
+        if not a.oracle_motion:
+            return
+        B, S = batch.images.shape[:2]
+        N = (batch.images.shape[-2] // self.config.patch_size) * (batch.images.shape[-1] // self.config.patch_size)
+        oracle = torch.zeros(B, S, N, 3, device=batch.images.device)
+        if S > 1:
+            _, keep, motion = correspondences(batch, self.config.patch_size)
+            oracle[:, 1:] = torch.cat([motion * keep[..., None], keep[..., None].float()], -1)
+        self.oracle = oracle
 
     def patch_tokens(self, which: str) -> Tensor:
         """Of the last aggregator call: patch tokens [B, S, N, C] of 'embed' (the conv patch embedding),
@@ -128,6 +198,9 @@ class ProxyModel(ZipMap):
         if attn.rope is not None and rope is not None:
             q, k = attn.rope(q, rope), attn.rope(k, rope)
         start = self.config.patch_start_idx
+        if a.corr_keys == "all":  # [B, heads, S-1, N, S * P]: every key, frame 0's patches at start..start+N
+            q = q.unflatten(2, (S, -1))[:, :, 1:, start:]
+            return torch.einsum("bhsnd,bhmd->bhsnm", q.float(), k.float()) * attn.head_dim ** -0.5
         q, k = q.unflatten(2, (S, -1))[:, :, 1:, start:], k.unflatten(2, (S, -1))[:, :, 0, start:]
         return torch.einsum("bhsnd,bhmd->bhsnm", q.float(), k.float()) * attn.head_dim ** -0.5
 
@@ -194,6 +267,7 @@ def proxy_batch_loss(model: ProxyModel, batch: Batch, weights: LossWeights, bf16
     """trainer.batch_loss plus the cross-view terms: VGGT's point-map loss (conf * L1 - alpha *
     log conf, and the conf-weighted gradient term) and the camera-consistency loss."""
     targets = make_targets(batch.depth, batch.valid, batch.extrinsics, batch.intrinsics, batch.world_points)
+    model.set_oracle(batch)
     outputs = forward_for_training(model, batch.images)
     loss, terms = total_loss(outputs, targets, weights)
     world, valid = in_first_frame(targets.pose_enc, targets), targets.valid
@@ -212,10 +286,11 @@ def proxy_batch_loss(model: ProxyModel, batch: Batch, weights: LossWeights, bf16
             logits = match_logits(model.patch_tokens("frame")) / a.corr_tau
         else:  # one head of the global block: its own attention logits, no temperature of ours
             logits = model.attention_logits(a.corr_layer)[:, 0]
+            index = index + (model.config.patch_start_idx if a.corr_keys == "all" else 0)
         extra["correspondence"] = a.correspondence * correspondence_loss(logits, index, keep)
     if a.flow > 0 and batch.images.shape[1] > 1:
         _, keep, motion = correspondences(batch, model.config.patch_size)
-        flow = model.flow_head(model.patch_tokens("global")[:, 1:].float())
+        flow = model.flow_pred[:, 1:] if a.flow_inject else model.flow_head(model.patch_tokens("global")[:, 1:].float())
         extra["flow"] = a.flow * _masked_mean((flow - motion).abs().sum(-1), keep)
     return loss + sum(extra.values()), {**terms, **{k: v.detach() for k, v in extra.items()}}
 
@@ -240,7 +315,8 @@ trainer.batch_loss = proxy_batch_loss
 weights = LossWeights(camera_kind=a.camera_kind, **({"depth": 0.0, "points": 0.0} if a.camera_only else {}))
 if not a.eval_only:
     train(TrainConfig(
-        preset="proxy", out=a.out, device="cpu", steps=a.steps, lr=a.lr, lr_min_ratio=a.lr_min_ratio, warmup_steps=50,
+        preset="proxy", out=a.out, device=a.device, steps=a.steps, minutes=a.minutes,
+        lr=a.lr, lr_min_ratio=a.lr_min_ratio, warmup_steps=50,
         log_every=100, ckpt_every=0, seed=a.seed, save_dtype="float32", min_frames=a.frames[0], max_frames=a.frames[1],
         frames_per_batch=24, pool_size=64, pool_frames=8, new_per_step=0.5, aspect_crops=False, loss=weights,
     ))
@@ -259,6 +335,7 @@ for frames in (list(range(6)), [0, 3]):
     b = batch_from_sequences(sequences, [frames] * len(sequences))
     targets = make_targets(b.depth, b.valid, b.extrinsics, b.intrinsics, b.world_points)
     target = targets.pose_enc
+    model.set_oracle(b)
     with torch.no_grad():
         out = forward_for_training(model, b.images)
         if a.world_points > 0:
@@ -281,6 +358,9 @@ for frames in (list(range(6)), [0, 3]):
         print(f"  first-frame points, frames 1..: head {err(out['world_points']):.4f}, "
               f"its local points (no motion) {err(out['local_points']):.4f}, GT local points {err(targets.points):.4f}")
 
+if a.oracle_motion:  # the probes below feed the model batches without the oracle
+    raise SystemExit
+
 # can frames be matched by their tokens? top-1 of each patch of frames 1.. among frame 0's patches against the
 # GT match (chance 1 / N; "same place" predicts no motion, the patch at the same grid position)
 b = batch_from_sequences(sequences, [list(range(6))] * len(sequences))
@@ -301,7 +381,8 @@ if a.block == "attention":  # does global attention itself match? top-1 over fra
         for i in range(0, len(sequences), 16):
             model.aggregator(b.images[i:i + 16])
             logits = [model.attention_logits(j) for j in range(model.config.depth)]
-            attended.append([(x.softmax(-1).mean(1).argmax(-1), x[:, 0].argmax(-1)) for x in logits])
+            shift = model.config.patch_start_idx if a.corr_keys == "all" else 0  # all keys: frame 0's patches first
+            attended.append([(x.softmax(-1).mean(1).argmax(-1) - shift, x[:, 0].argmax(-1) - shift) for x in logits])
 
     def top1(found: list[Tensor]) -> str:
         return f"{float((torch.cat(found) == index)[keep].float().mean()):.3f}"
