@@ -61,8 +61,9 @@ class ModelConfig(BaseModel):
     patch_positions: bool = False
     rope_freq: float = 100.0
     # global blocks also rotate their values by position and their outputs back (RoPE on values):
-    # a token then reads how far the content it matched in other frames moved, the camera motion.
-    # No weights; a model trained with it must run with it
+    # a token then reads how far the content it matched in other frames moved. An issue #19
+    # experiment, without effect on the cameras so far (zipmap_core/assets/README.md). No
+    # weights; a model trained with it must run with it
     value_rope: bool = False
     qk_norm: bool = True
     layer_scale_init: float = 0.01

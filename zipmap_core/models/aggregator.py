@@ -116,22 +116,21 @@ class Aggregator(nn.Module):
         special = self.ray_cond_token.to(patches.dtype).expand(B, K, -1, -1)
         return torch.cat([special, patches], dim=2)
 
-    def rope_tables(self, image_hw: tuple[int, int], device) -> RopeTables | None:
-        """RoPE rotations of one frame's tokens (shared by every frame), or None without RoPE."""
+    def rope_tables(self, image_hw: tuple[int, int], device, head_dim: int | None = None) -> RopeTables | None:
+        """RoPE rotations of one frame's tokens (shared by every frame), or None without RoPE;
+        for the attention heads unless `head_dim` says otherwise."""
         if self.rope is None:
             return None
         p = self.cfg.patch_size
         pos = patch_positions(1, image_hw[0] // p, image_hw[1] // p, self.patch_start_idx, device)
-        return self.rope.tables(pos, self.cfg.embed_dim // self.cfg.num_heads)
+        return self.rope.tables(pos, head_dim or self.cfg.embed_dim // self.cfg.num_heads)
 
     def value_rope_tables(self, image_hw: tuple[int, int], device) -> RopeTables | None:
         """One frame's rotations for the TTT global blocks' values (config `value_rope`), or None.
         Attention blocks rotate theirs with the `rope_tables`."""
         if not (self.cfg.value_rope and self.is_ttt):
             return None
-        p = self.cfg.patch_size
-        pos = patch_positions(1, image_hw[0] // p, image_hw[1] // p, self.patch_start_idx, device)
-        return self.rope.tables(pos, self.cfg.ttt.head_dim)
+        return self.rope_tables(image_hw, device, self.cfg.ttt.head_dim)
 
     def frame_block(self, i: int, tokens: torch.Tensor, rope: RopeTables | None) -> torch.Tensor:
         B, S, P, C = tokens.shape
