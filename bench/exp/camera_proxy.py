@@ -81,6 +81,8 @@ p.add_argument("--mark-reference", action="store_true",
 p.add_argument("--flow", type=float, default=0.0,
                help="weight of a linear head's L1 loss on each patch's motion to frame 0 (tokens after global block "
                     "--corr-layer)")
+p.add_argument("--oracle-noise", type=float, default=0.0,
+               help="std (patches) of Gaussian noise on the oracle's motion: how exact must the motion be?")
 p.add_argument("--flow-inject", action="store_true",
                help="add a projection of the flow head's prediction to the tokens after that global block")
 p.add_argument("--value-rope", action="store_true",
@@ -174,7 +176,8 @@ class ProxyModel(ZipMap):
         oracle = torch.zeros(B, S, N, 3, device=batch.images.device)
         if S > 1:
             _, keep, motion = correspondences(batch, self.config.patch_size)
-            oracle[:, 1:] = torch.cat([motion * keep[..., None], keep[..., None].float()], -1)
+            noisy = motion + a.oracle_noise * torch.randn_like(motion)
+            oracle[:, 1:] = torch.cat([noisy * keep[..., None], keep[..., None].float()], -1)
         self.oracle = oracle
 
     def patch_tokens(self, which: str) -> Tensor:
