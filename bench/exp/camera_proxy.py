@@ -361,6 +361,31 @@ for frames in (list(range(6)), [0, 3]):
         print(f"  first-frame points, frames 1..: head {err(out['world_points']):.4f}, "
               f"its local points (no motion) {err(out['local_points']):.4f}, GT local points {err(targets.points):.4f}")
 
+# is the pose in the last layer at all? a ridge probe of frames 1..'s target pose (translation, quaternion) from
+# each frame's camera token and from the mean of its patch tokens, fitted and scored as motion_r2 (the camera
+# head may not read what is there)
+with torch.no_grad():
+    b = batch_from_sequences(sequences, [list(range(6))] * len(sequences))
+    model.set_oracle(b)
+    last = model.aggregator(b.images)[0][model.config.depth - 1][:, 1:].float()
+start = model.config.patch_start_idx
+pose = make_targets(b.depth, b.valid, b.extrinsics, b.intrinsics, b.world_points).pose_enc[:, 1:, :7].double()
+
+
+def pose_r2(features: Tensor, ridge: float) -> float:
+    half = len(sequences) // 2
+    x = torch.cat([features, torch.ones_like(features[..., :1])], -1).double()
+    xf, yf = x[:half].flatten(0, 1), pose[:half].flatten(0, 1)
+    xs, ys = x[half:].flatten(0, 1), pose[half:].flatten(0, 1)
+    w = torch.linalg.solve(xf.T @ xf + ridge * len(xf) * torch.eye(x.shape[-1], dtype=x.dtype), xf.T @ yf)
+    return float((1 - ((xs @ w - ys) ** 2).sum(0) / ((ys - ys.mean(0)) ** 2).sum(0))[:3].mean())
+
+
+for ridge in (1.0, 10.0):  # 160 frames to fit 2C + 1 weights: strong ridges
+    print(f"held-out R^2 of frames 1..'s translation from the last layer (ridge {ridge:g}): camera token "
+          f"{pose_r2(last[:, :, 0], ridge):.2f}, mean patch token {pose_r2(last[:, :, start:].mean(2), ridge):.2f}")
+
+
 if a.oracle_motion:  # the probes below feed the model batches without the oracle
     raise SystemExit
 
@@ -428,4 +453,5 @@ with torch.no_grad():
     before, after = model.aggregator(b.images)[0][last][:, 1:], model.aggregator(mirrored)[0][last][:, 1:]
 print(f"cross-frame influence: mirroring frame 0 moves the other frames' last-layer tokens by "
       f"{float((after - before).norm() / before.norm()):.4f}")
+
 
