@@ -83,8 +83,9 @@ p.add_argument("--flow", type=float, default=0.0,
                     "--corr-layer)")
 p.add_argument("--oracle-noise", type=float, default=0.0,
                help="std (patches) of Gaussian noise on the oracle's motion: how exact must the motion be?")
-p.add_argument("--flow-inject", action="store_true",
-               help="add a projection of the flow head's prediction to the tokens after that global block")
+p.add_argument("--flow-inject", choices=["head", "match"], default=None,
+               help="add a projection of a motion estimate to the tokens after that global block: the flow head's "
+                    "prediction, or the expected displacement under the matching head's attention over frame 0")
 p.add_argument("--value-rope", action="store_true",
                help="global blocks rotate their values by position (config value_rope)")
 p.add_argument("--oracle-motion", action="store_true",
@@ -128,7 +129,9 @@ class ProxyModel(ZipMap):
             self.flow_embed = nn.Linear(2, config.embed_dim)
             self.aggregator.global_blocks[a.corr_layer].register_forward_hook(lambda _m, _i, out: self.inject(out))
         self.frames = 0  # of the last aggregator call
-        self.aggregator.register_forward_pre_hook(lambda _m, args: setattr(self, "frames", args[0].shape[1]))
+        self.image_hw: tuple[int, int] = (0, 0)
+        self.aggregator.register_forward_pre_hook(lambda _m, args: self.__dict__.update(
+            frames=args[0].shape[1], image_hw=tuple(args[0].shape[-2:])))
         if a.mark_reference:
             self.reference_mark = nn.Parameter(torch.zeros(config.embed_dim))
             self.aggregator.patch_embed.register_forward_hook(lambda _m, _i, out: self.marked(out))
@@ -148,12 +151,25 @@ class ProxyModel(ZipMap):
         x, rest = (out[0], out[1:]) if isinstance(out, tuple) else (out, None)
         tokens = x.unflatten(1, (self.frames, -1))
         start = self.config.patch_start_idx
-        flow = self.flow_head(tokens[:, :, start:].float())
+        flow = self.match_flow() if a.flow_inject == "match" else self.flow_head(tokens[:, :, start:].float())
         flow = torch.cat([torch.zeros_like(flow[:, :1]), flow[:, 1:]], 1)  # frame 0 does not move
         self.flow_pred = flow
         patches = tokens[:, :, start:] + self.flow_embed(flow).to(x)
         x = torch.cat([tokens[:, :, :start], patches], 2).flatten(1, 2)
         return x if rest is None else (x, *rest)
+
+    def match_flow(self) -> Tensor:
+        """[B, S, N, 2] (frame 0's rows unused): each patch's expected displacement (x, y in patches) to frame 0
+        under head 0 of global attention block --corr-layer, its weights renormalised over frame 0's patches."""
+        logits = self.attention_logits(a.corr_layer)[:, 0]
+        N = logits.shape[2]
+        if a.corr_keys == "all":
+            logits = logits[..., self.config.patch_start_idx:self.config.patch_start_idx + N]
+        gw = self.image_hw[1] // self.config.patch_size
+        cells = torch.arange(N, device=logits.device)
+        grid = torch.stack([cells % gw, cells // gw], -1).float()  # x, y of each patch
+        flow = logits.softmax(-1) @ grid - grid
+        return torch.cat([torch.zeros_like(flow[:, :1]), flow], 1)
 
     def marked(self, patches: Tensor) -> Tensor:
         """The patch embedding [B * S, N, C] with the reference mark added to frame 0's patches."""
@@ -195,7 +211,7 @@ class ProxyModel(ZipMap):
         sees them) of the patches of frames 1.. over frame 0's patches [B, heads, S-1, N, N]."""
         x, rope = self.attention_inputs[i]
         attn = self.aggregator.global_blocks[i].attn
-        B, S = self.layers[self.config.depth - 1].shape[:2]
+        B, S = x.shape[0], self.frames  # of the current call (this may run inside it)
         q, k, _ = attn.qkv(x).reshape(B, x.shape[1], 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
         q, k = attn.q_norm(q), attn.k_norm(k)
         if attn.rope is not None and rope is not None:
