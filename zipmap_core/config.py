@@ -62,7 +62,7 @@ class ModelConfig(BaseModel):
     rope_freq: float = 100.0
     # global blocks also rotate their values by position and their outputs back (RoPE on values):
     # a token then reads how far the content it matched in other frames moved. An issue #19
-    # experiment, without effect on the cameras so far (zipmap_core/assets/README.md). No
+    # experiment, without effect on the cameras so far (bench/exp/README.md). No
     # weights; a model trained with it must run with it
     value_rope: bool = False
     qk_norm: bool = True

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue #19 on the GPU machine: train demo_ttt and demo_attention with the fixed recipe (demo presets
-# with layer scale 1.0 and sin-cos patch positions, see zipmap_core/assets/README.md; camera head
+# with layer scale 1.0 and sin-cos patch positions, see bench/exp/README.md; camera head
 # started at the trivial prediction; cosine to a floor of LR_MIN_RATIO of the peak) on identical
 # batches for the same steps, then evaluate both files as shipped (float16) next to the trivial
 # baseline on the held-out 16 x 12 set and on the demo's 9 sequences. Everything lands in $OUT:

@@ -1,7 +1,7 @@
 """Issue #19 at CPU scale: a tiny demo-like model trained by the real trainer on the real synthetic
 stream (56x56), then its camera loss on held-out sequences as a ratio to the trivial prediction
 (zero translation, identity rotation; 1.00 = nothing learnt), and RPE against the trivial
-cameras. Results of 2026-11-30 are in zipmap_core/assets/README.md.
+cameras. Results of 2026-11-30 are in bench/exp/README.md.
 
     python bench/exp/camera_proxy.py --block attention --steps 600   # ~4 minutes on one core
 

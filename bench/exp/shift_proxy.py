@@ -5,7 +5,7 @@ aggregator cannot learn it on held-out images, it cannot learn camera motion eit
     python bench/exp/shift_proxy.py --block attention --pos core   # 300 steps: ~3 min on one core
 
 Prints the held-out L1 against predicting no shift (ratio 1.00: nothing learnt); the results of
-2026-11-30 are in zipmap_core/assets/README.md."""
+2026-11-30 are in bench/exp/README.md."""
 import argparse
 import math
 import time
