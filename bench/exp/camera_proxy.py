@@ -83,6 +83,8 @@ p.add_argument("--flow", type=float, default=0.0,
                     "--corr-layer)")
 p.add_argument("--oracle-noise", type=float, default=0.0,
                help="std (patches) of Gaussian noise on the oracle's motion: how exact must the motion be?")
+p.add_argument("--oracle-keep-only", action="store_true",
+               help="the oracle's motion zeroed: only whether each patch's match holds (a control for the oracle)")
 p.add_argument("--flow-inject", choices=["head", "match"], default=None,
                help="add a projection of a motion estimate to the tokens after that global block: the flow head's "
                     "prediction, or the expected displacement under the matching head's attention over frame 0")
@@ -91,6 +93,8 @@ p.add_argument("--value-rope", action="store_true",
 p.add_argument("--oracle-motion", action="store_true",
                help="add a learned projection of each patch's GT motion to frame 0 to its embedding (an upper bound: "
                     "do cameras follow once the tokens know the motion?)")
+p.add_argument("--init", default=None, help="fine-tune this checkpoint of the same proxy (strict load)")
+p.add_argument("--reset-camera-head", action="store_true", help="with --init: start the camera head afresh")
 p.add_argument("--device", default="cpu", help="training device (the held-out evaluation runs on the CPU)")
 p.add_argument("--minutes", type=float, default=None, help="training-time budget (the schedule follows it)")
 p.add_argument("--threads", type=int, default=1)
@@ -193,6 +197,8 @@ class ProxyModel(ZipMap):
         if S > 1:
             _, keep, motion = correspondences(batch, self.config.patch_size)
             noisy = motion + a.oracle_noise * torch.randn_like(motion)
+            if a.oracle_keep_only:
+                noisy = torch.zeros_like(motion)
             oracle[:, 1:] = torch.cat([noisy * keep[..., None], keep[..., None].float()], -1)
         self.oracle = oracle
 
@@ -328,13 +334,25 @@ if a.random_head_start:  # the init before 2026-11-30: biases only, random last-
 if a.motion != 1.0:
     path = generate.camera_path
     generate.camera_path = lambda kind, rng, layout, n: path(kind, rng, replace(layout, step=a.motion * layout.step), n)
+if a.reset_camera_head:
+    load = trainer.load_checkpoint
+
+    def load_with_fresh_camera_head(model: ZipMap, path: str) -> ZipMap:
+        load(model, path)
+        for m in model.pose_head.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+        trainer.init_pose_output(model)
+        return model
+
+    trainer.load_checkpoint = load_with_fresh_camera_head
 trainer.ZipMap = ProxyModel
 trainer.batch_loss = proxy_batch_loss
 
 weights = LossWeights(camera_kind=a.camera_kind, **({"depth": 0.0, "points": 0.0} if a.camera_only else {}))
 if not a.eval_only:
     train(TrainConfig(
-        preset="proxy", out=a.out, device=a.device, steps=a.steps, minutes=a.minutes,
+        preset="proxy", out=a.out, device=a.device, init=a.init, steps=a.steps, minutes=a.minutes,
         lr=a.lr, lr_min_ratio=a.lr_min_ratio, warmup_steps=50,
         log_every=100, ckpt_every=0, seed=a.seed, save_dtype="float32", min_frames=a.frames[0], max_frames=a.frames[1],
         frames_per_batch=24, pool_size=64, pool_frames=8, new_per_step=0.5, aspect_crops=False, loss=weights,
@@ -388,18 +406,21 @@ start = model.config.patch_start_idx
 pose = make_targets(b.depth, b.valid, b.extrinsics, b.intrinsics, b.world_points).pose_enc[:, 1:, :7].double()
 
 
-def pose_r2(features: Tensor, ridge: float) -> float:
+def pose_r2(features: Tensor, ridge: float, dims: slice = slice(0, 3)) -> float:
+    """Held-out R^2 of the target pose's components `dims` (translation; 3:6 the quaternion's vector part)."""
     half = len(sequences) // 2
     x = torch.cat([features, torch.ones_like(features[..., :1])], -1).double()
     xf, yf = x[:half].flatten(0, 1), pose[:half].flatten(0, 1)
     xs, ys = x[half:].flatten(0, 1), pose[half:].flatten(0, 1)
     w = torch.linalg.solve(xf.T @ xf + ridge * len(xf) * torch.eye(x.shape[-1], dtype=x.dtype), xf.T @ yf)
-    return float((1 - ((xs @ w - ys) ** 2).sum(0) / ((ys - ys.mean(0)) ** 2).sum(0))[:3].mean())
+    return float((1 - ((xs @ w - ys) ** 2).sum(0) / ((ys - ys.mean(0)) ** 2).sum(0))[dims].mean())
 
 
+camera_tokens, mean_patches = last[:, :, 0], last[:, :, start:].mean(2)
 for ridge in (1.0, 10.0):  # 160 frames to fit 2C + 1 weights: strong ridges
-    print(f"held-out R^2 of frames 1..'s translation from the last layer (ridge {ridge:g}): camera token "
-          f"{pose_r2(last[:, :, 0], ridge):.2f}, mean patch token {pose_r2(last[:, :, start:].mean(2), ridge):.2f}")
+    print(f"held-out R^2 of frames 1..'s translation / rotation from the last layer (ridge {ridge:g}): camera token "
+          f"{pose_r2(camera_tokens, ridge):.2f} / {pose_r2(camera_tokens, ridge, slice(3, 6)):.2f}, mean patch token "
+          f"{pose_r2(mean_patches, ridge):.2f} / {pose_r2(mean_patches, ridge, slice(3, 6)):.2f}")
 
 
 if a.oracle_motion:  # the probes below feed the model batches without the oracle
@@ -458,6 +479,18 @@ print(f"  held-out R^2 of the patches' motion to frame 0 (std {float(motion[keep
       "from the tokens after each global block: "
       + " ".join(f"{motion_r2(layers[i][:, :, start:, C:].float()):.2f}" for i in sorted(layers))
       + f"; control without cross-frame information (frame block 0): {motion_r2(layers[0][:, :, start:, :C]):.2f}")
+if a.flow > 0:  # per patch the flow head may only have learnt a prior of each position; per frame, what is left?
+    with torch.no_grad():
+        model.aggregator(b.images)
+        flow = model.flow_pred if a.flow_inject else model.flow_head(model.patch_tokens("global").float())
+    flow = flow[:, 1:].double()
+    per_patch = 1 - ((flow - motion) ** 2)[keep].sum(0) / ((motion - motion[keep].mean(0)) ** 2)[keep].sum(0)
+    weight = keep[..., None].double()
+    mean_pred = (flow * weight).sum(2) / weight.sum(2).clamp_min(1)  # [B, S-1, 2] over the patches that match
+    mean_true = (motion.double() * weight).sum(2) / weight.sum(2).clamp_min(1)
+    per_frame = 1 - ((mean_pred - mean_true) ** 2).sum((0, 1)) / ((mean_true - mean_true.mean((0, 1))) ** 2).sum((0, 1))
+    print(f"  flow head on held-out frames, R^2 (x, y averaged) per patch {float(per_patch.mean()):.2f}, "
+          f"of each frame's mean motion {float(per_frame.mean()):.2f}")
 
 # does the aggregator relate frames at all? mirror frame 0 and measure how much the other frames' last-layer
 # tokens move (relative norm; the mirrored frame's own tokens move by ~0.3-0.6)
