@@ -27,11 +27,12 @@ _LAZY = {
     "frame_shares": "zipmap_core.engines.frame_parallel",
     "StreamingSession": "zipmap_core.engines.streaming",
     "open_stream": "zipmap_core.engines.dispatch",
+    "with_photometric_cameras": "zipmap_core.engines.photometric_cameras",
 }
 
 __all__ = [
     "EngineConfig", "FramePrediction", "StreamingSession", "frame_shares", "open_stream", "reconstruct",
-    "reconstruct_distributed",
+    "reconstruct_distributed", "with_photometric_cameras",
 ]
 
 

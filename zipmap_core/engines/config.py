@@ -63,6 +63,11 @@ class EngineConfig(BaseModel):
     # scales (torch._scaled_mm on Hopper; engines/fp8.py); off unless asked for, see the README for
     # its speed and its error against float32 and bf16
     fp8: bool = False
+    # where the cameras come from: the camera head ("network"), or direct photometric alignment of
+    # each frame to the previous one with the predicted depth and intrinsics ("photometric",
+    # zipmap_core/photometric.py: for models whose depth is better than their camera head, such as
+    # the bundled demo models; ~0.1 s a frame at 224x168 on a CPU core)
+    cameras: Literal["network", "photometric"] = "network"
 
     @model_validator(mode="after")
     def _fast_needs_low_precision(self) -> EngineConfig:
@@ -74,6 +79,9 @@ class EngineConfig(BaseModel):
             raise ValueError("fp8=True runs on the bfloat16 fast path: set fast=True and dtype='bfloat16' (or 'auto')")
         if self.frame_parallel not in (1, AUTO) and self.mode not in ("chunked", AUTO):
             raise ValueError(f"frame_parallel={self.frame_parallel} needs mode='chunked' (the frame-parallel engine)")
+        if self.cameras == "photometric" and self.frame_parallel not in (1, AUTO):
+            raise ValueError("cameras='photometric' chains every frame to the one before: it runs in one process "
+                             "(frame_parallel 1 or 'auto'), not over a frame-parallel group")
         return self
 
     @property
@@ -91,4 +99,6 @@ class EngineConfig(BaseModel):
             out["window"] = self.window
         if self.fp8:
             out["fp8"] = True
+        if self.cameras != "network":
+            out["cameras"] = self.cameras
         return out

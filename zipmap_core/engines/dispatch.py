@@ -15,6 +15,7 @@ from zipmap_core.engines.config import AUTO, EngineConfig
 from zipmap_core.engines.fp8 import set_fp8
 from zipmap_core.engines.frame_parallel import exchange_shards, group_size
 from zipmap_core.engines.offline import StateSink, reconstruct_offline
+from zipmap_core.engines.photometric_cameras import with_photometric_cameras
 from zipmap_core.engines.precision import (
     cast_for_inference,
     resolve_device,
@@ -56,8 +57,10 @@ def reconstruct(
     if on_state is not None:
         if not model.aggregator.is_ttt:
             raise ValueError(f"model {model.config.name!r} has no fast weights to keep (global_block='attention')")
-        return _ENGINES[engine.mode](model, images, engine, device, on_state)
-    return _ENGINES[engine.mode](model, images, engine, device)
+        frames = _ENGINES[engine.mode](model, images, engine, device, on_state)
+    else:
+        frames = _ENGINES[engine.mode](model, images, engine, device)
+    return with_photometric_cameras(frames, device) if engine.cameras == "photometric" else frames
 
 
 def open_stream(
@@ -75,6 +78,9 @@ def open_stream(
     size), so a stream is compiled only if `compile=True` is asked for. `cuda_graph` (window 1
     only): replay each frame's forward pass as one CUDA graph (`GraphedStreamingSession`)."""
     engine = (engine or EngineConfig()).model_copy(update={"mode": "streaming"})
+    if engine.cameras != "network":
+        raise ValueError("a stream hands out the network's cameras: pass its frames through "
+                         "zipmap_core.engines.with_photometric_cameras for cameras='photometric'")
     if engine.frame_parallel not in (1, AUTO):
         raise ValueError("a stream runs in one process: frame_parallel must be 1 or 'auto'")
     device = resolve_device(device, model)
@@ -118,6 +124,9 @@ def reconstruct_distributed(
     processes = group_size(group)
     if engine.mode not in ("chunked", AUTO):
         raise ValueError(f"reconstruct_distributed runs the chunked engine: got mode={engine.mode!r}")
+    if engine.cameras != "network":
+        raise ValueError("cameras='photometric' chains every frame to the one before: gather the frames in order "
+                         "and pass them through zipmap_core.engines.with_photometric_cameras")
     if engine.frame_parallel not in (AUTO, processes):
         raise ValueError(f"engine.frame_parallel={engine.frame_parallel}, but the process group has {processes}")
     images = _unbatched(images)
