@@ -12,7 +12,9 @@ the trivial baseline (constant depth, identity poses). Prints a table and writes
 With --models, this process trains only the presets named (the others train in another process,
 e.g. one per GPU: same seed and data settings give every process the same batches, and a --steps
 budget the same steps). --eval-demo also scores the demo's own held-out sequences (jobs.demo:
-9 sequences x 8 frames at 224x168, every scene kind x camera path).
+9 sequences x 8 frames at 224x168, every scene kind x camera path). Each model is scored with the
+cameras the demo uses (photometric alignment with its depth, EngineConfig.cameras) and, in a row
+of its own, with its camera head's ("<model> network cameras"), from the same forward pass.
 
 CPU smoke run (a minute): python bench/train_demo.py --device cpu --steps 20 --size 112 \
     --frames-per-batch 8 --pool-size 4 --eval-sequences 2 --eval-frames 4
@@ -35,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from jobs import demo as demo_job  # noqa: E402
 from zipmap_core import EngineConfig, ModelConfig, ZipMap, load_checkpoint, reconstruct  # noqa: E402
 from zipmap_core.config import PRESETS  # noqa: E402
+from zipmap_core.engines import with_photometric_cameras  # noqa: E402
 from zipmap_core.evaluation import evaluate_sequence, trivial_prediction  # noqa: E402
 from zipmap_core.evaluation.metrics import nanmean  # noqa: E402
 from zipmap_core.synthetic import generate_sequence  # noqa: E402
@@ -69,6 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", help="continue the training state of an earlier run")
     p.add_argument("--init-dir", help="fine-tune each <preset>.safetensors of this folder (fresh optimiser)")
     p.add_argument("--stop-after-minutes", type=float, help="end this run early (resume later); budgets span runs")
+    p.add_argument("--stop-at-step", type=int,
+                   help="end this run at this step (e.g. to match a twin that a time guard stopped there)")
     p.add_argument("--size", type=int, help="square training/evaluation image size (default: the preset's)")
     p.add_argument("--lr", type=float, default=8e-4)
     p.add_argument("--warmup-steps", type=int, default=150)
@@ -120,7 +125,7 @@ def train_both(args: argparse.Namespace, paths: dict[str, str]) -> dict[str, dic
         curriculum=args.curriculum, paired_preset=paired[0] if paired else None,
         paired_out=paths[paired[0]] if paired else None,
         resume=args.resume, state_out=args.state_out, loss=LossWeights(camera=args.camera_weight),
-        stop_after_minutes=args.stop_after_minutes,
+        stop_after_minutes=args.stop_after_minutes, stop_at_step=args.stop_at_step,
         init=os.path.join(args.init_dir, f"{main}.safetensors") if args.init_dir else None,
         paired_init=os.path.join(args.init_dir, f"{paired[0]}.safetensors") if args.init_dir and paired else None,
     )
@@ -139,19 +144,23 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def predict(model: ZipMap, images: torch.Tensor, device: str) -> tuple[dict, float]:
-    """Offline engine over one sequence -> prediction arrays (as evaluate_sequence takes) and seconds."""
+def predict(model: ZipMap, images: torch.Tensor, device: str) -> tuple[dict[str, dict], float]:
+    """Offline engine over one sequence -> prediction arrays (as evaluate_sequence takes) with the
+    network's and with photometric cameras, and the seconds of the forward pass."""
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     start = time.perf_counter()
     frames = list(reconstruct(model, images, EngineConfig(mode="offline"), device=device))
     seconds = time.perf_counter() - start
-    pred = {
+    return {"network": _arrays(frames), "photometric": _arrays(list(with_photometric_cameras(frames, device)))}, seconds
+
+
+def _arrays(frames: list) -> dict:
+    return {
         "extrinsics": torch.stack([torch.from_numpy(f.extrinsic) for f in frames]),
         "intrinsics": torch.stack([torch.from_numpy(f.intrinsic) for f in frames]),
         "depth": torch.stack([torch.from_numpy(f.depth) for f in frames]),
     }
-    return pred, seconds
 
 
 def held_out_set(args: argparse.Namespace, demo: bool = False) -> list[dict]:
@@ -171,16 +180,19 @@ def evaluate_all(args: argparse.Namespace, paths: dict[str, str], demo: bool = F
     for name, path in paths.items():
         model = load_checkpoint(ZipMap(ModelConfig.preset(name)), path).to(args.device).eval()
         models[name] = model
-    per_method: dict[str, list[dict]] = {name: [] for name in (*models, "trivial")}
+    per_method: dict[str, list[dict]] = {
+        row: [] for name in models for row in (name, f"{name} network cameras")
+    } | {"trivial": []}
     seconds: dict[str, list[float]] = {name: [] for name in models}
     for spec in held_out_set(args, demo):
         seed = spec.pop("seed")
         seq = generate_sequence(seed, device=args.device, **spec)
         images = seq.images.permute(0, 3, 1, 2).float() / 255.0
         for name, model in models.items():
-            pred, took = predict(model, images, args.device)
+            preds, took = predict(model, images, args.device)
             seconds[name].append(took)
-            per_method[name].append(evaluate_sequence(pred, seq))
+            per_method[name].append(evaluate_sequence(preds["photometric"], seq))
+            per_method[f"{name} network cameras"].append(evaluate_sequence(preds["network"], seq))
         per_method["trivial"].append(evaluate_sequence(trivial_prediction(seq), seq))
         row = " ".join(
             f"{n}: absrel={m[-1]['depth_abs_rel']:.3f} ate={m[-1]['ate']:.3f}" for n, m in per_method.items()

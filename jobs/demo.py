@@ -7,6 +7,8 @@
    demo left there with the same settings;
 2. reconstructs them with the pipeline on a local Ray cluster (or the one RAY_ADDRESS names)
    using the small ZipMap bundled with the package (zipmap_core/assets), into <out>/runs/<run id>;
+   its cameras come from photometric alignment with the predicted depth (`--cameras network`: from
+   the camera head, which these small models have not learnt: zipmap_core/assets/README.md);
 3. scores the run against the ground truth next to a trivial baseline (constant depth, identity
    poses), prints both tables and where the outputs are, and writes <out>/metrics.json;
 4. measures the cost side of ZipMap vs full attention: time and peak memory of demo_ttt and
@@ -42,6 +44,11 @@ COST_REPEATS = 3
 COST_LONG_RUN_S = 2.0  # a run that takes longer is not repeated
 EXIT_USAGE = 2
 WRAP = 104  # the width of the report's prose
+_CAMERAS = {
+    "photometric": "Cameras: each frame aligned photometrically to the previous one with the model's depth and "
+    "intrinsics\n(--cameras network shows the camera head's own, no better than identity poses for these models).",
+    "network": "Cameras: the camera head's (--cameras photometric aligns frames with the model's depth instead).",
+}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -60,6 +67,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--width", type=int, default=224, help="a multiple of 14")
     ap.add_argument("--engine", default="offline", choices=["offline", "chunked", "streaming"])
     ap.add_argument("--window", type=int, default=4, help="frames per TTT window of the streaming engine")
+    ap.add_argument(
+        "--cameras",
+        default="photometric",
+        choices=["photometric", "network"],
+        help="photometric (default): each frame aligned to the previous one with the predicted depth; network: "
+        "the camera head's (EngineConfig.cameras)",
+    )
     ap.add_argument("--regenerate", action="store_true", help="render the dataset again even if <out>/data matches")
     ap.add_argument(
         "--cost",
@@ -151,6 +165,7 @@ def _demo(args: argparse.Namespace) -> int:
                 "dtype": "float32",
                 "chunk_size": 4,
                 "window": args.window if args.engine == "streaming" else None,
+                "cameras": args.cameras,
             },
             "preprocess": {"size": args.width},
             "save_depth": True,  # the depth maps are what the depth metrics score
@@ -188,6 +203,7 @@ def _demo(args: argparse.Namespace) -> int:
         "preset": args.preset,
         "checkpoint": checkpoint,
         "engine": args.engine,
+        "cameras": args.cameras,
         "dataset": data,
         "methods": {
             args.preset: {"mean": summarize(ours), "sequences": ours},
@@ -319,6 +335,7 @@ def _report(
         "Lower is better except d<1.25. AbsRel, d<1.25: depth after per-frame median scaling; ATE: camera",
         "centres after Sim(3) alignment; RPE-t, RPE-r: frame-to-frame motion errors; Acc, Comp: point-cloud",
         "distances after Sim(3) alignment. Lengths are in ground-truth scene units.",
+        _CAMERAS[args.cameras],
         "",
         *(_cost_report(args, cost) if cost else []),
         f"outputs of run {summary.run_id}:",

@@ -144,6 +144,8 @@ _DEMO_TTT = ModelConfig(
     depth=8,
     num_heads=4,
     patch_embed="conv",
+    patch_positions=True,  # a conv embed knows no position of its own (bench/exp/README.md)
+    layer_scale_init=1.0,  # the blocks change the tokens from the start (the trained files' recipe)
     ttt=TTTConfig(head_dim=96),
     camera_trunk_depth=2,
     camera_num_heads=4,

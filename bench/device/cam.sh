@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Issue #19 on the GPU machine: train demo_ttt and demo_attention with the fixed recipe (demo presets
-# with layer scale 1.0 and sin-cos patch positions, see bench/exp/README.md; camera head
+# Issue #19 on the GPU machine: train demo_ttt and demo_attention with the recipe of the shipped files
+# (the demo presets: layer scale 1.0 and sin-cos patch positions, see bench/exp/README.md; camera head
 # started at the trivial prediction; cosine to a floor of LR_MIN_RATIO of the peak) on identical
 # batches for the same steps, then evaluate both files as shipped (float16) next to the trivial
 # baseline on the held-out 16 x 12 set and on the demo's 9 sequences. Everything lands in $OUT:
@@ -33,8 +33,8 @@ PY=${PYTHON:-python3}
 GPUS=$("$PY" -c "import torch; print(torch.cuda.device_count())")
 if [ "$GPUS" -ge 2 ]; then STEPS=${STEPS:-1300}; else STEPS=${STEPS:-700}; fi
 DEV=$([ "$GPUS" -ge 1 ] && echo cuda || echo cpu)  # cpu: smoke runs only (with tiny TRAIN_EXTRA/EVAL_EXTRA)
-# the recipe's model change: both presets in this run, until zipmap_core/config.py takes it with the new files
-read -r -a UPDATE <<< "${PRESET_UPDATE:-patch_positions=true layer_scale_init=1.0}"
+# a variant of both presets for this run (e.g. PRESET_UPDATE="value_rope=true"); the presets as they are by default
+read -r -a UPDATE <<< "${PRESET_UPDATE:-}"
 read -r -a TRAIN_EXTRA <<< "${TRAIN_EXTRA:-}"
 read -r -a EVAL_EXTRA <<< "${EVAL_EXTRA:---eval-demo}"
 STOP_MINUTES=${STOP_MINUTES:-7.5}  # guard: a run stopped by it saves a resumable state (steps may then differ)

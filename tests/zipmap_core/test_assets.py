@@ -52,6 +52,8 @@ def test_bundled_files_fit_their_presets_and_stay_small():
         with safetensors.safe_open(path, "pt") as f:
             assert f.metadata()["preset"] == preset
             assert f.get_tensor("aggregator.camera_token").dtype == torch.float16
+            # trained as the preset now runs it: weightless settings (patch positions) included
+            assert ModelConfig.model_validate_json(f.metadata()["model_config"]) == ModelConfig.preset(preset)
         load_checkpoint(ZipMap(ModelConfig.preset(preset)), path)  # strict
 
 
@@ -75,3 +77,29 @@ def test_bundled_uri_of_unknown_weights_lists_the_bundled_ones():
 
     with pytest.raises(ValueError, match="bundled: demo_ttt, demo_attention"):
         load_state_dict("bundled:offline_affine")
+
+
+def test_the_wheel_ships_the_weights_and_readme_but_not_the_training_curve(tmp_path):
+    """zipmap_core/assets holds the training curve for readers of the repository; the wheel carries
+    only what loading needs (pyproject's package-data)."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, source / name)
+    shutil.copytree(root / "zipmap_core", source / "zipmap_core", ignore=shutil.ignore_patterns("__pycache__"))
+    (source / "zipmap_core" / "assets" / "training_curve.png").write_bytes(b"\x89PNG")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(source), "-w",
+         str(tmp_path / "dist")],
+        check=True, cwd=tmp_path,
+    )
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    shipped = {n.rsplit("/", 1)[-1] for n in zipfile.ZipFile(wheel).namelist() if n.startswith("zipmap_core/assets/")}
+    assert shipped == {"__init__.py", "README.md", *(f"{p}.safetensors" for p in DEMO_PRESETS)}

@@ -14,7 +14,7 @@ import safetensors
 import safetensors.torch
 import torch
 
-from zipmap_core.config import PRESETS
+from zipmap_core.config import PRESETS, ModelConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 BENCH = Path(__file__).resolve().parents[2] / "bench"
@@ -46,13 +46,20 @@ def test_a_model_trained_alone_equals_its_lockstep_twin(train_demo, tmp_path):
     runs = json.loads((alone / "results.json").read_text())["runs"]
     assert list(runs) == ["demo_ttt"] and runs["demo_ttt"]["steps"] == 2
     summary = json.loads((both / "results.json").read_text())["summary"]
-    assert set(summary) == {"demo_ttt", "demo_attention", "trivial"}
+    rows = {"demo_ttt", "demo_attention", "trivial", "demo_ttt network cameras", "demo_attention network cameras"}
+    assert set(summary) == rows
+    # one forward pass, two camera sources: the same depth, other cameras
+    assert summary["demo_ttt"]["depth_abs_rel"] == summary["demo_ttt network cameras"]["depth_abs_rel"]
+    assert summary["demo_ttt"]["ate"] != summary["demo_ttt network cameras"]["ate"]
     # the update reached the models: layer scales start at 0.1 (a step of lr 8e-4 moves them little)
     gamma = a["aggregator.frame_blocks.0.ls1.gamma"].float()
     assert (gamma - 0.1).abs().max() < 0.01
     assert PRESETS["demo_ttt"].patch_positions and PRESETS["demo_attention"].layer_scale_init == 0.1
     meta = safetensors.safe_open(str(both / "demo_ttt.safetensors"), "pt").metadata()
     assert meta["preset"] == "demo_ttt"
+    # the file says which configuration it was trained as, --preset-update included
+    trained_as = ModelConfig.model_validate_json(meta["model_config"])
+    assert trained_as == PRESETS["demo_ttt"] and trained_as.patch_positions and trained_as.layer_scale_init == 0.1
 
     # --init-dir: both models fine-tune their own file of an earlier run (a continuation that needs
     # only the two float16 files, not the training state)
@@ -73,3 +80,23 @@ def test_the_demo_set_is_the_demos_own(train_demo):
         (scene, path) for scene in ("room", "objects", "terrain") for path in ("orbit", "walkthrough", "forward")
     }
     assert {(s["num_frames"], s["height"], s["width"]) for s in specs} == {(8, 168, 224)}
+
+
+def test_training_curves_continue_across_resumed_and_fine_tuning_runs(tmp_path):
+    """bench/plot_training.py: a resumed run goes on counting steps; a fine-tuning run (--init-dir)
+    counts from 0 again and is drawn after the run whose files it started from."""
+    spec = importlib.util.spec_from_file_location("plot_training", BENCH / "plot_training.py")
+    plot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plot)
+
+    def run(name: str, init_dir: str | None, steps: list[int]) -> str:
+        path = tmp_path / f"{name}.json"
+        history = [{"step": s, "loss": float(s)} for s in steps]
+        path.write_text(json.dumps({"args": {"init_dir": init_dir}, "runs": {"demo_ttt": {"history": history}}}))
+        return str(path)
+
+    paths = [run("first", None, [50, 100]), run("resumed", None, [150, 200]), run("tuned", "first/", [50, 100])]
+    curves, starts = plot.histories(paths)
+    assert [e["step"] for e in curves["demo_ttt"]] == [50, 100, 150, 200, 250, 300]
+    assert [e["loss"] for e in curves["demo_ttt"]] == [50.0, 100.0, 150.0, 200.0, 50.0, 100.0]
+    assert starts == [200]

@@ -312,7 +312,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, data: SyntheticB
     def metadata(member: _Member) -> dict[str, str]:
         info = {k: v for k, v in asdict(cfg).items() if k != "loss"}
         return {"preset": member.preset, "steps": str(step), "seconds": f"{member.seconds:.1f}",
-                "train_config": repr(info)}
+                "train_config": repr(info), "model_config": member.model.config.model_dump_json()}
 
     def save_all() -> None:
         for m in members:
