@@ -132,12 +132,14 @@ def trained_demo(device: str) -> dict:
     model = load_checkpoint(ZipMap(ModelConfig.preset("demo_ttt")), demo_checkpoint_path("demo_ttt")).eval().to(device)
     seq = generate_sequence(3, num_frames=6, height=112, width=154)
     scene = (seq.images.permute(0, 3, 1, 2).float() / 255.0).to(device)
-    reference = arrays(list(reconstruct(model, scene, EngineConfig(mode="offline", dtype="float32"), device=device)))
-    out = {"autocast_bf16": errors(arrays(list(reconstruct(
-        model, scene, EngineConfig(mode="offline", dtype="bfloat16", fast=False), device=device))), reference)}
+    network = {"cameras": "network"}  # the network's own outputs under each precision
+    reference = arrays(list(reconstruct(model, scene, EngineConfig(mode="offline", dtype="float32", **network),
+                                        device=device)))
+    autocast = EngineConfig(mode="offline", dtype="bfloat16", fast=False, **network)
+    out = {"autocast_bf16": errors(arrays(list(reconstruct(model, scene, autocast, device=device))), reference)}
     fast_model = copy.deepcopy(model)
     for name, extra in {"bf16": {}, "fp8": {"fp8": True}}.items():
-        engine = EngineConfig(mode="offline", dtype="bfloat16", fast=True, compile=False, **extra)
+        engine = EngineConfig(mode="offline", dtype="bfloat16", fast=True, compile=False, **network, **extra)
         out[name] = errors(arrays(list(reconstruct(fast_model, scene, engine, device=device))), reference)
     log(f"trained demo model, errors vs float32: {json.dumps(out, indent=1)}")
     return out

@@ -150,7 +150,7 @@ def predict(model: ZipMap, images: torch.Tensor, device: str) -> tuple[dict[str,
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     start = time.perf_counter()
-    frames = list(reconstruct(model, images, EngineConfig(mode="offline"), device=device))
+    frames = list(reconstruct(model, images, EngineConfig(mode="offline", cameras="network"), device=device))
     seconds = time.perf_counter() - start
     return {"network": _arrays(frames), "photometric": _arrays(list(with_photometric_cameras(frames, device)))}, seconds
 

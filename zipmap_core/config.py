@@ -68,6 +68,10 @@ class ModelConfig(BaseModel):
     qk_norm: bool = True
     layer_scale_init: float = 0.01
     global_block: Literal["ttt", "attention"] = "ttt"
+    # where cameras come from when EngineConfig.cameras is "auto": the camera head, or photometric
+    # alignment with the predicted depth (zipmap_core/photometric.py) for models whose depth is
+    # better than their camera head (the bundled demo models). No weights
+    cameras: Literal["network", "photometric"] = "network"
     ttt: TTTConfig = Field(default_factory=TTTConfig)
     affine_invariant: bool = False
     camera_head: Literal["transformer", "mlp"] = "transformer"
@@ -146,6 +150,7 @@ _DEMO_TTT = ModelConfig(
     patch_embed="conv",
     patch_positions=True,  # a conv embed knows no position of its own (bench/exp/README.md)
     layer_scale_init=1.0,  # the blocks change the tokens from the start (the trained files' recipe)
+    cameras="photometric",  # its camera head has not learnt poses, its depth has (assets/README.md)
     ttt=TTTConfig(head_dim=96),
     camera_trunk_depth=2,
     camera_num_heads=4,

@@ -138,3 +138,27 @@ def test_where_photometric_cameras_cannot_run_is_said_clearly(tiny_model):
         open_stream(tiny_model, EngineConfig(cameras="photometric", window=1))
     with pytest.raises(ValueError, match="with_photometric_cameras"):
         list(reconstruct_distributed(tiny_model, torch.rand(2, 3, 28, 28), EngineConfig(cameras="photometric")))
+
+
+def test_auto_takes_the_models_camera_source(tiny_model, orbit):
+    """`cameras="auto"` (the default): the model config's choice, photometric for the demo presets,
+    the camera head for the others; over a frame-parallel group and in a stream, the camera head."""
+    from zipmap_core.engines.auto import resolve_engine
+
+    torch.manual_seed(0)
+    demo = ZipMap(ModelConfig.preset("demo_ttt")).eval()
+    assert ModelConfig.preset("demo_ttt").cameras == "photometric"
+    assert ModelConfig.preset("offline_ref_view").cameras == "network"
+    assert resolve_engine(EngineConfig(), demo, 4, (56, 56), "cpu").cameras == "photometric"
+    assert resolve_engine(EngineConfig(), tiny_model, 4, (56, 56), "cpu").cameras == "network"
+    assert resolve_engine(EngineConfig(mode="chunked", frame_parallel=2), demo, 4, (56, 56), "cpu").cameras == "network"
+    assert resolve_engine(EngineConfig(cameras="network"), demo, 4, (56, 56), "cpu").cameras == "network"
+
+    images = (orbit.images.permute(0, 3, 1, 2).float() / 255)[:4, :, :56, :56]
+    default = list(reconstruct(demo, images))
+    network = list(reconstruct(demo, images, EngineConfig(cameras="network")))
+    for a, e in zip(default, with_photometric_cameras(network)):
+        np.testing.assert_allclose(a.extrinsic, e.extrinsic, atol=1e-5)
+    stream = open_stream(demo, EngineConfig(window=2), image_hw=(56, 56))
+    pushed = [f for frame in images for f in stream.push(frame)]
+    assert len(pushed) == 4  # a stream runs, with the network's cameras

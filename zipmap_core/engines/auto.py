@@ -9,6 +9,8 @@ The rules (explicit settings always win, and the model's own state decides what 
 - compile: on the fast path on CUDA once the run is long enough to pay back the compilation:
   when this model is expected to run at least `COMPILE_PAYBACK_FRAMES` frames at this image size
   (the caller says how many with `run_frames`; by default only this sequence's).
+- cameras: the model config's (`ModelConfig.cameras`: photometric alignment for the bundled demo
+  models, the camera head for the published ones); the camera head's over a frame-parallel group.
 - mode: streaming for streaming models (the released streaming model is trained and run that
   way), offline for global-attention models (chunked needs TTT); otherwise offline when the
   predicted peak memory of the offline engine fits `MEMORY_HEADROOM` of the device's memory, and
@@ -171,8 +173,10 @@ def resolve_engine(
         long_run = (run_frames if run_frames is not None else num_frames) >= COMPILE_PAYBACK_FRAMES
         update["compile"] = bool(fast and (already or (cuda and long_run)))
 
-    resolved = engine.model_copy(update=update)
     cfg: ModelConfig = model.config
+    if engine.cameras == AUTO:  # photometric cameras chain frames in one process: never over a group
+        update["cameras"] = cfg.cameras if engine.frame_parallel in (1, AUTO) else "network"
+    resolved = engine.model_copy(update=update)
     if engine.mode == AUTO:
         if cfg.global_block != "ttt":
             mode = "offline"

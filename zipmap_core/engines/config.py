@@ -18,7 +18,7 @@ class EngineConfig(BaseModel):
       frames so that GPU memory does not grow with the sequence length.
     - streaming: windows of `window` frames; each window updates the fast weights, then is read.
 
-    `mode`, `dtype`, `fast` and `compile` default to "auto": decided per sequence by
+    `mode`, `dtype`, `fast`, `compile` and `cameras` default to "auto": decided per sequence by
     `zipmap_core.engines.auto.resolve_engine` (the bf16 fast path on CUDA, float32 on CPU; offline
     when the sequence fits the accelerator's memory, chunked when it does not; streaming for
     streaming models). Explicit values always win.
@@ -66,8 +66,10 @@ class EngineConfig(BaseModel):
     # where the cameras come from: the camera head ("network"), or direct photometric alignment of
     # each frame to the previous one with the predicted depth and intrinsics ("photometric",
     # zipmap_core/photometric.py: for models whose depth is better than their camera head, such as
-    # the bundled demo models; ~0.1 s a frame at 224x168 on a CPU core)
-    cameras: Literal["network", "photometric"] = "network"
+    # the bundled demo models; 0.13 s a frame at 224x168 on a CPU core); "auto": the model
+    # config's `cameras` (photometric for the demo presets), the network's in streams and
+    # frame-parallel groups
+    cameras: Literal["auto", "network", "photometric"] = AUTO
 
     @model_validator(mode="after")
     def _fast_needs_low_precision(self) -> EngineConfig:
@@ -87,7 +89,7 @@ class EngineConfig(BaseModel):
     @property
     def resolved(self) -> bool:
         """True when nothing is left to decide ("auto")."""
-        return AUTO not in (self.mode, self.dtype, self.fast, self.compile)
+        return AUTO not in (self.mode, self.dtype, self.fast, self.compile, self.cameras)
 
     def settings(self) -> dict:
         """The settings that decide how (not whether) a sequence is computed, for the record."""
@@ -99,6 +101,6 @@ class EngineConfig(BaseModel):
             out["window"] = self.window
         if self.fp8:
             out["fp8"] = True
-        if self.cameras != "network":
+        if self.cameras == "photometric":
             out["cameras"] = self.cameras
         return out

@@ -78,6 +78,8 @@ def open_stream(
     size), so a stream is compiled only if `compile=True` is asked for. `cuda_graph` (window 1
     only): replay each frame's forward pass as one CUDA graph (`GraphedStreamingSession`)."""
     engine = (engine or EngineConfig()).model_copy(update={"mode": "streaming"})
+    if engine.cameras == AUTO:  # a stream hands out the network's cameras
+        engine = engine.model_copy(update={"cameras": "network"})
     if engine.cameras != "network":
         raise ValueError("a stream hands out the network's cameras: pass its frames through "
                          "zipmap_core.engines.with_photometric_cameras for cameras='photometric'")
@@ -124,7 +126,7 @@ def reconstruct_distributed(
     processes = group_size(group)
     if engine.mode not in ("chunked", AUTO):
         raise ValueError(f"reconstruct_distributed runs the chunked engine: got mode={engine.mode!r}")
-    if engine.cameras != "network":
+    if engine.cameras == "photometric":
         raise ValueError("cameras='photometric' chains every frame to the one before: gather the frames in order "
                          "and pass them through zipmap_core.engines.with_photometric_cameras")
     if engine.frame_parallel not in (AUTO, processes):
@@ -133,7 +135,7 @@ def reconstruct_distributed(
     device = resolve_device(device, model)
     shard = exchange_shards(images, device, group)  # first: bad input then raises in every process
     images = _checked_images(model, images)
-    engine = engine.model_copy(update={"mode": "chunked", "frame_parallel": processes})
+    engine = engine.model_copy(update={"mode": "chunked", "frame_parallel": processes, "cameras": "network"})
     if not engine.resolved:  # every process decides alike: from the whole sequence and the largest share
         hw = tuple(images.shape[-2:])
         engine = resolve_engine(engine, model, shard.total, hw, device, run_frames=max(shard.counts))

@@ -31,7 +31,7 @@ from zipmap_core.engines import EngineConfig, reconstruct
 from zipmap_core.models.zipmap import ZipMap
 
 MIB = 2**20
-ENGINE = EngineConfig(mode="offline", dtype="float32", fast=False, compile=False, frame_parallel=1)
+ENGINE = EngineConfig(mode="offline", dtype="float32", fast=False, compile=False, frame_parallel=1, cameras="network")
 
 
 @dataclass(frozen=True)
