@@ -100,3 +100,42 @@ def test_training_curves_continue_across_resumed_and_fine_tuning_runs(tmp_path):
     assert [e["step"] for e in curves["demo_ttt"]] == [50, 100, 150, 200, 250, 300]
     assert [e["loss"] for e in curves["demo_ttt"]] == [50.0, 100.0, 150.0, 200.0, 50.0, 100.0]
     assert starts == [200]
+
+
+def test_adopted_files_carry_their_configuration_and_history_and_refuse_mismatches(tmp_path):
+    """bench/adopt_demo_files.py: the weights unchanged, the metadata completed; a run trained as
+    another configuration, or two models at unequal steps, are refused."""
+    spec = importlib.util.spec_from_file_location("adopt_demo_files", BENCH / "adopt_demo_files.py")
+    adopt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(adopt)
+    final, out = tmp_path / "final", tmp_path / "assets"
+    final.mkdir()
+    out.mkdir()
+    weights = {"w": torch.arange(4, dtype=torch.float16)}
+    for name in ("demo_ttt", "demo_attention"):
+        meta = {"preset": name, "steps": "3"}
+        safetensors.torch.save_file(weights, str(final / f"{name}.safetensors"), metadata=meta)
+
+    def results(name: str, steps: dict[str, int], update: list[str], init: str | None = None) -> str:
+        runs = {m: {"steps": s, "seconds": 1.5, "history": []} for m, s in steps.items()}
+        args = {"preset_update": update, "init_dir": init, "lr": 1e-3, "steps": max(steps.values()), "seed": 0}
+        (tmp_path / name).write_text(json.dumps({"args": args, "runs": runs}))
+        return str(tmp_path / name)
+
+    first = results("first.json", {"demo_ttt": 2, "demo_attention": 2}, ["patch_positions=true"])
+    second = results("second.json", {"demo_ttt": 3, "demo_attention": 3}, [], init="first/")
+    assert adopt.main([str(final), first, second, "--out-dir", str(out)]) == 0
+    for name in ("demo_ttt", "demo_attention"):
+        path = str(out / f"{name}.safetensors")
+        assert torch.equal(safetensors.torch.load_file(path)["w"], weights["w"])
+        meta = safetensors.safe_open(path, "pt").metadata()
+        assert ModelConfig.model_validate_json(meta["model_config"]) == PRESETS[name]
+        assert meta["steps"] == "5" and meta["seconds"] == "3.0" and meta["preset"] == name
+        assert [r["steps"] for r in json.loads(meta["runs"])] == [2, 3]
+
+    other = results("other.json", {"demo_ttt": 3, "demo_attention": 3}, ["value_rope=true"])
+    with pytest.raises(SystemExit, match="was trained as"):
+        adopt.main([str(final), first, other, "--out-dir", str(out)])
+    uneven = results("uneven.json", {"demo_ttt": 3, "demo_attention": 4}, [])
+    with pytest.raises(SystemExit, match="different steps"):
+        adopt.main([str(final), first, uneven, "--out-dir", str(out)])
