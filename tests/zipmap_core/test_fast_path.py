@@ -80,7 +80,8 @@ def assert_fast_path_matches_float32(trained: ZipMap, scene: torch.Tensor, mode:
     twice autocast's error. The bf16 heads put the median depth error at 0.24% on a CPU and 0.57%
     on an H200 (one bf16 step is 0.39%)."""
     device = next(trained.parameters()).device
-    common = {"mode": mode, "chunk_size": 4, "window": 3, "local_points": True}
+    # the network's own cameras: photometric ones ("auto" for this preset) would measure the alignment
+    common = {"mode": mode, "chunk_size": 4, "window": 3, "local_points": True, "cameras": "network"}
     # explicit precisions: on CUDA "auto" would be the fast path, which casts `trained` in place
     ref = list(reconstruct(trained, scene, EngineConfig(dtype="float32", **common), device=device))
     plain_bf16 = EngineConfig(dtype="bfloat16", fast=False, **common)
@@ -170,14 +171,20 @@ def test_compiled_fast_path_is_as_accurate_as_the_eager_one(trained, scene):
     """torch.compile fuses the elementwise work but computes the same function (CPU inductor)."""
     model = copy.deepcopy(trained)
     for mode in ("offline", "chunked"):
-        common = {"mode": mode, "chunk_size": 4, "local_points": True}
+        common = {"mode": mode, "chunk_size": 4, "local_points": True, "cameras": "network"}
         ref = list(reconstruct(trained, scene, EngineConfig(**common)))
         autocast = errors(list(reconstruct(trained, scene, EngineConfig(dtype="bfloat16", **common))), ref)
         engine = EngineConfig(dtype="bfloat16", fast=True, compile=True, **common)
         compiled = errors(list(reconstruct(model, scene, engine)), ref)
         # fused kernels round differently (measured: translation 1.3% vs autocast's 0.7% of the
-        # largest translation): bf16 level, not bit-equal to autocast
-        limits = {"translation": max(3 * autocast["translation"], 0.03), "rotation_deg": 0.5, "intrinsic": 0.02}
+        # largest translation): bf16 level, not bit-equal to autocast. Intrinsics relative to
+        # autocast's error too: the 3527-step demo_ttt's focal moves 1.9% (offline) and 3.0%
+        # (chunked) under plain autocast, compiled 2.6% and 1.8% (CPU, 2026-12-01)
+        limits = {
+            "translation": max(3 * autocast["translation"], 0.03),
+            "rotation_deg": 0.5,
+            "intrinsic": max(2 * autocast["intrinsic"], 0.02),
+        }
         for key, limit in limits.items():
             assert compiled[key] <= limit, (key, compiled, autocast)
         assert compiled["depth"] < 0.03 and compiled["depth_median"] < 0.005, compiled

@@ -51,7 +51,7 @@ def test_engine_fp8_on_the_trained_demo_model_is_near_bf16_and_toggles_off_exact
     model = trained_demo()
     scene = demo_scene()
     keys = set(model.state_dict())
-    common = {"mode": "offline", "local_points": True}
+    common = {"mode": "offline", "local_points": True, "cameras": "network"}  # the network's own cameras
     ref = list(reconstruct(model, scene, EngineConfig(dtype="float32", **common)))
     fast_model = copy.deepcopy(model)
     bf16_engine = EngineConfig(dtype="bfloat16", fast=True, **common)
