@@ -92,8 +92,8 @@ def align_to_first_view(extrinsics: torch.Tensor) -> torch.Tensor:
     return extrinsics @ first_c2w
 
 
-def unproject_depth(depth: torch.Tensor, extrinsics: torch.Tensor, intrinsics: torch.Tensor) -> torch.Tensor:
-    """Depth [..., H, W] with cameras [..., 3, 4] / [..., 3, 3] -> world points [..., H, W, 3]."""
+def camera_points(depth: torch.Tensor, intrinsics: torch.Tensor) -> torch.Tensor:
+    """Depth [..., H, W] with intrinsics [..., 3, 3] -> points in the camera's frame [..., H, W, 3]."""
     H, W = depth.shape[-2:]
     v, u = torch.meshgrid(
         torch.arange(H, dtype=depth.dtype, device=depth.device),
@@ -103,8 +103,22 @@ def unproject_depth(depth: torch.Tensor, extrinsics: torch.Tensor, intrinsics: t
     K = intrinsics[..., None, None, :, :]
     x = (u - K[..., 0, 2]) / K[..., 0, 0] * depth
     y = (v - K[..., 1, 2]) / K[..., 1, 1] * depth
-    cam = torch.stack([x, y, depth], dim=-1)
-    return local_to_world(cam, extrinsics)
+    return torch.stack([x, y, depth], dim=-1)
+
+
+def unproject_depth(depth: torch.Tensor, extrinsics: torch.Tensor, intrinsics: torch.Tensor) -> torch.Tensor:
+    """Depth [..., H, W] with cameras [..., 3, 4] / [..., 3, 3] -> world points [..., H, W, 3]."""
+    return local_to_world(camera_points(depth, intrinsics), extrinsics)
+
+
+def resized_intrinsics(intrinsics: torch.Tensor, sx: float, sy: float) -> torch.Tensor:
+    """Intrinsics [..., 3, 3] of an image resized by sx (width) and sy (height). Pixel index u sits
+    at continuous coordinate u + 0.5, hence the half-pixel terms."""
+    k = intrinsics.clone()
+    k[..., 0, 0], k[..., 1, 1] = intrinsics[..., 0, 0] * sx, intrinsics[..., 1, 1] * sy
+    k[..., 0, 2] = (intrinsics[..., 0, 2] + 0.5) * sx - 0.5
+    k[..., 1, 2] = (intrinsics[..., 1, 2] + 0.5) * sy - 0.5
+    return k
 
 
 def local_to_world(points: torch.Tensor, extrinsics: torch.Tensor) -> torch.Tensor:

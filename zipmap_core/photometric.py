@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from zipmap_core.geometry import camera_points, resized_intrinsics
+
 LEVELS = 4  # image pyramid levels (each halves the side): the coarsest sees motion of ~8x a pixel
 ITERATIONS = 10  # Gauss-Newton steps per level (most converge in 3-5)
 HUBER = 0.1  # colour residual (images in [0, 1]) beyond which a pixel's weight decays as 1/|r|
@@ -56,14 +58,6 @@ def _pyramid(x: Tensor, levels: int) -> list[Tensor]:
     return out
 
 
-def _scaled_intrinsics(k: Tensor, factor: float) -> Tensor:
-    """Intrinsics of an image resized by `factor` (pixel centres at +0.5)."""
-    k = k.clone()
-    k[:2, :2] *= factor
-    k[:2, 2] = (k[:2, 2] + 0.5) * factor - 0.5
-    return k
-
-
 def _gradients(image: Tensor) -> tuple[Tensor, Tensor]:
     gx, gy = torch.zeros_like(image), torch.zeros_like(image)
     gx[..., 1:-1] = (image[..., 2:] - image[..., :-2]) / 2
@@ -76,19 +70,11 @@ class _Level:
     colours and gradients, sampled at projected points."""
 
     def __init__(self, source: Tensor, depth: Tensor, k_source: Tensor, target: Tensor, k_target: Tensor):
-        h, w = depth.shape
-        v, u = torch.meshgrid(
-            torch.arange(h, dtype=depth.dtype, device=depth.device),
-            torch.arange(w, dtype=depth.dtype, device=depth.device),
-            indexing="ij",
-        )
-        rays = torch.stack([(u - k_source[0, 2]) / k_source[0, 0], (v - k_source[1, 2]) / k_source[1, 1]], -1)
         keep = (torch.isfinite(depth) & (depth > 0)).reshape(-1)
-        points = torch.cat([rays * depth[..., None], depth[..., None]], -1).reshape(-1, 3)
-        self.points = points[keep]
+        self.points = camera_points(depth, k_source).reshape(-1, 3)[keep]
         self.colours = source.reshape(source.shape[0], -1).T[keep]  # [N, C]
         self.k = k_target
-        self.size = (h, w)
+        self.size = tuple(depth.shape)
         self.target = torch.cat([target, *_gradients(target)])  # [3C, h, w]: colours, d/du, d/dv
 
     def sample(self, pose: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -178,18 +164,19 @@ def align_pair(
     images = zip(
         _pyramid(source, levels), _pyramid(source_depth[None], levels), _pyramid(target, levels), strict=True
     )
-    pyramid = [
-        _Level(s, d[0], _scaled_intrinsics(source_intrinsics, 0.5**i), t, _scaled_intrinsics(target_intrinsics, 0.5**i))
-        for i, (s, d, t) in enumerate(images)
-    ]
+    pyramid = []
+    for i, (s, d, t) in enumerate(images):
+        f = 0.5**i
+        pyramid.append(_Level(s, d[0], resized_intrinsics(source_intrinsics, f, f), t,
+                              resized_intrinsics(target_intrinsics, f, f)))
     brightness = torch.zeros(2, dtype=dtype, device=device)
     starts = [torch.eye(4, dtype=dtype, device=device), *(p.to(device, dtype) for p in initial)]
-    pose = min(
-        (_refine(pyramid[-1], start, brightness, iterations) for start in starts), key=lambda fit: fit[0]
-    )[1:]  # the start that fits best at the coarsest level goes on to the finer ones
+    # the start that fits best at the coarsest level goes on to the finer ones
+    _, pose, brightness = min((_refine(pyramid[-1], start, brightness, iterations) for start in starts),
+                              key=lambda fit: fit[0])
     for level in reversed(range(levels - 1)):
-        pose = _refine(pyramid[level], *pose, iterations)[1:]
-    return pose[0], pyramid[0].colour_error(*pose)
+        _, pose, brightness = _refine(pyramid[level], pose, brightness, iterations)
+    return pose, pyramid[0].colour_error(pose, brightness)
 
 
 def _refine(level: _Level, pose: Tensor, brightness: Tensor, iterations: int) -> tuple[float, Tensor, Tensor]:
@@ -214,19 +201,35 @@ def _refine(level: _Level, pose: Tensor, brightness: Tensor, iterations: int) ->
     return cost, pose, brightness
 
 
+class CameraChain:
+    """Cameras of frames handed in one at a time, in order: the first keeps the camera it comes
+    with (default: identity); each later one is aligned to its predecessor, starting from the
+    identity and from the previous motion (constant velocity). Holds one frame."""
+
+    def __init__(self) -> None:
+        self._previous: tuple[Tensor, Tensor, Tensor] | None = None  # image, depth, intrinsics
+        self._pose = self._motion = torch.eye(4)
+
+    def add(self, image: Tensor, depth: Tensor, intrinsics: Tensor, extrinsic: Tensor | None = None) -> Tensor:
+        """Camera-from-world extrinsic [3, 4] of the next frame: `image` [C, H, W] in [0, 1],
+        `depth` [H, W], `intrinsics` [3, 3]; `extrinsic` is used for the first frame only."""
+        if self._previous is None:
+            self._pose = self._motion = torch.eye(4, dtype=image.dtype, device=image.device)
+            if extrinsic is not None:
+                self._pose = self._pose.clone()
+                self._pose[:3] = extrinsic.to(image)
+        else:
+            self._motion, _ = align_pair(*self._previous, image, intrinsics, [self._motion])
+            self._pose = self._motion @ self._pose
+        self._previous = (image, depth, intrinsics)
+        return self._pose[:3]
+
+
 def photometric_cameras(
     images: Tensor, depth: Tensor, intrinsics: Tensor, first: Tensor | None = None
 ) -> Tensor:
-    """Camera-from-world extrinsics [S, 3, 4] of a sequence: `images` [S, C, H, W] in [0, 1],
-    `depth` [S, H, W], `intrinsics` [S, 3, 3]. The first frame keeps `first` (default: identity);
-    each later one is aligned to its predecessor, starting from the identity and from the
-    previous frame's motion (constant velocity)."""
-    eye = torch.eye(4, dtype=images.dtype, device=images.device)
-    pose = eye.clone()
-    if first is not None:
-        pose[:3] = first.to(images)
-    poses, motion = [pose], eye
-    for i in range(1, images.shape[0]):
-        motion, _ = align_pair(images[i - 1], depth[i - 1], intrinsics[i - 1], images[i], intrinsics[i], [motion])
-        poses.append(motion @ poses[-1])
-    return torch.stack(poses)[:, :3]
+    """Camera-from-world extrinsics [S, 3, 4] of a sequence (`CameraChain` over its frames):
+    `images` [S, C, H, W] in [0, 1], `depth` [S, H, W], `intrinsics` [S, 3, 3]; the first frame
+    keeps `first` (default: identity)."""
+    chain = CameraChain()
+    return torch.stack([chain.add(images[i], depth[i], intrinsics[i], first) for i in range(images.shape[0])])

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from zipmap_core.engines.results import FramePrediction
-from zipmap_core.photometric import align_pair
+from zipmap_core.photometric import CameraChain
 
 
 def with_photometric_cameras(
@@ -21,25 +21,16 @@ def with_photometric_cameras(
     """`frames` in order, the first with its own camera, each later one with the camera of its
     alignment to the one before (starting from no motion and from the previous motion). Intrinsics,
     depth and confidence are unchanged; local-head world points follow the new camera."""
-    previous: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # image, depth, intrinsics
-    pose = motion = torch.eye(4, dtype=torch.float32, device=device)
+    chain = CameraChain()
     with torch.inference_mode():
-        for frame in frames:
-            current = (
+        for i, frame in enumerate(frames):
+            extrinsic = chain.add(
                 torch.from_numpy(np.ascontiguousarray(frame.image)).to(device).permute(2, 0, 1).float() / 255,
                 torch.from_numpy(frame.depth).to(device, torch.float32),
                 torch.from_numpy(frame.intrinsic).to(device, torch.float32),
+                torch.from_numpy(frame.extrinsic),
             )
-            if previous is None:
-                pose = torch.eye(4, dtype=torch.float32, device=device)
-                pose[:3] = torch.from_numpy(frame.extrinsic).to(device)
-                previous = current
-                yield frame
-                continue
-            motion, _ = align_pair(previous[0], previous[1], previous[2], current[0], current[2], [motion])
-            pose = motion @ pose
-            previous = current
-            yield _with_camera(frame, pose[:3].cpu().numpy().astype(np.float32))
+            yield frame if i == 0 else _with_camera(frame, extrinsic.cpu().numpy().astype(np.float32))
 
 
 def _with_camera(frame: FramePrediction, extrinsic: np.ndarray) -> FramePrediction:

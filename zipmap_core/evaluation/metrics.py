@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from zipmap_core.geometry import unproject_depth
+from zipmap_core.geometry import resized_intrinsics, unproject_depth
 
 from .alignment import Sim3, umeyama
 from .neighbors import nearest_distances
@@ -183,8 +183,7 @@ def match_resolution(depth: Tensor, intrinsics: Tensor | None, size: tuple[int, 
     """Depth [S, h, w] resampled (nearest) to `size` = (H, W), with intrinsics rescaled to match.
 
     Exact when the prediction was made on a plain resize of the ground-truth images (the model's
-    "crop" preprocessing of an image whose size is a multiple of 14 needs no crop). Pixel index u
-    sits at continuous coordinate u + 0.5, hence the half-pixel terms.
+    "crop" preprocessing of an image whose size is a multiple of 14 needs no crop).
     """
     h, w = depth.shape[-2:]
     if (h, w) == tuple(size):
@@ -192,12 +191,7 @@ def match_resolution(depth: Tensor, intrinsics: Tensor | None, size: tuple[int, 
     resized = torch.nn.functional.interpolate(depth[:, None], size=size, mode="nearest-exact")[:, 0]
     if intrinsics is None:
         return resized, None
-    sx, sy = size[1] / w, size[0] / h
-    k = intrinsics.clone()
-    k[:, 0, 0], k[:, 1, 1] = intrinsics[:, 0, 0] * sx, intrinsics[:, 1, 1] * sy
-    k[:, 0, 2] = (intrinsics[:, 0, 2] + 0.5) * sx - 0.5
-    k[:, 1, 2] = (intrinsics[:, 1, 2] + 0.5) * sy - 0.5
-    return resized, k
+    return resized, resized_intrinsics(intrinsics, size[1] / w, size[0] / h)
 
 
 def evaluate_sequence(
